@@ -1,0 +1,190 @@
+"""Stable-cutting detector: which parts of a cut are steady cutting, from the spindle current alone.
+
+A cut starts with the tool in the air, enters the workpiece (a transient), cuts steadily and may
+exit before the recording ends. Only the steady part is comparable from cut to cut, so only it
+is windowed and scored.
+
+The detector works on blocks of ``block`` samples of one channel (the DC spindle current by
+default), aligned to the start of the cut:
+
+1. The *air level* is taken from the first ``baseline_blocks`` blocks (the tool is in the air
+   when a cut starts): the mean and standard deviation of those samples.
+2. The *load* of a block is the distance of its mean from the air level.
+3. Block ``i`` is stable when, over its neighbourhood of blocks ``i - half_width .. i + half_width``
+   (cut short at the ends of the cut), the median load is above ``min_load_sigmas`` times the air
+   noise, and no block's load deviates from that median by more than ``tolerance`` times it.
+   The level criterion rejects the air; the variation criterion rejects entry, exit and anything
+   else that is not steady.
+
+A block is decided as soon as the ``half_width`` blocks after it have arrived, so the look-ahead is
+bounded (``half_width * block`` samples); blocks near the end of a cut are decided when the cut
+ends, with their neighbourhood cut short. The decision of a block depends only on the samples and
+on where the cut ends, never on how the samples were chunked: pushing a cut in one piece (offline,
+for training) and in chunks of any size (live) gives exactly the same blocks.
+
+Non-finite samples (the daemon marks samples lost in a transport gap as NaN) make their block
+unknown, and no block whose neighbourhood holds an unknown block is stable.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .channels import CHANNELS
+
+
+@dataclass(frozen=True)
+class StableRegionSpec:
+    channel: str = "smcDC"
+    block: int = 64
+    baseline_blocks: int = 8
+    half_width: int = 3
+    tolerance: float = 0.25
+    min_load_sigmas: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"stable_region.channel: unknown channel {self.channel!r}")
+        for name in ("block", "baseline_blocks"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"stable_region.{name} must be at least 1")
+        if self.half_width < 0:
+            raise ValueError("stable_region.half_width must not be negative")
+        if not self.tolerance > 0:
+            raise ValueError("stable_region.tolerance must be positive")
+        if self.min_load_sigmas < 0:
+            raise ValueError("stable_region.min_load_sigmas must not be negative")
+
+    @property
+    def lookahead_samples(self) -> int:
+        return self.half_width * self.block
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StableRegionSpec":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"stable_region: unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class StableRegionDetector:
+    """Incremental detector for one cut: :meth:`push` samples, :meth:`finish` at the cut's end.
+
+    ``stable`` lists the decision for every decided block so far, in order.
+    """
+
+    def __init__(self, spec: StableRegionSpec) -> None:
+        self.spec = spec
+        self._partial = np.empty(0)  # samples of the block being filled
+        self._means: list[float] = []  # block means (NaN: block held non-finite samples)
+        self._baseline_samples: list[np.ndarray] = []
+        self._air: tuple[float, float] | None = None  # air level mean, noise std
+        self.stable: list[bool] = []
+        self.finished = False
+
+    @property
+    def decided(self) -> int:
+        """Number of blocks decided so far."""
+        return len(self.stable)
+
+    def push(self, x: np.ndarray) -> int:
+        """Add samples of the detector's channel; returns how many blocks got decided."""
+        if self.finished:
+            raise RuntimeError("push after finish")
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        b = self.spec.block
+        data = np.concatenate((self._partial, x)) if self._partial.size else x
+        n_full = data.size // b
+        if n_full:
+            blocks = data[: n_full * b].reshape(n_full, b)
+            self._means.extend(blocks.mean(axis=1).tolist())  # NaN propagates
+            missing = self.spec.baseline_blocks - len(self._baseline_samples)
+            if self._air is None and missing > 0:
+                self._baseline_samples.extend(blocks[:missing])
+        self._partial = data[n_full * b :].copy()
+        if self._air is None and len(self._baseline_samples) >= self.spec.baseline_blocks:
+            self._set_air()
+        return self._decide(final=False)
+
+    def finish(self) -> int:
+        """The cut ended: decide every remaining block (a trailing partial block is never stable)."""
+        if self.finished:
+            return 0
+        self.finished = True
+        if self._air is None:
+            self._set_air()
+        return self._decide(final=True)
+
+    def _set_air(self) -> None:
+        if not self._baseline_samples:
+            self._air = (np.nan, np.nan)
+            return
+        samples = np.concatenate(self._baseline_samples)
+        samples = samples[np.isfinite(samples)]
+        self._air = (float(samples.mean()), float(samples.std())) if samples.size else (np.nan, np.nan)
+        self._baseline_samples = []
+
+    def _decide(self, final: bool) -> int:
+        if self._air is None:
+            return 0
+        h = self.spec.half_width
+        n_blocks = len(self._means)
+        first = self.decided
+        last = n_blocks if final else n_blocks - h  # exclusive
+        if last <= first:
+            return 0
+        air_mean, air_std = self._air
+        lo = max(0, first - h)
+        loads = np.abs(np.asarray(self._means[lo:n_blocks]) - air_mean)
+        # Pad both sides with "outside the cut" markers so every block has a full neighbourhood;
+        # padding is ignored, a NaN load inside the cut (a gap) makes the neighbourhood unknown.
+        values = np.pad(loads, h, constant_values=np.nan)
+        inside = np.pad(np.ones(loads.size, bool), h, constant_values=False)
+        rows = slice(first - lo, last - lo)
+        v = sliding_window_view(values, 2 * h + 1)[rows]
+        m = sliding_window_view(inside, 2 * h + 1)[rows]
+        unknown = (m & np.isnan(v)).any(axis=1)
+        with warnings.catch_warnings():  # all-NaN rows are expected at gaps; they come out unstable
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(v, axis=1)
+            spread = np.nanmax(np.abs(v - median[:, None]), axis=1)
+            threshold = self.spec.min_load_sigmas * air_std
+            ok = (
+                ~unknown
+                & np.isfinite(median)
+                & (median > threshold)
+                & (median > 0)
+                & (spread <= self.spec.tolerance * median)
+            )
+        self.stable.extend(bool(s) for s in ok)
+        return last - first
+
+
+def stable_blocks(x: np.ndarray, spec: StableRegionSpec) -> np.ndarray:
+    """Offline: the stable decision of every block of a whole cut's channel ``x``."""
+    det = StableRegionDetector(spec)
+    det.push(x)
+    det.finish()
+    return np.asarray(det.stable, dtype=bool)
+
+
+def stable_segments(x: np.ndarray, spec: StableRegionSpec) -> list[tuple[int, int]]:
+    """Offline: the stable region of a cut as [start, stop) sample spans."""
+    return blocks_to_segments(stable_blocks(x, spec), spec.block)
+
+
+def blocks_to_segments(stable: np.ndarray, block: int) -> list[tuple[int, int]]:
+    stable = np.asarray(stable, dtype=bool)
+    if not stable.any():
+        return []
+    edges = np.diff(np.concatenate(([0], stable.astype(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    stops = np.flatnonzero(edges == -1)
+    return [(int(a) * block, int(b) * block) for a, b in zip(starts, stops)]

@@ -1,0 +1,156 @@
+"""Windows of a cut's stable region: the one implementation shared by training and the daemon.
+
+A :class:`CutWindower` takes a cut's samples in order, in chunks of any size, and yields the
+windows to score as soon as the stable-region detector has decided them. Training pushes each
+archived cut in one piece; the daemon pushes what arrives over MQTT. Both get the same windows.
+
+Windows start at the first sample of each stable segment and every ``stride`` samples after it;
+a window is kept only when it lies wholly inside the segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .channels import CHANNELS, channel_index
+from .stable_region import StableRegionDetector, StableRegionSpec
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    length: int = 64
+    stride: int = 64
+
+    def __post_init__(self) -> None:
+        if int(self.length) < 2:
+            raise ValueError("window.length must be at least 2 samples")
+        if int(self.stride) < 1:
+            raise ValueError("window.stride must be at least 1 sample")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WindowSpec":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"window: unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class Windows:
+    """Windows of one cut: ``starts[i]`` is the first sample of ``data[i]`` (length, channels)."""
+
+    starts: np.ndarray  # (n,) int64
+    data: np.ndarray  # (n, length, channels) float64, raw (unscaled) signal values
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+    @staticmethod
+    def empty(length: int, channels: int) -> "Windows":
+        return Windows(np.empty(0, np.int64), np.empty((0, length, channels)))
+
+    @staticmethod
+    def concat(parts: list["Windows"], length: int, channels: int) -> "Windows":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Windows.empty(length, channels)
+        return Windows(
+            np.concatenate([p.starts for p in parts]), np.concatenate([p.data for p in parts])
+        )
+
+
+@dataclass
+class CutWindower:
+    """Windows of one cut, built incrementally. Call :meth:`push` with (k, channels) frames in
+    order, then :meth:`finish` when the cut ends; each returns the windows it completed."""
+
+    window: WindowSpec
+    stable: StableRegionSpec
+    n_channels: int = len(CHANNELS)
+    _detector: StableRegionDetector = field(init=False)
+    _buffer: np.ndarray = field(init=False)
+    _buffer_start: int = field(init=False, default=0)  # cut offset of _buffer[0]
+    _received: int = field(init=False, default=0)  # samples pushed so far
+    _segment_start: int | None = field(init=False, default=None)
+    _segment_stop: int = field(init=False, default=0)
+    _next_start: int = field(init=False, default=0)  # next window start in the open segment
+    stable_span: tuple[int, int] | None = field(init=False, default=None)  # first, last stable sample
+    n_windows: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._detector = StableRegionDetector(self.stable)
+        self._channel = channel_index(self.stable.channel)
+        self._buffer = np.empty((0, self.n_channels))
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    def push(self, frames: np.ndarray) -> Windows:
+        frames = np.asarray(frames, dtype=np.float64)
+        if frames.ndim != 2 or frames.shape[1] != self.n_channels:
+            raise ValueError(f"frames must have shape (k, {self.n_channels}), got {frames.shape}")
+        self._buffer = np.concatenate((self._buffer, frames)) if self._buffer.size else frames
+        self._received += frames.shape[0]
+        first = self._detector.decided
+        self._detector.push(frames[:, self._channel])
+        return self._collect(first)
+
+    def finish(self) -> Windows:
+        first = self._detector.decided
+        self._detector.finish()
+        out = self._collect(first)
+        self._buffer = np.empty((0, self.n_channels))
+        return out
+
+    def _collect(self, first_block: int) -> Windows:
+        b = self.stable.block
+        length, stride = self.window.length, self.window.stride
+        starts: list[int] = []
+        for i in range(first_block, self._detector.decided):
+            if self._detector.stable[i]:
+                if self._segment_start is None:
+                    self._segment_start = i * b
+                    self._next_start = i * b
+                self._segment_stop = (i + 1) * b
+                while self._next_start + length <= self._segment_stop:
+                    starts.append(self._next_start)
+                    self._next_start += stride
+                span_first = self.stable_span[0] if self.stable_span else i * b
+                self.stable_span = (span_first, (i + 1) * b - 1)
+            else:
+                self._segment_start = None
+        out = self._cut(starts)
+        self._trim()
+        return out
+
+    def _cut(self, starts: list[int]) -> Windows:
+        length = self.window.length
+        if not starts:
+            return Windows.empty(length, self.n_channels)
+        idx = np.asarray(starts, dtype=np.int64)
+        rel = idx - self._buffer_start
+        data = self._buffer[rel[:, None] + np.arange(length)[None, :]]
+        self.n_windows += len(starts)
+        return Windows(idx, data)
+
+    def _trim(self) -> None:
+        # Keep only samples a future window can still use: from the next window start of the open
+        # segment, or else from the first undecided block.
+        keep = self._next_start if self._segment_start is not None else self._detector.decided * self.stable.block
+        drop = keep - self._buffer_start
+        if drop > 0:
+            self._buffer = self._buffer[drop:]
+            self._buffer_start = keep
+
+
+def cut_windows(signals: np.ndarray, window: WindowSpec, stable: StableRegionSpec) -> Windows:
+    """Offline: all windows of a whole cut (the same code path the daemon runs on live data)."""
+    windower = CutWindower(window, stable, n_channels=signals.shape[1])
+    parts = [windower.push(signals), windower.finish()]
+    return Windows.concat(parts, window.length, signals.shape[1])

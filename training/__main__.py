@@ -1,0 +1,116 @@
+"""``python -m training {synth,fit,search,evaluate}``: the training package's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_ARCHIVE = Path("data/synthetic-mill.mat")
+
+
+def _archive_arg(value: str | None) -> Path:
+    """The archive to use: the one given, else the synthetic archive (written on first use)."""
+    if value:
+        return Path(value)
+    if not DEFAULT_ARCHIVE.exists():
+        from edge_monitor.synthetic import write_synthetic
+
+        print(f"no --archive given: writing the synthetic archive {DEFAULT_ARCHIVE}", flush=True)
+        write_synthetic(DEFAULT_ARCHIVE, seed=0)
+    return DEFAULT_ARCHIVE
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from edge_monitor.synthetic import write_synthetic
+
+    synthetic = write_synthetic(args.out, seed=args.seed)
+    corrupt = [t for t in synthetic.truth if t.corrupt]
+    print(f"wrote {args.out}: {len(synthetic.truth)} cuts ({len(corrupt)} corrupt), seed {args.seed}")
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from .fit import fit
+
+    overrides = {"max_epochs": args.max_epochs} if args.max_epochs else None
+    fit(
+        _archive_arg(args.archive), args.out,
+        preset="quick" if args.quick else args.preset,
+        split_kind=args.split, seed=args.seed, overrides=overrides,
+    )
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    from .search import run_search
+
+    run_search(
+        _archive_arg(args.archive), args.out, iterations=args.iterations, seed=args.seed,
+        split_kind=args.split, max_epochs=args.max_epochs,
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate
+
+    evaluate(args.bundle, _archive_arg(args.archive), args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic archive in the mill.mat layout")
+    p.add_argument("--out", required=True, help="path of the .mat file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("fit", help="train a β-VAE and write a model bundle")
+    p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--quick", action="store_true", help="small model, few epochs (about a minute)")
+    p.add_argument("--preset", default="default", choices=["default", "quick"])
+    p.add_argument("--split", default="cut", choices=["cut", "window"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("search", help="random hyper-parameter search (resumable)")
+    p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
+    p.add_argument("--out", required=True, help="search directory (re-run to resume)")
+    p.add_argument("--iterations", type=int, required=True, help="number of trials in all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="cut", choices=["cut", "window"])
+    p.add_argument("--max-epochs", type=int, default=300, help="epoch limit of each trial")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("evaluate", help="score an archive with a bundle; metrics.json and plots")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
+    p.add_argument("--out", help="output directory (default: inside the bundle)")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the output
+    args = build_parser().parse_args(argv)
+    from edge_monitor.archive import ArchiveError
+
+    try:
+        from edge_monitor.bundle import BundleError
+    except ImportError:  # pragma: no cover - bundle module always present in a release
+        BundleError = ArchiveError  # type: ignore[misc,assignment]
+    try:
+        args.func(args)
+    except (ArchiveError, BundleError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

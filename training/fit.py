@@ -1,0 +1,226 @@
+"""Fitting one β-VAE on the archive's healthy windows and packing it into a model bundle.
+
+``train_model`` is the one training routine; ``fit`` (the ``fit`` command) and the random search
+both call it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_monitor.archive import Archive, read_archive
+from edge_monitor.channels import CHANNELS
+from edge_monitor.scaling import MinMaxScaler
+from edge_monitor.stable_region import StableRegionSpec
+from edge_monitor.vae import VAEHyperParams
+from edge_monitor.windowing import WindowSpec
+
+from .dataset import WindowSet, prepare_windows
+from .splits import Split, make_split
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How long and how to train; the model's own shape is in :class:`VAEHyperParams`."""
+
+    max_epochs: int = 400
+    patience: int = 30
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    hyperparams: VAEHyperParams
+    training: TrainingConfig
+
+
+# The default preset is sized to finish on the full archive within 15 minutes on 2 CPU cores;
+# ``quick`` within 2 minutes (tests and the demo), at some cost in quality.
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        "default",
+        VAEHyperParams(beta=2.0, codings=16, tcn_layers=2, filters=32, kernel_size=4, dilations=(1, 2, 4)),
+        TrainingConfig(max_epochs=400, patience=30, batch_size=256),
+    ),
+    "quick": Preset(
+        "quick",
+        VAEHyperParams(beta=2.0, codings=8, tcn_layers=1, filters=16, kernel_size=3, dilations=(1, 2, 4)),
+        TrainingConfig(max_epochs=30, patience=8, batch_size=256),
+    ),
+}
+
+
+@dataclass
+class TrainedModel:
+    model: object  # keras.Model
+    scaler: MinMaxScaler
+    hyperparams: VAEHyperParams
+    config: TrainingConfig
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    seconds: float
+    n_train: int
+    n_val: int
+
+
+def _progress_verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 2  # a progress bar on a terminal, one line per epoch in logs
+
+
+def train_model(
+    ws: WindowSet,
+    split: Split,
+    hp: VAEHyperParams,
+    config: TrainingConfig,
+    seed: int = 0,
+    verbose: int | None = None,
+) -> TrainedModel:
+    """Fit the scaler and the β-VAE on the healthy windows of the split's training side, with
+    early stopping on the healthy validation windows (best weights restored)."""
+    import keras  # heavy: imported only when training
+
+    from edge_monitor.vae import build_beta_vae
+
+    healthy = ws.healthy
+    train_idx = split.train[healthy[split.train]]
+    val_idx = split.val[healthy[split.val]]
+    if train_idx.size == 0:
+        raise ValueError("no healthy windows on the training side of the split: nothing to learn from")
+    if val_idx.size == 0:
+        raise ValueError("no healthy windows on the validation side of the split: cannot stop early")
+    scaler = MinMaxScaler.fit(ws.data[train_idx])
+    x_train = scaler.transform(ws.data[train_idx])
+    x_val = scaler.transform(ws.data[val_idx])
+
+    keras.utils.set_random_seed(seed)
+    model = build_beta_vae(hp, ws.window.length, ws.data.shape[2], seed=seed)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True
+    )
+    started = time.monotonic()
+    history = model.fit(
+        x_train,
+        x_train,
+        validation_data=(x_val, x_val),
+        epochs=config.max_epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        callbacks=[stopper],
+        verbose=_progress_verbosity() if verbose is None else verbose,
+    )
+    val_loss = np.asarray(history.history["val_loss"], dtype=float)
+    best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else len(val_loss) - 1
+    return TrainedModel(
+        model=model,
+        scaler=scaler,
+        hyperparams=hp,
+        config=config,
+        epochs_run=len(val_loss),
+        best_epoch=best + 1,
+        best_val_loss=float(val_loss[best]),
+        seconds=time.monotonic() - started,
+        n_train=int(train_idx.size),
+        n_val=int(val_idx.size),
+    )
+
+
+def validation_report(trained: TrainedModel, ws: WindowSet, split: Split):
+    """Scores of all validation windows (every class), their metrics and the chosen thresholds."""
+    from edge_monitor.scorer import WindowScorer
+
+    from .metrics import anomaly_metrics
+    from .thresholds import choose_thresholds
+
+    scores = WindowScorer(trained.model, trained.scaler).score(ws.data[split.val])
+    labels = ws.labels[split.val]
+    return scores, anomaly_metrics(scores, labels), choose_thresholds(scores, labels)
+
+
+def describe_archive(archive: Archive) -> str:
+    lines = [f"archive {archive.path}: {len(archive.cuts)} usable cuts, {len(archive.dropped)} dropped"]
+    lines += [f"  dropped {d}" for d in archive.dropped]
+    return "\n".join(lines)
+
+
+def fit(
+    archive_path: str | Path,
+    out: str | Path,
+    preset: str = "default",
+    split_kind: str = "cut",
+    seed: int = 0,
+    window: WindowSpec | None = None,
+    stable: StableRegionSpec | None = None,
+    overrides: dict | None = None,
+):
+    """The ``fit`` command: train on the archive, choose thresholds on validation data, save a bundle."""
+    from edge_monitor.bundle import save_bundle
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    chosen = PRESETS[preset]
+    hp, config = chosen.hyperparams, chosen.training
+    for key, value in (overrides or {}).items():
+        if key in TrainingConfig.__dataclass_fields__:
+            config = dataclasses.replace(config, **{key: value})
+        else:
+            hp = dataclasses.replace(hp, **{key: value})
+
+    archive = read_archive(archive_path)
+    print(describe_archive(archive), flush=True)
+    ws = prepare_windows(archive, window, stable)
+    split = make_split(split_kind, ws.cut, ws.cut_class, seed)
+    counts = np.bincount(ws.labels, minlength=3)
+    print(
+        f"{len(ws)} stable windows (healthy {counts[0]}, degraded {counts[1]}, failed {counts[2]}); "
+        f"{split_kind} split: train {split.train.size}, validation {split.val.size}, test {split.test.size}",
+        flush=True,
+    )
+    trained = train_model(ws, split, hp, config, seed)
+    print(
+        f"trained {trained.epochs_run} epochs in {trained.seconds:.0f} s; best epoch {trained.best_epoch} "
+        f"(validation loss {trained.best_val_loss:.5f})",
+        flush=True,
+    )
+    _, val_metrics, thresholds = validation_report(trained, ws, split)
+    training_info = {
+        "preset": preset,
+        "split": split_kind,
+        "seed": seed,
+        "archive": str(Path(archive_path)),
+        "n_cuts": len(archive.cuts),
+        "dropped_cuts": [str(d) for d in archive.dropped],
+        "n_train_windows": trained.n_train,
+        "n_val_windows": trained.n_val,
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "best_val_loss": trained.best_val_loss,
+        "seconds": round(trained.seconds, 1),
+        **dataclasses.asdict(config),
+    }
+    meta = save_bundle(
+        out,
+        trained.model,
+        channels=CHANNELS,
+        window=ws.window,
+        stable_region=ws.stable,
+        scaler=trained.scaler,
+        hyperparams=hp,
+        thresholds=thresholds,
+        metrics={"validation": val_metrics},
+        training=training_info,
+        archive_sha256=archive.sha256,
+    )
+    print(
+        f"bundle {out} (model {meta.model_id}): alarms on {thresholds.score}, "
+        f"warning > {thresholds.warning:.4g}, alarm > {thresholds.alarm:.4g}",
+        flush=True,
+    )
+    return meta

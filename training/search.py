@@ -1,0 +1,176 @@
+"""Random hyper-parameter search over the original space, reproducible and resumable.
+
+Trial ``i`` draws its hyper-parameters from a generator seeded with ``(seed, i)``, so a trial's
+draw depends on neither the order nor the number of trials run before it. Each finished trial is
+appended to ``trials.jsonl`` (one JSON object per line, flushed and synced) before the next starts;
+re-running the same command skips finished trials, so an interrupted search loses at most the
+trial in progress. ``results.md`` is the table of all finished trials ranked by validation PR-AUC
+(the better of the KL and reconstruction scores), and ``best/`` the bundle of the best trial so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edge_monitor.archive import read_archive
+from edge_monitor.vae import VAEHyperParams
+
+from .dataset import prepare_windows
+from .fit import TrainingConfig, describe_archive, train_model, validation_report
+from .splits import make_split
+
+DILATION_CHOICES = ((1, 2, 4, 8), (1, 2, 4), (1, 2))
+SEARCH_FILE, TRIALS_FILE, RESULTS_FILE, BEST_DIR = "search.json", "trials.jsonl", "results.md", "best"
+
+
+def sample_trial(seed: int, index: int) -> tuple[VAEHyperParams, int]:
+    """Hyper-parameters and early-stopping patience of trial ``index`` (the original space)."""
+    rng = np.random.default_rng([seed, index])
+    hp = VAEHyperParams(
+        beta=float(rng.uniform(0.5, 9.5)),
+        codings=int(rng.integers(5, 40)),
+        tcn_layers=int(rng.integers(1, 4)),
+        filters=int(rng.integers(16, 128)),
+        kernel_size=int(rng.integers(2, 9)),
+        dilations=DILATION_CHOICES[int(rng.integers(len(DILATION_CHOICES)))],
+    )
+    return hp, int(rng.integers(30, 50))
+
+
+def _rank_key(trial: dict) -> float:
+    vals = [v for v in (trial["pr_auc_kl"], trial["pr_auc_recon"]) if v is not None]
+    return max(vals) if vals else -1.0
+
+
+def load_trials(out: Path) -> list[dict]:
+    path = out / TRIALS_FILE
+    if not path.exists():
+        return []
+    trials = []
+    for line in path.read_text().splitlines():
+        try:
+            trials.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill mid-write: that trial simply runs again
+    return trials
+
+
+def _append_trial(out: Path, trial: dict) -> None:
+    with open(out / TRIALS_FILE, "a") as fh:
+        fh.write(json.dumps(trial) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def results_table(trials: list[dict]) -> str:
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    rows = [
+        "| rank | trial | PR-AUC kl | PR-AUC recon | β | codings | layers | filters | kernel | dilations | patience | epochs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for rank, t in enumerate(sorted(trials, key=_rank_key, reverse=True), 1):
+        hp = t["hyperparams"]
+        rows.append(
+            f"| {rank} | {t['trial']} | {fmt(t['pr_auc_kl'])} | {fmt(t['pr_auc_recon'])} | {hp['beta']:.2f} | "
+            f"{hp['codings']} | {hp['tcn_layers']} | {hp['filters']} | {hp['kernel_size']} | "
+            f"{hp['dilations']} | {t['patience']} | {t['epochs_run']} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def run_search(
+    archive_path: str | Path,
+    out: str | Path,
+    iterations: int,
+    seed: int = 0,
+    split_kind: str = "cut",
+    max_epochs: int = 300,
+    batch_size: int = 256,
+) -> list[dict]:
+    from edge_monitor.bundle import save_bundle
+    from edge_monitor.channels import CHANNELS
+
+    if iterations < 1:
+        raise ValueError("--iterations must be at least 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = read_archive(archive_path)
+    settings = {"archive_sha256": archive.sha256, "seed": seed, "split": split_kind,
+                "max_epochs": max_epochs, "batch_size": batch_size}
+    search_file = out / SEARCH_FILE
+    if search_file.exists():
+        stored = json.loads(search_file.read_text())
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(
+                f"{out} holds a search with other settings ({detail}); resume it with the same "
+                f"settings or pick another --out"
+            )
+    else:
+        search_file.write_text(json.dumps(settings, indent=2) + "\n")
+
+    trials = load_trials(out)
+    done = {t["trial"] for t in trials}
+    todo = [i for i in range(iterations) if i not in done]
+    print(describe_archive(archive), flush=True)
+    print(f"search {out}: {len(done)} trial(s) done, {len(todo)} to run", flush=True)
+    if not todo:
+        (out / RESULTS_FILE).write_text(results_table(trials))
+        return trials
+
+    ws = prepare_windows(archive)
+    split = make_split(split_kind, ws.cut, ws.cut_class, seed)
+    best = max(trials, key=_rank_key, default=None)
+    for n, index in enumerate(todo, 1):
+        hp, patience = sample_trial(seed, index)
+        print(f"[trial {index} | {n}/{len(todo)}] {hp.to_dict()} patience {patience}", flush=True)
+        config = TrainingConfig(max_epochs=max_epochs, patience=patience, batch_size=batch_size)
+        try:
+            trained = train_model(ws, split, hp, config, seed=seed + index, verbose=0)
+        except ValueError as exc:  # e.g. a kernel/dilation combination the window cannot hold
+            trial = {"trial": index, "hyperparams": hp.to_dict(), "patience": patience,
+                     "error": str(exc), "pr_auc_kl": None, "pr_auc_recon": None, "epochs_run": 0}
+            _append_trial(out, trial)
+            trials.append(trial)
+            print(f"    failed: {exc}", flush=True)
+            continue
+        _, metrics, thresholds = validation_report(trained, ws, split)
+        trial = {
+            "trial": index,
+            "hyperparams": hp.to_dict(),
+            "patience": patience,
+            "pr_auc_kl": metrics["pr_auc_kl"],
+            "pr_auc_recon": metrics["pr_auc_recon"],
+            "roc_auc_kl": metrics["roc_auc_kl"],
+            "roc_auc_recon": metrics["roc_auc_recon"],
+            "no_skill": metrics["no_skill"],
+            "epochs_run": trained.epochs_run,
+            "best_epoch": trained.best_epoch,
+            "seconds": round(trained.seconds, 1),
+        }
+        if best is None or _rank_key(trial) > _rank_key(best):
+            save_bundle(
+                out / BEST_DIR, trained.model, channels=CHANNELS, window=ws.window,
+                stable_region=ws.stable, scaler=trained.scaler, hyperparams=hp,
+                thresholds=thresholds, metrics={"validation": metrics},
+                training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
+                          "archive": str(archive_path), **config.__dict__},
+                archive_sha256=archive.sha256,
+            )
+            best = trial
+        _append_trial(out, trial)
+        trials.append(trial)
+        (out / RESULTS_FILE).write_text(results_table(trials))
+        print(
+            f"    PR-AUC kl {trial['pr_auc_kl']}, recon {trial['pr_auc_recon']} "
+            f"(no-skill {trial['no_skill']:.3f}); {trained.epochs_run} epochs, {trained.seconds:.0f} s; "
+            f"best so far: trial {best['trial']} ({_rank_key(best):.3f})",
+            flush=True,
+        )
+    (out / RESULTS_FILE).write_text(results_table(trials))
+    return trials
