@@ -1,0 +1,286 @@
+"""Aligning one machine's six channel streams into frames, per cut.
+
+Each channel arrives as chunks ``(offset, samples)`` in its own order and chunk sizes. A
+:class:`CutAssembler` keeps, per channel, the offset it expects next:
+
+- a chunk wholly below it is a *duplicate* (a QoS 1 redelivery): ignored and counted;
+- a chunk overlapping it keeps only its new part (the overlap is counted as duplicate);
+- a chunk above it opens a *gap*: the missing span is counted and filled with NaN. Samples that
+  arrive later for a span already declared lost are duplicates too; they are not backfilled.
+
+A frame row is complete once every channel has passed it; completed rows are handed out in order
+as ``(k, 6)`` float64 arrays. A row that misses any channel is NaN in *all* channels: the model
+needs all six, and the stable-region detector, which reads only its own channel, treats NaN as
+"no window may span this", so whole-row NaN keeps every window clear of every channel's gaps.
+
+Memory is bounded: rows wait only until the slowest channel catches up, and when one channel
+runs more than ``max_lead`` samples ahead of another, the laggard's missing span up to
+``leader - max_lead`` is declared lost (a gap, counted as *lagged*) so that rows can be released.
+Offsets beyond ``max_cut_samples`` are refused, which bounds the NaN a gap can cost.
+
+:class:`MachineStream` is the per-machine state machine over it: idle → cut open → idle.
+Everything here is pure: no MQTT, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .channels import CHANNELS, channel_index
+from .protocol import DEFAULT_LIMITS, CutEnd, CutStart, ProtocolError, SignalChunk
+
+N_CHANNELS = len(CHANNELS)
+
+
+@dataclass(frozen=True, eq=False)
+class AddResult:
+    start: int  # cut offset of frames[0]
+    frames: np.ndarray  # (k, 6) float64 rows completed by this chunk, NaN where lost
+    duplicate_samples: int  # samples of this chunk ignored as already received
+    gap_samples: int  # samples declared lost by this call, over all channels
+
+
+@dataclass(frozen=True)
+class CutStats:
+    """What happened to one cut's samples, per channel (dicts keyed by channel name)."""
+
+    duplicate_samples: dict[str, int]
+    gap_samples: dict[str, int]  # filled with NaN: jumps, lagging, and missing at the end
+    lagged_samples: dict[str, int]  # the part of gap_samples declared lost by the max-lead rule
+    extra_samples: dict[str, int]  # received past the declared end of the cut
+    lost_rows: int  # rows released missing at least one channel (NaN rows; no window spans them)
+    rows_past_end: int  # rows already handed out past the declared end (cannot be taken back)
+
+    @property
+    def total_gap_samples(self) -> int:
+        return sum(self.gap_samples.values())
+
+    @property
+    def total_duplicate_samples(self) -> int:
+        return sum(self.duplicate_samples.values())
+
+
+@dataclass(frozen=True, eq=False)
+class FinishResult:
+    cut: str
+    start: int  # cut offset of frames[0]
+    frames: np.ndarray  # the last rows of the cut, padded with NaN up to its end
+    samples: int  # the cut's length as closed
+    stats: CutStats
+    aborted: bool = False  # closed by a new cut's start instead of its own end
+
+
+class CutAssembler:
+    """Aligns the channels of one cut; :meth:`add` chunks, then :meth:`finish` once."""
+
+    def __init__(self, max_lead: int, max_cut_samples: int = DEFAULT_LIMITS.max_cut_samples, cut: str = "") -> None:
+        if max_lead < 1:
+            raise ValueError("max_lead must be at least 1 sample")
+        self.cut = cut
+        self.max_lead = int(max_lead)
+        self.max_cut_samples = int(max_cut_samples)
+        self._emitted = 0  # rows [0, _emitted) handed out; _buf[0] is row _emitted
+        self._buf = np.full((1024, N_CHANNELS), np.nan)
+        self._touched = 0  # rows of _buf that may hold data (the rest is NaN)
+        self._expected = np.zeros(N_CHANNELS, np.int64)  # next offset per channel
+        self._real_end = np.zeros(N_CHANNELS, np.int64)  # end of the last sample received per channel
+        self._dup = np.zeros(N_CHANNELS, np.int64)
+        self._gap = np.zeros(N_CHANNELS, np.int64)
+        self._lagged = np.zeros(N_CHANNELS, np.int64)
+        self._lost_rows = 0
+        self.finished = False
+
+    @property
+    def emitted(self) -> int:
+        """Rows handed out so far (the cut offset the next frames start at)."""
+        return self._emitted
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows held back waiting for a slower channel (what the assembler's memory grows with)."""
+        return self._touched
+
+    @property
+    def received_end(self) -> int:
+        """Furthest offset any channel has delivered a sample up to (exclusive)."""
+        return int(self._real_end.max())
+
+    def add(self, channel: str, offset: int, samples: np.ndarray) -> AddResult:
+        if self.finished:
+            raise RuntimeError("add after finish")
+        c = channel_index(channel)
+        samples = np.asarray(samples, dtype=np.float64).reshape(-1)
+        n, end = samples.size, int(offset) + samples.size
+        if offset < 0 or end > self.max_cut_samples:
+            raise ProtocolError(f"chunk [{offset}, {end}) lies outside a cut of at most {self.max_cut_samples} samples")
+        expected = int(self._expected[c])
+        if end <= expected:
+            self._dup[c] += n
+            return AddResult(self._emitted, _no_frames(), n, 0)
+        skip = max(0, expected - offset)  # overlap with what this channel already has
+        gap = max(0, offset - expected)
+        self._dup[c] += skip
+        self._gap[c] += gap
+        first = offset + skip
+        self._reserve(end)
+        self._buf[first - self._emitted : end - self._emitted, c] = samples[skip:]
+        self._expected[c] = end
+        self._real_end[c] = end
+        gap += self._enforce_lead()
+        start = self._emitted
+        return AddResult(start, self._release(int(self._expected.min())), skip, gap)
+
+    def finish(self, total: int) -> FinishResult:
+        """The cut is ``total`` samples long: pad every channel up to it with NaN (counted as
+        gap), release the remaining rows, and report. Rows past ``total`` that every channel had
+        already delivered were handed out before the end was known; they are reported, not undone."""
+        if self.finished:
+            raise RuntimeError("finish called twice")
+        if not 0 <= total <= self.max_cut_samples:
+            raise ProtocolError(f"cut length {total} is outside 0..{self.max_cut_samples} samples")
+        self.finished = True
+        missing = np.maximum(total - self._expected, 0)
+        self._gap += missing
+        extra = np.maximum(self._real_end - total, 0)
+        rows_past_end = max(0, self._emitted - total)
+        start = min(self._emitted, total)
+        if total > self._emitted:
+            self._reserve(total)
+            frames = self._release(total)
+        else:
+            frames = _no_frames()
+        self._buf = _no_frames()  # free the buffer: a finished cut holds no samples
+        names = CHANNELS
+        stats = CutStats(
+            duplicate_samples=dict(zip(names, self._dup.tolist())),
+            gap_samples=dict(zip(names, self._gap.tolist())),
+            lagged_samples=dict(zip(names, self._lagged.tolist())),
+            extra_samples=dict(zip(names, extra.tolist())),
+            lost_rows=self._lost_rows,
+            rows_past_end=rows_past_end,
+        )
+        return FinishResult(self.cut, start, frames, total, stats)
+
+    def _enforce_lead(self) -> int:
+        floor = int(self._expected.max()) - self.max_lead
+        lag = np.maximum(floor - self._expected, 0)
+        if not lag.any():
+            return 0
+        # The laggards' rows up to the floor stay NaN in the buffer; count them as lost.
+        self._gap += lag
+        self._lagged += lag
+        self._expected = np.maximum(self._expected, floor)
+        return int(lag.sum())
+
+    def _reserve(self, end: int) -> None:
+        rows = end - self._emitted
+        if rows > self._buf.shape[0]:
+            grown = np.full((max(rows, 2 * self._buf.shape[0]), N_CHANNELS), np.nan)
+            grown[: self._touched] = self._buf[: self._touched]
+            self._buf = grown
+        self._touched = max(self._touched, rows)
+
+    def _release(self, ready: int) -> np.ndarray:
+        k = ready - self._emitted
+        if k <= 0:
+            return _no_frames()
+        frames = self._buf[:k].copy()
+        lost = np.isnan(frames).any(axis=1)
+        if lost.any():
+            frames[lost] = np.nan
+            self._lost_rows += int(lost.sum())
+        keep = max(0, self._touched - k)
+        self._buf[:keep] = self._buf[k : k + keep]  # numpy copes with the overlap
+        self._buf[keep : self._touched] = np.nan
+        self._touched = keep
+        self._emitted = ready
+        return frames
+
+
+def _no_frames() -> np.ndarray:
+    return np.empty((0, N_CHANNELS))
+
+
+@dataclass(frozen=True, eq=False)
+class StartResult:
+    opened: bool  # False: a repeated start of the open cut (QoS 1 redelivery), nothing changed
+    closed: FinishResult | None  # the previous cut, if this start had to close it (aborted)
+
+
+class MachineStream:
+    """One machine's inputs: idle → (start) cut open → (end) idle.
+
+    - A chunk or end for a cut that is not open is rejected (:class:`ProtocolError`) as "never
+      started" or "already ended"; a repeated end of a recently ended cut is a redelivery and
+      returns None.
+    - A repeated start of the open cut is a redelivery and changes nothing; a start of a recently
+      ended cut is rejected (cut ids are unique per machine).
+    - A start while another cut is open closes that one first (its end was lost): it is finished
+      at the furthest sample any channel delivered, and returned as ``aborted``.
+    """
+
+    def __init__(
+        self,
+        max_lead_seconds: float = 60.0,
+        max_cut_samples: int = DEFAULT_LIMITS.max_cut_samples,
+        remember_ended: int = 64,
+    ) -> None:
+        if not max_lead_seconds > 0:
+            raise ValueError("max_lead_seconds must be positive")
+        self.max_lead_seconds = float(max_lead_seconds)
+        self.max_cut_samples = int(max_cut_samples)
+        self._ended: deque[str] = deque(maxlen=remember_ended)
+        self.current: CutStart | None = None
+        self._assembler: CutAssembler | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.current is not None
+
+    @property
+    def assembler(self) -> CutAssembler | None:
+        return self._assembler
+
+    def start(self, msg: CutStart) -> StartResult:
+        if self.current is not None and msg.cut == self.current.cut:
+            return StartResult(False, None)
+        if msg.cut in self._ended:
+            raise ProtocolError(f"cut {msg.cut!r} already ended; cut ids must be unique per machine")
+        closed = None
+        if self._assembler is not None:
+            closed = self._close(self._assembler.received_end, aborted=True)
+        max_lead = min(self.max_cut_samples, max(1, math.ceil(self.max_lead_seconds * msg.fs)))
+        self.current = msg
+        self._assembler = CutAssembler(max_lead, self.max_cut_samples, cut=msg.cut)
+        return StartResult(True, closed)
+
+    def chunk(self, channel: str, msg: SignalChunk) -> AddResult:
+        self._check_open(msg.cut, "chunk")
+        assert self._assembler is not None
+        return self._assembler.add(channel, msg.offset, msg.samples)
+
+    def end(self, msg: CutEnd) -> FinishResult | None:
+        if msg.cut in self._ended:  # a redelivered end: nothing left to do
+            return None
+        self._check_open(msg.cut, "end")
+        return self._close(msg.samples, aborted=False)
+
+    def _check_open(self, cut: str, what: str) -> None:
+        if self.current is not None and cut == self.current.cut:
+            return
+        if cut in self._ended:
+            raise ProtocolError(f"{what} for cut {cut!r}, which already ended")
+        if self.current is None:
+            raise ProtocolError(f"{what} for cut {cut!r}, which never started")
+        raise ProtocolError(f"{what} for cut {cut!r}, which never started (cut {self.current.cut!r} is open)")
+
+    def _close(self, total: int, aborted: bool) -> FinishResult:
+        assert self._assembler is not None and self.current is not None
+        result = self._assembler.finish(total)
+        self._ended.append(self.current.cut)
+        self.current, self._assembler = None, None
+        return replace(result, aborted=aborted)

@@ -1,0 +1,452 @@
+"""Wire protocol v1: topics, strict inbound parsing (every bad input of issue 3 with its reason),
+outbound encoding."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from paho.mqtt.client import topic_matches_sub
+
+from edge_monitor import protocol as P
+from edge_monitor.channels import CHANNELS
+from edge_monitor.protocol import ProtocolError
+
+ROOT = "mill"
+
+
+def js(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def chunk(**over) -> bytes:
+    msg = {"cut": "c01-r01", "offset": 0, "samples": [1.0, 2.5, -3]}
+    msg.update(over)
+    return js(msg)
+
+
+def start(**over) -> bytes:
+    msg = {"event": "start", "cut": "c01-r01", "ts": 1700000000.5, "fs": 250.0,
+           "params": {"doc": 1.5, "feed": 0.5, "material": "cast_iron"}}
+    msg.update(over)
+    return js(msg)
+
+
+def end(**over) -> bytes:
+    msg = {"event": "end", "cut": "c01-r01", "ts": 1700000036, "samples": 9000}
+    msg.update(over)
+    return js(msg)
+
+
+def rejects(fn, payload, reason: str, **kw) -> None:
+    with pytest.raises(ProtocolError) as info:
+        fn(payload, **kw)
+    assert reason in info.value.reason, info.value.reason
+    assert info.value.reason == str(info.value)
+    assert len(info.value.reason) < 160  # short enough for a log line and the errors topic
+
+
+# ------------------------------------------------------------------------------------ topics
+
+
+def test_parse_topic_kinds():
+    assert P.parse_topic(ROOT, "mill/m1/cut") == P.InboundTopic("m1", "cut")
+    assert P.parse_topic(ROOT, "mill/m1/cmd") == P.InboundTopic("m1", "cmd")
+    for ch in CHANNELS:
+        assert P.parse_topic(ROOT, f"mill/Lathe_2-b/signal/{ch}") == P.InboundTopic("Lathe_2-b", "signal", ch)
+    assert P.parse_topic("plant1/mill", "plant1/mill/m1/cut").machine == "m1"
+
+
+@pytest.mark.parametrize(
+    "topic, reason",
+    [
+        ("other/m1/cut", "not under the root 'mill'"),
+        ("millx/m1/cut", "not under the root"),
+        ("mill", "not under the root"),
+        ("mill/m1", "nothing after the machine id"),
+        ("mill/m1/signal", "wrong topic depth for signal: expected R/<machine>/signal/<channel>"),
+        ("mill/m1/signal/smcAC/extra", "wrong topic depth for signal"),
+        ("mill/m1/cut/extra", "wrong topic depth for cut: expected R/<machine>/cut"),
+        ("mill/m1/cmd/x/y", "wrong topic depth for cmd"),
+        ("mill/m1/score", "unknown topic kind 'score'"),
+        ("mill/m1/", "unknown topic kind ''"),
+        ("mill/m1/signal/smcXX", "unknown channel 'smcXX'; expected one of smcAC, smcDC"),
+        ("mill/m1/signal/", "unknown channel ''"),
+        ("mill/bad id/cut", "machine id 'bad id' is not 1-64 characters"),
+        ("mill//cut", "machine id '' is not"),
+        ("mill/" + "m" * 65 + "/cut", "is not 1-64 characters"),
+        ("mill/mäschine/cut", "is not 1-64 characters"),
+        ("mill/m.1/cut", "is not 1-64 characters"),
+        ("mill/_monitor/cut", "reserved for the monitor's own topics"),
+    ],
+)
+def test_parse_topic_rejects(topic, reason):
+    with pytest.raises(ProtocolError) as info:
+        P.parse_topic(ROOT, topic)
+    assert reason in info.value.reason
+
+
+def test_machine_id_limits():
+    assert P.parse_topic(ROOT, "mill/" + "m" * 64 + "/cut").machine == "m" * 64
+    # Reasons echo what was sent, cut short.
+    with pytest.raises(ProtocolError) as info:
+        P.parse_topic(ROOT, "mill/" + "x y" * 500 + "/cut")
+    assert len(info.value.reason) < 120
+
+
+def test_topic_builders():
+    assert P.cut_topic(ROOT, "m1") == "mill/m1/cut"
+    assert P.signal_topic(ROOT, "m1", "AE_table") == "mill/m1/signal/AE_table"
+    assert P.cmd_topic(ROOT, "m1") == "mill/m1/cmd"
+    assert P.score_topic(ROOT, "m1") == "mill/m1/score"
+    assert P.alarm_topic(ROOT, "m1") == "mill/m1/alarm"
+    assert P.summary_topic(ROOT, "m1") == "mill/m1/summary"
+    assert P.status_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/status"
+    assert P.errors_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/errors"
+    assert P.alarm_filter(ROOT) == "mill/+/alarm"
+    for bad in (lambda: P.cut_topic(ROOT, "a/b"), lambda: P.signal_topic(ROOT, "m1", "x"),
+                lambda: P.score_topic(ROOT, "_monitor"), lambda: P.status_topic(ROOT, "a b"),
+                lambda: P.cut_topic("mill/", "m1"), lambda: P.cut_topic("mill/+", "m1"),
+                lambda: P.cut_topic("", "m1")):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_inbound_filters_catch_inputs_and_wrong_depths_but_not_outputs():
+    filters = P.inbound_filters(ROOT)
+
+    def caught(topic):
+        return any(topic_matches_sub(f, topic) for f in filters)
+
+    for topic in ("mill/m1/cut", "mill/m1/cmd", "mill/m1/signal/smcAC",
+                  "mill/m1/signal", "mill/m1/signal/a/b", "mill/m1/cut/x"):
+        assert caught(topic), topic
+    for topic in ("mill/m1/score", "mill/m1/alarm", "mill/m1/summary",
+                  P.status_topic(ROOT, "i"), P.errors_topic(ROOT, "i"), "other/m1/cut"):
+        assert not caught(topic), topic
+
+
+# ---------------------------------------------------------------------------- good payloads
+
+
+def test_parse_cut_start_and_end():
+    s = P.parse_cut_event(start())
+    assert s == P.CutStart("c01-r01", 1700000000.5, 250.0, P.CutParams(1.5, 0.5, "cast_iron"))
+    assert P.parse_cut_event(start(params=None)).params is None
+    no_params = json.loads(start())
+    del no_params["params"]
+    assert P.parse_cut_event(js(no_params)).params is None
+    e = P.parse_cut_event(end())
+    assert e == P.CutEnd("c01-r01", 1700000036.0, 9000)
+    assert P.parse_cut_event(end(samples=0)).samples == 0
+
+
+def test_unknown_keys_are_ignored_for_forward_compatibility():
+    s = P.parse_cut_event(start(operator="ann", params={"doc": 1, "feed": 0.25, "material": "steel", "tool": "T7"}))
+    assert s.params == P.CutParams(1.0, 0.25, "steel")
+    c = P.parse_signal(chunk(unit="A", seq=17))
+    assert c.samples.tolist() == [1.0, 2.5, -3.0]
+    assert P.parse_command(js({"cmd": "reset", "by": "ann", "note": "insert 3 chipped"})) == P.Command("reset", "ann")
+
+
+def test_parse_signal_types():
+    c = P.parse_signal(chunk(offset=4096, samples=[1, 2, 3.25, -1e300]))
+    assert c.offset == 4096 and type(c.offset) is int
+    assert c.samples.dtype == np.float64 and c.samples.tolist() == [1.0, 2.0, 3.25, -1e300]
+    assert not c.samples.flags.writeable
+    assert P.parse_signal(chunk(samples=[0.0] * 4096)).samples.size == 4096
+
+
+def test_cut_id_alphabet():
+    for good in ("c01-r01", "a", "x" * 64, "2024-05-01T10:00:00+02:00", "job.42_op:3",
+                 "550e8400-e29b-41d4-a716-446655440000"):
+        assert P.parse_signal(chunk(cut=good)).cut == good
+
+
+def test_parse_message_routes_by_topic():
+    m = P.parse_message(ROOT, "mill/m1/signal/smcDC", chunk())
+    assert m.topic.channel == "smcDC" and isinstance(m.message, P.SignalChunk)
+    assert isinstance(P.parse_message(ROOT, "mill/m1/cut", end()).message, P.CutEnd)
+    assert isinstance(P.parse_message(ROOT, "mill/m1/cmd", js({"cmd": "reset", "by": "x"})).message, P.Command)
+    with pytest.raises(ProtocolError, match="missing key 'event'"):
+        P.parse_message(ROOT, "mill/m1/cut", chunk())  # a chunk sent to the cut topic
+    with pytest.raises(ProtocolError, match="unknown channel"):
+        P.parse_message(ROOT, "mill/m1/signal/nope", chunk())
+
+
+def test_inbound_round_trip_is_exact():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=4096) * 1e3
+    c = P.parse_signal(P.encode(P.SignalChunk("c", 123, x)))
+    assert c.offset == 123 and np.array_equal(c.samples, x)  # bit for bit: windows match training
+    s = P.CutStart("c", 1.5, 250.0, P.CutParams(0.75, 0.25, "steel"))
+    assert P.parse_cut_event(P.encode(s)) == s
+    e = P.CutEnd("c", 2.0, 9000)
+    assert P.parse_cut_event(P.encode(e)) == e
+    cmd = P.Command("reset", "operator 7")
+    assert P.parse_command(P.encode(cmd)) == cmd
+
+
+# ------------------------------------------------------------------- bad input, one by one
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"", "payload is empty"),
+        (b"not json", "payload is not JSON: Expecting value at line 1 column 1"),
+        (b'{"cut": "a", ', "payload is not JSON"),
+        (b'{"cut": "a"} x', "payload is not JSON: Extra data"),
+        (b"\xff\xfe{}", "payload is not UTF-8 (bad byte at position 0)"),
+        ('{"cut": "é"}'.encode("latin-1"), "payload is not UTF-8"),
+        ('{"cut": "a"}'.encode("utf-16"), "payload is not UTF-8"),
+        (b"\xef\xbb\xbf{}", "payload is not JSON: Unexpected UTF-8 BOM"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"offset": ' + b"9" * 5000 + b"}", "a number has too many digits"),
+        (b"[1, 2]", "payload must be a JSON object, got an array"),
+        (b'"chunk"', "payload must be a JSON object, got a string"),
+        (b"42", "payload must be a JSON object, got a number"),
+        (b"null", "payload must be a JSON object, got null"),
+        (b'{"cut": "a", "cut": "b", "offset": 0, "samples": [1]}', "key 'cut' appears twice"),
+    ],
+)
+def test_not_json_or_not_an_object(payload, reason):
+    rejects(P.parse_signal, payload, reason)
+
+
+def test_size_limit_is_checked_before_decoding():
+    big = js({"cut": "a", "offset": 0, "samples": [0.5] * 300_000})
+    assert len(big) > 1 << 20
+    rejects(P.parse_signal, big, f"payload of {len(big)} bytes is over the limit of 1048576 bytes")
+    # Even garbage that would fail to decode gets the size reason: nothing was decoded.
+    rejects(P.parse_signal, b"\xff" * ((1 << 20) + 1), "over the limit of 1048576 bytes")
+    rejects(P.parse_cut_event, b" " * ((1 << 20) + 1), "over the limit")
+    small = P.Limits(max_payload_bytes=64)
+    rejects(P.parse_signal, chunk(samples=[1.0] * 20), "over the limit of 64 bytes", limits=small)
+    assert P.parse_signal(bytearray(chunk())).cut == "c01-r01"  # bytes-like payloads are fine
+    with pytest.raises(TypeError):
+        P.parse_signal('{"cut": "a"}')  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "samples, reason",
+    [
+        ("NaN", "payload holds NaN, which is not valid JSON"),
+        ("[1.0, NaN]", "payload holds NaN"),
+        ("[Infinity]", "payload holds Infinity"),
+        ("[1, -Infinity]", "payload holds -Infinity"),
+        ("[1.0, 2.0, 1e999]", "samples[2] is not a finite number"),
+        ("[-1e400]", "samples[0] is not a finite number"),
+        ("[1, " + "9" * 400 + "]", "samples[1] is not a finite number"),
+        ('[1.0, "2.0"]', "samples[1] is not a number (got a string)"),
+        ("[null]", "samples[0] is not a number (got null)"),
+        ("[1, true]", "samples[1] is not a number (got a boolean)"),
+        ("[false]", "samples[0] is not a number (got a boolean)"),
+        ("[1, [2]]", "samples[1] is not a number (got an array)"),
+        ("[{}]", "samples[0] is not a number (got an object)"),
+        ("[]", "samples is empty"),
+        ('"1,2,3"', "samples must be an array of numbers, got a string"),
+        ('{"0": 1}', "samples must be an array of numbers, got an object"),
+        ("null", "samples must be an array of numbers, got null"),
+        ("3.5", "samples must be an array of numbers, got a number"),
+    ],
+)
+def test_bad_samples(samples, reason):
+    payload = ('{"cut": "c1", "offset": 0, "samples": %s}' % samples).encode()
+    rejects(P.parse_signal, payload, reason)
+
+
+def test_oversized_sample_arrays():
+    rejects(P.parse_signal, chunk(samples=[0.0] * 4097), "samples has 4097 values, over the limit of 4096 per chunk")
+    limits = P.Limits(max_chunk=10)
+    rejects(P.parse_signal, chunk(samples=[0.0] * 11), "over the limit of 10 per chunk", limits=limits)
+    assert P.parse_signal(chunk(samples=[0.0] * 10), limits=limits).samples.size == 10
+
+
+@pytest.mark.parametrize(
+    "offset, reason",
+    [
+        (-1, "offset must not be negative, got -1"),
+        (3.0, "offset must be an integer, got the fractional-typed number 3.0"),
+        (3.5, "offset must be an integer, got the fractional-typed number 3.5"),
+        (1e3, "fractional-typed"),
+        ("3", "offset must be an integer, got a string"),
+        (True, "offset must be an integer, got a boolean"),
+        (None, "offset must be an integer, got null"),
+        ([3], "offset must be an integer, got an array"),
+        (10**12, "offset 1000000000000 is absurd"),
+        (999_999, "offset 999999 is absurd: the chunk would end past the limit of 1000000"),
+    ],
+)
+def test_bad_offsets(offset, reason):
+    rejects(P.parse_signal, chunk(offset=offset), reason)
+
+
+def test_offset_limit_is_configurable():
+    assert P.parse_signal(chunk(offset=999_997)).offset == 999_997  # ends exactly at the limit
+    rejects(P.parse_signal, chunk(offset=98), "is absurd", limits=P.Limits(max_cut_samples=100))
+
+
+@pytest.mark.parametrize(
+    "cut, reason",
+    [
+        ("", "cut id '' is not 1-64 characters of A-Z a-z 0-9 _ . : + -"),
+        ("x" * 65, "is not 1-64 characters"),
+        ("has space", "cut id 'has space' is not"),
+        ("a/b", "is not 1-64"),
+        ("a#", "is not 1-64"),
+        ("naïve", "is not 1-64"),
+        ("tab\t", "is not 1-64"),
+        ("nl\n", "is not 1-64"),
+        (17, "cut must be a string, got a number"),
+        (None, "cut must be a string, got null"),
+        (["c1"], "cut must be a string, got an array"),
+    ],
+)
+def test_bad_cut_ids(cut, reason):
+    rejects(P.parse_cut_event, start(cut=cut), reason)  # a cut start with a bad id
+    rejects(P.parse_cut_event, end(cut=cut), reason)
+    rejects(P.parse_signal, chunk(cut=cut), reason)
+
+
+@pytest.mark.parametrize(
+    "over, reason",
+    [
+        ({"event": "begin"}, "event must be \"start\" or \"end\", got 'begin'"),
+        ({"event": None}, "event must be"),
+        ({"ts": "now"}, "ts must be a number, got a string"),
+        ({"ts": True}, "ts must be a number, got a boolean"),
+        ({"ts": -5}, "ts must be unix seconds (not negative)"),
+        ({"fs": 0}, "fs must be positive, got 0"),
+        ({"fs": -250.0}, "fs must be positive"),
+        ({"fs": "250"}, "fs must be a number, got a string"),
+        ({"fs": False}, "fs must be a number, got a boolean"),
+        ({"params": [1.5, 0.5]}, "params must be an object, got an array"),
+        ({"params": {"doc": 1.5, "feed": 0.5}}, "missing key params.'material'"),
+        ({"params": {"doc": 1.5, "material": "steel"}}, "missing key params.'feed'"),
+        ({"params": {"doc": 0, "feed": 0.5, "material": "steel"}}, "params.doc must be positive"),
+        ({"params": {"doc": 1, "feed": -0.5, "material": "steel"}}, "params.feed must be positive"),
+        ({"params": {"doc": True, "feed": 0.5, "material": "steel"}}, "params.doc must be a number, got a boolean"),
+        ({"params": {"doc": 1, "feed": 0.5, "material": "wood"}},
+         "params.material must be one of cast_iron, steel, got 'wood'"),
+        ({"params": {"doc": 1, "feed": 0.5, "material": 1}}, "params.material must be one of"),
+    ],
+)
+def test_bad_cut_start(over, reason):
+    rejects(P.parse_cut_event, start(**over), reason)
+
+
+def test_overflowing_numbers_are_not_finite():
+    rejects(P.parse_cut_event, start().replace(b'"ts": 1700000000.5', b'"ts": 1e999'), "ts is not a finite number")
+    rejects(P.parse_cut_event, start().replace(b'"fs": 250.0', b'"fs": ' + b"9" * 400), "fs is not a finite number")
+
+
+def test_missing_keys():
+    for key, make, fn in (("cut", start, P.parse_cut_event), ("ts", start, P.parse_cut_event),
+                          ("fs", start, P.parse_cut_event), ("samples", end, P.parse_cut_event),
+                          ("offset", chunk, P.parse_signal), ("samples", chunk, P.parse_signal),
+                          ("cut", chunk, P.parse_signal)):
+        obj = json.loads(make())
+        del obj[key]
+        rejects(fn, js(obj), f"missing key '{key}'")
+
+
+@pytest.mark.parametrize(
+    "samples, reason",
+    [
+        (-1, "samples must not be negative"),
+        (9000.0, "samples must be an integer, got the fractional-typed number 9000.0"),
+        ("9000", "samples must be an integer, got a string"),
+        (10**7, "samples 10000000 is absurd"),
+    ],
+)
+def test_bad_cut_end(samples, reason):
+    rejects(P.parse_cut_event, end(samples=samples), reason)
+
+
+@pytest.mark.parametrize(
+    "msg, reason",
+    [
+        ({"cmd": "stop", "by": "x"}, "unknown cmd 'stop'; expected \"reset\""),
+        ({"by": "x"}, "missing key 'cmd'"),
+        ({"cmd": "reset"}, "missing key 'by'"),
+        ({"cmd": "reset", "by": ""}, "by must be a string of 1-64 printable characters"),
+        ({"cmd": "reset", "by": 7}, "by must be a string"),
+        ({"cmd": "reset", "by": "a\nb"}, "printable"),
+        ({"cmd": "reset", "by": "x" * 65}, "1-64"),
+    ],
+)
+def test_bad_commands(msg, reason):
+    rejects(P.parse_command, js(msg), reason)
+
+
+def test_limits_validate():
+    for bad in ({"max_chunk": 0}, {"max_payload_bytes": -1}, {"max_cut_samples": 1.5}, {"max_chunk": True}):
+        with pytest.raises(ValueError, match="limits."):
+            P.Limits(**bad)
+
+
+def test_parsing_a_full_chunk_is_fast():
+    rng = np.random.default_rng(0)
+    payload = P.encode(P.SignalChunk("c01-r01", 0, rng.normal(size=4096)))  # 17 significant digits
+    times = []
+    for _ in range(50):
+        t = time.perf_counter()
+        P.parse_signal(payload)
+        times.append(time.perf_counter() - t)
+    # About 1 ms here (mostly json.loads); the bound is loose for a busy shared machine.
+    assert np.median(times) < 0.01
+
+
+# ----------------------------------------------------------------------------------- outbound
+
+
+def test_encode_score_is_compact_and_finite():
+    msg = P.ScoreMessage(
+        cut="c1", offset=np.int64(640), recon=np.float32(0.25), kl=1.5, score=float("nan"),
+        channels={c: i / 10 for i, c in enumerate(reversed(CHANNELS))}, level="warning", model="abc", ts=1.0,
+    )
+    raw = P.encode(msg)
+    assert b" " not in raw
+    obj = json.loads(raw)
+    assert obj == {"cut": "c1", "offset": 640, "recon": 0.25, "kl": 1.5, "score": None,
+                   "channels": {c: (5 - i) / 10 for i, c in enumerate(CHANNELS)},
+                   "level": "warning", "model": "abc", "ts": 1.0}
+    assert list(obj["channels"]) == list(CHANNELS)
+    with pytest.raises(ValueError, match="level must be one of"):
+        P.encode(P.ScoreMessage("c", 0, 0, 0, 0, {}, "bad", "m", 0))
+
+
+def test_encode_alarm_and_parse_it_back():
+    msg = P.AlarmMessage("m1", "alarm", 1700000000.25, "c13-r09", 0.91, 0.8, "model-1")
+    obj = json.loads(P.encode(msg))
+    assert obj == {"machine": "m1", "state": "alarm", "since": 1700000000.25, "cut": "c13-r09",
+                   "score": 0.91, "threshold": 0.8, "model": "model-1"}
+    assert P.parse_alarm(P.encode(msg)) == msg
+    after_reset = P.AlarmMessage("m1", "normal", 5.0, None, None, None, "model-1")
+    assert json.loads(P.encode(after_reset))["cut"] is None
+    assert P.parse_alarm(P.encode(after_reset)) == after_reset
+    with pytest.raises(ProtocolError, match="alarm state must be one of"):
+        P.parse_alarm(js({"machine": "m1", "state": "panic"}))
+    with pytest.raises(ProtocolError, match="not a machine id"):
+        P.parse_alarm(js({"machine": "a b", "state": "alarm"}))
+
+
+def test_encode_summary_status_error():
+    s = P.SummaryMessage("c1", 70, 128, (2560, 7295), 0.12, math.inf, "normal")
+    assert json.loads(P.encode(s)) == {"cut": "c1", "windows": 70, "skipped": 128, "stable": [2560, 7295],
+                                       "score_median": 0.12, "score_max": None, "level": "normal"}
+    assert json.loads(P.encode(P.SummaryMessage("c1", 0, 0, None, None, None, "alarm")))["stable"] is None
+    st = P.StatusMessage("online", "model-1", "cpu", "0.1.0", 100.0, {"messages_in": np.int64(5), "gaps": 0})
+    assert json.loads(P.encode(st)) == {"state": "online", "model": "model-1", "device": "cpu", "version": "0.1.0",
+                                        "since": 100.0, "protocol": 1, "counters": {"messages_in": 5, "gaps": 0}}
+    assert "counters" not in json.loads(P.encode(P.StatusMessage("offline", "m", "gpu", "0.1.0", 1.0)))
+    with pytest.raises(ValueError):
+        P.encode(P.StatusMessage("sleeping", "m", "cpu", "0", 0.0))
+    err = P.ErrorMessage("mill/m1/signal/x", "unknown channel 'x'", 3.0)
+    assert json.loads(P.encode(err)) == {"topic": "mill/m1/signal/x", "reason": "unknown channel 'x'", "ts": 3.0}
+    # Whatever a client put in a topic, the error message is valid JSON.
+    assert json.loads(P.encode(P.ErrorMessage("mill/\udcff/\u00e9", "r", 0.0)))["topic"] == "mill/\udcff/\u00e9"

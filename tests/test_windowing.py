@@ -1,0 +1,129 @@
+"""Stable-region detector, windower and scaler: offline and incremental runs keep the same windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_monitor.scaling import MinMaxScaler
+from edge_monitor.stable_region import StableRegionDetector, StableRegionSpec, stable_segments
+from edge_monitor.windowing import CutWindower, Windows, WindowSpec, cut_windows
+
+SPEC = StableRegionSpec()
+WIN = WindowSpec()
+
+
+def make_cut(n=9000, entry=2000, exit_=7500, ramp=200, seed=0, overshoot=0.0):
+    """Air, a ramp into a steady level (optionally with a decaying overshoot), a ramp out."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=float)
+    env = np.clip((t - entry) / ramp, 0, 1) * np.clip((exit_ - t) / ramp, 0, 1)
+    after = np.clip(t - entry - ramp, 0, None)
+    env = env * (1 + overshoot * np.exp(-after / 300.0) * np.cos(after / 40.0) * (t > entry + ramp))
+    base = 0.5 + env[:, None] * np.linspace(1.0, 2.0, 6)[None, :]
+    return base + 0.03 * rng.standard_normal((n, 6))
+
+
+def push_in_chunks(x, rng, max_chunk=700):
+    windower = CutWindower(WIN, SPEC)
+    parts, i = [], 0
+    while i < len(x):
+        k = int(rng.integers(1, max_chunk))
+        parts.append(windower.push(x[i : i + k]))
+        i += k
+    parts.append(windower.finish())
+    return Windows.concat(parts, WIN.length, x.shape[1]), windower
+
+
+def test_finds_the_steady_part_only():
+    x = make_cut(overshoot=0.4)
+    (segment,) = stable_segments(x[:, 1], SPEC)
+    start, stop = segment
+    assert 2200 <= start <= 3200, "entry ramp and overshoot excluded, steady part reached soon"
+    assert 7000 <= stop <= 7300, "exit ramp excluded"
+
+
+def test_air_only_cut_has_no_stable_region():
+    x = make_cut(entry=10_000, exit_=20_000)
+    assert stable_segments(x[:, 1], SPEC) == []
+    assert len(cut_windows(x, WIN, SPEC)) == 0
+
+
+def test_cut_running_to_the_end_keeps_its_tail():
+    x = make_cut(exit_=20_000)
+    (segment,) = stable_segments(x[:, 1], SPEC)
+    assert segment[1] == 9000 // 64 * 64  # the trailing partial block is never stable
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_incremental_equals_offline_for_any_chunking(seed):
+    rng = np.random.default_rng(seed)
+    x = make_cut(seed=seed, entry=int(rng.integers(500, 3000)), exit_=int(rng.integers(6000, 9500)),
+                 overshoot=float(rng.uniform(0, 0.5)))
+    offline = cut_windows(x, WIN, SPEC)
+    assert len(offline) > 20
+    live, _ = push_in_chunks(x, rng, max_chunk=int(rng.integers(2, 2000)))
+    np.testing.assert_array_equal(live.starts, offline.starts)
+    np.testing.assert_array_equal(live.data, offline.data)
+
+
+def test_windows_are_stride_apart_inside_segments_and_copy_the_signal():
+    x = make_cut()
+    w = cut_windows(x, WindowSpec(length=64, stride=32), SPEC)
+    assert np.all(np.diff(w.starts) >= 32)
+    for s, data in zip(w.starts[:5], w.data[:5]):
+        np.testing.assert_array_equal(data, x[s : s + 64])
+
+
+def test_look_ahead_is_bounded():
+    """A block is decided once half_width blocks after it have arrived, not at the cut's end."""
+    x = make_cut(exit_=20_000)
+    det = StableRegionDetector(SPEC)
+    det.push(x[:5000, 1])
+    assert det.decided == 5000 // SPEC.block - SPEC.half_width
+    windower = CutWindower(WIN, SPEC)
+    got = windower.push(x[:5000])
+    assert len(got) and got.starts[-1] + WIN.length <= 5000 - SPEC.lookahead_samples
+
+
+def test_windowing_memory_stays_bounded_on_a_long_cut():
+    rng = np.random.default_rng(3)
+    windower = CutWindower(WIN, SPEC)
+    windower.push(make_cut(n=2000, exit_=10**9))
+    steady = 2.5 + 0.03 * rng.standard_normal((300_000, 6))
+    for i in range(0, len(steady), 1000):
+        windower.push(steady[i : i + 1000])
+    assert windower._buffer.shape[0] < 2000  # only samples a future window can still use are kept
+
+
+def test_gap_marked_nan_splits_the_region():
+    x = make_cut(exit_=20_000)
+    x[5000:5100] = np.nan  # samples lost in transport
+    w = cut_windows(x, WIN, SPEC)
+    assert len(w) > 20 and np.isfinite(w.data).all()
+    assert not np.any((w.starts < 5100) & (w.starts + WIN.length > 5000)), "no window spans the gap"
+    assert np.any(w.starts >= 5100), "windowing resumes after the gap"
+
+
+def test_scaler_maps_training_range_to_unit_and_round_trips():
+    rng = np.random.default_rng(0)
+    train = rng.normal(3.0, 2.0, size=(50, 64, 6))
+    scaler = MinMaxScaler.fit(train)
+    scaled = scaler.transform(train)
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled.min(axis=(0, 1)), 0, atol=1e-6)
+    np.testing.assert_allclose(scaled.max(axis=(0, 1)), 1, atol=1e-6)
+    assert scaler.transform(train * 3).max() > 1, "values beyond the healthy range are not clipped"
+    again = MinMaxScaler.from_dict(scaler.to_dict())
+    np.testing.assert_array_equal(again.transform(train), scaled)
+    with pytest.raises(ValueError, match="'min' and 'max'"):
+        MinMaxScaler.from_dict({"min": [0.0]})
+
+
+def test_spec_validation_names_the_key():
+    with pytest.raises(ValueError, match="stable_region.channel"):
+        StableRegionSpec(channel="spindle")
+    with pytest.raises(ValueError, match="unknown key.*blok"):
+        StableRegionSpec.from_dict({"blok": 3})
+    with pytest.raises(ValueError, match="window.length"):
+        WindowSpec(length=1)
