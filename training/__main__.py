@@ -95,15 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the output
     args = build_parser().parse_args(argv)
-    from edge_monitor.archive import ArchiveError
-
-    try:
-        from edge_monitor.bundle import BundleError
-    except ImportError:  # pragma: no cover - bundle module always present in a release
-        BundleError = ArchiveError  # type: ignore[misc,assignment]
     try:
         args.func(args)
-    except (ArchiveError, BundleError, ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError) as exc:  # ArchiveError and BundleError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,385 @@
+"""The model bundle: a directory with the Keras model and everything needed to score with it.
+
+Layout::
+
+    <bundle>/model.keras   the training model in Keras' native format
+    <bundle>/bundle.json   channels, window and stable-region specs, scaler, hyperparameters,
+                           thresholds, metrics, training record, archive checksum, versions, model id
+
+``model_id`` is a content hash: 16 hex digits of SHA-256 over the bytes of ``model.keras`` and the
+canonical JSON of every ``bundle.json`` field except ``created`` and ``model_id``. Loading
+recomputes it, so a bundle edited or mixed up after saving is refused instead of silently scoring
+with the wrong scaler or thresholds. Non-finite floats in ``metrics`` and ``training`` are stored
+as ``null`` (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import __version__
+from .channels import CHANNELS
+from .scaling import MinMaxScaler
+from .scorer import SCORE_NAMES, WindowScorer
+from .stable_region import StableRegionSpec
+from .vae import VAEHyperParams, load_vae
+from .windowing import WindowSpec
+
+BUNDLE_FORMAT = 1
+MODEL_FILE = "model.keras"
+META_FILE = "bundle.json"
+
+
+class BundleError(ValueError):
+    """The bundle cannot be used; the message names the bundle and the file or key to fix."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    score: str  # the score the monitor alarms on: "kl" or "recon"
+    warning: float  # a window whose score exceeds this is "warning" (degraded tool)
+    alarm: float  # ... and this, "alarm" (failed tool)
+    rule: str  # how they were chosen, for the record
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_NAMES:
+            raise ValueError(f"thresholds.score must be one of {', '.join(SCORE_NAMES)}, got {self.score!r}")
+        for name in ("warning", "alarm"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise ValueError(f"thresholds.{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.warning > self.alarm:
+            raise ValueError(
+                f"thresholds.warning ({self.warning}) must not exceed thresholds.alarm ({self.alarm})"
+            )
+        if not isinstance(self.rule, str):
+            raise ValueError(f"thresholds.rule must be a string, got {self.rule!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Thresholds":
+        return cls(**_exact_keys("thresholds", data, cls))
+
+
+@dataclass
+class BundleMeta:
+    model_id: str
+    channels: tuple[str, ...]
+    window: WindowSpec
+    stable_region: StableRegionSpec
+    scaler: MinMaxScaler
+    hyperparams: VAEHyperParams
+    thresholds: Thresholds
+    metrics: dict
+    training: dict
+    archive_sha256: str
+    created: str
+    versions: dict
+    format: int = BUNDLE_FORMAT
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "model_id": self.model_id, "created": self.created, **self._content()}
+
+    def _content(self) -> dict:
+        """Every field the model id covers (all but ``model_id`` and ``created``)."""
+        return {
+            "format": self.format,
+            "channels": list(self.channels),
+            "window": self.window.to_dict(),
+            "stable_region": self.stable_region.to_dict(),
+            "scaler": self.scaler.to_dict(),
+            "hyperparams": self.hyperparams.to_dict(),
+            "thresholds": self.thresholds.to_dict(),
+            "metrics": self.metrics,
+            "training": self.training,
+            "archive_sha256": self.archive_sha256,
+            "versions": self.versions,
+        }
+
+
+@dataclass
+class ModelBundle:
+    path: Path
+    meta: BundleMeta
+    model: keras.Model
+    _scorers: dict[int, WindowScorer] = field(default_factory=dict, init=False, repr=False)
+
+    def scorer(self, batch_size: int = 1024) -> WindowScorer:
+        """The bundle's scorer (one per batch size, so its compiled function is reused)."""
+        if batch_size not in self._scorers:
+            self._scorers[batch_size] = WindowScorer(self.model, self.meta.scaler, batch_size)
+        return self._scorers[batch_size]
+
+
+def save_bundle(
+    path: str | Path,
+    model: keras.Model,
+    *,
+    channels,
+    window: WindowSpec,
+    stable_region: StableRegionSpec,
+    scaler: MinMaxScaler,
+    hyperparams: VAEHyperParams,
+    thresholds: Thresholds,
+    metrics: dict,
+    training: dict,
+    archive_sha256: str,
+) -> BundleMeta:
+    """Write a bundle at ``path``, atomically: it is built in a temporary directory beside ``path``
+    and renamed into place when complete, replacing an existing bundle there."""
+    path = Path(path)
+    where = f"bundle {path}: {META_FILE} key"
+    for name, value in (("metrics", metrics), ("training", training)):
+        if not isinstance(value, dict):
+            raise BundleError(f"{where} {name} must be a dict of plain data, got {type(value).__name__}")
+    meta = BundleMeta(
+        model_id="",
+        channels=tuple(channels),
+        window=window,
+        stable_region=stable_region,
+        scaler=scaler,
+        hyperparams=hyperparams,
+        thresholds=thresholds,
+        metrics=_plain(metrics, f"{where} metrics"),
+        training=_plain(training, f"{where} training"),
+        archive_sha256=str(archive_sha256),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=_versions(),
+    )
+    _check_meta(meta, path)
+    _check_model(model, meta, path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / META_FILE).exists())):
+        raise BundleError(f"bundle {path}: exists and is not a bundle; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a service user it is copied for
+        model.save(tmp / MODEL_FILE)
+        meta.model_id = _model_id((tmp / MODEL_FILE).read_bytes(), meta)
+        (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, allow_nan=False) + "\n")
+        _replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def read_bundle_meta(path: str | Path) -> BundleMeta:
+    """Read and validate ``bundle.json`` and check the model id against the files, without loading
+    the model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle {path}: no such directory (train one with `python -m training fit`)")
+    meta_file, model_file = path / META_FILE, path / MODEL_FILE
+    if not meta_file.is_file():
+        raise BundleError(f"bundle {path}: {META_FILE} is missing")
+    try:
+        data = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {path}: {META_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"bundle {path}: {META_FILE} must hold a JSON object")
+    fmt = data.get("format")
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise BundleError(f"bundle {path}: {META_FILE} key 'format' must be a positive integer, got {fmt!r}")
+    if fmt > BUNDLE_FORMAT:
+        raise BundleError(
+            f"bundle {path}: format {fmt} is newer than this edge_monitor {__version__} reads "
+            f"(format {BUNDLE_FORMAT}); upgrade edge_monitor"
+        )
+    meta = _meta_from_dict(data, path)
+    _check_meta(meta, path)
+    if not model_file.is_file():
+        raise BundleError(f"bundle {path}: {MODEL_FILE} is missing")
+    expected = _model_id(model_file.read_bytes(), meta)
+    if meta.model_id != expected:
+        raise BundleError(
+            f"bundle {path}: model_id {meta.model_id!r} in {META_FILE} does not match the content of "
+            f"{MODEL_FILE} and {META_FILE} (hash {expected!r}); the bundle was modified after saving: "
+            "restore the saved files or train a new bundle"
+        )
+    return meta
+
+
+def load_bundle(path: str | Path) -> ModelBundle:
+    """Validate the bundle at ``path`` and load its model for scoring."""
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    try:
+        model = load_vae(path / MODEL_FILE, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive; all mean the same here
+        raise BundleError(
+            f"bundle {path}: {MODEL_FILE} cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc
+    _check_model(model, meta, path)
+    return ModelBundle(path, meta, model)
+
+
+def _check_meta(meta: BundleMeta, path: Path) -> None:
+    if meta.channels != CHANNELS:
+        raise BundleError(
+            f"bundle {path}: {META_FILE} key 'channels' is {list(meta.channels)}; "
+            f"edge_monitor expects exactly {list(CHANNELS)} in this order"
+        )
+    n = len(meta.channels)
+    if len(meta.scaler.minimum) != n:
+        raise BundleError(
+            f"bundle {path}: {META_FILE} key 'scaler' has {len(meta.scaler.minimum)} channels, expected {n}"
+        )
+    saved_major = str(meta.versions.get("keras", "")).split(".")[0]
+    if saved_major and saved_major != keras.__version__.split(".")[0]:
+        raise BundleError(
+            f"bundle {path}: {MODEL_FILE} was saved with Keras {meta.versions['keras']} but this is "
+            f"Keras {keras.__version__}; retrain or install a matching Keras major version"
+        )
+
+
+def _check_model(model: keras.Model, meta: BundleMeta, path: Path) -> None:
+    expected = (meta.window.length, len(meta.channels))
+    shape = tuple(model.inputs[0].shape[1:]) if model.inputs else None
+    if shape != expected:
+        raise BundleError(
+            f"bundle {path}: {MODEL_FILE} takes windows of shape {shape}, but {META_FILE} "
+            f"'window'/'channels' say {expected}"
+        )
+    names = {layer.name for layer in model.layers}
+    if not {"encoder", "decoder"} <= names:
+        raise BundleError(f"bundle {path}: {MODEL_FILE} has no 'encoder' and 'decoder' sub-models")
+    codings = model.get_layer("encoder").outputs[0].shape[-1]
+    if codings != meta.hyperparams.codings:
+        raise BundleError(
+            f"bundle {path}: {MODEL_FILE} has {codings} codings but {META_FILE} 'hyperparams' says "
+            f"{meta.hyperparams.codings}"
+        )
+
+
+def _meta_from_dict(data: dict, path: Path) -> BundleMeta:
+    names = [n for n in BundleMeta.__dataclass_fields__]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise BundleError(f"bundle {path}: {META_FILE} lacks key(s) {', '.join(missing)}")
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise BundleError(f"bundle {path}: {META_FILE} has unknown key(s) {', '.join(unknown)}")
+    parsers = {
+        "model_id": _string,
+        "channels": _channels,
+        "window": lambda v: WindowSpec.from_dict(_mapping(v)),
+        "stable_region": lambda v: StableRegionSpec.from_dict(_mapping(v)),
+        "scaler": lambda v: MinMaxScaler.from_dict(_mapping(v)),
+        "hyperparams": lambda v: VAEHyperParams.from_dict(_mapping(v)),
+        "thresholds": lambda v: Thresholds.from_dict(_mapping(v)),
+        "metrics": _mapping,
+        "training": _mapping,
+        "archive_sha256": _string,
+        "created": _string,
+        "versions": _mapping,
+        "format": lambda v: v,  # checked before
+    }
+    values = {}
+    for name in names:
+        try:
+            values[name] = parsers[name](data[name])
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"bundle {path}: {META_FILE} key {name!r} is invalid ({exc})") from exc
+    return BundleMeta(**values)
+
+
+def _channels(value) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ValueError("expected a list of channel names")
+    return tuple(value)
+
+
+def _string(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _exact_keys(section: str, data: dict, cls) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError(f"{section} must be a mapping, got {type(data).__name__}")
+    known = set(cls.__dataclass_fields__)
+    if set(data) != known:
+        got = ", ".join(sorted(map(str, data)))
+        raise ValueError(f"{section}: expected keys {', '.join(sorted(known))}, got {got}")
+    return data
+
+
+def _plain(value, where: str):
+    """``value`` as plain JSON data (numpy scalars and arrays converted, non-finite floats -> None)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise BundleError(f"{where}: keys must be strings, got {key!r}")
+            out[key] = _plain(item, f"{where}.{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise BundleError(f"{where}: {type(value).__name__} is not JSON data")
+
+
+def _canonical(data) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _model_id(model_bytes: bytes, meta: BundleMeta) -> str:
+    digest = hashlib.sha256(model_bytes)
+    digest.update(_canonical(meta._content()))
+    return digest.hexdigest()[:16]
+
+
+def _versions() -> dict:
+    return {
+        "edge_monitor": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras-tcn": metadata.version("keras-tcn"),
+    }
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the complete ``new`` directory to ``target``; an old ``target`` is removed only after."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent)) / "bundle"
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(old, target)  # put the old bundle back
+        raise
+    shutil.rmtree(old.parent, ignore_errors=True)

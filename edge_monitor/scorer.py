@@ -1,0 +1,92 @@
+"""Deterministic window scores from a trained β-VAE, through one compiled inference function.
+
+Scores use the coding mean μ, never a sample, so the same window always gets the same scores:
+training's evaluation and the live daemon agree, and a save/load round trip changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .scaling import MinMaxScaler
+from .vae import kl_divergence
+
+SCORE_NAMES: tuple[str, ...] = ("recon", "kl")
+
+
+@dataclass
+class WindowScores:
+    recon: np.ndarray  # (n,) reconstruction MSE in the scaled space, mean over time and channels
+    kl: np.ndarray  # (n,) KL divergence of the window's codings from N(0, I)
+    channels: np.ndarray  # (n, C) per-channel reconstruction MSE (mean over time)
+
+    def __len__(self) -> int:
+        return int(self.recon.size)
+
+    def score(self, name: str) -> np.ndarray:
+        if name not in SCORE_NAMES:
+            raise ValueError(f"unknown score {name!r}; expected one of {', '.join(SCORE_NAMES)}")
+        return getattr(self, name)
+
+
+class WindowScorer:
+    """Scores (n, W, C) windows with ``model``'s "encoder" and "decoder" sub-models."""
+
+    def __init__(self, model: keras.Model, scaler: MinMaxScaler, batch_size: int = 1024) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        try:
+            encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+        except ValueError as exc:
+            raise ValueError(f"model {model.name!r} has no 'encoder'/'decoder' sub-model: {exc}") from exc
+        _, self.window_length, self.n_channels = model.inputs[0].shape
+        if len(scaler.minimum) != self.n_channels:
+            raise ValueError(
+                f"scaler has {len(scaler.minimum)} channels but the model takes {self.n_channels}"
+            )
+        self.scaler = scaler
+        self.batch_size = int(batch_size)
+
+        # One signature with a free batch dimension: traced once, whatever the batch sizes.
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, self.window_length, self.n_channels], tf.float32)]
+        )
+        def infer(x):
+            mu, log_var = encoder(x, training=False)
+            recon = decoder(mu, training=False)
+            per_channel = tf.reduce_mean(tf.square(x - recon), axis=1)
+            return tf.reduce_mean(per_channel, axis=1), kl_divergence(mu, log_var), per_channel
+
+        self._infer = infer
+
+    @property
+    def traces(self) -> int:
+        """How many times the inference function was traced (1 after the first batch)."""
+        return int(self._infer.experimental_get_tracing_count())
+
+    def score(self, raw_windows: np.ndarray) -> WindowScores:
+        """Scale raw (n, W, C) signal windows with the bundle's scaler, then score them."""
+        raw = np.asarray(raw_windows)
+        self._check_shape(raw)
+        return self.score_scaled(self.scaler.transform(raw))
+
+    def score_scaled(self, x: np.ndarray) -> WindowScores:
+        x = np.asarray(x, dtype=np.float32)
+        self._check_shape(x)
+        n = x.shape[0]
+        if n == 0:
+            empty = np.empty(0, np.float32)
+            return WindowScores(empty, empty.copy(), np.empty((0, self.n_channels), np.float32))
+        parts = [self._infer(tf.constant(x[i : i + self.batch_size])) for i in range(0, n, self.batch_size)]
+        recon, kl, channels = (np.concatenate([p[k].numpy() for p in parts]) for k in range(3))
+        return WindowScores(recon, kl, channels)
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        if x.ndim != 3 or x.shape[1:] != (self.window_length, self.n_channels):
+            raise ValueError(
+                f"windows must have shape (n, {self.window_length}, {self.n_channels}), got {x.shape}"
+            )

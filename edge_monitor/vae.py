@@ -1,0 +1,194 @@
+"""The β-VAE of the method: keras-tcn encoder and decoder, Gaussian codings, β-weighted KL loss.
+
+``build_beta_vae`` returns the compiled training model ``x -> reconstruction``. Its two named
+sub-models are what scoring uses: ``model.get_layer("encoder")`` maps windows to ``[mu, log_var]``
+and ``model.get_layer("decoder")`` maps codings back to windows.
+
+The latent loss is added by the :class:`Sampling` layer (``add_loss``), so the training model
+compiles with the reconstruction loss alone and still minimises
+``BCE + β · KL / (window · channels)``. Every custom object is registered serializable under the
+``edge_monitor`` package, so ``.keras`` files load in any process that imported this module;
+:func:`load_vae` is the one loader to use.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+from tcn import TCN  # importing keras-tcn registers its TCN layer for deserialisation
+
+
+_INTEGER_FIELDS = ("codings", "tcn_layers", "filters", "kernel_size")
+
+
+@dataclass(frozen=True)
+class VAEHyperParams:
+    beta: float = 2.0
+    codings: int = 16
+    tcn_layers: int = 2
+    filters: int = 32
+    kernel_size: int = 4
+    dilations: tuple[int, ...] = (1, 2, 4)
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        # Normalise numpy scalars (random search) and lists (JSON) to plain Python values.
+        values = {
+            "beta": _real("beta", self.beta, minimum=0.0, inclusive=True),
+            "learning_rate": _real("learning_rate", self.learning_rate, minimum=0.0, inclusive=False),
+            **{n: _integer(n, getattr(self, n), 1) for n in _INTEGER_FIELDS},
+            "dilations": _dilations(self.dilations),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen dataclass
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dilations"] = list(self.dilations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEHyperParams":
+        if not isinstance(d, dict):
+            raise ValueError(f"hyperparams must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"hyperparams: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                f"expected some of {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"hyperparams.{name} must be an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"hyperparams.{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _dilations(value) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"hyperparams.dilations must be a list of positive integers, got {value!r}")
+    dilations = tuple(_integer("dilations", d, minimum=1) for d in value)
+    if not dilations:
+        raise ValueError("hyperparams.dilations must not be empty")
+    return dilations
+
+
+def _real(name: str, value, minimum: float, inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"hyperparams.{name} must be a finite number, got {value!r}")
+    if value < minimum or (value == minimum and not inclusive):
+        relation = "at least" if inclusive else "greater than"
+        raise ValueError(f"hyperparams.{name} must be {relation} {minimum}, got {value}")
+    return float(value)
+
+
+def kl_divergence(mu, log_var):
+    """Per-window KL divergence of N(mu, exp(log_var)) from N(0, I), summed over the codings."""
+    return -0.5 * ops.sum(1.0 + log_var - ops.exp(log_var) - ops.square(mu), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="edge_monitor")
+class Sampling(layers.Layer):
+    """z = mu + exp(log_var / 2) · ε, and adds the latent loss ``kl_weight · mean(KL)``.
+
+    ``kl_weight`` is β / (window · channels): the reconstruction loss is a mean over the window's
+    elements, so the per-window KL is scaled to the same unit.
+    """
+
+    def __init__(self, kl_weight: float = 1.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.kl_weight = float(kl_weight)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        mu, log_var = inputs
+        self.add_loss(self.kl_weight * ops.mean(kl_divergence(mu, log_var)))
+        eps = keras.random.normal(ops.shape(mu), seed=self.seed_generator)
+        return mu + ops.exp(0.5 * log_var) * eps
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "kl_weight": self.kl_weight, "seed": self.seed}
+
+
+def _tcn(hp: VAEHyperParams, name: str) -> TCN:
+    return TCN(
+        nb_filters=hp.filters,
+        kernel_size=hp.kernel_size,
+        dilations=list(hp.dilations),
+        padding="causal",
+        use_skip_connections=True,
+        activation="selu",
+        kernel_initializer="he_normal",
+        return_sequences=True,
+        name=name,
+    )
+
+
+def build_beta_vae(
+    hp: VAEHyperParams, window_length: int = 64, n_channels: int = 6, seed: int | None = None
+) -> keras.Model:
+    """The compiled training model; ``seed`` makes the initial weights and ε reproducible (it
+    seeds Keras' global random state, as weight initialisers draw from it)."""
+    n_layers = hp.tcn_layers
+    if window_length < 1 or window_length % (2**n_layers):
+        raise ValueError(
+            f"window length {window_length} must be a positive multiple of 2**tcn_layers = {2**n_layers} "
+            f"(each of the {n_layers} TCN layers halves it); change window.length or hyperparams.tcn_layers"
+        )
+    if n_channels < 1:
+        raise ValueError(f"n_channels must be at least 1, got {n_channels}")
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+    x_in = keras.Input((window_length, n_channels), name="window")
+    h = x_in
+    for i in range(n_layers):
+        h = _tcn(hp, f"enc_tcn_{i}")(h)
+        h = layers.BatchNormalization(name=f"enc_bn_{i}")(h)
+        h = layers.MaxPool1D(2, name=f"enc_pool_{i}")(h)
+    h = layers.Flatten(name="enc_flatten")(h)
+    mu = layers.Dense(hp.codings, name="mu")(h)
+    log_var = layers.Dense(hp.codings, name="log_var")(h)
+    encoder = keras.Model(x_in, [mu, log_var], name="encoder")
+
+    reduced = window_length // 2**n_layers
+    z_in = keras.Input((hp.codings,), name="z")
+    h = layers.Dense(hp.filters * reduced, activation="selu", name="dec_dense")(z_in)
+    h = layers.Reshape((reduced, hp.filters), name="dec_reshape")(h)
+    for i in range(n_layers):
+        h = layers.UpSampling1D(2, name=f"dec_upsample_{i}")(h)
+        h = layers.BatchNormalization(name=f"dec_bn_{i}")(h)
+        h = _tcn(hp, f"dec_tcn_{i}")(h)
+    # A pointwise projection: the TCN before it already carries the temporal context.
+    x_out = layers.Conv1D(n_channels, 1, activation="sigmoid", name="reconstruction")(h)
+    decoder = keras.Model(z_in, x_out, name="decoder")
+
+    x = keras.Input((window_length, n_channels), name="window")
+    mu, log_var = encoder(x)
+    z = Sampling(kl_weight=hp.beta / (window_length * n_channels), seed=seed, name="sampling")([mu, log_var])
+    model = keras.Model(x, decoder(z), name="beta_vae")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=hp.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+    )
+    return model
+
+
+def load_vae(path: str | Path, *, compile: bool = True) -> keras.Model:
+    """Load a model saved by ``model.save(path)``; ``compile=False`` skips the optimizer (scoring)."""
+    custom = {"TCN": TCN, "Sampling": Sampling}
+    return keras.saving.load_model(Path(path), custom_objects=custom, compile=compile)

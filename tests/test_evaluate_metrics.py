@@ -1,0 +1,217 @@
+"""Metrics, thresholds, plots and the summary of the evaluation, on hand-made score arrays."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_monitor.bundle import Thresholds
+from edge_monitor.scorer import WindowScores
+from training.evaluate import format_summary, level
+from training.metrics import anomaly_metrics, metrics_by_param
+from training.plots import plot_curves, plot_score_distributions, plot_score_trend
+from training.thresholds import choose_thresholds
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_scores(kl, recon=None) -> WindowScores:
+    kl = np.asarray(kl, dtype=float)
+    recon = kl.copy() if recon is None else np.asarray(recon, dtype=float)
+    return WindowScores(recon=recon, kl=kl, channels=np.tile(recon[:, None], (1, 6)))
+
+
+def three_classes(rng: np.random.Generator, n: int = 600, separation: float = 1.0):
+    """Labels 0/1/2 (failed ~10%) and an informative score rising with the class, plus noise."""
+    labels = rng.choice(3, size=n, p=[0.4, 0.5, 0.1])
+    informative = labels * separation + rng.normal(size=n)
+    noise = rng.normal(size=n)
+    return labels, informative, noise
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_perfect_score_gives_unit_aucs():
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
+    kl = labels + 0.1 * np.arange(10) / 10  # failed windows rank above every other
+    m = anomaly_metrics(make_scores(kl, -kl), labels)
+    assert m["pr_auc_kl"] == pytest.approx(1.0)
+    assert m["roc_auc_kl"] == pytest.approx(1.0)
+    assert m["roc_auc_recon"] == pytest.approx(0.0)
+    assert m["n_windows"] == 10 and m["n_failed"] == 3
+    assert m["no_skill"] == pytest.approx(0.3)
+
+
+def test_random_score_is_near_no_skill():
+    rng = np.random.default_rng(1)
+    labels = np.where(rng.random(20000) < 0.08, 2, rng.integers(0, 2, 20000))
+    m = anomaly_metrics(make_scores(rng.random(20000), rng.random(20000)), labels)
+    assert m["no_skill"] == pytest.approx(0.08, abs=0.01)
+    for name in ("kl", "recon"):
+        assert m[f"pr_auc_{name}"] == pytest.approx(m["no_skill"], abs=0.015)
+        assert m[f"roc_auc_{name}"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_undefined_metrics_are_none_and_json_null():
+    labels = np.array([0, 1, 1, 0])
+    m = anomaly_metrics(make_scores([0.1, 0.2, 0.3, 0.4]), labels)
+    assert m["n_failed"] == 0 and m["no_skill"] == 0.0
+    assert all(m[k] is None for k in ("pr_auc_kl", "pr_auc_recon", "roc_auc_kl", "roc_auc_recon"))
+    assert "null" in json.dumps(m, allow_nan=False)
+    only_failed = anomaly_metrics(make_scores([1.0, 2.0]), np.array([2, 2]))
+    assert only_failed["pr_auc_kl"] is None and only_failed["no_skill"] == 1.0
+    empty = anomaly_metrics(make_scores([]), np.array([], dtype=int))
+    assert empty["n_windows"] == 0 and empty["no_skill"] is None
+
+
+def test_unlabelled_windows_are_left_out_and_bad_scores_are_named():
+    m = anomaly_metrics(make_scores([0.0, 1.0, 5.0, 9.0]), np.array([0, 2, -1, -1]))
+    assert m["n_windows"] == 2 and m["pr_auc_kl"] == pytest.approx(1.0)
+    inf = anomaly_metrics(make_scores([0.0, np.inf, 1.0]), np.array([0, 2, 0]))
+    assert inf["pr_auc_kl"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="kl score: 1 window"):
+        anomaly_metrics(make_scores([0.0, np.nan], [0.0, 1.0]), np.array([0, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        anomaly_metrics(make_scores([0.0, 1.0]), np.array([0, 2, 1]))
+
+
+def test_metrics_by_param_breaks_down_by_doc_feed_and_material():
+    rng = np.random.default_rng(2)
+    n = 400
+    doc = rng.choice([0.75, 1.5], n)
+    feed = rng.choice([0.25, 0.5], n)
+    material = rng.choice([1, 2], n)
+    # Failed windows only at the shallow cut, where the score separates them perfectly.
+    labels = np.where(doc == 0.75, rng.choice([0, 2], n), rng.choice([0, 1], n))
+    kl = (labels == 2) + rng.random(n) * 0.5
+    out = metrics_by_param(make_scores(kl, rng.random(n)), labels, doc + 1e-12, feed, material)
+    assert set(out) == {"doc", "feed", "material"}
+    assert set(out["doc"]) == {"0.75", "1.5"}
+    assert set(out["feed"]) == {"0.25", "0.5"}
+    assert set(out["material"]) == {"cast_iron", "steel"}
+    shallow, deep = out["doc"]["0.75"], out["doc"]["1.5"]
+    assert shallow["pr_auc_kl"] == pytest.approx(1.0)
+    assert shallow["no_skill"] == pytest.approx(shallow["n_failed"] / shallow["n_windows"])
+    assert deep["n_failed"] == 0 and deep["pr_auc_kl"] is None and deep["roc_auc_recon"] is None
+    for param in out.values():
+        assert sum(g["n_windows"] for g in param.values()) == n
+        assert sum(g["n_failed"] for g in param.values()) == int((labels == 2).sum())
+    json.dumps(out, allow_nan=False)
+
+
+# --- thresholds ------------------------------------------------------------------------------
+
+
+def test_thresholds_pick_the_better_score():
+    labels, informative, noise = three_classes(np.random.default_rng(3), separation=2.0)
+    on_kl = choose_thresholds(make_scores(informative, noise), labels)
+    on_recon = choose_thresholds(make_scores(noise, informative), labels)
+    assert on_kl.score == "kl" and on_recon.score == "recon"
+    assert "higher validation PR-AUC of failed vs rest" in on_kl.rule
+    for t in (on_kl, on_recon):
+        assert isinstance(t, Thresholds)
+        assert t.warning <= t.alarm
+        assert "maximising F1 of failed vs rest" in t.rule
+        assert "maximising F1 of degraded-or-failed vs healthy" in t.rule
+
+
+def test_alarm_threshold_separates_separable_classes():
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 5)
+    kl = np.concatenate([np.linspace(0, 1, 20), np.linspace(2, 3, 20), np.linspace(5, 6, 5)])
+    t = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels)
+    assert t.score == "kl"
+    assert t.alarm == pytest.approx(4.0)  # halfway between the last degraded and the first failed
+    assert t.warning == pytest.approx(1.5)
+    assert level(5.0, t) == "alarm" and level(2.0, t) == "warning" and level(1.0, t) == "normal"
+
+
+def test_fallback_thresholds_when_classes_are_missing():
+    rng = np.random.default_rng(4)
+    healthy = rng.exponential(size=500)
+    only_healthy = choose_thresholds(make_scores(healthy), np.zeros(500, int))
+    assert only_healthy.alarm == pytest.approx(np.percentile(healthy, 99.5))
+    assert only_healthy.warning == pytest.approx(np.percentile(healthy, 97.5))
+    assert "99.5th percentile" in only_healthy.rule and "97.5th percentile" in only_healthy.rule
+    assert "default latent-space score" in only_healthy.rule and only_healthy.score == "kl"
+
+    labels = np.concatenate([np.zeros(500, int), np.ones(100, int)])
+    worn = np.concatenate([healthy, 3 + rng.exponential(size=100)])
+    no_failed = choose_thresholds(make_scores(rng.random(600), worn), labels)
+    assert no_failed.score == "recon"  # decided by degraded-or-failed vs healthy
+    assert "undefined" in no_failed.rule and "99.5th percentile" in no_failed.rule
+    assert "maximising F1 of degraded-or-failed vs healthy" in no_failed.rule
+    assert no_failed.warning <= no_failed.alarm
+
+    with pytest.raises(ValueError, match="healthy validation windows"):
+        choose_thresholds(make_scores([1.0, 2.0]), np.array([1, 2]))
+
+
+def test_warning_is_capped_at_the_alarm():
+    # Failed windows score below most degraded ones: the best warning threshold lies above the
+    # best alarm threshold, and is capped to it.
+    labels = np.array([0] * 100 + [2] * 3 + [1] * 50 + [0] * 10)
+    kl = np.concatenate([np.linspace(0, 1, 100), [2.0] * 3, [3.0] * 50, [2.5] * 10])
+    t = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels)
+    assert t.warning == t.alarm == pytest.approx(1.5)
+    assert "Warning at the alarm threshold" in t.rule
+
+
+def test_thresholds_hold_warning_below_alarm_on_random_data():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        labels, informative, noise = three_classes(rng, n=120, separation=rng.uniform(0, 2))
+        t = choose_thresholds(make_scores(informative, noise), labels)
+        assert t.warning <= t.alarm and np.isfinite([t.warning, t.alarm]).all()
+
+
+# --- plots and summary -----------------------------------------------------------------------
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
+
+
+def test_plots_are_written(tmp_path):
+    labels, informative, noise = three_classes(np.random.default_rng(6))
+    scores = make_scores(np.exp(informative), noise - noise.min() + 1e-3)
+    thresholds = choose_thresholds(scores, labels)
+    _assert_png(plot_curves(scores, labels, tmp_path / "curves.png"))
+    _assert_png(plot_curves(scores, np.zeros_like(labels), tmp_path / "undefined.png"))
+    _assert_png(plot_score_distributions(scores, labels, tmp_path / "dist.png"))
+    case = np.repeat(np.arange(1, 6), 8)
+    run = np.tile(np.arange(1, 9), 5)
+    cut_class = np.minimum(run // 3, 2)
+    median = np.exp(cut_class + np.random.default_rng(7).normal(size=case.size) * 0.3)
+    path = plot_score_trend(
+        case, run, cut_class, median, tmp_path / "sub" / "trend.png",
+        score_name=thresholds.score, thresholds=thresholds, evaluated=run % 3 == 0,
+    )
+    _assert_png(path)
+
+
+def test_format_summary_reads_the_metrics():
+    labels, informative, noise = three_classes(np.random.default_rng(8))
+    scores = make_scores(informative, noise)
+    thresholds = choose_thresholds(scores, labels)
+    n = labels.size
+    metrics = {
+        "model_id": "abc123", "archive": "data/mill.mat", "split": "test (cut split, seed 0)",
+        "n_cuts": 7, **anomaly_metrics(scores, labels),
+        "by_param": metrics_by_param(scores, labels, np.full(n, 0.75), np.full(n, 0.5), np.ones(n)),
+        "alarm_score": thresholds.score,
+        "thresholds": {"score": thresholds.score, "warning": thresholds.warning,
+                       "alarm": thresholds.alarm, "rule": thresholds.rule},
+        "threshold_windows": {"alarm": {"precision": None, "recall": 0.5, "f1": None},
+                              "warning": {"precision": 0.9, "recall": 0.8, "f1": 0.85}},
+        "cut_levels": {"healthy": {"normal": 3, "warning": 0, "alarm": 0},
+                       "degraded": {"normal": 1, "warning": 2, "alarm": 0},
+                       "failed": {"normal": 0, "warning": 0, "alarm": 1}},
+    }
+    text = format_summary(metrics)
+    assert "test (cut split, seed 0)" in text and "<- alarm score" in text
+    assert "doc 0.75" in text and "material cast_iron" in text
+    assert f"{metrics['pr_auc_kl']:.3f}" in text

@@ -1,0 +1,243 @@
+"""The ``evaluate`` command: score an archive with a bundle, write metrics.json and plots.
+
+On the bundle's own archive (same SHA-256) the metrics cover the test split the bundle was trained
+with, recomputed from its recorded split kind and seed; on any other archive they cover every
+stable window. Every window of the archive is scored either way, because the trend plot shows each
+case's whole run sequence (with the evaluated cuts marked) — a test split holds too few cuts per
+case to show a trend on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge_monitor.archive import read_archive
+from edge_monitor.bundle import BundleMeta, Thresholds, load_bundle
+from edge_monitor.scorer import WindowScores
+from edge_monitor.wear import CLASS_NAMES, DEGRADED, FAILED
+
+from .dataset import WindowSet, prepare_windows
+from .metrics import SCORE_NAMES, anomaly_metrics, metrics_by_param, param_key
+from .plots import plot_curves, plot_score_distributions, plot_score_trend
+from .splits import make_split
+
+LEVELS = ("normal", "warning", "alarm")
+
+
+def level(value: float, thresholds: Thresholds) -> str:
+    """Monitor level of a score: above the alarm threshold, above the warning one, or normal."""
+    if value > thresholds.alarm:
+        return "alarm"
+    if value > thresholds.warning:
+        return "warning"
+    return "normal"
+
+
+def evaluation_windows(meta: BundleMeta, sha256: str, ws: WindowSet, bundle: Path) -> tuple[np.ndarray, str]:
+    """Indices of the windows to evaluate and a description of them."""
+    if sha256 != meta.archive_sha256:
+        return np.arange(len(ws)), "all windows"
+    kind, seed = meta.training.get("split"), meta.training.get("seed")
+    if kind is None or seed is None:
+        raise ValueError(
+            f"{bundle}: the bundle's training record has no 'split' and 'seed', so the test split "
+            f"of its own archive cannot be recomputed"
+        )
+    split = make_split(kind, ws.cut, ws.cut_class, int(seed))
+    return split.test, f"test ({kind} split, seed {int(seed)})"
+
+
+def _subset(scores: WindowScores, idx: np.ndarray) -> WindowScores:
+    return WindowScores(recon=scores.recon[idx], kl=scores.kl[idx], channels=scores.channels[idx])
+
+
+def _rates(flagged: np.ndarray, positive: np.ndarray) -> dict:
+    """Precision, recall and F1 of a fixed threshold's flags (None where undefined)."""
+    hits = int((flagged & positive).sum())
+    precision = hits / int(flagged.sum()) if flagged.any() else None
+    recall = hits / int(positive.sum()) if positive.any() else None
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision is not None and recall is not None and precision + recall > 0
+        else None
+    )
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def cut_table(ws: WindowSet, scores: WindowScores, idx: np.ndarray, thresholds: Thresholds) -> list[dict]:
+    """Per evaluated cut: its labels, window count, median and max of both scores over its
+    evaluated windows, and its level (from the median of the alarm score, so one stray window
+    does not decide a cut)."""
+    rows = []
+    cut_of = ws.cut[idx]
+    for pos in np.unique(cut_of):
+        mine = idx[cut_of == pos]
+        cut = ws.archive.cuts[pos]
+        row = {
+            "cut": cut.cut_id, "case": cut.case, "run": cut.run,
+            "vb": float(ws.cut_vb[pos]), "class": CLASS_NAMES[ws.cut_class[pos]],
+            "doc": param_key("doc", cut.doc), "feed": param_key("feed", cut.feed),
+            "material": param_key("material", cut.material), "n_windows": int(mine.size),
+        }
+        for name in SCORE_NAMES:
+            values = scores.score(name)[mine]
+            row[f"median_{name}"] = float(np.median(values))
+            row[f"max_{name}"] = float(values.max())
+        row["level"] = level(row[f"median_{thresholds.score}"], thresholds)
+        rows.append(row)
+    return rows
+
+
+def _trend_inputs(ws: WindowSet, scores: WindowScores, idx: np.ndarray, name: str) -> dict:
+    """Per cut of the archive (with windows): case, run, class, median score, evaluated or not."""
+    cuts = np.unique(ws.cut)
+    evaluated = np.isin(cuts, ws.cut[idx])
+    values = scores.score(name)
+    median = np.array([np.median(values[ws.cut == pos]) for pos in cuts])
+    return {
+        "case": [ws.archive.cuts[p].case for p in cuts],
+        "run": [ws.archive.cuts[p].run for p in cuts],
+        "cut_class": ws.cut_class[cuts],
+        "median": median,
+        "evaluated": evaluated,
+    }
+
+
+def _json_safe(value):
+    """NaN/inf would make invalid JSON; they become null like every other undefined figure."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def default_out_dir(bundle_path: Path, archive_path: Path, sha256: str) -> Path:
+    # The checksum prefix keeps two archives that share a file name apart.
+    return bundle_path / "evaluation" / f"{archive_path.stem}-{sha256[:8]}"
+
+
+def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | Path | None = None) -> dict:
+    """Evaluate a bundle on an archive; writes ``metrics.json`` and PNG plots into ``out_dir``
+    (default ``<bundle>/evaluation/<archive stem>-<sha256 prefix>/``), prints a summary and
+    returns the metrics."""
+    bundle_path, archive_path = Path(bundle_path), Path(archive_path)
+    bundle = load_bundle(bundle_path)
+    meta = bundle.meta
+    archive = read_archive(archive_path)
+    ws = prepare_windows(archive, meta.window, meta.stable_region)
+    if len(ws) == 0:
+        raise ValueError(f"{archive_path}: no stable windows with a wear label, nothing to evaluate")
+    idx, split_desc = evaluation_windows(meta, archive.sha256, ws, bundle_path)
+    out = Path(out_dir) if out_dir else default_out_dir(bundle_path, archive_path, archive.sha256)
+    out.mkdir(parents=True, exist_ok=True)
+
+    scores = bundle.scorer().score(ws.data)
+    chosen = _subset(scores, idx)
+    labels = ws.labels[idx]
+    thresholds = meta.thresholds
+    alarm_values = chosen.score(thresholds.score)
+    cuts = cut_table(ws, scores, idx, thresholds)
+
+    plots = {
+        "curves": plot_curves(chosen, labels, out / "pr_roc_curves.png"),
+        "distributions": plot_score_distributions(chosen, labels, out / "score_distributions.png"),
+    }
+    for name in SCORE_NAMES:
+        plots[f"trend_{name}"] = plot_score_trend(
+            **_trend_inputs(ws, scores, idx, name), path=out / f"trend_{name}.png",
+            score_name=name, thresholds=thresholds,
+        )
+
+    metrics = {
+        "model_id": meta.model_id,
+        "bundle": str(bundle_path),
+        "archive": str(archive_path),
+        "archive_sha256": archive.sha256,
+        "split": split_desc,
+        "n_cuts": len(cuts),
+        **anomaly_metrics(chosen, labels),
+        "by_param": metrics_by_param(
+            chosen, labels, ws.cut_field("doc")[idx], ws.cut_field("feed")[idx],
+            ws.cut_field("material")[idx],
+        ),
+        "alarm_score": thresholds.score,
+        "thresholds": dataclasses.asdict(thresholds),
+        # Window-level quality of the stored thresholds on the evaluated windows.
+        "threshold_windows": {
+            "alarm": _rates(alarm_values > thresholds.alarm, labels == FAILED),
+            "warning": _rates(alarm_values > thresholds.warning, labels >= DEGRADED),
+        },
+        "cut_levels": {
+            cls: {lvl: sum(1 for c in cuts if c["class"] == cls and c["level"] == lvl) for lvl in LEVELS}
+            for cls in CLASS_NAMES
+        },
+        "cuts": cuts,
+        "plots": {key: path.name for key, path in plots.items()},
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metrics = _json_safe(metrics)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    print(format_summary(metrics))
+    print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out}", flush=True)
+    return metrics
+
+
+def _num(value: float | None, width: int = 8) -> str:
+    return f"{'-' if value is None else f'{value:.3f}':>{width}}"
+
+
+def format_summary(metrics: dict) -> str:
+    """A plain-text summary of :func:`evaluate`'s metrics: headline table, breakdown by cutting
+    parameter, thresholds and the levels the evaluated cuts reached."""
+    alarm = metrics["alarm_score"]
+    lines = [
+        f"model {metrics['model_id']} on {metrics['archive']}: {metrics['split']}",
+        f"{metrics['n_windows']} windows of {metrics['n_cuts']} cuts, {metrics['n_failed']} failed "
+        f"(no-skill precision {_num(metrics['no_skill'], 0).strip()})",
+        "",
+        f"{'score':<8}{'PR-AUC':>8}{'ROC-AUC':>9}",
+    ]
+    for name in SCORE_NAMES:
+        mark = "  <- alarm score" if name == alarm else ""
+        lines.append(
+            f"{name:<8}{_num(metrics[f'pr_auc_{name}'])}{_num(metrics[f'roc_auc_{name}'], 9)}{mark}"
+        )
+    lines += [
+        "",
+        f"{'by parameter':<20}{'windows':>8}{'failed':>8}{'no-skill':>9}"
+        f"{'PR kl':>8}{'PR recon':>9}{'ROC kl':>8}{'ROC recon':>10}",
+    ]
+    for param, groups in metrics["by_param"].items():
+        for key, m in groups.items():
+            lines.append(
+                f"{param + ' ' + key:<20}{m['n_windows']:>8}{m['n_failed']:>8}{_num(m['no_skill'], 9)}"
+                f"{_num(m['pr_auc_kl'])}{_num(m['pr_auc_recon'], 9)}"
+                f"{_num(m['roc_auc_kl'])}{_num(m['roc_auc_recon'], 10)}"
+            )
+    t = metrics["thresholds"]
+    rates = metrics["threshold_windows"]
+    lines += [
+        "",
+        f"thresholds on {alarm}: warning > {t['warning']:.4g}, alarm > {t['alarm']:.4g}",
+        f"  alarm windows: precision {_num(rates['alarm']['precision'], 0).strip()}, "
+        f"recall {_num(rates['alarm']['recall'], 0).strip()} (failed vs rest)",
+        f"  warning windows: precision {_num(rates['warning']['precision'], 0).strip()}, "
+        f"recall {_num(rates['warning']['recall'], 0).strip()} (degraded or failed vs healthy)",
+        f"  rule: {t['rule']}",
+        "",
+        f"{'cut level (median ' + alarm + ')':<28}" + "".join(f"{lvl:>9}" for lvl in LEVELS),
+    ]
+    for cls, counts in metrics["cut_levels"].items():
+        lines.append(f"{cls + ' cuts':<28}" + "".join(f"{counts[lvl]:>9}" for lvl in LEVELS))
+    return "\n".join(lines)

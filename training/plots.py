@@ -1,0 +1,181 @@
+"""Evaluation plots, written as PNG files. Each function returns the path it wrote.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so plotting needs no display
+and leaves no global figure state behind in a long-running process.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from edge_monitor.wear import CLASS_NAMES, FAILED
+
+from .metrics import SCORE_NAMES, labelled_scores, pr_auc, roc_auc
+
+if TYPE_CHECKING:
+    from edge_monitor.bundle import Thresholds
+    from edge_monitor.scorer import WindowScores
+
+CLASS_COLOURS = ("tab:green", "tab:orange", "tab:red")
+SCORE_LABELS = {"kl": "KL divergence (latent)", "recon": "reconstruction MSE (input)"}
+DPI = 110
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _log_helps(values: np.ndarray) -> bool:
+    """Log scale when the scores are positive and their bulk spans more than ~1.5 decades."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < 2 or values.min() <= 0:
+        return False
+    low, high = np.percentile(values, [1, 99])
+    return high / low > 30
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def plot_curves(scores: "WindowScores", labels: np.ndarray, path: str | Path) -> Path:
+    """Precision–recall and ROC curves of failed vs rest for both scores, against no skill."""
+    labels, named = labelled_scores(scores, labels)
+    failed = labels == FAILED
+    fig = Figure(figsize=(11, 4.5))
+    ax_pr, ax_roc = fig.subplots(1, 2)
+    defined = failed.any() and not failed.all()
+    if defined:
+        for name in SCORE_NAMES:
+            precision, recall, _ = precision_recall_curve(failed, named[name])
+            ax_pr.step(recall, precision, where="post",
+                       label=f"{name} (PR-AUC {_fmt(pr_auc(failed, named[name]))})")
+            fpr, tpr, _ = roc_curve(failed, named[name])
+            ax_roc.plot(fpr, tpr, label=f"{name} (ROC-AUC {_fmt(roc_auc(failed, named[name]))})")
+        no_skill = float(failed.mean())
+        ax_pr.axhline(no_skill, color="grey", linestyle="--", label=f"no skill ({no_skill:.3f})")
+    else:
+        for ax in (ax_pr, ax_roc):
+            ax.text(0.5, 0.5, "undefined: the evaluated windows\nare not a mix of failed and not failed",
+                    ha="center", va="center", transform=ax.transAxes)
+    ax_roc.plot([0, 1], [0, 1], color="grey", linestyle="--", label="no skill")
+    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+              title=f"Precision–recall, failed vs rest ({int(failed.sum())} of {failed.size} windows)")
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
+               title="ROC, failed vs rest")
+    for ax in (ax_pr, ax_roc):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
+def plot_score_distributions(scores: "WindowScores", labels: np.ndarray, path: str | Path) -> Path:
+    """Histogram of each score per tool class (densities, since the classes are imbalanced)."""
+    labels, named = labelled_scores(scores, labels)
+    fig = Figure(figsize=(11, 4.2))
+    for ax, name in zip(fig.subplots(1, len(SCORE_NAMES)), SCORE_NAMES):
+        values = named[name]
+        log = _log_helps(values)
+        if values.size == 0:
+            ax.text(0.5, 0.5, "no windows", ha="center", va="center", transform=ax.transAxes)
+        else:
+            low, high = float(values.min()), float(values.max())
+            if high <= low:
+                high = low + 1.0
+            bins = np.geomspace(low, high, 50) if log else np.linspace(low, high, 50)
+            for cls, (cls_name, colour) in enumerate(zip(CLASS_NAMES, CLASS_COLOURS)):
+                member = values[labels == cls]
+                if member.size:
+                    ax.hist(member, bins=bins, density=True, histtype="step", linewidth=1.6,
+                            color=colour, label=f"{cls_name} ({member.size})")
+        if log:
+            ax.set_xscale("log")
+        ax.set(xlabel=SCORE_LABELS.get(name, name), ylabel="density", title=f"{name} score by class")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_score_trend(
+    case: Sequence[int],
+    run: Sequence[int],
+    cut_class: Sequence[int],
+    median: Sequence[float],
+    path: str | Path,
+    *,
+    score_name: str,
+    thresholds: "Thresholds | None" = None,
+    evaluated: Sequence[bool] | None = None,
+) -> Path:
+    """Median window score of each cut against its run number, one panel per case; each run's
+    background is shaded by its cut's class. ``thresholds`` (drawn when they are for this score)
+    adds the warning and alarm lines; ``evaluated`` marks the cuts of the evaluated set (filled)
+    apart from the rest (hollow), e.g. test cuts among training and validation cuts."""
+    case, run = np.asarray(case, dtype=int), np.asarray(run, dtype=int)
+    cut_class, median = np.asarray(cut_class, dtype=int), np.asarray(median, dtype=float)
+    evaluated = np.ones(case.size, bool) if evaluated is None else np.asarray(evaluated, bool)
+    cases = np.unique(case)
+    n_cols = max(1, math.ceil(math.sqrt(cases.size)))
+    n_rows = max(1, math.ceil(cases.size / n_cols))
+    fig = Figure(figsize=(3.6 * n_cols, 2.6 * n_rows + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, sharey=True, squeeze=False)).ravel()
+    log = _log_helps(median)
+    lines = thresholds is not None and thresholds.score == score_name
+    for ax, this in zip(axes, cases):
+        member = np.flatnonzero(case == this)
+        member = member[np.argsort(run[member])]
+        for r, cls in zip(run[member], cut_class[member]):
+            if 0 <= cls < len(CLASS_COLOURS):
+                ax.axvspan(r - 0.5, r + 0.5, color=CLASS_COLOURS[cls], alpha=0.15, linewidth=0)
+        ax.plot(run[member], median[member], color="black", linewidth=1)
+        held = member[evaluated[member]]
+        rest = member[~evaluated[member]]
+        ax.plot(run[held], median[held], "o", color="black", markersize=4)
+        ax.plot(run[rest], median[rest], "o", markerfacecolor="white", color="black", markersize=4)
+        if lines:
+            ax.axhline(thresholds.warning, color="tab:orange", linestyle="--", linewidth=1)
+            ax.axhline(thresholds.alarm, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_title(f"case {this}", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(run[member].min() - 0.75, run[member].max() + 0.75)
+        ax.grid(alpha=0.3)
+        if log:
+            ax.set_yscale("log")
+    for ax in axes[cases.size:]:
+        ax.set_visible(False)
+    for ax in axes[(n_rows - 1) * n_cols:]:
+        ax.set_xlabel("run")
+    for ax in axes[::n_cols]:
+        ax.set_ylabel(f"median {score_name}")
+    handles = [Patch(color=c, alpha=0.3, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)]
+    if lines:
+        handles += [
+            Line2D([], [], color="tab:orange", linestyle="--", label=f"warning {thresholds.warning:.4g}"),
+            Line2D([], [], color="tab:red", linestyle="--", label=f"alarm {thresholds.alarm:.4g}"),
+        ]
+    if not evaluated.all():
+        handles += [
+            Line2D([], [], marker="o", color="black", linestyle="", label="evaluated cut"),
+            Line2D([], [], marker="o", markerfacecolor="white", color="black", linestyle="",
+                   label="other cut (train/validation)"),
+        ]
+    fig.suptitle(f"{SCORE_LABELS.get(score_name, score_name)}: median window score per cut")
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize="small")
+    return _save(fig, path)

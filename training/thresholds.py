@@ -1,0 +1,146 @@
+"""Warning and alarm thresholds, chosen on the validation windows of every class.
+
+The rule (also written, with its figures, into :attr:`Thresholds.rule`):
+
+* Score: the one (``kl`` or ``recon``) with the higher validation PR-AUC of failed vs rest. When
+  that is undefined (no failed validation window) or tied, the higher PR-AUC of degraded-or-failed
+  vs healthy decides; when that is undefined or tied too, ``kl`` (the latent-space score the
+  method alarms on).
+* Alarm: the threshold that maximises F1 of failed vs rest; without failed validation windows,
+  the 99.5th percentile of the healthy validation scores.
+* Warning: the threshold that maximises F1 of degraded-or-failed vs healthy; without degraded or
+  failed validation windows, the 97.5th percentile of the healthy validation scores. Capped at
+  the alarm threshold, so a window that alarms has always also passed the warning level.
+
+A level is reached when the score is above its threshold. Each F1-optimal threshold lies halfway
+between the lowest score it flags and the highest score it does not, so ``>`` and ``>=`` agree on
+every validation window and new data gets a margin on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve
+
+from edge_monitor.bundle import Thresholds
+from edge_monitor.wear import DEGRADED, FAILED, HEALTHY
+
+from .metrics import SCORE_NAMES, labelled_scores, pr_auc
+
+if TYPE_CHECKING:
+    from edge_monitor.scorer import WindowScores
+
+DEFAULT_SCORE = "kl"
+ALARM_FALLBACK_PERCENTILE = 99.5
+WARNING_FALLBACK_PERCENTILE = 97.5
+
+
+def f1_threshold(positive: np.ndarray, values: np.ndarray) -> tuple[float, float] | None:
+    """The threshold (flag when above it) maximising F1 of ``positive``, and that F1; None when
+    either class is absent."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    precision, recall, candidates = precision_recall_curve(positive, values)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+    # Among equal F1 the highest threshold: the same detection quality with fewer alarms.
+    best = int(np.flatnonzero(f1 == f1.max())[-1])
+    lowest_flagged = candidates[best]
+    unflagged = values[values < lowest_flagged]
+    if unflagged.size:
+        threshold = (lowest_flagged + unflagged.max()) / 2
+    else:
+        threshold = np.nextafter(lowest_flagged, -np.inf)
+    return float(threshold), float(f1[best])
+
+
+def _fmt(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _better(aucs: dict[str, float | None]) -> str | None:
+    """The score with the strictly higher AUC; None when undefined or tied."""
+    a, b = (aucs[name] for name in SCORE_NAMES)
+    if a is None or b is None or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+        return None
+    return SCORE_NAMES[0] if a > b else SCORE_NAMES[1]
+
+
+def choose_score(labels: np.ndarray, named: dict[str, np.ndarray]) -> tuple[str, str]:
+    """The score to alarm on and the sentence saying why."""
+    other = lambda name: next(n for n in SCORE_NAMES if n != name)  # noqa: E731
+    failed = {name: pr_auc(labels == FAILED, named[name]) for name in SCORE_NAMES}
+    name = _better(failed)
+    if name:
+        return name, (
+            f"Alarms on {name}, the score with the higher validation PR-AUC of failed vs rest "
+            f"({_fmt(failed[name])} against {_fmt(failed[other(name)])} for {other(name)})."
+        )
+    worn = {name: pr_auc(labels >= DEGRADED, named[name]) for name in SCORE_NAMES}
+    why = "undefined" if failed[DEFAULT_SCORE] is None else f"tied at {_fmt(failed[DEFAULT_SCORE])}"
+    name = _better(worn)
+    if name:
+        return name, (
+            f"Alarms on {name}: the validation PR-AUC of failed vs rest is {why}, and {name} has "
+            f"the higher PR-AUC of degraded-or-failed vs healthy ({_fmt(worn[name])} against "
+            f"{_fmt(worn[other(name)])} for {other(name)})."
+        )
+    return DEFAULT_SCORE, (
+        f"Alarms on {DEFAULT_SCORE}, the default latent-space score: the validation PR-AUCs of "
+        f"failed vs rest ({why}) and of degraded-or-failed vs healthy do not separate the two scores."
+    )
+
+
+def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
+    """Thresholds from the scores and classes of the validation windows (all classes)."""
+    labels, named = labelled_scores(scores, labels)
+    if not (labels == HEALTHY).any():
+        raise ValueError(
+            "thresholds need healthy validation windows, and there are none: "
+            "check the split and the archive's wear labels"
+        )
+    score, why_score = choose_score(labels, named)
+    values = named[score]
+    healthy = values[labels == HEALTHY]
+
+    fitted = f1_threshold(labels == FAILED, values)
+    if fitted:
+        alarm, f1 = fitted
+        why_alarm = (
+            f"Alarm above {alarm:.4g}, the threshold maximising F1 of failed vs rest on the "
+            f"validation windows (F1 {f1:.2f})."
+        )
+    else:
+        alarm = float(np.percentile(healthy, ALARM_FALLBACK_PERCENTILE))
+        why_alarm = (
+            f"Alarm above {alarm:.4g}, the {ALARM_FALLBACK_PERCENTILE:g}th percentile of the healthy "
+            f"validation windows (validation has no failed window)."
+        )
+
+    fitted = f1_threshold(labels >= DEGRADED, values)
+    if fitted:
+        warning, f1 = fitted
+        source = (
+            f"the threshold maximising F1 of degraded-or-failed vs healthy on the validation "
+            f"windows (F1 {f1:.2f})"
+        )
+    else:
+        warning = float(np.percentile(healthy, WARNING_FALLBACK_PERCENTILE))
+        source = (
+            f"the {WARNING_FALLBACK_PERCENTILE:g}th percentile of the healthy validation windows "
+            f"(validation has no degraded or failed window)"
+        )
+    if warning > alarm:
+        why_warning = f"Warning at the alarm threshold: {source} was {warning:.4g}, above the alarm."
+        warning = alarm
+    else:
+        why_warning = f"Warning above {warning:.4g}, {source}."
+    return Thresholds(
+        score=score, warning=float(warning), alarm=float(alarm),
+        rule=" ".join((why_score, why_alarm, why_warning)),
+    )
