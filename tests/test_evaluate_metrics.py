@@ -115,7 +115,7 @@ def test_thresholds_pick_the_better_score():
         assert isinstance(t, Thresholds)
         assert t.warning <= t.alarm
         assert "maximising F1 of failed vs rest" in t.rule
-        assert "maximising F1 of degraded-or-failed vs healthy" in t.rule
+        assert "maximising Youden's J of degraded-or-failed vs healthy" in t.rule
 
 
 def test_alarm_threshold_separates_separable_classes():
@@ -142,7 +142,7 @@ def test_fallback_thresholds_when_classes_are_missing():
     no_failed = choose_thresholds(make_scores(rng.random(600), worn), labels)
     assert no_failed.score == "recon"  # decided by degraded-or-failed vs healthy
     assert "undefined" in no_failed.rule and "99.5th percentile" in no_failed.rule
-    assert "maximising F1 of degraded-or-failed vs healthy" in no_failed.rule
+    assert "maximising Youden's J of degraded-or-failed vs healthy" in no_failed.rule
     assert no_failed.warning <= no_failed.alarm
 
     with pytest.raises(ValueError, match="healthy validation windows"):

@@ -8,11 +8,14 @@ The rule (also written, with its figures, into :attr:`Thresholds.rule`):
   method alarms on).
 * Alarm: the threshold that maximises F1 of failed vs rest; without failed validation windows,
   the 99.5th percentile of the healthy validation scores.
-* Warning: the threshold that maximises F1 of degraded-or-failed vs healthy; without degraded or
-  failed validation windows, the 97.5th percentile of the healthy validation scores. Capped at
-  the alarm threshold, so a window that alarms has always also passed the warning level.
+* Warning: the threshold that maximises Youden's J (true-positive rate minus false-positive rate)
+  of degraded-or-failed vs healthy; without degraded or failed validation windows, the 97.5th
+  percentile of the healthy validation scores. Capped at the alarm threshold, so a window that
+  alarms has always also passed the warning level. Not F1: worn windows are the majority of the
+  validation data, so F1 is maximised by flagging nearly everything; J does not depend on how
+  many windows of each class there are.
 
-A level is reached when the score is above its threshold. Each F1-optimal threshold lies halfway
+A level is reached when the score is above its threshold. Each optimal threshold lies halfway
 between the lowest score it flags and the highest score it does not, so ``>`` and ``>=`` agree on
 every validation window and new data gets a margin on both sides.
 """
@@ -23,7 +26,7 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from edge_monitor.bundle import Thresholds
 from edge_monitor.wear import DEGRADED, FAILED, HEALTHY
@@ -50,13 +53,28 @@ def f1_threshold(positive: np.ndarray, values: np.ndarray) -> tuple[float, float
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
     # Among equal F1 the highest threshold: the same detection quality with fewer alarms.
     best = int(np.flatnonzero(f1 == f1.max())[-1])
-    lowest_flagged = candidates[best]
+    return _midpoint_below(candidates[best], values), float(f1[best])
+
+
+def youden_threshold(positive: np.ndarray, values: np.ndarray) -> tuple[float, float] | None:
+    """The threshold (flag when above it) maximising TPR - FPR of ``positive``, and that J; None
+    when either class is absent."""
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any():
+        return None
+    fpr, tpr, candidates = roc_curve(positive, values)
+    j = tpr - fpr
+    best = int(np.flatnonzero(j == j.max())[-1])
+    lowest_flagged = min(candidates[best], float(values.max()))  # roc_curve's first candidate is inf
+    return _midpoint_below(lowest_flagged, values), float(j[best])
+
+
+def _midpoint_below(lowest_flagged: float, values: np.ndarray) -> float:
+    """Halfway between the lowest flagged score and the highest score below it."""
     unflagged = values[values < lowest_flagged]
     if unflagged.size:
-        threshold = (lowest_flagged + unflagged.max()) / 2
-    else:
-        threshold = np.nextafter(lowest_flagged, -np.inf)
-    return float(threshold), float(f1[best])
+        return float((lowest_flagged + unflagged.max()) / 2)
+    return float(np.nextafter(lowest_flagged, -np.inf))
 
 
 def _fmt(value: float | None) -> str:
@@ -122,12 +140,12 @@ def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
             f"validation windows (validation has no failed window)."
         )
 
-    fitted = f1_threshold(labels >= DEGRADED, values)
+    fitted = youden_threshold(labels >= DEGRADED, values)
     if fitted:
-        warning, f1 = fitted
+        warning, j = fitted
         source = (
-            f"the threshold maximising F1 of degraded-or-failed vs healthy on the validation "
-            f"windows (F1 {f1:.2f})"
+            f"the threshold maximising Youden's J of degraded-or-failed vs healthy on the "
+            f"validation windows (J {j:.2f})"
         )
     else:
         warning = float(np.percentile(healthy, WARNING_FALLBACK_PERCENTILE))
