@@ -29,7 +29,7 @@ from .splits import Split, make_split
 class TrainingConfig:
     """How long and how to train; the model's own shape is in :class:`VAEHyperParams`."""
 
-    max_epochs: int = 400
+    max_epochs: int = 300
     patience: int = 30
     batch_size: int = 1024
 
@@ -47,7 +47,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         "default",
         VAEHyperParams(beta=2.0, codings=16, tcn_layers=2, filters=32, kernel_size=4, dilations=(1, 2, 4)),
-        TrainingConfig(max_epochs=400, patience=30, batch_size=256),
+        TrainingConfig(max_epochs=300, patience=30, batch_size=256),
     ),
     "quick": Preset(
         "quick",

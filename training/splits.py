@@ -27,19 +27,20 @@ class Split:
     test: np.ndarray
 
 
-def _three_way(items: np.ndarray, strata: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
-    # Classes too rare to stratify (fewer than 2 members per side) are split without stratifying.
-    def strat(labels: np.ndarray) -> np.ndarray | None:
-        _, counts = np.unique(labels, return_counts=True)
-        return labels if counts.min() >= 2 else None
+def _stratify(labels: np.ndarray) -> np.ndarray | None:
+    # A class too rare to put a member on each side cannot be stratified: split without it.
+    _, counts = np.unique(labels, return_counts=True)
+    return labels if counts.min() >= 2 else None
 
+
+def _three_way(items: np.ndarray, strata: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
+    """Split sorted ``items`` (with their ``strata``) into train / validation / test."""
     train, rest = train_test_split(
-        items, train_size=TRAIN_FRACTION, stratify=strat(strata), random_state=seed
+        items, train_size=TRAIN_FRACTION, stratify=_stratify(strata), random_state=seed
     )
-    rest_strata = strata[np.searchsorted(items, rest)] if np.all(np.diff(items) > 0) else None
+    rest_strata = strata[np.searchsorted(items, rest)]
     val, test = train_test_split(
-        rest, test_size=0.5, stratify=None if rest_strata is None else strat(rest_strata),
-        random_state=seed + 1,
+        rest, test_size=0.5, stratify=_stratify(rest_strata), random_state=seed + 1
     )
     return np.sort(train), np.sort(val), np.sort(test)
 
