@@ -20,10 +20,13 @@ retained alarm message itself is a valid snapshot (its extra keys are ignored).
 from __future__ import annotations
 
 import math
+import numbers
 from collections import deque
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any, Mapping
+
+from .scores import SCORE_NAMES  # the scores a bundle can alarm on
 
 
 class Level(IntEnum):
@@ -45,21 +48,48 @@ class Level(IntEnum):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Score thresholds of the bundle: exceeding ``warning`` means a degraded tool, ``alarm`` a failed one."""
+    """The bundle's alarm thresholds on one score: exceeding ``warning`` means a degraded tool,
+    ``alarm`` a failed one. ``rule`` records how training chose them. Stored in ``bundle.json``."""
 
     warning: float
     alarm: float
+    score: str = "kl"  # which score the monitor alarms on: "kl" or "recon"
+    rule: str = ""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.warning) and math.isfinite(self.alarm)):
-            raise ValueError(f"thresholds must be finite, got warning={self.warning}, alarm={self.alarm}")
+        if self.score not in SCORE_NAMES:
+            raise ValueError(f"thresholds.score must be one of {', '.join(SCORE_NAMES)}, got {self.score!r}")
+        for name in ("warning", "alarm"):
+            value = getattr(self, name)
+            # numbers.Real covers numpy scalars; bool is excluded, it is no threshold
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"thresholds.{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))  # plain floats: JSON and the content hash
         if self.warning > self.alarm:
-            raise ValueError(f"warning threshold {self.warning} is above the alarm threshold {self.alarm}")
+            raise ValueError(
+                f"thresholds.warning ({self.warning}) must not exceed thresholds.alarm ({self.alarm})"
+            )
+        if not isinstance(self.rule, str):
+            raise ValueError(f"thresholds.rule must be a string, got {self.rule!r}")
 
     def of(self, level: Level) -> float:
         if level == Level.NORMAL:
             raise ValueError("the normal state has no threshold")
         return self.alarm if level == Level.ALARM else self.warning
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "warning": self.warning, "alarm": self.alarm, "rule": self.rule}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Thresholds":
+        """From :meth:`to_dict`'s output; every key is required (a bundle states all four)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"thresholds must be a mapping, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        if set(data) != known:
+            got = ", ".join(sorted(map(str, data)))
+            raise ValueError(f"thresholds: expected keys {', '.join(sorted(known))}, got {got}")
+        return cls(**data)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -31,9 +31,11 @@ import numpy as np
 import tensorflow as tf
 
 from . import __version__
+from .alarm import Thresholds  # re-exported: training imports it from here
+from .calibration import ScoreCalibration
 from .channels import CHANNELS
 from .scaling import MinMaxScaler
-from .scorer import SCORE_NAMES, WindowScorer
+from .scorer import WindowScorer
 from .stable_region import StableRegionSpec
 from .vae import VAEHyperParams, load_vae
 from .windowing import WindowSpec
@@ -47,37 +49,6 @@ class BundleError(ValueError):
     """The bundle cannot be used; the message names the bundle and the file or key to fix."""
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    score: str  # the score the monitor alarms on: "kl" or "recon"
-    warning: float  # a window whose score exceeds this is "warning" (degraded tool)
-    alarm: float  # ... and this, "alarm" (failed tool)
-    rule: str  # how they were chosen, for the record
-
-    def __post_init__(self) -> None:
-        if self.score not in SCORE_NAMES:
-            raise ValueError(f"thresholds.score must be one of {', '.join(SCORE_NAMES)}, got {self.score!r}")
-        for name in ("warning", "alarm"):
-            value = getattr(self, name)
-            number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value):
-                raise ValueError(f"thresholds.{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.warning > self.alarm:
-            raise ValueError(
-                f"thresholds.warning ({self.warning}) must not exceed thresholds.alarm ({self.alarm})"
-            )
-        if not isinstance(self.rule, str):
-            raise ValueError(f"thresholds.rule must be a string, got {self.rule!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Thresholds":
-        return cls(**_exact_keys("thresholds", data, cls))
-
-
 @dataclass
 class BundleMeta:
     model_id: str
@@ -85,6 +56,7 @@ class BundleMeta:
     window: WindowSpec
     stable_region: StableRegionSpec
     scaler: MinMaxScaler
+    calibration: ScoreCalibration
     hyperparams: VAEHyperParams
     thresholds: Thresholds
     metrics: dict
@@ -105,6 +77,7 @@ class BundleMeta:
             "window": self.window.to_dict(),
             "stable_region": self.stable_region.to_dict(),
             "scaler": self.scaler.to_dict(),
+            "calibration": self.calibration.to_dict(),
             "hyperparams": self.hyperparams.to_dict(),
             "thresholds": self.thresholds.to_dict(),
             "metrics": self.metrics,
@@ -136,6 +109,7 @@ def save_bundle(
     window: WindowSpec,
     stable_region: StableRegionSpec,
     scaler: MinMaxScaler,
+    calibration: ScoreCalibration,
     hyperparams: VAEHyperParams,
     thresholds: Thresholds,
     metrics: dict,
@@ -155,6 +129,7 @@ def save_bundle(
         window=window,
         stable_region=stable_region,
         scaler=scaler,
+        calibration=calibration,
         hyperparams=hyperparams,
         thresholds=thresholds,
         metrics=_plain(metrics, f"{where} metrics"),
@@ -283,6 +258,7 @@ def _meta_from_dict(data: dict, path: Path) -> BundleMeta:
         "window": lambda v: WindowSpec.from_dict(_mapping(v)),
         "stable_region": lambda v: StableRegionSpec.from_dict(_mapping(v)),
         "scaler": lambda v: MinMaxScaler.from_dict(_mapping(v)),
+        "calibration": lambda v: ScoreCalibration.from_dict(_mapping(v)),
         "hyperparams": lambda v: VAEHyperParams.from_dict(_mapping(v)),
         "thresholds": lambda v: Thresholds.from_dict(_mapping(v)),
         "metrics": _mapping,
@@ -317,16 +293,6 @@ def _mapping(value) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"expected an object, got {type(value).__name__}")
     return value
-
-
-def _exact_keys(section: str, data: dict, cls) -> dict:
-    if not isinstance(data, dict):
-        raise ValueError(f"{section} must be a mapping, got {type(data).__name__}")
-    known = set(cls.__dataclass_fields__)
-    if set(data) != known:
-        got = ", ".join(sorted(map(str, data)))
-        raise ValueError(f"{section}: expected keys {', '.join(sorted(known))}, got {got}")
-    return data
 
 
 def _plain(value, where: str):

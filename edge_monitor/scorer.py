@@ -6,31 +6,15 @@ training's evaluation and the live daemon agree, and a save/load round trip chan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from .scaling import MinMaxScaler
+from .scores import SCORE_NAMES, WindowScores
 from .vae import kl_divergence
 
-SCORE_NAMES: tuple[str, ...] = ("recon", "kl")
-
-
-@dataclass
-class WindowScores:
-    recon: np.ndarray  # (n,) reconstruction MSE in the scaled space, mean over time and channels
-    kl: np.ndarray  # (n,) KL divergence of the window's codings from N(0, I)
-    channels: np.ndarray  # (n, C) per-channel reconstruction MSE (mean over time)
-
-    def __len__(self) -> int:
-        return int(self.recon.size)
-
-    def score(self, name: str) -> np.ndarray:
-        if name not in SCORE_NAMES:
-            raise ValueError(f"unknown score {name!r}; expected one of {', '.join(SCORE_NAMES)}")
-        return getattr(self, name)
+__all__ = ["SCORE_NAMES", "WindowScorer", "WindowScores"]
 
 
 class WindowScorer:

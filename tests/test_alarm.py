@@ -236,7 +236,7 @@ def test_policy_and_threshold_validation():
     ]:
         with pytest.raises(ValueError, match=reason):
             AlarmPolicy.from_dict(bad)
-    with pytest.raises(ValueError, match="above the alarm threshold"):
+    with pytest.raises(ValueError, match=r"thresholds.warning \(2.0\) must not exceed thresholds.alarm \(1.0\)"):
         Thresholds(2.0, 1.0)
     with pytest.raises(ValueError, match="finite"):
         Thresholds(float("nan"), 1.0)
@@ -249,3 +249,16 @@ def test_levels():
     assert [lv.label for lv in Level] == ["normal", "warning", "alarm"]
     assert Level.parse("warning") == Level.WARNING
     assert Level.NORMAL < Level.WARNING < Level.ALARM
+
+
+def test_thresholds_round_trip_and_validate():
+    th = Thresholds(np.float32(1.5), 3, score="recon", rule="why")
+    assert type(th.warning) is float and type(th.alarm) is float  # plain floats for JSON
+    assert Thresholds.from_dict(json.loads(json.dumps(th.to_dict()))) == th
+    assert Thresholds(1.0, 2.0).score == "kl"
+    with pytest.raises(ValueError, match="thresholds.score must be one of recon, kl, got 'mse'"):
+        Thresholds(1.0, 2.0, "mse")
+    with pytest.raises(ValueError, match="thresholds.warning must be a finite number, got True"):
+        Thresholds(True, 2.0)
+    with pytest.raises(ValueError, match="thresholds: expected keys alarm, rule, score, warning, got alarm, warning"):
+        Thresholds.from_dict({"warning": 1.0, "alarm": 2.0})

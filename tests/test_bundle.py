@@ -23,6 +23,7 @@ from edge_monitor.bundle import (
     read_bundle_meta,
     save_bundle,
 )
+from edge_monitor.calibration import GLOBAL, Reference, ScoreCalibration
 from edge_monitor.channels import CHANNELS
 from edge_monitor.scaling import MinMaxScaler
 from edge_monitor.scorer import WindowScorer
@@ -46,8 +47,9 @@ def bundle_args(**changes) -> dict:
         window=WindowSpec(WINDOW, WINDOW),
         stable_region=StableRegionSpec(),
         scaler=MinMaxScaler.fit(RAW),
+        calibration=ScoreCalibration({GLOBAL: Reference(0.01, 2.0, (0.01,) * len(CHANNELS), 10)}),
         hyperparams=HP,
-        thresholds=Thresholds("kl", warning=1.5, alarm=3.0, rule="test rule"),
+        thresholds=Thresholds(1.5, 3.0, score="kl", rule="test rule"),
         metrics={"validation": {"pr_auc_kl": np.float64(0.5), "undefined": float("nan")}},
         training={"seed": np.int64(3), "dilations": (1, 2)},
         archive_sha256="ab" * 32,
@@ -105,7 +107,7 @@ def test_round_trip_gives_identical_meta_and_scores(model, saved):
     assert meta.to_dict() == read_bundle_meta(saved).to_dict()  # (the scaler's arrays defeat ==)
     assert meta.channels == CHANNELS and meta.window == WindowSpec(WINDOW, WINDOW)
     assert meta.hyperparams == HP and meta.stable_region == StableRegionSpec()
-    assert meta.thresholds == Thresholds("kl", 1.5, 3.0, "test rule")
+    assert meta.thresholds == Thresholds(1.5, 3.0, "kl", "test rule")
     assert np.array_equal(meta.scaler.minimum, MinMaxScaler.fit(RAW).minimum)
     assert meta.archive_sha256 == "ab" * 32
     expected = WindowScorer(model, bundle_args()["scaler"]).score(RAW)
@@ -134,7 +136,7 @@ def test_round_trip_in_a_fresh_process(model, saved, tmp_path):
 
 def test_save_replaces_an_existing_bundle(model, copy):
     old_id = read_bundle_meta(copy).model_id
-    meta = save_bundle(copy, model, **bundle_args(thresholds=Thresholds("recon", 0.1, 0.2, "other")))
+    meta = save_bundle(copy, model, **bundle_args(thresholds=Thresholds(0.1, 0.2, "recon", "other")))
     assert meta.model_id != old_id and read_bundle_meta(copy).to_dict() == meta.to_dict()
     assert sorted(p.name for p in copy.parent.iterdir()) == ["bundle"]
 
@@ -165,11 +167,11 @@ def test_save_validates_before_writing(model, tmp_path, changes, message):
 
 def test_thresholds_validate():
     with pytest.raises(ValueError, match="thresholds.score must be one of recon, kl, got 'mse'"):
-        Thresholds("mse", 1.0, 2.0, "r")
+        Thresholds(1.0, 2.0, "mse", "r")
     with pytest.raises(ValueError, match=r"thresholds.warning \(3.0\) must not exceed thresholds.alarm \(2.0\)"):
-        Thresholds("kl", 3.0, 2.0, "r")
+        Thresholds(3.0, 2.0, "kl", "r")
     with pytest.raises(ValueError, match="thresholds.alarm must be a finite number"):
-        Thresholds("kl", 1.0, math.inf, "r")
+        Thresholds(1.0, math.inf, "kl", "r")
 
 
 # --- validation on load --------------------------------------------------------------------------
@@ -256,3 +258,10 @@ def test_model_shape_mismatch(copy):
     edit_meta(copy, rehash=True, window={"length": 32, "stride": 32})
     with pytest.raises(BundleError, match=r"model.keras takes windows of shape \(16, 6\).*say \(32, 6\)"):
         load_bundle(copy)
+
+
+def test_one_thresholds_implementation():
+    from edge_monitor import alarm, scorer
+
+    assert Thresholds is alarm.Thresholds  # bundle re-exports the pure module's class
+    assert alarm.SCORE_NAMES == scorer.SCORE_NAMES

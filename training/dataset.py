@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_monitor.archive import Archive
+from edge_monitor.calibration import regime_key
 from edge_monitor.stable_region import StableRegionSpec
 from edge_monitor.wear import FAILED, HEALTHY, interpolate_vb, tool_class
 from edge_monitor.windowing import WindowSpec, Windows, cut_windows
@@ -42,6 +43,12 @@ class WindowSet:
     @property
     def healthy(self) -> np.ndarray:
         return self.labels == HEALTHY
+
+    @property
+    def regimes(self) -> np.ndarray:
+        """Operating regime (depth of cut, feed, material) of each window's cut."""
+        keys = np.array([regime_key(c.doc, c.feed, c.material) for c in self.archive.cuts], dtype=object)
+        return keys[self.cut]
 
     def cut_field(self, name: str) -> np.ndarray:
         """A per-window array of one cut attribute (``case``, ``run``, ``doc``, ``feed``, ...)."""

@@ -5,6 +5,10 @@ with, recomputed from its recorded split kind and seed; on any other archive the
 stable window. Every window of the archive is scored either way, because the trend plot shows each
 case's whole run sequence (with the evaluated cuts marked) — a test split holds too few cuts per
 case to show a trend on its own.
+
+Scores are calibrated (``edge_monitor/calibration.py``): relative to healthy windows of the same
+depth of cut, feed and material, as the live daemon publishes them. ``metrics.json`` also holds the
+metrics of the raw scores under ``raw``, for comparison with the method's published figures.
 """
 
 from __future__ import annotations
@@ -51,10 +55,6 @@ def evaluation_windows(meta: BundleMeta, sha256: str, ws: WindowSet, bundle: Pat
         )
     split = make_split(kind, ws.cut, ws.cut_class, int(seed))
     return split.test, f"test ({kind} split, seed {int(seed)})"
-
-
-def _subset(scores: WindowScores, idx: np.ndarray) -> WindowScores:
-    return WindowScores(recon=scores.recon[idx], kl=scores.kl[idx], channels=scores.channels[idx])
 
 
 def _rates(flagged: np.ndarray, positive: np.ndarray) -> dict:
@@ -142,8 +142,9 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     out = Path(out_dir) if out_dir else default_out_dir(bundle_path, archive_path, archive.sha256)
     out.mkdir(parents=True, exist_ok=True)
 
-    scores = bundle.scorer().score(ws.data)
-    chosen = _subset(scores, idx)
+    raw = bundle.scorer().score(ws.data)
+    scores = meta.calibration.apply(raw, ws.regimes)
+    chosen = scores.subset(idx)
     labels = ws.labels[idx]
     thresholds = meta.thresholds
     alarm_values = chosen.score(thresholds.score)
@@ -167,6 +168,8 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
         "split": split_desc,
         "n_cuts": len(cuts),
         **anomaly_metrics(chosen, labels),
+        # The method's uncalibrated scores, for comparison with published figures.
+        "raw": anomaly_metrics(raw.subset(idx), labels),
         "by_param": metrics_by_param(
             chosen, labels, ws.cut_field("doc")[idx], ws.cut_field("feed")[idx],
             ws.cut_field("material")[idx],
@@ -213,6 +216,13 @@ def format_summary(metrics: dict) -> str:
         lines.append(
             f"{name:<8}{_num(metrics[f'pr_auc_{name}'])}{_num(metrics[f'roc_auc_{name}'], 9)}{mark}"
         )
+    raw = metrics.get("raw")
+    if raw:
+        for name in SCORE_NAMES:
+            lines.append(
+                f"{'raw ' + name:<8}{_num(raw[f'pr_auc_{name}'])}{_num(raw[f'roc_auc_{name}'], 9)}"
+                "  (uncalibrated, as in the method)"
+            )
     lines += [
         "",
         f"{'by parameter':<20}{'windows':>8}{'failed':>8}{'no-skill':>9}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.archive import Archive, read_archive
+from edge_monitor.calibration import ScoreCalibration
 from edge_monitor.channels import CHANNELS
 from edge_monitor.scaling import MinMaxScaler
 from edge_monitor.stable_region import StableRegionSpec
@@ -61,6 +62,7 @@ PRESETS: dict[str, Preset] = {
 class TrainedModel:
     model: object  # keras.Model
     scaler: MinMaxScaler
+    calibration: ScoreCalibration  # healthy reference scores per operating regime
     hyperparams: VAEHyperParams
     config: TrainingConfig
     epochs_run: int
@@ -84,9 +86,11 @@ def train_model(
     verbose: int | None = None,
 ) -> TrainedModel:
     """Fit the scaler and the β-VAE on the healthy windows of the split's training side, with
-    early stopping on the healthy validation windows (best weights restored)."""
+    early stopping on the healthy validation windows (best weights restored); then the score
+    calibration from the same healthy training windows."""
     import keras  # heavy: imported only when training
 
+    from edge_monitor.scorer import WindowScorer
     from edge_monitor.vae import build_beta_vae
 
     healthy = ws.healthy
@@ -118,9 +122,11 @@ def train_model(
     )
     val_loss = np.asarray(history.history["val_loss"], dtype=float)
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else len(val_loss) - 1
+    healthy_scores = WindowScorer(model, scaler).score_scaled(x_train)
     return TrainedModel(
         model=model,
         scaler=scaler,
+        calibration=ScoreCalibration.fit(healthy_scores, ws.regimes[train_idx]),
         hyperparams=hp,
         config=config,
         epochs_run=len(val_loss),
@@ -133,15 +139,18 @@ def train_model(
 
 
 def validation_report(trained: TrainedModel, ws: WindowSet, split: Split):
-    """Scores of all validation windows (every class), their metrics and the chosen thresholds."""
+    """Calibrated scores of all validation windows (every class), their metrics (and those of
+    the raw scores, for comparison with the method) and the chosen thresholds."""
     from edge_monitor.scorer import WindowScorer
 
     from .metrics import anomaly_metrics
     from .thresholds import choose_thresholds
 
-    scores = WindowScorer(trained.model, trained.scaler).score(ws.data[split.val])
+    raw = WindowScorer(trained.model, trained.scaler).score(ws.data[split.val])
+    scores = trained.calibration.apply(raw, ws.regimes[split.val])
     labels = ws.labels[split.val]
-    return scores, anomaly_metrics(scores, labels), choose_thresholds(scores, labels)
+    metrics = {**anomaly_metrics(scores, labels), "raw": anomaly_metrics(raw, labels)}
+    return scores, metrics, choose_thresholds(scores, labels)
 
 
 def describe_archive(archive: Archive) -> str:
@@ -212,6 +221,7 @@ def fit(
         window=ws.window,
         stable_region=ws.stable,
         scaler=trained.scaler,
+        calibration=trained.calibration,
         hyperparams=hp,
         thresholds=thresholds,
         metrics={"validation": val_metrics},

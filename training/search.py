@@ -156,7 +156,8 @@ def run_search(
         if best is None or _rank_key(trial) > _rank_key(best):
             save_bundle(
                 out / BEST_DIR, trained.model, channels=CHANNELS, window=ws.window,
-                stable_region=ws.stable, scaler=trained.scaler, hyperparams=hp,
+                stable_region=ws.stable, scaler=trained.scaler, calibration=trained.calibration,
+                hyperparams=hp,
                 thresholds=thresholds, metrics={"validation": metrics},
                 training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
                           "archive": str(archive_path), **config.__dict__},

@@ -1,0 +1,95 @@
+"""End to end through the command line: synth, a quick fit, evaluate, search (resumable).
+
+Real TensorFlow on the CPU; the slowest file of the suite (about two minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_monitor.bundle import load_bundle
+from edge_monitor.synthetic import write_synthetic
+from training.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    archive = tmp / "mill.mat"
+    assert run_cli("synth", "--out", str(archive), "--seed", "3") == 0
+    bundle = tmp / "bundle"
+    assert run_cli("fit", "--archive", str(archive), "--out", str(bundle), "--quick") == 0
+    return tmp, archive, bundle
+
+
+def test_quick_fit_writes_a_loadable_bundle(trained):
+    _, archive, bundle = trained
+    loaded = load_bundle(bundle)
+    meta = loaded.meta
+    assert meta.training["preset"] == "quick" and meta.training["split"] == "cut"
+    assert meta.thresholds.warning <= meta.thresholds.alarm
+    assert meta.thresholds.score in ("kl", "recon") and meta.thresholds.rule
+    assert len(meta.training["dropped_cuts"]) == 2  # the synthetic archive's corrupt cuts
+
+
+def test_evaluate_on_its_own_archive_uses_the_test_split(trained, capsys):
+    tmp, archive, bundle = trained
+    out = tmp / "eval-own"
+    assert run_cli("evaluate", "--bundle", str(bundle), "--archive", str(archive), "--out", str(out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"].startswith("test (cut split")
+    for key in ("pr_auc_kl", "pr_auc_recon", "roc_auc_kl", "roc_auc_recon", "no_skill", "by_param"):
+        assert key in metrics
+    assert set(metrics["by_param"]) == {"doc", "feed", "material"}
+    for png in ("pr_roc_curves.png", "score_distributions.png", "trend_kl.png", "trend_recon.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert "PR-AUC" in capsys.readouterr().out
+
+
+def test_evaluate_on_an_unseen_archive_beats_no_skill(trained):
+    """On an archive the model never saw, every stable window is scored; failed tools score higher."""
+    tmp, _, bundle = trained
+    unseen = tmp / "unseen.mat"
+    write_synthetic(unseen, seed=11)
+    out = tmp / "eval-unseen"
+    assert run_cli("evaluate", "--bundle", str(bundle), "--archive", str(unseen), "--out", str(out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "all windows" and metrics["n_failed"] > 0
+    best = max(metrics["pr_auc_kl"], metrics["pr_auc_recon"])
+    assert best > 1.3 * metrics["no_skill"], metrics
+
+
+def test_search_is_reproducible_and_resumes(trained):
+    tmp, archive, _ = trained
+    out = tmp / "search"
+    args = ("search", "--archive", str(archive), "--out", str(out), "--max-epochs", "2", "--seed", "5")
+    assert run_cli(*args, "--iterations", "1") == 0
+    first = [json.loads(l) for l in (out / "trials.jsonl").read_text().splitlines()]
+    assert [t["trial"] for t in first] == [0]
+    assert run_cli(*args, "--iterations", "2") == 0  # resumes: runs only trial 1
+    trials = [json.loads(l) for l in (out / "trials.jsonl").read_text().splitlines()]
+    assert [t["trial"] for t in trials] == [0, 1] and trials[0] == first[0]
+    assert "| rank |" in (out / "results.md").read_text()
+    load_bundle(out / "best")
+    # Changing the settings of an existing search is refused, naming what changed.
+    assert run_cli("search", "--archive", str(archive), "--out", str(out), "--max-epochs", "2",
+                   "--seed", "6", "--iterations", "2") == 2
+
+
+def test_cli_errors_name_the_thing_to_fix(tmp_path, capsys):
+    assert run_cli("fit", "--archive", str(tmp_path / "missing.mat"), "--out", str(tmp_path / "b")) == 2
+    assert "missing.mat: archive not found" in capsys.readouterr().err
+    assert run_cli("evaluate", "--bundle", str(tmp_path / "nobundle"), "--archive", str(tmp_path / "x.mat")) == 2
+    assert "nobundle" in capsys.readouterr().err
