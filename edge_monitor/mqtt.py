@@ -1,0 +1,207 @@
+"""The thin MQTT shell over paho-mqtt 2, shared by the daemon and the replay.
+
+:func:`make_client` builds a client configured the way the monitor needs it: MQTT 5, a fixed
+client id, a persistent session when ``clean_start`` is off (clean start off and a session
+expiry, so the broker keeps the subscriptions and queues QoS 1 inputs while the client is away),
+reconnection with exponential back-off, and ``TCP_NODELAY`` on the socket. :func:`connect` opens
+the connection and waits for the broker's CONNACK with a clear error when it cannot.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+DEFAULT_PORT = 1883
+TCP_CONNECT_TIMEOUT = 10.0  # seconds for the TCP (and TLS) handshake of each connection attempt
+
+
+class BrokerError(RuntimeError):
+    """The broker cannot be used; the message names the broker (or the file) and why."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca: Path | None = None  # CA certificates to trust; None: the system's
+    cert: Path | None = None  # client certificate (with ``key``) for brokers that require one
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    client_id: str = "edge-monitor"
+    username: str | None = None
+    password_file: Path | None = None  # the password is kept out of the config: one line in a file
+    tls: TlsSettings | None = None  # None: plain TCP
+    keepalive: int = 30  # seconds
+    session_expiry: int = 3600  # seconds the broker keeps a persistent session while we are away
+    reconnect_min_delay: int = 1  # seconds; doubled after each failed attempt ...
+    reconnect_max_delay: int = 30  # ... up to this
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST:PORT``, ``HOST`` (default port) or ``[IPv6]:PORT`` as (host, port); ValueError naming
+    what is wrong."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s\[\]]+)(?::(\d+))?", text.strip())
+    if not m:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = m.group(1) or m.group(3)
+    port_text = m.group(2) or m.group(4)
+    port = int(port_text) if port_text else default_port
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be 1-65535, got {port}")
+    return host, port
+
+
+def read_password(path: Path) -> str:
+    """The password in ``path`` (its first line; a trailing newline is not part of it)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerError(f"broker password file {path}: cannot read it ({exc})") from exc
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise BrokerError(f"broker password file {path}: is empty; put the password on its first line")
+    return lines[0]
+
+
+def make_client(
+    settings: BrokerSettings,
+    *,
+    will: tuple[str, bytes, int, bool] | None = None,
+    clean_start: bool,
+    manual_ack: bool = False,
+) -> paho.Client:
+    """A paho client set up for ``settings`` but not connected yet (call :func:`connect`).
+
+    ``will`` is (topic, payload, qos, retain). With ``clean_start=False`` the session persists
+    across connections for ``settings.session_expiry`` seconds; with ``True`` every connection
+    starts afresh and the session ends with it. ``manual_ack``: QoS 1 messages are acknowledged
+    only when the application calls ``client.ack(mid, qos)``.
+
+    paho refuses some settings once the connection is configured (``max_inflight_messages``,
+    ``connect_timeout``); paho's default of 20 messages in flight matches Mosquitto's receive
+    maximum, which a client must not exceed.
+    """
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id,
+        protocol=paho.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if settings.username is not None:
+        password = read_password(settings.password_file) if settings.password_file is not None else None
+        client.username_pw_set(settings.username, password)
+    if settings.tls is not None:
+        tls = settings.tls
+        for what, path in (("CA", tls.ca), ("certificate", tls.cert), ("key", tls.key)):
+            if path is not None and not Path(path).is_file():
+                raise BrokerError(f"broker TLS {what} file {path}: no such file")
+        try:
+            client.tls_set(ca_certs=_str(tls.ca), certfile=_str(tls.cert), keyfile=_str(tls.key))
+        except (ssl.SSLError, OSError) as exc:
+            files = ", ".join(str(p) for p in (tls.ca, tls.cert, tls.key) if p is not None) or "system CAs"
+            raise BrokerError(f"broker TLS files ({files}): cannot load them ({exc})") from exc
+    if will is not None:
+        topic, payload, qos, retain = will
+        client.will_set(topic, payload, qos, retain)
+    client.reconnect_delay_set(settings.reconnect_min_delay, settings.reconnect_max_delay)
+    client.on_socket_open = _no_delay
+    client.connect_timeout = TCP_CONNECT_TIMEOUT
+    properties = None
+    if not clean_start:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = settings.session_expiry
+    # Stores where and how to connect without connecting: connect() and paho's own reconnects use it.
+    client.connect_async(
+        settings.host, settings.port, settings.keepalive, clean_start=clean_start, properties=properties
+    )
+    return client
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _no_delay(client: paho.Client, userdata: object, sock: object) -> None:
+    # Nagle's algorithm holds small writes back until the previous one is acknowledged, which adds
+    # ~40 ms (the peer's delayed ACK) to each small QoS 0 message.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):  # not a TCP socket (e.g. a websocket wrapper)
+        pass
+
+
+@dataclass(frozen=True)
+class Connected:
+    session_present: bool  # the broker still held our persistent session (subscriptions, queue)
+
+
+def connect(client: paho.Client, timeout: float = 10.0) -> Connected:
+    """Connect ``client`` (from :func:`make_client`), start its network thread and wait for the
+    CONNACK. Raises :class:`BrokerError` ("cannot reach broker HOST:PORT: ...") when the broker is
+    unreachable, refuses the connection or does not answer within ``timeout`` seconds. After that
+    paho reconnects by itself (with back-off) whenever the connection drops.
+
+    The client's own ``on_connect`` (if set before) is still called, so a subscriber can set it up
+    to (re)subscribe on every connection."""
+    where = f"{client.host}:{client.port}"
+    answered = threading.Event()
+    outcome: dict = {}
+    user_on_connect = client.on_connect
+
+    def on_connect(c, userdata, flags, reason, properties) -> None:
+        outcome.update(reason=reason, session_present=bool(flags.session_present))
+        answered.set()
+        if user_on_connect is not None:
+            user_on_connect(c, userdata, flags, reason, properties)
+
+    client.on_connect = on_connect
+    try:
+        try:
+            client.reconnect()
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot reach broker {where}: {_describe(exc)}") from exc
+        client.loop_start()
+        if not answered.wait(timeout):
+            client.loop_stop()
+            client.disconnect()
+            raise BrokerError(f"cannot reach broker {where}: no answer to CONNECT within {timeout:g} s")
+    finally:
+        client.on_connect = user_on_connect
+    reason = outcome["reason"]
+    if reason.is_failure:
+        client.loop_stop()
+        client.disconnect()
+        raise BrokerError(f"cannot reach broker {where}: the broker refused the connection ({reason})")
+    return Connected(outcome["session_present"])
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running and listening on that port?)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def disconnect(client: paho.Client) -> None:
+    """Disconnect cleanly (no will) and stop the network thread."""
+    client.disconnect()
+    client.loop_stop()

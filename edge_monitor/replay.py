@@ -1,0 +1,531 @@
+"""Replaying archived cuts through an MQTT broker, as machines on the shop floor would publish them.
+
+``python -m edge_monitor replay --machines N --speed X [--archive mill.mat] [--cases 1,13]``:
+N virtual machines ``mill-01`` … publish in parallel (one connection, their messages interleaved
+in time). The selected cases (default: every case of the archive, in order) are dealt out like
+cards: machine *i* works through cases *i*, *i + N*, *i + 2N*, … of the selection, each case's
+runs in order, so wear grows as on a real machine. With more machines than cases, machine *i*
+takes case *i mod #cases* (several machines then replay the same case). Before each case the
+machine sends a ``reset`` command: a new case is a new tool. ``--loop`` starts every machine over
+when it has finished (cut ids of later passes get a ``.p2``, ``.p3`` … suffix, since cut ids are
+unique per machine). Corrupt cuts, which the archive reader drops, are not replayed.
+
+Per cut: the cut start (QoS 1, with the cutting parameters), then chunks of ``--chunk`` samples
+(default 250 = 1 s) of the six channels in turn, each published when its last sample would have
+been taken (real time divided by ``--speed``; ``--speed 0`` publishes as fast as the broker
+acknowledges), then the cut end with the sample count. Every message is QoS 1 and at most
+``max_unacked`` of them wait for the broker's acknowledgement, so memory stays bounded at any
+speed and nothing is lost while the broker is briefly away (paho resends after reconnecting).
+
+For tests: :func:`cut_messages` gives the exact messages of one cut (to corrupt or interleave),
+:class:`Publisher` publishes any messages with the same flow control, and :func:`replay_cuts`
+replays given cuts for one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence, TextIO
+
+import paho.mqtt.client as paho
+
+from .archive import Archive, ArchiveError, Cut, read_archive
+from .channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
+from .mqtt import BrokerError, BrokerSettings, connect, disconnect, make_client, parse_address
+from .protocol import (
+    DEFAULT_LIMITS,
+    Command,
+    CutEnd,
+    CutParams,
+    CutStart,
+    SignalChunk,
+    cmd_topic,
+    cut_topic,
+    encode,
+    signal_topic,
+    validate_root,
+)
+
+DEFAULT_ARCHIVE = Path("data/synthetic-mill.mat")
+DEFAULT_CHUNK = 250  # samples: 1 s of signal at 250 Hz
+MAX_UNACKED = 100  # QoS 1 messages published and not yet acknowledged
+RESET_BY = "replay"
+
+Message = tuple[str, bytes]  # (topic, payload)
+
+
+class PublishError(RuntimeError):
+    """A message could not be handed to the MQTT client."""
+
+
+def machine_ids(n: int) -> list[str]:
+    """``mill-01``, ``mill-02``, … (three digits from 100 machines on)."""
+    width = max(2, len(str(n)))
+    return [f"mill-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def cut_params(cut: Cut) -> CutParams | None:
+    """The cut start's ``params`` (None for a material the protocol has no name for)."""
+    material = MATERIALS.get(cut.material)
+    return None if material is None else CutParams(doc=cut.doc, feed=cut.feed, material=material)
+
+
+def chunk_bounds(n_samples: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for first in range(0, n_samples, chunk):
+        yield first, min(n_samples, first + chunk)
+
+
+def cut_messages(
+    root: str,
+    machine: str,
+    cut: Cut,
+    *,
+    cut_id: str | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    fs: float = SAMPLE_RATE_HZ,
+    ts: float | None = None,
+) -> list[Message]:
+    """Every message of one cut in publishing order: start, chunks (channels in turn), end."""
+    cut_id = cut_id or cut.cut_id
+    ts = time.time() if ts is None else ts
+    n = cut.n_samples
+    out = [(cut_topic(root, machine), encode(CutStart(cut_id, ts, fs, cut_params(cut))))]
+    for first, last in chunk_bounds(n, chunk):
+        for c, name in enumerate(CHANNELS):
+            payload = encode(SignalChunk(cut_id, first, cut.signals[first:last, c]))
+            out.append((signal_topic(root, machine, name), payload))
+    out.append((cut_topic(root, machine), encode(CutEnd(cut_id, ts + n / fs, n))))
+    return out
+
+
+def reset_message(root: str, machine: str, by: str = RESET_BY) -> Message:
+    return cmd_topic(root, machine), encode(Command("reset", by))
+
+
+# ------------------------------------------------------------------------------ flow control
+
+
+class Publisher:
+    """Publishes QoS 1 (or 2) messages on ``client`` with at most ``max_unacked`` waiting for the
+    broker's acknowledgement; :meth:`publish` blocks while that many are pending.
+
+    It owns the client's ``on_publish`` callback: publish on this client only through it."""
+
+    def __init__(self, client: paho.Client, max_unacked: int = MAX_UNACKED) -> None:
+        if max_unacked < 1:
+            raise ValueError("max_unacked must be at least 1")
+        self.client = client
+        self.max_unacked = max_unacked
+        self.published = 0
+        self.refused = 0  # acknowledged with a failure reason code (e.g. not authorised)
+        self.last_refusal: str | None = None
+        self._cond = threading.Condition()
+        self._pending: set[int] = set()
+        self._early: set[int] = set()  # acknowledged before publish() had recorded the mid
+        client.on_publish = self._on_publish
+
+    @property
+    def unacked(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Publish once fewer than ``max_unacked`` messages are pending; returns the message id.
+        While the connection is down the message waits in paho and is sent after reconnecting."""
+        if qos not in (1, 2):
+            raise ValueError("Publisher is for QoS 1 or 2 (it waits for acknowledgements); use client.publish for QoS 0")
+        with self._cond:
+            while len(self._pending) >= self.max_unacked:
+                self._cond.wait(0.5)
+        info = self.client.publish(topic, payload, qos, retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: queued for later
+            raise PublishError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
+        with self._cond:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+            else:
+                self._pending.add(info.mid)
+            self.published += 1
+        return info.mid
+
+    def publish_all(self, messages: Sequence[Message], qos: int = 1) -> None:
+        for topic, payload in messages:
+            self.publish(topic, payload, qos)
+
+    def wait_all(self, timeout: float | None = None) -> bool:
+        """Wait until every published message is acknowledged; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.5 if left is None else min(0.5, left))
+        return True
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        with self._cond:
+            if mid in self._pending:
+                self._pending.discard(mid)
+            else:
+                self._early.add(mid)
+            if reason is not None and reason.is_failure:
+                self.refused += 1
+                self.last_refusal = str(reason)
+            self._cond.notify_all()
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True)
+class ReplayJob:
+    case: int
+    cut: Cut
+    tool_change: bool  # the first cut of a case: send a reset before it
+
+
+def plan_machines(archive: Archive, n_machines: int, cases: Sequence[int] | None = None) -> dict[str, list[ReplayJob]]:
+    """Which cuts each machine replays, in order (see the module docstring)."""
+    if n_machines < 1:
+        raise ValueError(f"--machines must be at least 1, got {n_machines}")
+    by_case = archive.by_case()
+    if cases is None:
+        cases = sorted(by_case)
+    missing = [c for c in cases if c not in by_case]
+    if missing:
+        raise ValueError(
+            f"case(s) {', '.join(map(str, missing))} have no usable cuts in {archive.path} "
+            f"(its cases: {', '.join(map(str, sorted(by_case)))})"
+        )
+    if not cases:
+        raise ValueError("no cases to replay")
+    plan: dict[str, list[ReplayJob]] = {}
+    for i, machine in enumerate(machine_ids(n_machines)):
+        mine = cases[i::n_machines] if n_machines <= len(cases) else [cases[i % len(cases)]]
+        plan[machine] = [
+            ReplayJob(case, cut, tool_change=(k == 0)) for case in mine for k, cut in enumerate(by_case[case])
+        ]
+    return plan
+
+
+# ----------------------------------------------------------------------------------- replaying
+
+
+@dataclass
+class MachineProgress:
+    machine: str
+    cuts_done: int = 0
+    case: int | None = None
+    cut: str | None = None
+    cut_samples: int = 0
+    samples_sent: int = 0  # of the current cut, per channel
+    messages: int = 0
+    finished: bool = False
+
+
+@dataclass
+class ReplayStats:
+    cuts: int = 0
+    chunks: int = 0
+    samples: int = 0  # per channel, over all cuts
+    messages: int = 0
+    refused: int = 0  # messages the broker acknowledged with a failure reason code
+    seconds: float = 0.0
+    machines: dict[str, MachineProgress] = field(default_factory=dict)
+
+
+@dataclass(order=True)
+class ReplayEvent:
+    due: float  # signal seconds since the replay started
+    seq: int
+    machine: str = field(compare=False)
+    kind: str = field(compare=False)  # reset | start | chunk | end
+    topic: str = field(compare=False)
+    payload: Callable[[], bytes] = field(compare=False)  # built at publish time (start/end carry the clock)
+    job: ReplayJob | None = field(compare=False, default=None)
+    cut_id: str = field(compare=False, default="")
+    samples: int = field(compare=False, default=0)
+
+
+def _machine_events(
+    root: str, machine: str, jobs: Sequence[ReplayJob], chunk: int, fs: float, loop: bool, seq: Iterator[int]
+) -> Iterator[ReplayEvent]:
+    t = 0.0
+    for p in itertools.count(1) if loop else (1,):
+        for job in jobs:
+            cut, n = job.cut, job.cut.n_samples
+            cut_id = cut.cut_id if p == 1 else f"{cut.cut_id}.p{p}"
+            if job.tool_change:
+                topic, payload = reset_message(root, machine)
+                yield ReplayEvent(t, next(seq), machine, "reset", topic, lambda b=payload: b, job, cut_id)
+            params = cut_params(cut)
+            yield ReplayEvent(
+                t, next(seq), machine, "start", cut_topic(root, machine),
+                lambda i=cut_id, pr=params: encode(CutStart(i, time.time(), fs, pr)), job, cut_id, n,
+            )
+            for first, last in chunk_bounds(n, chunk):
+                for c, name in enumerate(CHANNELS):
+                    yield ReplayEvent(
+                        t + last / fs, next(seq), machine, "chunk", signal_topic(root, machine, name),
+                        lambda i=cut_id, f=first, l=last, c=c, s=cut.signals: encode(SignalChunk(i, f, s[f:l, c])),
+                        job, cut_id, last - first,
+                    )
+            t += n / fs
+            yield ReplayEvent(
+                t, next(seq), machine, "end", cut_topic(root, machine),
+                lambda i=cut_id, n=n: encode(CutEnd(i, time.time(), n)), job, cut_id, n,
+            )
+
+
+def replay(
+    publisher: Publisher,
+    root: str,
+    plan: Mapping[str, Sequence[ReplayJob]],
+    *,
+    speed: float = 0.0,
+    chunk: int = DEFAULT_CHUNK,
+    fs: float = SAMPLE_RATE_HZ,
+    loop: bool = False,
+    stop: threading.Event | None = None,
+    on_event: Callable[[ReplayEvent, ReplayStats], None] | None = None,
+) -> ReplayStats:
+    """Publish ``plan`` (machine -> jobs) interleaved in signal time, paced by ``speed`` (0 or
+    infinity: as fast as acknowledgements allow). Returns when every message is acknowledged,
+    or when ``stop`` is set."""
+    validate_root(root)
+    if not 1 <= chunk <= DEFAULT_LIMITS.max_chunk:
+        raise ValueError(f"chunk must be 1-{DEFAULT_LIMITS.max_chunk} samples, got {chunk}")
+    if not speed >= 0:
+        raise ValueError(f"speed must be 0 (as fast as possible) or positive, got {speed}")
+    paced = 0 < speed < float("inf")
+    stop = stop or threading.Event()
+    stats = ReplayStats(machines={m: MachineProgress(m) for m in plan})
+    seq = itertools.count()
+    streams = {m: _machine_events(root, m, jobs, chunk, fs, loop, seq) for m, jobs in plan.items()}
+    heap = [e for e in (next(s, None) for s in streams.values()) if e is not None]
+    heapq.heapify(heap)
+    started = time.monotonic()
+    while heap and not stop.is_set():
+        event = heapq.heappop(heap)
+        if paced:
+            delay = started + event.due / speed - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+        publisher.publish(event.topic, event.payload())
+        _count(stats, event)
+        stats.seconds = time.monotonic() - started
+        if on_event is not None:
+            on_event(event, stats)
+        following = next(streams[event.machine], None)
+        if following is not None:
+            heapq.heappush(heap, following)
+        else:
+            stats.machines[event.machine].finished = True
+    publisher.wait_all()
+    stats.refused = publisher.refused
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _count(stats: ReplayStats, event: ReplayEvent) -> None:
+    m = stats.machines[event.machine]
+    m.messages += 1
+    stats.messages += 1
+    if event.kind == "start":
+        m.case, m.cut, m.cut_samples, m.samples_sent = event.job.case, event.cut_id, event.samples, 0
+    elif event.kind == "chunk":
+        stats.chunks += 1
+        if event.topic.endswith("/" + CHANNELS[-1]):  # a row of chunks is complete
+            m.samples_sent += event.samples
+            stats.samples += event.samples
+    elif event.kind == "end":
+        m.cuts_done += 1
+        stats.cuts += 1
+
+
+def replay_cuts(
+    target: paho.Client | BrokerSettings,
+    root: str,
+    machine: str,
+    cuts: Sequence[Cut],
+    speed: float = 0.0,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    reset_first: bool = False,
+    max_unacked: int = MAX_UNACKED,
+) -> ReplayStats:
+    """Replay ``cuts`` in order as ``machine``, with their own cut ids. ``target``: a connected
+    client (its ``on_publish`` is taken over) or the settings to connect with (clean session,
+    disconnected at the end). Returns once the broker has acknowledged everything."""
+    jobs = [ReplayJob(cut.case, cut, tool_change=(reset_first and i == 0)) for i, cut in enumerate(cuts)]
+    if isinstance(target, BrokerSettings):
+        client = make_client(target, clean_start=True)
+        connect(client)
+        try:
+            return replay(Publisher(client, max_unacked), root, {machine: jobs}, speed=speed, chunk=chunk)
+        finally:
+            disconnect(client)
+    return replay(Publisher(target, max_unacked), root, {machine: jobs}, speed=speed, chunk=chunk)
+
+
+# ------------------------------------------------------------------------------------ progress
+
+
+class Progress:
+    """One line per machine, redrawn in place on a terminal; plain lines (one per finished cut)
+    otherwise."""
+
+    def __init__(self, out: TextIO, tty: bool | None = None, interval: float = 0.25) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.interval = interval
+        self._drawn = 0
+        self._last = 0.0
+        self.stats: ReplayStats | None = None  # the latest, also when the replay was interrupted
+
+    def __call__(self, event: ReplayEvent, stats: ReplayStats) -> None:
+        self.stats = stats
+        if not self.tty:
+            if event.kind == "end":
+                m = stats.machines[event.machine]
+                self.out.write(
+                    f"{m.machine}: cut {event.cut_id} done (case {event.job.case}, "
+                    f"{m.cuts_done} cuts, {m.messages} messages)\n"
+                )
+                self.out.flush()
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self.draw(stats)
+            self._last = now
+
+    def draw(self, stats: ReplayStats) -> None:
+        if not self.tty:
+            return
+        lines = [self._line(m) for m in stats.machines.values()]
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self.out.flush()
+        self._drawn = len(lines)
+
+    @staticmethod
+    def _line(m: MachineProgress) -> str:
+        if m.cut is None:
+            return f"{m.machine}  waiting"
+        frac = m.samples_sent / m.cut_samples if m.cut_samples else 0.0
+        bar = "#" * round(20 * frac)
+        state = "done" if m.finished else f"[{bar:<20}] {100 * frac:3.0f}%"
+        return f"{m.machine}  case {m.case:>2}  cut {m.cut:<14} {state}  cuts {m.cuts_done}  messages {m.messages}"
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--archive", type=Path, default=None,
+        help=f"the archive (mill.mat layout); default {DEFAULT_ARCHIVE}, synthesised if missing",
+    )
+    parser.add_argument("--broker", default="localhost:1883", help="HOST:PORT of the MQTT broker (default %(default)s)")
+    parser.add_argument("--machines", type=int, default=2, help="virtual machines publishing in parallel (default %(default)s)")
+    parser.add_argument(
+        "--speed", type=float, default=1.0,
+        help="real time times X (default %(default)s); 0 = as fast as the broker acknowledges",
+    )
+    parser.add_argument("--cases", default=None, help="comma-separated cases to replay, e.g. 1,13 (default: all)")
+    parser.add_argument("--loop", action="store_true", help="start over when done, until interrupted")
+    parser.add_argument("--root", default="mill", help="topic root R (default %(default)s)")
+    parser.add_argument(
+        "--chunk", type=int, default=DEFAULT_CHUNK,
+        help="samples per signal message (default %(default)s = 1 s at 250 Hz)",
+    )
+
+
+def parse_cases(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        cases = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--cases: expected comma-separated case numbers like 1,13, got {text!r}") from None
+    if not cases:
+        raise ValueError("--cases: no case given")
+    return list(dict.fromkeys(cases))  # keep the order given, drop repeats
+
+
+def load_replay_archive(path: Path | None, out: TextIO) -> Archive:
+    if path is None:
+        path = DEFAULT_ARCHIVE
+        if not path.exists():
+            from .synthetic import write_synthetic
+
+            out.write(f"no --archive given and {path} does not exist: writing the synthetic archive there\n")
+            write_synthetic(path)
+    return read_archive(path)
+
+
+def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """The ``replay`` command; returns the exit code (0 done, 1 error, 130 interrupted)."""
+    out = out or sys.stdout
+    try:
+        host, port = parse_address(args.broker)
+        cases = parse_cases(args.cases)
+        validate_root(args.root)
+        if not args.speed >= 0:
+            raise ValueError(f"--speed must be 0 (as fast as possible) or positive, got {args.speed}")
+        if not 1 <= args.chunk <= DEFAULT_LIMITS.max_chunk:
+            raise ValueError(f"--chunk must be 1-{DEFAULT_LIMITS.max_chunk} samples, got {args.chunk}")
+        archive = load_replay_archive(args.archive, out)
+        plan = plan_machines(archive, args.machines, cases)
+    except (ValueError, ArchiveError, OSError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 1
+    if archive.dropped:
+        out.write(f"{archive.path}: {len(archive.dropped)} corrupt cut(s) left out: " +
+                  "; ".join(str(d) for d in archive.dropped) + "\n")
+    for machine, jobs in plan.items():
+        cases_of = list(dict.fromkeys(job.case for job in jobs))
+        out.write(f"{machine}: {len(jobs)} cuts of case(s) {', '.join(map(str, cases_of))}\n")
+
+    settings = BrokerSettings(host=host, port=port, client_id=f"edge-monitor-replay-{os.getpid()}")
+    client = make_client(settings, clean_start=True)
+    try:
+        connect(client)
+    except BrokerError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 1
+    progress = Progress(out)
+    stop = threading.Event()
+    code = 0
+    try:
+        replay(
+            Publisher(client), args.root, plan, speed=args.speed, chunk=args.chunk, loop=args.loop,
+            stop=stop, on_event=progress,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+        code = 130
+        out.write("interrupted\n")
+    finally:
+        disconnect(client)
+    stats = progress.stats
+    if stats is not None:
+        progress.draw(stats)
+        out.write(
+            f"replayed {stats.cuts} cuts on {len(plan)} machine(s) to {settings.address} under {args.root}/: "
+            f"{stats.chunks} chunks, {stats.samples} samples per channel, {stats.messages} messages "
+            f"in {stats.seconds:.1f} s\n"
+        )
+        if stats.refused:
+            print(f"replay: the broker refused {stats.refused} message(s)", file=sys.stderr)
+            code = 1
+    return code
