@@ -1,0 +1,176 @@
+"""Restarts: the alarm state survives a daemon restart (state file and retained topic) without
+being announced again or cleared; a reset clears it; the broker restarting mid-replay loses no
+window published after the daemon reconnected by itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemon_support import CASES, REPO, Collector, Daemon, machine_of, model_fixture, replay_cli
+from edge_monitor.daemon import StateFile, choose_alarm_state
+from edge_monitor.mqtt import BrokerSettings
+from edge_monitor.protocol import AlarmMessage, Command, alarm_topic, cmd_topic, encode
+from edge_monitor.replay import replay_cuts
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return model_fixture(tmp_path_factory)
+
+
+# ------------------------------------------------------------------------------ pure: which state
+
+
+def alarm(state: str, since: float | None) -> AlarmMessage:
+    return AlarmMessage("m1", state, since, "c", 1.0, 0.5, "model")
+
+
+def test_choose_alarm_state():
+    saved = {"state": "alarm", "since": 10.0, "recent": [1.0, 2.0]}
+    assert choose_alarm_state(None, None) == (None, False)
+    assert choose_alarm_state(saved, None) == (saved, True)  # retained lost: publish it again
+    assert choose_alarm_state(saved, alarm("alarm", 10.0)) == (saved, False)  # agree: the file has history
+    assert choose_alarm_state(saved, alarm("alarm", 5.0)) == (saved, False)
+    # a reset the retained topic never got: the file is newer, dashboards must be told
+    reset = {"state": "normal", "since": 20.0}
+    assert choose_alarm_state(reset, alarm("alarm", 10.0)) == (reset, True)
+    # a newer transition on the retained topic (the file write was lost): take it, publish nothing
+    chosen, republish = choose_alarm_state({"state": "warning", "since": 5.0}, alarm("alarm", 10.0))
+    assert chosen["state"] == "alarm" and chosen["since"] == 10.0 and not republish
+    chosen, republish = choose_alarm_state(None, alarm("warning", 3.0))
+    assert chosen["state"] == "warning" and not republish
+    assert choose_alarm_state({"state": "normal", "since": None}, None) == ({"state": "normal", "since": None}, False)
+
+
+# ------------------------------------------------------------------------------ daemon restarts
+
+
+def test_alarm_survives_restart_and_reset_clears_it(broker, model, tmp_path):
+    root, instance = "t-restart", "r1"
+    config = 'machines: "mill-*"\nstate_file: state.json\nstatus_interval_s: 1\n'
+    status = f"{root}/_monitor/{instance}/status"
+    collector = Collector(broker, [f"{root}/#"], "collector-restart")
+    settings = BrokerSettings(broker.host, broker.port, client_id="pub-restart")
+    healthy = [c for c in model.archive.cuts if c.case == CASES[0]]
+    started: list[Daemon] = []
+    pub = Collector(broker, [], "pub-restart-cmd")
+
+    def start() -> Daemon:
+        daemon = Daemon(tmp_path, broker, model.bundle, root, instance, config).start()
+        started.append(daemon)
+        daemon.wait_online(collector)
+        return daemon
+
+    try:
+        # 1. replay: mill-02's tool fails; a graceful stop publishes offline with counters
+        first = start()
+        assert replay_cli(broker, model.archive_path, root).returncode == 0
+        assert collector.wait(lambda: len(collector.on("/summary")) >= len(model.archive.cuts), 60)
+        assert first.terminate() == 0
+        assert collector.on(status)[-1][1]["state"] == "offline" and "counters" in collector.on(status)[-1][1]
+        saved = json.loads((tmp_path / "state.json").read_text())
+        assert saved["machines"]["mill-02"]["state"] == "alarm"
+        announced = collector.on("/alarm")[-1][1]
+
+        # 2. the broker lost the retained alarm (say, restarted without persistence): the state
+        #    file restores the alarm, and the daemon puts the same message back for dashboards
+        pub.client.publish(alarm_topic(root, "mill-02"), b"", qos=1, retain=True).wait_for_publish(5)
+        n_alarms = len(collector.on("/alarm"))
+        second = start()
+        restored = {e["machine"]: e["state"] for e in second.events("alarm_state_restored")}
+        assert restored == {"mill-01": "normal", "mill-02": "alarm"}
+        assert collector.wait(lambda: len(collector.on("/alarm")) == n_alarms + 1, 5)
+        assert collector.on("/alarm")[-1][1] == announced
+        assert second.terminate() == 0
+
+        # 3. restart without the state file: the retained alarm alone restores it; a healthy cut
+        #    on the failed machine neither clears nor re-announces the alarm
+        (tmp_path / "state.json").unlink()
+        n_alarms = len(collector.on("/alarm"))
+        third = start()
+        restored = {e["machine"]: e["state"] for e in third.events("alarm_state_restored")}
+        assert restored == {"mill-02": "alarm"}  # mill-01 never had an alarm message
+        n_scores = len(collector.on("/score"))
+        again = dataclasses.replace(healthy[0], run=healthy[0].run + 50)  # a new cut id: ids are unique
+        replay_cuts(settings, root, "mill-02", [again])
+        assert collector.wait(lambda: any(b["cut"] == again.cut_id for _, b in collector.on("/summary")), 30)
+        new = [b for t, b in collector.on("/score")[n_scores:] if machine_of(t, root) == "mill-02"]
+        assert new and {b["level"] for b in new} == {"alarm"}
+        assert len(collector.on("/alarm")) == n_alarms  # nothing announced again
+
+        # 4. a reset clears it (after the windows already in flight), and the file follows
+        pub.client.publish(cmd_topic(root, "mill-02"), encode(Command("reset", "test")), qos=1)
+        assert collector.wait(lambda: len(collector.on("/alarm")) > n_alarms, 10)
+        cleared = collector.on("/alarm")[-1][1]
+        assert (cleared["state"], cleared["cut"], cleared["score"]) == ("normal", None, None)
+        assert third.terminate() == 0
+        assert json.loads((tmp_path / "state.json").read_text())["machines"]["mill-02"]["state"] == "normal"
+
+        # 5. restarting again publishes no alarm at all: file and retained agree on normal
+        n_alarms = len(collector.on("/alarm"))
+        fourth = start()
+        time.sleep(0.5)
+        assert len(collector.on("/alarm")) == n_alarms
+        assert fourth.terminate() == 0
+    finally:
+        for daemon in started:
+            daemon.kill()
+        pub.close()
+        collector.close()
+
+
+def test_broker_restart_mid_replay_loses_no_window(broker, model, tmp_path):
+    root, instance = "t-broker", "b1"
+    config = 'machines: "mill-*"\nstatus_interval_s: 1\nqos:\n  score: 1\n'
+    status = f"{root}/_monitor/{instance}/status"
+    # a persistent dashboard session, so that what is published while it reconnects waits for it
+    collector = Collector(broker, [f"{root}/#"], "collector-broker", persistent=True)
+    daemon = Daemon(tmp_path, broker, model.bundle, root, instance, config).start()
+    try:
+        daemon.wait_online(collector)
+        args = [sys.executable, "-m", "edge_monitor", "replay", "--archive", str(model.archive_path),
+                "--broker", broker.address, "--machines", "2", "--cases", ",".join(map(str, CASES)),
+                "--speed", "12", "--root", root]
+        replay = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert collector.wait(lambda: len(collector.on("/score")) >= 10, 30)
+        assert replay.poll() is None  # mid-replay
+        broker.restart(down_seconds=1.0)
+        out, err = replay.communicate(timeout=120)
+        assert replay.returncode == 0, err
+        n_cuts = len(model.archive.cuts)
+        if not collector.wait(lambda: len(collector.on("/summary")) >= n_cuts, 60):
+            daemon.fail(f"expected {n_cuts} summaries after the broker restart, got {len(collector.on('/summary'))}")
+        assert daemon.running
+        assert daemon.events("broker_disconnected") and len(daemon.events("subscribed")) >= 2
+        assert collector.wait(lambda: collector.on(status)[-1][1]["state"] == "online", 10)
+
+        machine_of_cut = {c: f"mill-0{i + 1}" for i, case in enumerate(CASES) for c in model.cuts_by_case[case]}
+        expected = {(machine_of_cut[cut], cut, offset) for cut, offset in model.offline}
+        seen = {(machine_of(t, root), b["cut"], b["offset"]) for t, b in collector.on("/score")}
+        assert seen == expected  # every window, also those published after the reconnect
+        summaries = [b for _, b in collector.on("/summary")]
+        assert all(s["skipped"] == 0 for s in summaries)
+        assert collector.wait(
+            lambda: collector.on(status)[-1][1].get("counters", {}).get("windows_scored") == len(expected), 5
+        )  # each scored exactly once (QoS 1 may deliver a score message twice; the daemon scored it once)
+    finally:
+        daemon.kill()
+        collector.close()
+
+
+def test_state_file_round_trip_and_problems(tmp_path):
+    state = StateFile(tmp_path / "sub" / "state.json")
+    assert state.read() == ({}, None)  # no file yet: no problem
+    state.write({"m1": {"state": "alarm", "since": 1.0, "recent": [2.0]}}, "model")
+    assert state.read() == ({"m1": {"state": "alarm", "since": 1.0, "recent": [2.0]}}, None)
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["state.json"]  # no temporary left
+    (tmp_path / "sub" / "state.json").write_text("{not json")
+    machines, problem = state.read()
+    assert machines == {} and "unreadable, ignored" in problem and "using the retained alarms" in problem
+    assert StateFile(None).read() == ({}, None)
