@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINING_ONLY = {"sklearn", "matplotlib", "training"}
 # The functional core: pure modules that must stay free of TensorFlow and of the network.
 PURE = {"channels", "archive", "cut_quality", "wear", "synthetic", "stable_region", "windowing",
-        "scaling", "scores", "calibration", "protocol", "frames", "alarm"}
+        "scaling", "scores", "calibration", "protocol", "frames", "alarm", "machine", "batching"}
 
 
 def imported_roots(path: Path) -> set[str]:
