@@ -39,7 +39,7 @@ import paho.mqtt.client as paho
 
 from .archive import Archive, ArchiveError, Cut, read_archive
 from .channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
-from .mqtt import BrokerError, BrokerSettings, connect, disconnect, make_client, parse_address
+from .mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client, parse_address
 from .protocol import (
     DEFAULT_LIMITS,
     Command,
@@ -448,6 +448,11 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk", type=int, default=DEFAULT_CHUNK,
         help="samples per signal message (default %(default)s = 1 s at 250 Hz)",
     )
+    parser.add_argument("--username", default=None, help="broker user (a broker without anonymous access)")
+    parser.add_argument(
+        "--password-file", type=Path, default=None, help="file whose first line is that user's password"
+    )
+    parser.add_argument("--cafile", type=Path, default=None, help="CA certificate: connect with TLS")
 
 
 def parse_cases(text: str | None) -> list[int] | None:
@@ -496,9 +501,13 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
         cases_of = list(dict.fromkeys(job.case for job in jobs))
         out.write(f"{machine}: {len(jobs)} cuts of case(s) {', '.join(map(str, cases_of))}\n")
 
-    settings = BrokerSettings(host=host, port=port, client_id=f"edge-monitor-replay-{os.getpid()}")
-    client = make_client(settings, clean_start=True)
+    settings = BrokerSettings(
+        host=host, port=port, client_id=f"edge-monitor-replay-{os.getpid()}",
+        username=args.username, password_file=args.password_file,
+        tls=TlsSettings(ca=args.cafile) if args.cafile else None,
+    )
     try:
+        client = make_client(settings, clean_start=True)
         connect(client)
     except BrokerError as exc:
         print(f"replay: {exc}", file=sys.stderr)
