@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARCHIVE ?= $(if $(wildcard data/mill.mat),data/mill.mat,data/synthetic-mill.mat)
 DEMO_DIR := runs/demo
+BUNDLE  := $(DEMO_DIR)/bundle
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install debian-packages test test-fast demo evaluate-demo bench clean
 
 install: $(STAMP) debian-packages
 
@@ -33,10 +34,17 @@ test-fast: install
 data/synthetic-mill.mat: | $(STAMP)
 	$(PY) -m training synth --out $@
 
-# Until the daemon demo lands: synthesise (unless data/mill.mat exists), train a quick model, evaluate it.
+# The whole product on this machine: the real archive when data/mill.mat exists, else the synthetic
+# one; a quick model unless one was trained already; a local broker with the deploy configuration,
+# the monitor, 4 replayed machines and a live dashboard. Everything started is stopped at the end.
 demo: install $(ARCHIVE)
-	$(PY) -m training fit --archive $(ARCHIVE) --out $(DEMO_DIR)/bundle --quick
-	$(PY) -m training evaluate --bundle $(DEMO_DIR)/bundle --archive $(ARCHIVE) --out $(DEMO_DIR)/eval
+	test -f $(BUNDLE)/bundle.json || $(PY) -m training fit --archive $(ARCHIVE) --out $(BUNDLE) --quick
+	$(PY) deploy/demo.py --archive $(ARCHIVE) --bundle $(BUNDLE)
+
+# Metrics and plots of the demo model (runs/demo/eval/).
+evaluate-demo: install $(ARCHIVE)
+	test -f $(BUNDLE)/bundle.json || $(PY) -m training fit --archive $(ARCHIVE) --out $(BUNDLE) --quick
+	$(PY) -m training evaluate --bundle $(BUNDLE) --archive $(ARCHIVE) --out $(DEMO_DIR)/eval
 
 bench: install
 	$(PY) -m tests.bench_windowing

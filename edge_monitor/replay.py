@@ -254,6 +254,7 @@ class ReplayEvent:
     job: ReplayJob | None = field(compare=False, default=None)
     cut_id: str = field(compare=False, default="")
     samples: int = field(compare=False, default=0)
+    end: int = field(compare=False, default=0)  # cut offset just past the chunk's samples (chunk, end)
 
 
 def _machine_events(
@@ -277,12 +278,12 @@ def _machine_events(
                     yield ReplayEvent(
                         t + last / fs, next(seq), machine, "chunk", signal_topic(root, machine, name),
                         lambda i=cut_id, f=first, l=last, c=c, s=cut.signals: encode(SignalChunk(i, f, s[f:l, c])),
-                        job, cut_id, last - first,
+                        job, cut_id, last - first, last,
                     )
             t += n / fs
             yield ReplayEvent(
                 t, next(seq), machine, "end", cut_topic(root, machine),
-                lambda i=cut_id, n=n: encode(CutEnd(i, time.time(), n)), job, cut_id, n,
+                lambda i=cut_id, n=n: encode(CutEnd(i, time.time(), n)), job, cut_id, n, n,
             )
 
 
