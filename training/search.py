@@ -139,7 +139,7 @@ def run_search(
             trials.append(trial)
             print(f"    failed: {exc}", flush=True)
             continue
-        _, metrics, thresholds = validation_report(trained, ws, split)
+        metrics, thresholds = validation_report(trained, ws, split)
         trial = {
             "trial": index,
             "hyperparams": hp.to_dict(),

@@ -1,4 +1,5 @@
-"""Warning and alarm thresholds, chosen on the validation windows of every class.
+"""Warning and alarm thresholds, chosen on windows that did not fit the model: every validation
+window and the degraded and failed windows of the training side (``training.fit.threshold_windows``).
 
 The rule (also written, with its figures, into :attr:`Thresholds.rule`):
 

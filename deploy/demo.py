@@ -1,0 +1,287 @@
+"""``make demo``: the whole product on one machine, as a SCADA dashboard would see it.
+
+Starts a local Mosquitto with the deployment's configuration (users, ACL, TLS listener) on free
+ports, starts the monitor daemon with the monitor's credentials, replays machines from the
+archive through the broker with the replay user's credentials, and shows each machine's state
+live from the retained alarm topics with the SCADA user's credentials. Then it stops everything it
+started and prints a summary: cuts, windows scored, alarms raised (and the cut they were raised
+at), and the end-to-end latency from the message that completes a window to its score reaching
+the dashboard.
+
+    .venv/bin/python deploy/demo.py --archive data/synthetic-mill.mat --bundle runs/demo/bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_monitor.archive import read_archive
+from edge_monitor.bundle import read_bundle_meta
+from edge_monitor.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.replay import Publisher, plan_machines, replay
+
+HERE = Path(__file__).resolve().parent
+ROOT = "mill"
+DEFAULT_CASES = "13,9,14,3"  # three tools that wear out and one that does not
+
+
+def local_broker(workdir: Path, machines: list[str]):
+    """Mosquitto with the deploy configuration, set up as install.sh sets up a box but in a folder
+    and on free ports: the same set-up the deployment tests use (tests/deploy_broker.py)."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from deploy_broker import DeployBroker
+
+    return DeployBroker(workdir, tuple(machines), root=ROOT)
+
+
+@dataclass
+class MachineView:
+    """What the dashboard knows of one machine."""
+
+    case: int | None = None
+    cut: str = "-"
+    cuts_done: int = 0
+    windows: int = 0
+    score: float | None = None
+    state: str = "normal"
+    state_cut: str = "-"
+
+
+class Dashboard:
+    """A SCADA-like subscriber: retained alarms, scores and summaries; measures latency."""
+
+    def __init__(self, settings: BrokerSettings, machines: list[str], completes: "CompletionClock") -> None:
+        self.view = {m: MachineView() for m in machines}
+        self.alarms: list[tuple[str, str, str, float]] = []  # machine, state, cut, since
+        self.latencies: list[float] = []
+        self.windows = 0
+        self.status = "-"
+        self._completes = completes
+        self._lock = threading.Lock()
+        self.client = make_client(settings, clean_start=True)
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        connect(self.client)
+        for suffix in ("+/alarm", "+/score", "+/summary", "_monitor/+/status"):
+            self.client.subscribe(f"{ROOT}/{suffix}", qos=1)
+
+    def stop(self) -> None:
+        disconnect(self.client)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.perf_counter()
+        parts = msg.topic.split("/")
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self._lock:
+            if parts[1] == "_monitor":
+                self.status = body.get("state", "?")
+                return
+            machine, kind = parts[1], parts[2]
+            view = self.view.setdefault(machine, MachineView())
+            if kind == "score":
+                self.windows += 1
+                view.windows += 1
+                view.score = body["score"]
+                view.cut = body["cut"]
+                done = self._completes.when(machine, body["cut"], body["offset"])
+                if done is not None:
+                    self.latencies.append(now - done)
+            elif kind == "summary":
+                view.cuts_done += 1
+            elif kind == "alarm":
+                if body["state"] != view.state or not msg.retain:
+                    view.state, view.state_cut = body["state"], body.get("cut") or "-"
+                    if not msg.retain and body["state"] != "normal":
+                        self.alarms.append((machine, body["state"], view.state_cut, body["since"]))
+
+    def table(self) -> str:
+        with self._lock:
+            rows = [f"{'machine':<9}{'case':>5}  {'cut':<12}{'cuts':>5}{'windows':>9}{'score':>8}  {'state':<8}{'since cut':<12}"]
+            for m, v in sorted(self.view.items()):
+                score = "-" if v.score is None else f"{v.score:.2f}"
+                rows.append(
+                    f"{m:<9}{v.case or '-':>5}  {v.cut:<12}{v.cuts_done:>5}{v.windows:>9}{score:>8}  "
+                    f"{v.state.upper() if v.state != 'normal' else v.state:<8}{v.state_cut:<12}"
+                )
+            rows.append(f"monitor {self.status}; {self.windows} windows scored")
+            return "\n".join(rows)
+
+
+class CompletionClock:
+    """When the replay published the message that lets the monitor decide each window.
+
+    A window [o, o + 64) is decided once every channel holds the samples up to the end of the
+    stable-region detector's look-ahead after it, or when its cut ends. The replay publishes the
+    channels of each chunk in channel order, so the last channel's chunk completes a row block.
+    """
+
+    def __init__(self, window: int, block: int, lookahead_blocks: int) -> None:
+        self.window, self.block, self.h = window, block, lookahead_blocks
+        self._chunks: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+        self._ends: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def record(self, machine: str, cut: str, kind: str, topic: str, last_sample: int) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            if kind == "chunk" and topic.endswith("/AE_spindle"):
+                self._chunks[(machine, cut)].append((last_sample, now))
+            elif kind == "end":
+                self._ends[(machine, cut)] = now
+
+    def when(self, machine: str, cut: str, offset: int) -> float | None:
+        need = ((offset + self.window - 1) // self.block + 1 + self.h) * self.block  # samples needed
+        with self._lock:
+            for last, t in self._chunks.get((machine, cut), ()):
+                if last >= need:
+                    return t
+            return self._ends.get((machine, cut))
+
+
+def write_monitor_config(path: Path, broker, bundle: Path, workdir: Path) -> None:
+    config = {
+        "broker": {"host": "127.0.0.1", "port": broker.port, "username": "edge-monitor",
+                   "password_file": str(broker.password_file("edge-monitor"))},
+        "topic_root": ROOT,
+        "instance": "demo",
+        "machines": "*",
+        "bundle": str(bundle.resolve()),
+        "device": "auto",
+        "state_file": str(workdir / "alarm-state.json"),
+        "status_interval_s": 2,
+        "logging": {"format": "json", "level": "info"},
+    }
+    import yaml
+
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archive", type=Path, required=True)
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--machines", type=int, default=4)
+    parser.add_argument("--cases", default=DEFAULT_CASES)
+    parser.add_argument("--speed", type=float, default=20.0, help="real time times X (default %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/demo/live"))
+    args = parser.parse_args(argv)
+
+    args.workdir = args.workdir.resolve()  # the monitor resolves config paths against the config file
+    meta = read_bundle_meta(args.bundle)
+    archive = read_archive(args.archive)
+    cases = [int(c) for c in args.cases.split(",")]
+    plan = plan_machines(archive, args.machines, [c for c in cases if c in archive.by_case()] or None)
+    if args.workdir.exists():
+        shutil.rmtree(args.workdir)
+    args.workdir.mkdir(parents=True)
+
+    started = time.monotonic()
+    broker = local_broker(args.workdir / "broker", list(plan))
+    daemon: subprocess.Popen | None = None
+    dashboard: Dashboard | None = None
+    try:
+        broker.start()
+        print(f"broker: mosquitto with deploy/mosquitto/ on 127.0.0.1:{broker.port} (TLS {broker.tls_port}), "
+              f"users and test CA in {broker.workdir}")
+        config_path = args.workdir / "monitor.yaml"
+        write_monitor_config(config_path, broker, args.bundle, args.workdir)
+        log = open(args.workdir / "monitor.log", "w")
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge_monitor", "run", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        print(f"monitor: model {meta.model_id} (alarms on {meta.thresholds.score}); log {log.name}")
+
+        clock = CompletionClock(meta.window.length, meta.stable_region.block, meta.stable_region.half_width)
+        scada = broker.settings("scada", "demo-scada", tls=True)  # dashboards connect over TLS
+        dashboard = Dashboard(scada, list(plan), clock)
+        for machine, jobs in plan.items():
+            dashboard.view[machine].case = jobs[0].case
+        dashboard.start()
+        deadline = time.monotonic() + 120
+        while dashboard.status != "online":
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the monitor did not come online; see {log.name}")
+            time.sleep(0.1)
+
+        client = make_client(broker.settings("replay", "demo-replay"), clean_start=True)
+        connect(client)
+        done = threading.Event()
+
+        def on_event(event, stats) -> None:
+            clock.record(event.machine, event.cut_id, event.kind, event.topic, event.end)
+
+        stats_box: dict = {}
+
+        def run_replay() -> None:
+            try:
+                stats_box["stats"] = replay(Publisher(client), ROOT, plan, speed=args.speed, on_event=on_event)
+            finally:
+                done.set()
+
+        threading.Thread(target=run_replay, daemon=True).start()
+        tty = sys.stdout.isatty()
+        last_lines = 0
+        while not done.wait(0.5 if tty else 5.0):
+            table = dashboard.table()
+            if tty and last_lines:
+                sys.stdout.write(f"\x1b[{last_lines}F\x1b[J")
+            print(table, flush=True)
+            last_lines = table.count("\n") + 1
+        expected_cuts = sum(len(j) for j in plan.values())
+        settle = time.monotonic() + 20
+        while sum(v.cuts_done for v in dashboard.view.values()) < expected_cuts and time.monotonic() < settle:
+            time.sleep(0.2)
+        disconnect(client)
+        if tty and last_lines:
+            sys.stdout.write(f"\x1b[{last_lines}F\x1b[J")
+        print(dashboard.table())
+        summary(dashboard, stats_box.get("stats"), time.monotonic() - started)
+        return 0
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        if dashboard is not None:
+            dashboard.stop()
+        broker.stop()
+        print("stopped the monitor and the broker")
+
+
+def summary(dashboard: Dashboard, stats, seconds: float) -> None:
+    lat = np.asarray(dashboard.latencies) * 1000
+    print()
+    print(f"demo summary ({seconds:.0f} s)")
+    if stats is not None:
+        print(f"  cuts replayed       {stats.cuts} ({stats.messages} messages)")
+    print(f"  windows scored      {dashboard.windows}")
+    print(f"  alarms raised       {len(dashboard.alarms)}")
+    for machine, state, cut, _ in dashboard.alarms:
+        print(f"    {machine}: {state} at cut {cut}")
+    if lat.size:
+        print(f"  end-to-end latency  p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms "
+              f"(message completing a window -> its score at the dashboard; {lat.size} windows)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
