@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Creates the edge broker's users, their passwords, the password file and the ACL.
+#
+#   make-users.sh [options] [MACHINE ...]
+#
+# Users: edge-monitor (the monitor), scada (dashboards), replay (demo only; see --no-replay) and
+# daq-<MACHINE> for each machine's data acquisition. Each user's password is generated once and
+# kept in SECRETS/<user>.password (one line, mode 0600: readable by its owner only); the monitor's
+# is the file that config.yaml's broker.password_file names. From those files the script writes
+# CONFDIR/passwd (hashed with mosquitto_passwd) and CONFDIR/acl (the acl template next to this
+# script, with @ROOT@ replaced, plus one block per machine).
+#
+# Idempotent: existing passwords are kept, machines added before are kept (the machines of the
+# current password file plus the arguments), users of the password file that this script does not
+# manage are kept as they are (they get no ACL entry, so they can do nothing until you add one to
+# the template). Reload the broker afterwards (systemctl reload mosquitto) to apply.
+#
+# Options:
+#   --confdir DIR        broker files (default /etc/mosquitto/edge-monitor)
+#   --secrets DIR        password files (default /etc/edge-monitor/secrets)
+#   --root ROOT          topic root, the monitor's topic_root (default mill)
+#   --no-replay          no demo user: deletes `replay` if present (production boxes)
+#   --remove MACHINE     delete daq-MACHINE and its ACL block (its password file too); repeatable
+#   --monitor-owner U[:G]  chown the monitor's password file to the service user
+#   --broker-group G     group that may read passwd and acl (mode 0640). Default: mosquitto when
+#                        that group exists and the script runs as root (the broker drops to that
+#                        user and re-reads both files on reload); otherwise mode 0600.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TEMPLATE=$HERE/acl
+CONFDIR=/etc/mosquitto/edge-monitor
+SECRETS=/etc/edge-monitor/secrets
+ROOT=mill
+REPLAY=1
+MONITOR_OWNER=
+BROKER_GROUP=auto
+MACHINES=()
+REMOVE=()
+
+die() { echo "make-users.sh: $*" >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    --confdir) CONFDIR=${2:?--confdir needs a directory}; shift 2 ;;
+    --secrets) SECRETS=${2:?--secrets needs a directory}; shift 2 ;;
+    --root) ROOT=${2:?--root needs a topic root}; shift 2 ;;
+    --no-replay) REPLAY=0; shift ;;
+    --remove) REMOVE+=("${2:?--remove needs a machine id}"); shift 2 ;;
+    --monitor-owner) MONITOR_OWNER=${2:?--monitor-owner needs USER or USER:GROUP}; shift 2 ;;
+    --broker-group) BROKER_GROUP=${2?--broker-group needs a group (or '' for none)}; shift 2 ;;
+    -h|--help) usage 0 ;;
+    --) shift; MACHINES+=("$@"); break ;;
+    -*) echo "make-users.sh: unknown option $1" >&2; usage 2 ;;
+    *) MACHINES+=("$1"); shift ;;
+  esac
+done
+
+command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found: install the Debian package mosquitto"
+[ -f "$TEMPLATE" ] || die "ACL template $TEMPLATE is missing"
+# The same rules as the monitor (edge_monitor/protocol.py): a machine id is one topic level.
+valid_machine() { [[ $1 =~ ^[A-Za-z0-9_-]{1,64}$ && $1 != _monitor ]]; }
+for m in "${MACHINES[@]}" "${REMOVE[@]}"; do
+  valid_machine "$m" || die "machine id '$m' is not 1-64 characters of A-Z a-z 0-9 _ - (and not _monitor)"
+done
+[[ -n $ROOT && $ROOT != */ && $ROOT != /* && $ROOT != *//* && $ROOT != *[+#]* && $ROOT != *[[:space:]]* ]] ||
+  die "topic root '$ROOT' must be levels separated by '/', without '+', '#', spaces or empty levels"
+if [ "$BROKER_GROUP" = auto ]; then
+  BROKER_GROUP=
+  if [ "$(id -u)" = 0 ] && getent group mosquitto >/dev/null; then BROKER_GROUP=mosquitto; fi
+fi
+
+mkdir -p "$CONFDIR"
+if [ ! -d "$SECRETS" ]; then
+  mkdir -p "$SECRETS"
+  chmod 0711 "$SECRETS"  # others may reach their own file (e.g. the service user), not list them
+fi
+PASSWD=$CONFDIR/passwd
+ACL=$CONFDIR/acl
+umask 077
+WORK=$(mktemp -d "$CONFDIR/.make-users.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+managed() { [[ $1 == edge-monitor || $1 == scada || $1 == replay || $1 == daq-* ]]; }
+in_list() { local x=$1; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
+
+# Machines: those of the current password file, plus the arguments, minus --remove; sorted.
+if [ -f "$PASSWD" ]; then
+  while IFS=: read -r user _; do
+    if [[ $user == daq-* ]] && valid_machine "${user#daq-}"; then MACHINES+=("${user#daq-}"); fi
+  done < "$PASSWD"
+fi
+DAQ=()
+while IFS= read -r m; do
+  if [ -n "$m" ] && ! in_list "$m" "${REMOVE[@]}"; then DAQ+=("$m"); fi
+done < <(printf '%s\n' "${MACHINES[@]}" | LC_ALL=C sort -u)
+
+USERS=(edge-monitor scada)
+[ "$REPLAY" = 1 ] && USERS+=(replay)
+for m in "${DAQ[@]}"; do USERS+=("daq-$m"); done
+
+echo "make-users.sh: users of the edge broker, topic root '$ROOT'"
+# Plain "user:password" lines, hashed below by mosquitto_passwd -U: passwords never appear on a
+# command line (where ps would show them).
+: > "$WORK/plain"
+for user in "${USERS[@]}"; do
+  secret=$SECRETS/$user.password
+  if [ -s "$secret" ]; then
+    state=kept
+  else
+    state=created
+    if [ -f "$PASSWD" ] && grep -q "^$user:" "$PASSWD"; then state="new password (its file was missing)"; fi
+    # 24 random bytes, base64url: no ':' (the password file's separator), no spaces.
+    pw=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    printf '%s\n' "$pw" > "$secret.tmp"
+    chmod 0600 "$secret.tmp"
+    mv "$secret.tmp" "$secret"
+  fi
+  printf '%s:%s\n' "$user" "$(head -n 1 "$secret")" >> "$WORK/plain"
+  printf '  %-16s %-10s password in %s\n' "$user" "$state" "$secret"
+done
+mosquitto_passwd -U "$WORK/plain"
+
+# Users this script does not manage stay as they are; managed users no longer wanted go.
+: > "$WORK/others"
+if [ -f "$PASSWD" ]; then
+  while IFS= read -r line; do
+    user=${line%%:*}
+    [ -z "$user" ] && continue
+    if ! managed "$user"; then
+      printf '%s\n' "$line" >> "$WORK/others"
+      printf '  %-16s %-10s not managed here: no ACL entry unless you add one to %s\n' "$user" kept "$TEMPLATE"
+    elif ! in_list "$user" "${USERS[@]}"; then
+      rm -f "$SECRETS/$user.password"
+      printf '  %-16s %-10s\n' "$user" removed
+    fi
+  done < "$PASSWD"
+fi
+cat "$WORK/plain" "$WORK/others" > "$WORK/passwd"
+
+root_sed=$(printf '%s' "$ROOT" | sed 's/[&|\\]/\\&/g')  # & | \ are special in a sed replacement
+{
+  if [ "$REPLAY" = 1 ]; then
+    sed "s|@ROOT@|$root_sed|g" "$TEMPLATE"
+  else
+    sed -e '/^# BEGIN demo user/,/^# END demo user/d' -e "s|@ROOT@|$root_sed|g" "$TEMPLATE"
+  fi
+  for m in "${DAQ[@]}"; do
+    printf '\nuser daq-%s\ntopic write %s/%s/cut\ntopic write %s/%s/signal/#\n' "$m" "$ROOT" "$m" "$ROOT" "$m"
+  done
+} > "$WORK/acl"
+
+for f in passwd acl; do
+  if [ -n "$BROKER_GROUP" ]; then
+    chgrp "$BROKER_GROUP" "$WORK/$f"
+    chmod 0640 "$WORK/$f"
+  else
+    chmod 0600 "$WORK/$f"
+  fi
+  mv "$WORK/$f" "$CONFDIR/$f"  # atomic: the broker never reads a half-written file
+done
+if [ -n "$MONITOR_OWNER" ]; then
+  chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password"
+fi
+
+echo "wrote $PASSWD (${#USERS[@]} users of this script) and $ACL (${#DAQ[@]} machine(s): ${DAQ[*]:-none})"
+echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password"
+echo "apply to a running broker: systemctl reload mosquitto"

@@ -1,0 +1,526 @@
+"""The edge box's broker configuration (``deploy/mosquitto/``) against a real Mosquitto 2: users and
+ACL from ``make-users.sh``, TLS from ``make-test-ca.sh``, the listener and queue settings of
+``edge-monitor.conf``, the bridge example towards a second Mosquitto playing the plant's central
+broker, and the real monitor daemon working end to end under all of it.
+
+Unauthorised publishes are checked from both sides: MQTT 5 publishers get the reason code "Not
+authorized" on QoS 1, MQTT 3.1.1 ones get a plain acknowledgement (Mosquitto drops the message
+silently), and in both cases observers with read rights on every topic see nothing arrive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import itertools
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from broker import Broker, free_port
+from daemon_support import Daemon, model_fixture
+from deploy_broker import DEPLOY, PLACEHOLDER, DeployBroker, render
+from edge_monitor.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client
+from edge_monitor.replay import replay_cuts
+
+ROOT = "mill"
+MACHINES = ("mill-01", "mill-02")
+BOX = "box-1"
+CENTRAL_USER = f"edge-{BOX}"
+CENTRAL_PREFIX = f"edge/{BOX}/{ROOT}"
+_ids = itertools.count(1)
+
+
+def cid(name: str) -> str:
+    """A client id of its own for every connection (Mosquitto kicks out a second one)."""
+    return f"{name}-{next(_ids)}"
+
+
+# ------------------------------------------------------------------------------------ brokers
+
+
+class CentralBroker(Broker):
+    """The plant's central broker: TLS with a password for the edge box's bridge (its own test
+    CA), and a loopback listener without authentication for the test's own clients."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.tls_port = free_port()
+        self.certs = self.workdir / "certs"
+        subprocess.run([str(DEPLOY / "make-test-ca.sh"), "--broker-group", "", str(self.certs)],
+                       check=True, capture_output=True, timeout=60)
+        self.password = "central-secret"
+        self.passwd = self.workdir / "passwd"
+        subprocess.run(["mosquitto_passwd", "-c", "-b", str(self.passwd), CENTRAL_USER, self.password],
+                       check=True, capture_output=True, timeout=30)
+
+    def _write_conf(self) -> None:
+        c = self.certs
+        self.conf.write_text(
+            "per_listener_settings true\n"
+            f"user {getpass.getuser()}\npersistence false\n"
+            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {self.passwd}\n"
+            f"cafile {c}/ca.crt\ncertfile {c}/server.crt\nkeyfile {c}/server.key\n"
+        )
+
+
+@pytest.fixture(scope="module")
+def central(tmp_path_factory):
+    b = CentralBroker(tmp_path_factory.mktemp("central")).start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory, central):
+    bridge = render((DEPLOY / "bridge.conf.example").read_text(), {
+        "BOX": BOX, "ROOT": ROOT, "CENTRAL_HOST": "localhost", "CENTRAL_PORT": central.tls_port,
+        "CENTRAL_CA": central.certs / "ca.crt", "CENTRAL_USER": CENTRAL_USER, "CENTRAL_PASSWORD": central.password,
+    })
+    b = DeployBroker(tmp_path_factory.mktemp("edge-broker"), MACHINES, root=ROOT, conf_d={"bridge.conf": bridge})
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+# ------------------------------------------------------------------------------------ clients
+
+
+class Observer:
+    """Subscribes to ``topics`` and records (topic, body, retain); the body is decoded JSON when the
+    payload is JSON. Duck-types ``daemon_support.Collector`` for ``Daemon.wait_online``."""
+
+    def __init__(self, settings: BrokerSettings, topics: list[str]) -> None:
+        self.messages: list[tuple[str, object, bool]] = []
+        self.raw: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = make_client(settings, clean_start=True)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(t, 1) for t in topics])
+        connect(self.client)
+        assert self._subscribed.wait(10), f"no SUBACK for {topics}"
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            body: object = json.loads(message.payload)
+        except ValueError:
+            body = bytes(message.payload)
+        with self._cond:
+            self.messages.append((message.topic, body, bool(message.retain)))
+            self.raw.append((message.topic, bytes(message.payload)))
+            self._cond.notify_all()
+
+    def on(self, suffix: str) -> list[tuple[str, object]]:
+        with self._cond:
+            return [(t, b) for t, b, _ in self.messages if t.endswith(suffix)]
+
+    def wait(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    def got(self, payload: bytes) -> list[str]:
+        """Topics on which ``payload`` arrived."""
+        with self._cond:
+            return [t for t, p in self.raw if p == payload]
+
+    def close(self) -> None:
+        disconnect(self.client)
+
+
+class Publisher5:
+    """An MQTT 5 client that publishes at QoS 1 and returns the broker's reason code."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.client = make_client(settings, clean_start=True)
+        self._acks: dict[int, str] = {}
+        self._cond = threading.Condition()
+        self.client.on_publish = self._on_publish
+        connect(self.client)
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        with self._cond:
+            self._acks[mid] = str(reason)
+            self._cond.notify_all()
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> str:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        with self._cond:
+            assert self._cond.wait_for(lambda: info.mid in self._acks, 10), f"no PUBACK for {topic}"
+            return self._acks.pop(info.mid)
+
+    def close(self) -> None:
+        disconnect(self.client)
+
+
+def mqtt311_client(broker: DeployBroker, user: str) -> paho.Client:
+    """An MQTT 3.1.1 client: the protocol of most PLC and SCADA stacks, where the broker
+    acknowledges an unauthorised publish like any other."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid(f"v311-{user}"), protocol=paho.MQTTv311)
+    client.username_pw_set(user, broker.password_file(user).read_text().strip())
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, r, p: connected.set()
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    assert connected.wait(10)
+    return client
+
+
+@pytest.fixture
+def observers(edge):
+    """Readers that together may read every topic under the root: the monitor's user (inputs,
+    alarms, _monitor) and SCADA's over TLS (outputs)."""
+    inputs = Observer(edge.settings("edge-monitor", cid("observe-monitor")), [f"{ROOT}/#"])
+    outputs = Observer(edge.settings("scada", cid("observe-scada"), tls=True), [f"{ROOT}/#"])
+    try:
+        yield inputs, outputs
+    finally:
+        inputs.close()
+        outputs.close()
+
+
+def settle(observers, sentinel_cut: bytes, via: BrokerSettings) -> None:
+    """Wait until everything published before now has reached both observers: a cut message
+    (``sentinel_cut``, already published last by the client under test) reaches the inputs
+    observer; then the monitor's user publishes a score, which the outputs observer gets after
+    anything queued to it before."""
+    inputs, outputs = observers
+    assert inputs.wait(lambda: inputs.got(sentinel_cut)), "the allowed sentinel never arrived"
+    marker = b'{"sentinel": "%d"}' % next(_ids)
+    monitor = Publisher5(via)
+    try:
+        assert monitor.publish(f"{ROOT}/mill-01/score", marker) == "Success"
+    finally:
+        monitor.close()
+    assert outputs.wait(lambda: outputs.got(marker)), "the monitor's score never reached SCADA"
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_config_is_rendered_completely_and_listens_plain_on_loopback_only(edge):
+    assert not PLACEHOLDER.search(edge.rendered)
+    lines = [ln.split() for ln in edge.rendered.splitlines() if ln.strip() and not ln.startswith("#")]
+    listeners = [ln[1:] for ln in lines if ln[0] == "listener"]
+    assert listeners == [[str(edge.port), "127.0.0.1"], [str(edge.tls_port)]]
+    settings = {ln[0]: ln[1:] for ln in lines}
+    assert settings["allow_anonymous"] == ["false"]
+    assert int(settings["max_queued_messages"][0]) >= 439_200  # 20 machines x 1 h
+    # The plain port is not reachable on another address of this host; the TLS one is.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.254", 9))  # no packet is sent: only picks the outgoing interface
+            address = s.getsockname()[0]
+    except OSError:
+        address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("this host has no non-loopback address to check the plain listener against")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address, edge.port), timeout=2).close()
+    socket.create_connection((address, edge.tls_port), timeout=2).close()
+
+
+def test_anonymous_and_wrong_passwords_are_refused(edge, tmp_path):
+    for tls in (False, True):
+        with pytest.raises(BrokerError, match="Not authorized"):
+            connect(make_client(edge.settings(None, cid("anonymous"), tls=tls), clean_start=True))
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-password\n")
+    settings = dataclasses.replace(edge.settings("scada", cid("scada-wrong")), password_file=wrong)
+    with pytest.raises(BrokerError, match="Not authorized"):
+        connect(make_client(settings, clean_start=True))
+    # A machine's user exists only for the machines it was created for.
+    with pytest.raises(BrokerError):
+        connect(make_client(dataclasses.replace(settings, username="daq-mill-99"), clean_start=True))
+
+
+DAQ_DENIED = (
+    "mill-02/cut", "mill-02/signal/smcAC", "mill-01/alarm", "mill-02/alarm", "mill-01/score",
+    "mill-01/summary", "mill-01/cmd", "_monitor/edge-1/status", "_monitor/edge-1/sync",
+)
+
+
+def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt5(edge, observers):
+    daq = Publisher5(edge.settings("daq-mill-01", cid("daq-mill-01")))
+    try:
+        assert daq.publish(f"{ROOT}/mill-01/signal/smcAC", b'"own-signal-5"') == "Success"
+        for i, topic in enumerate(DAQ_DENIED):
+            code = daq.publish(f"{ROOT}/{topic}", b'"denied-5-%d"' % i, retain=topic.endswith("alarm"))
+            assert code == "Not authorized", topic
+        assert daq.publish(f"{ROOT}/mill-01/cut", b'"sentinel-5"') == "Success"
+    finally:
+        daq.close()
+    settle(observers, b'"sentinel-5"', edge.settings("edge-monitor", cid("monitor")))
+    inputs, outputs = observers
+    assert inputs.got(b'"own-signal-5"') == [f"{ROOT}/mill-01/signal/smcAC"]
+    for i in range(len(DAQ_DENIED)):
+        assert inputs.got(b'"denied-5-%d"' % i) == outputs.got(b'"denied-5-%d"' % i) == []
+    # SCADA never sees raw inputs, though it subscribed to everything.
+    assert not [t for t, _, _ in outputs.messages if "/signal/" in t or t.endswith("/cut")]
+    # No retained alarm was planted for a later subscriber either. (The broker sends a new
+    # subscription's retained messages before anything published after it: the monitor's trick.)
+    sync = f"{ROOT}/_monitor/test/sync"
+    late = Observer(edge.settings("edge-monitor", cid("late")), [f"{ROOT}/+/alarm", sync])
+    try:
+        late.client.publish(sync, b"done", qos=1)
+        assert late.wait(lambda: late.got(b"done"))
+    finally:
+        late.close()
+    assert not [t for t, p in late.raw if p.startswith(b'"denied')]
+
+
+def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt311(edge, observers):
+    daq = mqtt311_client(edge, "daq-mill-01")
+    try:
+        for i, topic in enumerate(DAQ_DENIED):
+            for qos in (0, 1):
+                # Acknowledged as if delivered: MQTT 3.1.1 has no way to say "not authorised".
+                info = daq.publish(f"{ROOT}/{topic}", b'"denied-3-%d-%d"' % (i, qos), qos=qos)
+                info.wait_for_publish(10)
+                assert info.rc == paho.MQTT_ERR_SUCCESS and info.is_published()
+        daq.publish(f"{ROOT}/mill-01/cut", b'"sentinel-3"', qos=1).wait_for_publish(10)
+    finally:
+        daq.disconnect()
+        daq.loop_stop()
+    settle(observers, b'"sentinel-3"', edge.settings("edge-monitor", cid("monitor")))
+    inputs, outputs = observers
+    leaked = [t for t, p in inputs.raw + outputs.raw if p.startswith(b'"denied')]
+    assert leaked == []
+
+
+def test_scada_may_send_commands_but_publish_nothing_else(edge, observers):
+    scada = Publisher5(edge.settings("scada", cid("scada"), tls=True))
+    try:
+        for i, topic in enumerate(("mill-01/signal/smcAC", "mill-01/cut", "mill-01/alarm", "mill-01/score",
+                                   "mill-01/summary", "_monitor/edge-1/status")):
+            assert scada.publish(f"{ROOT}/{topic}", b'"scada-denied-%d"' % i) == "Not authorized", topic
+        assert scada.publish(f"{ROOT}/mill-01/cmd", b'"scada-cmd"') == "Success"
+    finally:
+        scada.close()
+    daq = Publisher5(edge.settings("daq-mill-01", cid("daq")))
+    try:
+        assert daq.publish(f"{ROOT}/mill-01/cut", b'"sentinel-scada"') == "Success"
+    finally:
+        daq.close()
+    settle(observers, b'"sentinel-scada"', edge.settings("edge-monitor", cid("monitor")))
+    inputs, outputs = observers
+    assert inputs.got(b'"scada-cmd"') == [f"{ROOT}/mill-01/cmd"]
+    leaked = [t for t, p in inputs.raw + outputs.raw if p.startswith(b'"scada-denied')]
+    assert leaked == []
+
+
+def test_an_oversized_payload_reaches_the_monitor_and_the_stream_goes_on(edge, observers):
+    """No broker-side size limit (see edge-monitor.conf): the monitor rejects the payload with a
+    reason on its errors topic, and the publisher's stream does not stall behind it."""
+    daq = Publisher5(edge.settings("daq-mill-01", cid("daq-big")))
+    big = b'"big-%s"' % (b"x" * (1 << 20))
+    try:
+        assert daq.publish(f"{ROOT}/mill-01/signal/smcAC", big) == "Success"
+        assert daq.publish(f"{ROOT}/mill-01/cut", b'"after-big"') == "Success"
+    finally:
+        daq.close()
+    inputs, _ = observers
+    assert inputs.wait(lambda: inputs.got(b'"after-big"'))
+    assert inputs.got(big) == [f"{ROOT}/mill-01/signal/smcAC"]
+
+
+def test_tls_needs_the_ca_and_carries_credentials(edge):
+    client = make_client(edge.settings("scada", cid("tls-ok"), tls=True), clean_start=True)
+    connect(client)
+    disconnect(client)
+    # The client certificate works too (the listener accepts but does not require one).
+    with_cert = dataclasses.replace(edge.settings("scada", cid("tls-cert"), tls=True), tls=TlsSettings(
+        ca=edge.certs / "ca.crt", cert=edge.certs / "client.crt", key=edge.certs / "client.key"))
+    client = make_client(with_cert, clean_start=True)
+    connect(client)
+    disconnect(client)
+    # Without the test CA, the client cannot verify the broker and refuses to go on.
+    system_cas = dataclasses.replace(edge.settings("scada", cid("tls-no-ca"), tls=True), tls=TlsSettings())
+    with pytest.raises(BrokerError, match="certificate verify failed"):
+        connect(make_client(system_cas, clean_start=True))
+    # Plain MQTT on the TLS port gets no answer.
+    plain_on_tls = dataclasses.replace(edge.settings("scada", cid("plain-on-tls")), port=edge.tls_port)
+    with pytest.raises(BrokerError):
+        connect(make_client(plain_on_tls, clean_start=True), timeout=1.5)
+    # TLS 1.1 is refused (tls_version tlsv1.2).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(edge.certs / "ca.crt")
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", edge.tls_port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError):
+            context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_the_monitor_session_keeps_more_than_the_default_1000_messages(edge):
+    """Mosquitto's default queue (1000) would drop a third of these silently."""
+    n = 1500
+    settings = edge.settings("edge-monitor", cid("session"), session_expiry=600)
+    received = []
+    client = make_client(settings, clean_start=False)
+    client.on_connect = lambda c, u, f, r, p: c.subscribe(f"{ROOT}/mill-02/signal/#", 1)
+    connect(client)
+    time.sleep(0.2)
+    disconnect(client)
+    daq = make_client(edge.settings("daq-mill-02", cid("daq-mill-02")), clean_start=True)
+    connect(daq)
+    try:
+        for i in range(n):
+            daq.publish(f"{ROOT}/mill-02/signal/smcDC", b"%d" % i, qos=1)
+        last = daq.publish(f"{ROOT}/mill-02/signal/smcDC", b"last", qos=1)
+        last.wait_for_publish(20)
+        assert last.is_published()
+    finally:
+        disconnect(daq)
+    done = threading.Event()
+
+    def on_message(c, u, m) -> None:
+        received.append(m.payload)
+        if m.payload == b"last":
+            done.set()
+
+    client = make_client(settings, clean_start=False)
+    client.on_message = on_message
+    assert connect(client).session_present
+    try:
+        assert done.wait(20)
+    finally:
+        disconnect(client)
+    assert received == [b"%d" % i for i in range(n)] + [b"last"]
+
+
+def test_bridge_forwards_outputs_out_and_commands_in_only(edge, central, observers):
+    out = Observer(BrokerSettings("127.0.0.1", central.port, cid("central-dashboard")), ["edge/#"])
+    m = "bridged"  # a machine of its own: its retained alarm must not reach the other tests
+    try:
+        state = f"edge/{BOX}/_bridge/state"
+        assert out.wait(lambda: out.on(state)), f"the bridge never connected{edge.log_tail()}"
+        monitor = Publisher5(edge.settings("edge-monitor", cid("monitor")))
+        inputs_publisher = Publisher5(edge.settings("replay", cid("replay")))
+        try:
+            assert inputs_publisher.publish(f"{ROOT}/{m}/signal/smcAC", b'"raw-signal"') == "Success"
+            assert inputs_publisher.publish(f"{ROOT}/{m}/cut", b'"raw-cut"') == "Success"
+            alarm = {"machine": m, "state": "alarm", "since": 1.0, "cut": "c1", "score": 5.0,
+                     "threshold": 4.0, "model": "bridge-test"}
+            for kind, body, retain in (("summary", {"cut": "c1"}, False), ("score", {"cut": "c1"}, False),
+                                       ("alarm", alarm, True)):
+                assert monitor.publish(f"{ROOT}/{m}/{kind}", json.dumps(body).encode(), retain=retain) == "Success"
+            assert monitor.publish(f"{ROOT}/_monitor/{BOX}/status", b'{"state": "online"}', retain=True) == "Success"
+        finally:
+            monitor.close()
+            inputs_publisher.close()
+        wanted = {f"{CENTRAL_PREFIX}/{m}/{k}" for k in ("summary", "score", "alarm")}
+        wanted.add(f"{CENTRAL_PREFIX}/_monitor/{BOX}/status")
+        assert out.wait(lambda: wanted <= {t for t, _, _ in out.messages}), out.messages
+        assert not [t for t, _, _ in out.messages if "/signal/" in t or t.endswith("/cut")]
+        # The alarm is retained on the central broker too: a dashboard that starts later sees it.
+        late = Observer(BrokerSettings("127.0.0.1", central.port, cid("central-late")), [f"edge/+/{ROOT}/+/alarm"])
+        try:
+            assert late.wait(lambda: late.messages)
+            assert late.messages[0] == (f"{CENTRAL_PREFIX}/{m}/alarm", alarm, True)
+        finally:
+            late.close()
+        # A reset from the plant reaches the monitor; an alarm or a signal sent in does not.
+        inputs, _ = observers
+        plant = Publisher5(BrokerSettings("127.0.0.1", central.port, cid("plant")))
+        try:
+            plant.publish(f"{CENTRAL_PREFIX}/{m}/alarm", b'"injected-alarm"')
+            plant.publish(f"{CENTRAL_PREFIX}/{m}/signal/smcAC", b'"injected-signal"')
+            plant.publish(f"{CENTRAL_PREFIX}/{m}/cmd", b'{"cmd": "reset", "by": "plant"}')
+        finally:
+            plant.close()
+        assert inputs.wait(lambda: inputs.on(f"/{m}/cmd")), "the reset never came in"
+        assert inputs.on(f"/{m}/cmd")[-1][1] == {"cmd": "reset", "by": "plant"}
+        assert not inputs.got(b'"injected-alarm"') and not inputs.got(b'"injected-signal"')
+    finally:
+        out.close()
+        clear = Publisher5(edge.settings("edge-monitor", cid("clear")))  # an empty retained message
+        try:
+            for topic in (f"{ROOT}/{m}/alarm", f"{ROOT}/_monitor/{BOX}/status"):
+                clear.publish(topic, b"", retain=True)
+        finally:
+            clear.close()
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return model_fixture(tmp_path_factory)
+
+
+def test_the_monitor_works_end_to_end_under_the_acl(edge, model, tmp_path):
+    """The real daemon with the monitor's credentials on the loopback listener; the machines'
+    data acquisition (mill-01's own user; the demo user for mill-02, with the reset of a new
+    tool); a SCADA dashboard over TLS that sees scores, summaries, the alarm, and resets it."""
+    scada = edge.settings("scada", cid("dashboard"), tls=True)
+    dashboard = Observer(scada, [f"{ROOT}/+/score", f"{ROOT}/+/alarm", f"{ROOT}/+/summary",
+                                 f"{ROOT}/_monitor/+/status"])
+    instance = "edge-e2e"
+    config = (
+        "broker:\n  username: edge-monitor\n"
+        f"  password_file: {edge.password_file('edge-monitor')}\n"
+        f"state_file: {tmp_path / 'state.json'}\nstatus_interval_s: 1\n"
+    )
+    daemon = Daemon(tmp_path, edge, model.bundle, ROOT, instance, config).start()
+    try:
+        daemon.wait_online(dashboard)
+        cuts = {case: [c for c in model.archive.cuts if c.case == case] for case in (11, 13)}
+        by_daq = replay_cuts(edge.settings("daq-mill-01", cid("daq-mill-01")), ROOT, "mill-01", cuts[11])
+        by_replay = replay_cuts(edge.settings("replay", cid("replay")), ROOT, "mill-02", cuts[13], reset_first=True)
+        assert by_daq.refused == by_replay.refused == 0
+        n_cuts = len(cuts[11]) + len(cuts[13])
+        if not dashboard.wait(lambda: len(dashboard.on("/summary")) >= n_cuts, 60):
+            daemon.fail(f"SCADA got {len(dashboard.on('/summary'))} of {n_cuts} summaries")
+        scored = {t.split("/")[1] for t, _ in dashboard.on("/score")}
+        assert scored == set(MACHINES)
+        states = {m: [b["state"] for t, b in dashboard.on(f"/{m}/alarm")] for m in MACHINES}
+        assert states["mill-01"] == [] and states["mill-02"][-1] == "alarm", states
+        # The monitor read its retained alarms back through its private sync topic, and rejected
+        # nothing: every topic it needs is open to it.
+        assert daemon.events("retained_alarms_incomplete") == []
+        assert daemon.events("rejected") == []
+
+        # A dashboard that starts now gets the current state at once (retained).
+        late = Observer(dataclasses.replace(scada, client_id=cid("late-dashboard")), [f"{ROOT}/+/alarm"])
+        try:
+            assert late.wait(lambda: late.messages)
+            topic, body, retained = late.messages[0]
+            assert (topic, body["state"], retained) == (f"{ROOT}/mill-02/alarm", "alarm", True)
+        finally:
+            late.close()
+
+        # The shift lead changes the tool and resets from the dashboard, over TLS.
+        operator = Publisher5(dataclasses.replace(scada, client_id=cid("operator")))
+        try:
+            assert operator.publish(f"{ROOT}/mill-02/cmd", b'{"cmd": "reset", "by": "shift-lead"}') == "Success"
+        finally:
+            operator.close()
+        reset = dashboard.wait(lambda: dashboard.on("/mill-02/alarm")[-1][1]["state"] == "normal")
+        assert reset, "the reset did not clear the alarm"
+        assert daemon.terminate() == 0
+        status = f"/_monitor/{instance}/status"
+        assert dashboard.wait(lambda: dashboard.on(status)[-1][1]["state"] == "offline")
+    finally:
+        daemon.kill()
+        dashboard.close()
