@@ -17,12 +17,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[training,test]'
 	touch $(STAMP)
 
-# Debian packages the tests need (a real Mosquitto broker), installed only when missing.
+# Debian packages the tests need, installed only when missing: a real Mosquitto broker and its
+# tools (mosquitto_passwd for the broker users), openssl (the test CA), systemd-analyze (the unit
+# file checks; the package does not make systemd PID 1). Pairs of command:package.
+DEBIAN_NEEDS := mosquitto:mosquitto mosquitto_passwd:mosquitto mosquitto_pub:mosquitto-clients \
+                openssl:openssl systemd-analyze:systemd
 debian-packages:
-	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto; then \
+	@missing=; for need in $(DEBIAN_NEEDS); do cmd=$${need%%:*}; \
+	  command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || missing="$$missing $${need#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  missing=$$(printf '%s\n' $$missing | sort -u | tr '\n' ' '); \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  echo "installing Debian package mosquitto (the tests start their own broker)"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; \
+	  echo "installing Debian packages $$missing(the tests start their own broker and check the unit file)"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
 test: install

@@ -15,6 +15,11 @@ re-announces nor clears an active alarm.
 Shutdown (SIGTERM/SIGINT): what was received is processed, every pending window is scored and
 published, the alarm states are saved, ``offline`` is published and the session disconnected
 (it persists on the broker, which queues the inputs until the monitor is back).
+
+Under systemd (``Type=notify``, :mod:`~edge_monitor.systemd`): ``READY=1`` once the model is
+loaded and warmed up and the broker connection is up with the alarms read back; ``STATUS=`` lines
+with the counters at every status refresh; ``WATCHDOG=1`` from the main loop itself, so a loop
+that stops iterating gets the service restarted; ``STOPPING=1`` when shutdown begins.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from . import __version__
+from . import __version__, systemd
 from .alarm import AlarmTracker
 from .batching import Batcher
 from .channels import SAMPLE_RATE_HZ
@@ -256,6 +261,7 @@ class Monitor:
         self.errors_bucket = TokenBucket(config.errors.max_per_second, config.errors.burst)
         self.since = time.time()
         self.inbox: queue.Queue = queue.Queue()
+        self.watchdog = systemd.WatchdogPinger(systemd.watchdog_interval())
         self._stop = threading.Event()
         self._status_topic = status_topic(self.root, config.instance)
         self._errors_topic = errors_topic(self.root, config.instance)
@@ -283,6 +289,7 @@ class Monitor:
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if not self._stop.is_set():
             self.log.warning("broker_disconnected", reason=str(reason), reconnect="automatic, with back-off")
+            systemd.status(f"broker {self.config.broker.address} disconnected ({reason}), reconnecting")
 
     def _on_message(self, client, userdata, message) -> None:
         topic = message.topic
@@ -335,6 +342,7 @@ class Monitor:
         self._restore_alarms(self._read_retained_alarms())
         self._publish_status()
         self.log.info("online", model=self.model_id, device=self.device, machines=list(self.config.machines))
+        systemd.ready(self._status_text())
 
     def _read_retained_alarms(self) -> dict[str, AlarmMessage]:
         """Every machine's retained alarm: subscribe, then a round trip through a private topic
@@ -389,6 +397,7 @@ class Monitor:
         next_status = time.monotonic() + status_every
         while not self._stop.is_set():
             now = time.monotonic()
+            self.watchdog.tick(now)  # only while this loop turns (it wakes at least every 0.25 s)
             deadline = self.batcher.deadline()
             wait = min(0.25, next_status - now, (deadline - now) if deadline is not None else 0.25)
             try:
@@ -413,6 +422,7 @@ class Monitor:
         elif isinstance(item, _Connected):
             self.log.info("subscribed", session_present=item.session_present)
             self._publish_status()  # back online after a reconnect (the will may have fired)
+            systemd.status(self._status_text())
 
     def _handle_input(self, item: _Input) -> None:
         where = item.inbound.topic
@@ -518,9 +528,29 @@ class Monitor:
     def _refresh(self) -> None:
         self._publish_status()
         self._save_state()
+        latency = self.latency.summary()
         self.log.info("status", **asdict(self.counters), pending=len(self.batcher),
-                      queued=self.inbox.qsize(), **self.latency.summary())
+                      queued=self.inbox.qsize(), **latency)
+        systemd.status(self._status_text(latency.get("latency_ms_p50")))
         self.latency = _Latency()
+
+    def _status_text(self, latency_p50: float | None = None) -> str:
+        """One line for ``systemctl status``: connection, counters, machines not normal."""
+        states = {m: str(s.get("state")) for m, s in self.restored.items()}
+        states.update({m: p.tracker.state.label for m, p in self.pipelines.items()})
+        c = self.counters
+        parts = [
+            f"broker {'connected' if self.client.is_connected() else 'disconnected'}",
+            f"{len(self.pipelines)} machines seen, {c.messages_in} messages, {c.windows_scored} windows scored, "
+            f"{c.rejected} rejected",
+        ]
+        for level in ("alarm", "warning"):
+            names = sorted(m for m, s in states.items() if s == level)
+            if names:
+                parts.append(f"{level}: {', '.join(names)}")
+        if latency_p50 is not None:
+            parts.append(f"latency p50 {latency_p50:g} ms")
+        return "; ".join(parts)
 
     def _save_state(self) -> None:
         snapshots = dict(self.restored)
@@ -533,6 +563,7 @@ class Monitor:
     # --------------------------------------------------------------------- shutdown
 
     def _shutdown(self) -> None:
+        systemd.stopping("stopping: scoring what was received, saving the alarm states")
         self.log.info("stopping", pending=len(self.batcher), queued=self.inbox.qsize())
         # What the broker already delivered is acknowledged: process it rather than lose it.
         until = time.monotonic() + SHUTDOWN_DRAIN
@@ -560,6 +591,7 @@ def run(config: Config) -> int:
     """Start the daemon for ``config`` and run it until SIGTERM/SIGINT; returns the exit code.
     Start-up problems raise :class:`StartupError`."""
     log = get_logger().bind(instance=config.instance)
+    systemd.status("loading TensorFlow and the model")
     from .device import DeviceError, select_device
 
     try:
@@ -582,9 +614,11 @@ def run(config: Config) -> int:
     except BrokerError as exc:  # a TLS or password file that cannot be used
         raise StartupError(str(exc)) from None
     monitor.warm_up()
-    monitor.start()
+    # From here a stop request is honoured gracefully, also one that comes right after READY=1.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: monitor.stop())
+    systemd.status(f"connecting to the broker {config.broker.address}")
+    monitor.start()
     monitor.run()
     return 0
 

@@ -1,0 +1,233 @@
+"""``deploy/install.sh``: a dry run changes nothing; ``--prefix`` installs a tree (reusing this venv)
+whose unit ``systemd-analyze verify`` accepts, whose security exposure is at most the score
+recorded in docs/deploy.md, which a second run leaves untouched, and which actually runs: the
+installed broker configuration and credentials, the installed configuration and the installed
+daemon, READY=1 included."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker import Broker, free_port
+from daemon_support import REPO, model_fixture
+from edge_monitor.config import load_config
+
+INSTALL = REPO / "deploy" / "install.sh"
+UNIT = "etc/systemd/system/edge-monitor.service"
+VENV = Path(sys.prefix)  # the project's venv, running these tests
+ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+NEEDS_ANALYZE = pytest.mark.skipif(
+    not Path(ANALYZE).exists(), reason="systemd-analyze is missing: `make install` installs the Debian package systemd"
+)
+
+
+def install(prefix: Path | None, bundle: Path, *args: str, venv: bool = True) -> subprocess.CompletedProcess:
+    argv = ["bash", str(INSTALL), "--bundle", str(bundle), *args]
+    if prefix is not None:
+        argv += ["--prefix", str(prefix)]
+    if venv:
+        argv += ["--venv", str(VENV)]
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, f"install.sh failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Everything a second run could change: type, mode, owner, content, mtime, link target."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            what = ("link", os.readlink(path))
+        elif path.is_dir():
+            what = ("dir",)
+        else:
+            what = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+        out[str(path.relative_to(root))] = (*what, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+    return out
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return model_fixture(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, model, ports) -> tuple[Path, subprocess.CompletedProcess]:
+    prefix = tmp_path_factory.mktemp("install") / "root"
+    done = install(prefix, model.bundle, "--machine", "mill-01", "--broker-port", str(ports[0]),
+                   "--tls-port", str(ports[1]))
+    return prefix, done
+
+
+# ------------------------------------------------------------------------------ dry runs
+
+
+def test_a_dry_run_prints_every_action_and_changes_nothing(tmp_path, model):
+    prefix = tmp_path / "root"
+    out = install(prefix, model.bundle, "--dry-run").stdout
+    assert not prefix.exists()
+    assert f"would run: ln -sfn {VENV} {prefix}/opt/edge-monitor" in out
+    assert re.search(rf"would run: cp -r {re.escape(str(model.bundle))} {prefix}/var/lib/edge-monitor/\S+", out)
+    assert re.search(r"would run: \S+/make-users.sh --confdir \S+/etc/mosquitto/edge-monitor ", out)
+    assert re.search(r"would run: \S+/make-test-ca.sh ", out)
+    for dest in ("etc/edge-monitor/config.yaml", "etc/mosquitto/conf.d/edge-monitor.conf", UNIT):
+        assert re.search(rf"would run: install -m 0\d\d\d \S+ {prefix}/{dest}\n", out), dest
+    assert "skipped (--prefix): systemctl enable --now mosquitto.service edge-monitor.service" in out
+    assert "skipped (--prefix): system user edge-monitor" in out
+    assert out.rstrip().endswith("done (dry run: nothing was changed)")
+
+
+def test_a_dry_run_of_a_real_install_plans_packages_user_venv_and_units(tmp_path, model):
+    """Without --prefix (as root would run it), but dry: what a box would get, nothing touched."""
+    before = {p: p.exists() for p in map(Path, ("/opt/edge-monitor", "/etc/edge-monitor", "/var/lib/edge-monitor"))}
+    out = install(None, model.bundle, "--dry-run", "--no-gpu", venv=False).stdout
+    assert {p: p.exists() for p in before} == before
+    assert "would run: install -m 0644 " in out and " /etc/systemd/system/edge-monitor.service\n" in out
+    assert re.search(r"would run: \S+ -m venv /opt/edge-monitor\n", out)
+    assert re.search(rf"would run: /opt/edge-monitor/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\n", out)
+    has_user = subprocess.run(["getent", "passwd", "edge-monitor"], capture_output=True).returncode == 0
+    assert ("would run: useradd --system" in out) != has_user
+    systemctl = r"skipped \(systemd is not PID 1 here: [^)]*\): systemctl enable|would run: systemctl enable "
+    assert re.search(systemctl, out)
+
+
+# ------------------------------------------------------------------------------ the installed tree
+
+
+def test_the_tree_has_everything_where_the_service_looks(installed, model, ports):
+    prefix, _ = installed
+    unit = (prefix / UNIT).read_text()
+    exec_start = re.search(r"^ExecStart=(\S+) run --config (\S+)$", unit, re.M)
+    assert exec_start, unit
+    assert exec_start.group(1) == f"{prefix}/opt/edge-monitor/bin/edge-monitor"
+    assert os.access(exec_start.group(1), os.X_OK)
+    assert exec_start.group(2) == f"{prefix}/etc/edge-monitor/config.yaml"
+    config = load_config(exec_start.group(2))
+    assert config.bundle == prefix / "var/lib/edge-monitor/bundle"
+    assert (config.bundle / "bundle.json").read_bytes() == (model.bundle / "bundle.json").read_bytes()
+    assert config.state_file == prefix / "var/lib/edge-monitor/alarm-state.json"
+    assert (config.broker.host, config.broker.port) == ("127.0.0.1", ports[0])
+    assert config.broker.username == "edge-monitor"
+    assert config.broker.password_file == prefix / "etc/edge-monitor/secrets/edge-monitor.password"
+    broker_conf = (prefix / "etc/mosquitto/conf.d/edge-monitor.conf").read_text()
+    assert f"listener {ports[0]} 127.0.0.1" in broker_conf
+    assert f"password_file {prefix}/etc/mosquitto/edge-monitor/passwd" in broker_conf
+    assert "@" not in re.sub(r"#.*", "", broker_conf)  # every placeholder filled
+    for name in ("passwd", "acl", "certs/ca.crt", "certs/server.crt", "certs/server.key"):
+        assert (prefix / "etc/mosquitto/edge-monitor" / name).is_file(), name
+    assert "user daq-mill-01" in (prefix / "etc/mosquitto/edge-monitor/acl").read_text()
+    assert (prefix / "usr/local/share/edge-monitor/mosquitto/make-users.sh").stat().st_mode & 0o111
+
+
+@NEEDS_ANALYZE
+def test_systemd_analyze_verify_accepts_the_unit(installed):
+    prefix, _ = installed
+    done = analyze("verify", str(prefix / UNIT))
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+@NEEDS_ANALYZE
+def test_the_security_exposure_is_at_most_the_documented_score(installed):
+    prefix, _ = installed
+    documented = re.search(r"Overall exposure level for edge-monitor\.service: (\d+\.\d+) (\w+)",
+                           (REPO / "docs" / "deploy.md").read_text())
+    assert documented, "docs/deploy.md must quote the line `→ Overall exposure level for edge-monitor.service: ...`"
+    done = analyze("security", "--offline=true", str(prefix / UNIT))
+    measured = re.search(r"Overall exposure level for edge-monitor\.service: (\d+\.\d+) (\w+)", done.stdout)
+    assert measured, done.stdout + done.stderr
+    assert float(measured.group(1)) <= float(documented.group(1)), done.stdout
+    assert {measured.group(2), documented.group(2)} <= {"PERFECT", "SAFE", "OK"}
+
+
+def test_a_second_run_changes_nothing(installed, model, ports):
+    prefix, first = installed
+    assert "+ " in first.stdout  # the first run did things
+    before = snapshot(prefix)
+    again = install(prefix, model.bundle, "--machine", "mill-01", "--broker-port", str(ports[0]),
+                    "--tls-port", str(ports[1]))
+    assert snapshot(prefix) == before
+    assert [line for line in again.stdout.splitlines() if line.startswith("+ ")] == []
+    assert "unchanged" in again.stdout
+
+
+def test_an_edited_config_is_kept_and_a_damaged_unit_restored(installed, model, ports):
+    prefix, _ = installed
+    config, unit = prefix / "etc/edge-monitor/config.yaml", prefix / UNIT
+    edited = config.read_text() + "# site note\n"
+    config.write_text(edited)
+    good_unit = unit.read_text()
+    unit.write_text(good_unit.replace("NoNewPrivileges=yes\n", ""))
+    out = install(prefix, model.bundle, "--machine", "mill-01", "--broker-port", str(ports[0]),
+                  "--tls-port", str(ports[1])).stdout
+    assert config.read_text() == edited
+    assert unit.read_text() == good_unit
+    assert [line for line in out.splitlines() if line.startswith("+ ")] == [
+        line for line in out.splitlines() if line.startswith("+ install -m 0644") and line.endswith(UNIT)
+    ]
+
+
+# ------------------------------------------------------------------------------ the tree runs
+
+
+class InstalledBroker(Broker):
+    """Mosquitto with a main configuration like Debian's, including the installed conf.d."""
+
+    def __init__(self, workdir: Path, prefix: Path, port: int) -> None:
+        super().__init__(workdir, port=port)
+        self.prefix = prefix
+
+    def _write_conf(self) -> None:
+        self.conf.write_text(
+            f"persistence_location {self.workdir}/\nlog_dest file {self.log}\nconnection_messages true\n"
+            f"user {getpass.getuser()}\ninclude_dir {self.prefix}/etc/mosquitto/conf.d\n"
+        )
+
+
+def test_the_installed_daemon_runs_with_the_installed_broker(installed, ports, tmp_path):
+    from test_systemd import NotifyListener  # the stand-in for systemd's notification socket
+
+    prefix, _ = installed
+    broker = InstalledBroker(tmp_path / "broker", prefix, ports[0]).start()
+    listener = NotifyListener(f"@edge-monitor-install-{os.getpid()}")
+    log = tmp_path / "daemon.log"
+    unit = (prefix / UNIT).read_text()
+    argv = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1).split()
+    env = {**os.environ, "NOTIFY_SOCKET": listener.address, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        ready = listener.wait_for("READY=1", 90)
+        assert ready is not None, f"no READY=1 within 90 s:\n{log.read_text()[-3000:]}{broker.log_tail()}"
+        # it signed in with the installed credentials on the installed listener
+        assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as edge-monitor-edge-1 .*u'edge-monitor'",
+                         broker.log.read_text())
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log.read_text()[-3000:]
+        assert (prefix / "var/lib/edge-monitor/alarm-state.json").is_file()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        listener.close()
+        broker.kill()
