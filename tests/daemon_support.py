@@ -133,18 +133,26 @@ def _check_outcome(thresholds, starts, cut_ids, recon, by_case) -> None:
 
 
 class Collector:
-    """Subscribes to ``topics`` and keeps every message (topic, decoded JSON or raw, retain)."""
+    """Subscribes to ``topics`` and keeps every message (topic, decoded JSON or raw, retain).
 
-    def __init__(self, broker, topics: list[str], client_id: str, persistent: bool = False) -> None:
+    ``broker`` is a test broker (anonymous access) or the :class:`BrokerSettings` to log in with.
+    Returns once the broker acknowledged the subscription."""
+
+    def __init__(self, broker, topics: list[str], client_id: str | None = None, persistent: bool = False) -> None:
         self.messages: list[tuple[str, object, bool]] = []
         self._cond = threading.Condition()
-        settings = BrokerSettings(host=broker.host, port=broker.port, client_id=client_id, reconnect_max_delay=2)
+        if isinstance(broker, BrokerSettings):
+            settings = broker
+        else:
+            settings = BrokerSettings(host=broker.host, port=broker.port, client_id=client_id, reconnect_max_delay=2)
+        subscribed = threading.Event()
         self.client = make_client(settings, clean_start=not persistent)
         self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *args: subscribed.set()
         if topics:
             self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(t, 1) for t in topics])
         connect(self.client)
-        self.wait(lambda: True, 0.5)  # let the SUBACK (and retained messages) arrive
+        assert not topics or subscribed.wait(10), f"no SUBACK for {topics}"
 
     def _on_message(self, client, userdata, message) -> None:
         try:
@@ -159,7 +167,7 @@ class Collector:
         with self._cond:
             return [(t, b) for t, b, _ in self.messages if t.endswith(suffix)]
 
-    def wait(self, predicate, timeout: float) -> bool:
+    def wait(self, predicate, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate():

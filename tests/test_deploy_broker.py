@@ -25,7 +25,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from broker import Broker, free_port
-from daemon_support import Daemon, model_fixture
+from daemon_support import Collector, Daemon, model_fixture
 from deploy_broker import DEPLOY, PLACEHOLDER, DeployBroker, render
 from edge_monitor.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client
 from edge_monitor.replay import replay_cuts
@@ -99,53 +99,22 @@ def edge(tmp_path_factory, central):
 # ------------------------------------------------------------------------------------ clients
 
 
-class Observer:
-    """Subscribes to ``topics`` and records (topic, body, retain); the body is decoded JSON when the
-    payload is JSON. Duck-types ``daemon_support.Collector`` for ``Daemon.wait_online``."""
+class Observer(Collector):
+    """A :class:`Collector` logged in with ``settings`` that also keeps the raw payloads."""
 
     def __init__(self, settings: BrokerSettings, topics: list[str]) -> None:
-        self.messages: list[tuple[str, object, bool]] = []
         self.raw: list[tuple[str, bytes]] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = make_client(settings, clean_start=True)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(t, 1) for t in topics])
-        connect(self.client)
-        assert self._subscribed.wait(10), f"no SUBACK for {topics}"
+        super().__init__(settings, topics)
 
     def _on_message(self, client, userdata, message) -> None:
-        try:
-            body: object = json.loads(message.payload)
-        except ValueError:
-            body = bytes(message.payload)
         with self._cond:
-            self.messages.append((message.topic, body, bool(message.retain)))
             self.raw.append((message.topic, bytes(message.payload)))
-            self._cond.notify_all()
-
-    def on(self, suffix: str) -> list[tuple[str, object]]:
-        with self._cond:
-            return [(t, b) for t, b, _ in self.messages if t.endswith(suffix)]
-
-    def wait(self, predicate, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.2))
-        return True
+        super()._on_message(client, userdata, message)
 
     def got(self, payload: bytes) -> list[str]:
         """Topics on which ``payload`` arrived."""
         with self._cond:
             return [t for t, p in self.raw if p == payload]
-
-    def close(self) -> None:
-        disconnect(self.client)
 
 
 class Publisher5:
