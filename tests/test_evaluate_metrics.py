@@ -110,7 +110,7 @@ def test_thresholds_pick_the_better_score():
     on_kl = choose_thresholds(make_scores(informative, noise), labels)
     on_recon = choose_thresholds(make_scores(noise, informative), labels)
     assert on_kl.score == "kl" and on_recon.score == "recon"
-    assert "higher validation PR-AUC of failed vs rest" in on_kl.rule
+    assert "higher held-out PR-AUC of failed vs rest" in on_kl.rule
     for t in (on_kl, on_recon):
         assert isinstance(t, Thresholds)
         assert t.warning <= t.alarm
@@ -145,7 +145,7 @@ def test_fallback_thresholds_when_classes_are_missing():
     assert "maximising Youden's J of degraded-or-failed vs healthy" in no_failed.rule
     assert no_failed.warning <= no_failed.alarm
 
-    with pytest.raises(ValueError, match="healthy validation windows"):
+    with pytest.raises(ValueError, match="healthy held-out windows"):
         choose_thresholds(make_scores([1.0, 2.0]), np.array([1, 2]))
 
 

@@ -1,5 +1,6 @@
-"""Warning and alarm thresholds, chosen on windows that did not fit the model: every validation
-window and the degraded and failed windows of the training side (``training.fit.threshold_windows``).
+"""Warning and alarm thresholds, chosen on held-out windows: windows that did not fit the model,
+i.e. every validation window and the degraded and failed windows of the training side
+(``training.fit.threshold_windows``). Below, "validation" means those held-out windows.
 
 The rule (also written, with its figures, into :attr:`Thresholds.rule`):
 
@@ -97,7 +98,7 @@ def choose_score(labels: np.ndarray, named: dict[str, np.ndarray]) -> tuple[str,
     name = _better(failed)
     if name:
         return name, (
-            f"Alarms on {name}, the score with the higher validation PR-AUC of failed vs rest "
+            f"Alarms on {name}, the score with the higher held-out PR-AUC of failed vs rest "
             f"({_fmt(failed[name])} against {_fmt(failed[other(name)])} for {other(name)})."
         )
     worn = {name: pr_auc(labels >= DEGRADED, named[name]) for name in SCORE_NAMES}
@@ -105,22 +106,22 @@ def choose_score(labels: np.ndarray, named: dict[str, np.ndarray]) -> tuple[str,
     name = _better(worn)
     if name:
         return name, (
-            f"Alarms on {name}: the validation PR-AUC of failed vs rest is {why}, and {name} has "
+            f"Alarms on {name}: the held-out PR-AUC of failed vs rest is {why}, and {name} has "
             f"the higher PR-AUC of degraded-or-failed vs healthy ({_fmt(worn[name])} against "
             f"{_fmt(worn[other(name)])} for {other(name)})."
         )
     return DEFAULT_SCORE, (
-        f"Alarms on {DEFAULT_SCORE}, the default latent-space score: the validation PR-AUCs of "
+        f"Alarms on {DEFAULT_SCORE}, the default latent-space score: the held-out PR-AUCs of "
         f"failed vs rest ({why}) and of degraded-or-failed vs healthy do not separate the two scores."
     )
 
 
 def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
-    """Thresholds from the scores and classes of the validation windows (all classes)."""
+    """Thresholds from the scores and classes of the held-out windows (all classes)."""
     labels, named = labelled_scores(scores, labels)
     if not (labels == HEALTHY).any():
         raise ValueError(
-            "thresholds need healthy validation windows, and there are none: "
+            "thresholds need healthy held-out windows, and there are none: "
             "check the split and the archive's wear labels"
         )
     score, why_score = choose_score(labels, named)
@@ -132,13 +133,13 @@ def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
         alarm, f1 = fitted
         why_alarm = (
             f"Alarm above {alarm:.4g}, the threshold maximising F1 of failed vs rest on the "
-            f"validation windows (F1 {f1:.2f})."
+            f"held-out windows (F1 {f1:.2f})."
         )
     else:
         alarm = float(np.percentile(healthy, ALARM_FALLBACK_PERCENTILE))
         why_alarm = (
             f"Alarm above {alarm:.4g}, the {ALARM_FALLBACK_PERCENTILE:g}th percentile of the healthy "
-            f"validation windows (validation has no failed window)."
+            f"held-out windows (they hold no failed window)."
         )
 
     fitted = youden_threshold(labels >= DEGRADED, values)
@@ -146,13 +147,13 @@ def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
         warning, j = fitted
         source = (
             f"the threshold maximising Youden's J of degraded-or-failed vs healthy on the "
-            f"validation windows (J {j:.2f})"
+            f"held-out windows (J {j:.2f})"
         )
     else:
         warning = float(np.percentile(healthy, WARNING_FALLBACK_PERCENTILE))
         source = (
-            f"the {WARNING_FALLBACK_PERCENTILE:g}th percentile of the healthy validation windows "
-            f"(validation has no degraded or failed window)"
+            f"the {WARNING_FALLBACK_PERCENTILE:g}th percentile of the healthy held-out windows "
+            f"(they hold no degraded or failed window)"
         )
     if warning > alarm:
         why_warning = f"Warning at the alarm threshold: {source} was {warning:.4g}, above the alarm."
