@@ -93,3 +93,20 @@ def test_cli_errors_name_the_thing_to_fix(tmp_path, capsys):
     assert "missing.mat: archive not found" in capsys.readouterr().err
     assert run_cli("evaluate", "--bundle", str(tmp_path / "nobundle"), "--archive", str(tmp_path / "x.mat")) == 2
     assert "nobundle" in capsys.readouterr().err
+
+
+def test_fit_on_an_archive_without_stable_cutting_names_the_detector_channel(tmp_path, capsys):
+    from edge_monitor.archive import write_archive
+    from edge_monitor.channels import CHANNELS
+
+    rng = np.random.default_rng(0)
+    records = [
+        {"case": 1, "run": r, "VB": 0.1 * r, "time": r, "DOC": 1.5, "feed": 0.5, "material": 1,
+         **{name: rng.normal(0, 1, 2000) for name in CHANNELS}}  # noise only: the tool never cuts
+        for r in range(1, 5)
+    ]
+    archive = write_archive(tmp_path / "air.mat", records)
+    assert run_cli("fit", "--archive", str(archive), "--out", str(tmp_path / "b"), "--quick") == 2
+    captured = capsys.readouterr()
+    assert "4 cut(s) without a stable cutting region" in captured.out
+    assert "no stable cutting in any cut" in captured.err and "'smcDC'" in captured.err

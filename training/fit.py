@@ -201,6 +201,16 @@ def fit(
     archive = read_archive(archive_path)
     print(describe_archive(archive), flush=True)
     ws = prepare_windows(archive, window, stable)
+    no_region = [c.cut_id for c, n in zip(archive.cuts, ws.cut_windows) if n == 0]
+    if no_region:
+        # Usually air-only or very short cuts; many of them mean the detector's settings do not
+        # suit this archive's current signal (docs/training.md, "From archive to windows").
+        print(f"{len(no_region)} cut(s) without a stable cutting region, left out: {', '.join(no_region)}", flush=True)
+    if len(ws) == 0:
+        raise ValueError(
+            f"{archive_path}: the stable-region detector found no stable cutting in any cut; check that "
+            f"channel {ws.stable.channel!r} steps up while cutting (docs/training.md)"
+        )
     split = make_split(split_kind, ws.cut, ws.cut_class, seed)
     counts = np.bincount(ws.labels, minlength=3)
     print(
