@@ -81,6 +81,7 @@ class Config:
     qos: OutputQos = field(default_factory=OutputQos)
     limits: Limits = field(default_factory=Limits)
     max_lead_seconds: float = 60.0  # configured under limits:, used by frames.MachineStream
+    max_machines: int = 256  # configured under limits:: machines tracked at once (memory bound)
     errors: ErrorsRate = field(default_factory=ErrorsRate)
     state_file: Path | None = None  # alarm states, besides the retained alarm topic
     status_interval_s: float = 30.0
@@ -151,7 +152,7 @@ class _Reader:
         out["batching"] = self.batching(top.get("batching", {}))
         out["alarm"] = self.alarm(top.get("alarm", {}))
         out["qos"] = self.qos(top.get("qos", {}))
-        out["limits"], out["max_lead_seconds"] = self.limits(top.get("limits", {}))
+        out["limits"], out["max_lead_seconds"], out["max_machines"] = self.limits(top.get("limits", {}))
         out["errors"] = self.errors(top.get("errors", {}))
         state = top.get("state_file")
         out["state_file"] = None if state is None else self.path(state, "state_file")
@@ -263,8 +264,8 @@ class _Reader:
         d = OutputQos()
         return OutputQos(**{n: self.integer(q.get(n, getattr(d, n)), f"qos.{n}", 0, 2) for n in names})
 
-    def limits(self, data: Any) -> tuple[Limits, float]:
-        names = ("max_payload_bytes", "max_chunk", "max_cut_samples", "max_lead_seconds")
+    def limits(self, data: Any) -> tuple[Limits, float, int]:
+        names = ("max_payload_bytes", "max_chunk", "max_cut_samples", "max_lead_seconds", "max_machines")
         lim = self.section(data, "limits", names)
         d = Limits()
         values = {
@@ -272,7 +273,8 @@ class _Reader:
             for n in ("max_payload_bytes", "max_chunk", "max_cut_samples")
         }
         lead = self.number(lim.get("max_lead_seconds", Config.max_lead_seconds), "limits.max_lead_seconds", low=0.1)
-        return Limits(**values), lead
+        machines = self.integer(lim.get("max_machines", Config.max_machines), "limits.max_machines", 1, 100_000)
+        return Limits(**values), lead, machines
 
     def errors(self, data: Any) -> ErrorsRate:
         e = self.section(data, "errors", ("max_per_second", "burst"))

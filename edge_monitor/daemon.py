@@ -433,6 +433,13 @@ class Monitor:
                 "(configuration key machines)",
             )
             return
+        if where.machine not in self.pipelines and len(self.pipelines) >= self.config.max_machines:
+            self._reject(
+                item.topic,
+                f"too many machines: this monitor already tracks {len(self.pipelines)}, the limit "
+                f"(configuration key limits.max_machines); {where.machine!r} is not tracked",
+            )
+            return
         pipe = self._pipeline(where.machine)
         try:
             step = pipe.handle(item.inbound.message, channel=where.channel, mid=item.mid, now=time.time())

@@ -185,3 +185,32 @@ def test_errors_topic_rate_limit():
     assert [bucket.allow(0.0) for _ in range(4)] == [True, True, True, False]  # the burst
     assert bucket.allow(0.4) is False and bucket.allow(0.5) is True  # then 2 per second
     assert [bucket.allow(100.0) for _ in range(4)] == [True, True, True, False]  # refills to the burst only
+
+
+def test_the_number_of_machines_is_bounded(module_broker, model, tmp_path):
+    """With ``machines: "*"`` a publisher inventing machine ids cannot make the monitor track
+    (and hold memory for) ever more machines: past ``limits.max_machines`` inputs are rejected."""
+    instance = "capped"
+    collector = Collector(module_broker, [f"{ROOT}/_monitor/{instance}/#"], "collector-capped")
+    daemon = Daemon(tmp_path, module_broker, model.bundle, ROOT, instance,
+                    "machines: '*'\nlimits:\n  max_machines: 2\n").start()
+    client = make_client(BrokerSettings(module_broker.host, module_broker.port, client_id="pub-capped"),
+                         clean_start=True)
+    try:
+        daemon.wait_online(collector)
+        connect(client)
+        publisher = Publisher(client)
+        start = {"event": "start", "cut": "k1", "ts": 1.0, "fs": 250.0}
+        for machine in ("m1", "m2", "m3"):
+            publisher.publish(f"{ROOT}/{machine}/cut", json.dumps(start).encode())
+        assert publisher.wait_all(10)
+        errors = f"{ROOT}/_monitor/{instance}/errors"
+        assert collector.wait(lambda: collector.on(errors), 10), "no rejection reported"
+        (topic, body), = collector.on(errors)
+        assert topic == errors and body["topic"] == f"{ROOT}/m3/cut"
+        assert "too many machines" in body["reason"] and "limits.max_machines" in body["reason"]
+        assert daemon.running
+    finally:
+        disconnect(client)
+        collector.close()
+        daemon.terminate()
