@@ -6,9 +6,6 @@ Real TensorFlow on the CPU; the slowest file of the suite (about two minutes).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
