@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.archive import read_archive
-from edge_monitor.bundle import read_bundle_meta
-from edge_monitor.mqtt import BrokerSettings, connect, disconnect, make_client
-from edge_monitor.replay import Publisher, plan_machines, replay
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.model.bundle import read_bundle_meta
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.archive.replay import Publisher, plan_machines, replay
 
 HERE = Path(__file__).resolve().parent
 ROOT = "mill"

@@ -328,7 +328,7 @@ state_file=$STATE/alarm-state.json"
   CHANGED_SERVICE=1
 fi
 if [ "$DRY_RUN" = 0 ]; then  # the daemon's own validation, so that a broken file fails here, not at boot
-  "$OPT/bin/python" -c 'import sys; from edge_monitor.config import load_config; load_config(sys.argv[1])' "$ETC/config.yaml" ||
+  "$OPT/bin/python" -c 'import sys; from edge_monitor.service.config import load_config; load_config(sys.argv[1])' "$ETC/config.yaml" ||
     die "$ETC/config.yaml does not load (above); fix it, then run install.sh again"
   say "checked $ETC/config.yaml"
 fi

@@ -17,7 +17,7 @@ EXIT_STARTUP = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .replay import add_replay_arguments
+    from .archive.replay import add_replay_arguments
 
     parser = argparse.ArgumentParser(
         prog="edge-monitor",
@@ -50,9 +50,9 @@ def _fail(message: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-    from .config import ConfigError, load_config
-    from .daemon import StartupError, run
-    from .logging import configure_logging
+    from .service.config import ConfigError, load_config
+    from .service.monitor import StartupError, run
+    from .service.logging import configure_logging
 
     overrides = {"broker": args.broker, "bundle": args.bundle, "root": args.root, "instance": args.instance}
     try:
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .replay import run_replay
+    from .archive.replay import run_replay
 
     return run_replay(args)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.archive import read_archive
-from edge_monitor.synthetic import write_synthetic
-from edge_monitor.windowing import CutWindower, WindowSpec
-from edge_monitor.stable_region import StableRegionSpec
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.archive.synthetic import write_synthetic
+from edge_monitor.core.windowing import CutWindower, WindowSpec
+from edge_monitor.core.stable_region import StableRegionSpec
 from training.dataset import prepare_windows
 
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_monitor.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 NOT_INSTALLED = (
@@ -181,7 +181,7 @@ class Broker:
 
 
 class Subscriber:
-    """A test subscriber (MQTT 5, through ``edge_monitor.mqtt``) that records what it receives.
+    """A test subscriber (MQTT 5, through ``edge_monitor.service.mqtt``) that records what it receives.
 
     Subscribes on every connection (so it also works with a clean session) and returns from
     :meth:`start` once the broker has granted the subscriptions."""

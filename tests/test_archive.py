@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from edge_monitor.archive import ArchiveError, read_archive, records_from_cuts, write_archive
-from edge_monitor.channels import CHANNELS
-from edge_monitor.cut_quality import find_corruption
-from edge_monitor.wear import DEGRADED, FAILED, HEALTHY, interpolate_vb, tool_class
+from edge_monitor.archive.mill import ArchiveError, read_archive, records_from_cuts, write_archive
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.archive.cut_quality import find_corruption
+from training.wear import DEGRADED, FAILED, HEALTHY, interpolate_vb, tool_class
 
 N = 900
 

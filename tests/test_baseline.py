@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.archive import read_archive
-from edge_monitor.synthetic import write_synthetic
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.archive.synthetic import write_synthetic
 from training.baseline import mean_std_baseline, mean_std_features
 from training.dataset import prepare_windows
 from training.splits import make_split

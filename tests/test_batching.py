@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_monitor.batching import Batcher
+from edge_monitor.core.batching import Batcher
 
 
 def test_ready_when_full():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_monitor.bundle import (
+from edge_monitor.model.bundle import (
     BUNDLE_FORMAT,
     BundleError,
     Thresholds,
@@ -23,13 +23,13 @@ from edge_monitor.bundle import (
     read_bundle_meta,
     save_bundle,
 )
-from edge_monitor.calibration import GLOBAL, Reference, ScoreCalibration
-from edge_monitor.channels import CHANNELS
-from edge_monitor.scaling import MinMaxScaler
-from edge_monitor.scorer import WindowScorer
-from edge_monitor.stable_region import StableRegionSpec
-from edge_monitor.vae import VAEHyperParams, build_beta_vae
-from edge_monitor.windowing import WindowSpec
+from edge_monitor.core.calibration import GLOBAL, Reference, ScoreCalibration
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.model.scaling import MinMaxScaler
+from edge_monitor.model.scorer import WindowScorer
+from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.model.vae import VAEHyperParams, build_beta_vae
+from edge_monitor.core.windowing import WindowSpec
 
 WINDOW = 16
 HP = VAEHyperParams(beta=2.0, codings=4, tcn_layers=1, filters=8, kernel_size=2, dilations=(1, 2))
@@ -122,7 +122,7 @@ def test_round_trip_in_a_fresh_process(model, saved, tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np
-        from edge_monitor.bundle import load_bundle
+        from edge_monitor.model.bundle import load_bundle
         s = load_bundle({str(saved)!r}).scorer().score(np.load({str(tmp_path / "raw.npy")!r}))
         np.savez({str(tmp_path / "scores.npz")!r}, recon=s.recon, kl=s.kl, channels=s.channels)
         """
@@ -261,7 +261,8 @@ def test_model_shape_mismatch(copy):
 
 
 def test_one_thresholds_implementation():
-    from edge_monitor import alarm, scorer
+    from edge_monitor.core import alarm
+    from edge_monitor.model import scorer
 
     assert Thresholds is alarm.Thresholds  # bundle re-exports the pure module's class
     assert alarm.SCORE_NAMES == scorer.SCORE_NAMES

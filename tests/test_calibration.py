@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.calibration import GLOBAL, ScoreCalibration, regime_key
-from edge_monitor.scores import WindowScores
+from edge_monitor.core.calibration import GLOBAL, ScoreCalibration, regime_key
+from edge_monitor.core.scores import WindowScores
 
 
 def scores(recon, kl=None):

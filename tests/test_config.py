@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_monitor.alarm import AlarmPolicy
-from edge_monitor.config import Config, ConfigError, load_config
-from edge_monitor.protocol import Limits
+from edge_monitor.core.alarm import AlarmPolicy
+from edge_monitor.service.config import Config, ConfigError, load_config
+from edge_monitor.core.protocol import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 

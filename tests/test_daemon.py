@@ -152,7 +152,7 @@ def test_start_up_errors_exit_2_without_traceback(tmp_path, module_broker, model
 
 
 def test_log_format_follows_the_terminal_and_the_service_manager(monkeypatch, tmp_path):
-    from edge_monitor.logging import configure_logging, get_logger, resolve_format
+    from edge_monitor.service.logging import configure_logging, get_logger, resolve_format
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from daemon_support import Collector, Daemon, machine_of, model_fixture
-from edge_monitor.daemon import TokenBucket
-from edge_monitor.mqtt import BrokerSettings, connect, disconnect, make_client
-from edge_monitor.replay import Publisher, cut_messages
+from edge_monitor.service.monitor import TokenBucket
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.archive.replay import Publisher, cut_messages
 
 ROOT = "t-bad"
 INSTANCE = "bad"

@@ -13,10 +13,10 @@ import time
 import pytest
 
 from daemon_support import CASES, REPO, Collector, Daemon, machine_of, model_fixture, replay_cli
-from edge_monitor.daemon import StateFile, choose_alarm_state
-from edge_monitor.mqtt import BrokerSettings
-from edge_monitor.protocol import AlarmMessage, Command, alarm_topic, cmd_topic, encode
-from edge_monitor.replay import replay_cuts
+from edge_monitor.service.monitor import StateFile, choose_alarm_state
+from edge_monitor.service.mqtt import BrokerSettings
+from edge_monitor.core.protocol import AlarmMessage, Command, alarm_topic, cmd_topic, encode
+from edge_monitor.archive.replay import replay_cuts
 
 
 @pytest.fixture(scope="module")

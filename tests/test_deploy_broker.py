@@ -27,8 +27,8 @@ import pytest
 from broker import Broker, free_port
 from daemon_support import Collector, Daemon, model_fixture
 from deploy_broker import DEPLOY, PLACEHOLDER, DeployBroker, render
-from edge_monitor.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client
-from edge_monitor.replay import replay_cuts
+from edge_monitor.service.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client
+from edge_monitor.archive.replay import replay_cuts
 
 ROOT = "mill"
 MACHINES = ("mill-01", "mill-02")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.channels import CHANNELS
-from edge_monitor.frames import CutAssembler, MachineStream
-from edge_monitor.protocol import CutEnd, CutStart, ProtocolError, SignalChunk
-from edge_monitor.stable_region import StableRegionSpec
-from edge_monitor.windowing import CutWindower, Windows, WindowSpec, cut_windows
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.core.frames import CutAssembler, MachineStream
+from edge_monitor.core.protocol import CutEnd, CutStart, ProtocolError, SignalChunk
+from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.windowing import CutWindower, Windows, WindowSpec, cut_windows
 
 C = len(CHANNELS)
 

@@ -20,7 +20,7 @@ import pytest
 
 from broker import Broker, free_port
 from daemon_support import REPO, model_fixture
-from edge_monitor.config import load_config
+from edge_monitor.service.config import load_config
 
 INSTALL = REPO / "deploy" / "install.sh"
 UNIT = "etc/systemd/system/edge-monitor.service"

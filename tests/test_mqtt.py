@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 import pytest
 from broker import Subscriber, free_port
 
-from edge_monitor.mqtt import (
+from edge_monitor.service.mqtt import (
     BrokerError,
     BrokerSettings,
     TlsSettings,
@@ -22,7 +22,7 @@ from edge_monitor.mqtt import (
     parse_address,
     read_password,
 )
-from edge_monitor.replay import Publisher
+from edge_monitor.archive.replay import Publisher
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,7 +89,7 @@ def test_reconnects_by_itself_after_a_broker_restart(broker):
 def test_will_is_published_when_the_client_dies(broker):
     script = textwrap.dedent(f"""
         import time
-        from edge_monitor.mqtt import BrokerSettings, connect, make_client
+        from edge_monitor.service.mqtt import BrokerSettings, connect, make_client
         client = make_client(BrokerSettings("{broker.host}", {broker.port}, "doomed"),
                              will=("t/will/status", b"offline", 1, True), clean_start=True)
         connect(client)

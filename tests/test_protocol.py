@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
-from edge_monitor import protocol as P
-from edge_monitor.channels import CHANNELS
-from edge_monitor.protocol import ProtocolError
+from edge_monitor.core import protocol as P
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.core.protocol import ProtocolError
 
 ROOT = "mill"
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from broker import Subscriber, free_port
 
-from edge_monitor.archive import read_archive
-from edge_monitor.channels import CHANNELS
-from edge_monitor.mqtt import BrokerSettings, connect, disconnect, make_client
-from edge_monitor.protocol import CutEnd, CutStart, SignalChunk, parse_message
-from edge_monitor.replay import (
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.core.protocol import CutEnd, CutStart, SignalChunk, parse_message
+from edge_monitor.archive.replay import (
     Progress,
     Publisher,
     ReplayJob,
@@ -31,7 +31,7 @@ from edge_monitor.replay import (
     replay_cuts,
     run_replay,
 )
-from edge_monitor.synthetic import write_synthetic
+from edge_monitor.archive.synthetic import write_synthetic
 
 pytestmark = pytest.mark.timeout(60)
 N_SAMPLES = 4500  # the shortest synthetic cut (18 s): keeps the tests fast

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from edge_monitor.archive import read_archive
-from edge_monitor.channels import CHANNELS, SCALAR_FIELDS
-from edge_monitor.cut_quality import find_corruption
-from edge_monitor.synthetic import (
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.core.channels import CHANNELS, SCALAR_FIELDS
+from edge_monitor.archive.cut_quality import find_corruption
+from edge_monitor.archive.synthetic import (
     CASES,
     CutTruth,
     case_spec,
@@ -22,7 +22,7 @@ from edge_monitor.synthetic import (
     truth_path,
     write_synthetic,
 )
-from edge_monitor.wear import FAILED, HEALTHY, interpolate_vb, tool_class
+from training.wear import FAILED, HEALTHY, interpolate_vb, tool_class
 
 
 @pytest.fixture(scope="module")

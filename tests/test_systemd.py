@@ -1,4 +1,4 @@
-"""The service manager's notification protocol: ``edge_monitor.systemd`` against a datagram socket
+"""The service manager's notification protocol: ``edge_monitor.service.systemd`` against a datagram socket
 the test binds as ``NOTIFY_SOCKET``, then the real daemon (a subprocess, a real Mosquitto, the
 small test bundle) notifying it: ``READY=1`` only once the model is loaded and the broker
 connection is up, ``STATUS=`` lines with counters, ``WATCHDOG=1`` pings that keep coming while
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from daemon_support import Collector, Daemon, model_fixture
-from edge_monitor import systemd
-from edge_monitor.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.service import systemd
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 ROOT = "t-notify"
 INSTANCE = "n1"

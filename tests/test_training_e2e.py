@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_monitor.bundle import load_bundle
-from edge_monitor.synthetic import write_synthetic
+from edge_monitor.model.bundle import load_bundle
+from edge_monitor.archive.synthetic import write_synthetic
 from training.__main__ import main
 
 pytestmark = pytest.mark.slow
@@ -93,8 +93,8 @@ def test_cli_errors_name_the_thing_to_fix(tmp_path, capsys):
 
 
 def test_fit_on_an_archive_without_stable_cutting_names_the_detector_channel(tmp_path, capsys):
-    from edge_monitor.archive import write_archive
-    from edge_monitor.channels import CHANNELS
+    from edge_monitor.archive.mill import write_archive
+    from edge_monitor.core.channels import CHANNELS
 
     rng = np.random.default_rng(0)
     records = [

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge_monitor.device import DeviceError, select_device
-from edge_monitor.scaling import MinMaxScaler
-from edge_monitor.scorer import WindowScorer, WindowScores
-from edge_monitor.vae import VAEHyperParams, build_beta_vae, kl_divergence, load_vae
+from edge_monitor.model.device import DeviceError, select_device
+from edge_monitor.model.scaling import MinMaxScaler
+from edge_monitor.model.scorer import WindowScorer, WindowScores
+from edge_monitor.model.vae import VAEHyperParams, build_beta_vae, kl_divergence, load_vae
 
 WINDOW, CHANNELS = 16, 6
 TINY = VAEHyperParams(beta=2.0, codings=4, tcn_layers=1, filters=8, kernel_size=2, dilations=(1, 2))
@@ -132,7 +132,7 @@ def test_saved_model_loads_in_a_fresh_process(model, tmp_path):
     script = textwrap.dedent(
         f"""
         import keras, numpy as np
-        import edge_monitor.vae  # registers the custom layers
+        import edge_monitor.model.vae  # registers the custom layers
         model = keras.saving.load_model({str(path)!r})
         x = np.load({str(tmp_path / "x.npy")!r})
         assert model.optimizer is not None and model.get_layer("decoder") is not None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_monitor.scaling import MinMaxScaler
-from edge_monitor.stable_region import StableRegionDetector, StableRegionSpec, stable_segments
-from edge_monitor.windowing import CutWindower, Windows, WindowSpec, cut_windows
+from edge_monitor.model.scaling import MinMaxScaler
+from edge_monitor.core.stable_region import StableRegionDetector, StableRegionSpec, stable_segments
+from edge_monitor.core.windowing import CutWindower, Windows, WindowSpec, cut_windows
 
 SPEC = StableRegionSpec()
 WIN = WindowSpec()

@@ -15,7 +15,7 @@ def _archive_arg(value: str | None) -> Path:
     if value:
         return Path(value)
     if not DEFAULT_ARCHIVE.exists():
-        from edge_monitor.synthetic import write_synthetic
+        from edge_monitor.archive.synthetic import write_synthetic
 
         print(f"no --archive given: writing the synthetic archive {DEFAULT_ARCHIVE}", flush=True)
         write_synthetic(DEFAULT_ARCHIVE, seed=0)
@@ -23,7 +23,7 @@ def _archive_arg(value: str | None) -> Path:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from edge_monitor.synthetic import write_synthetic
+    from edge_monitor.archive.synthetic import write_synthetic
 
     synthetic = write_synthetic(args.out, seed=args.seed)
     corrupt = [t for t in synthetic.truth if t.corrupt]

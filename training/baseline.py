@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from edge_monitor.wear import FAILED, HEALTHY
+from .wear import FAILED, HEALTHY
 
 from .dataset import WindowSet
 from .splits import Split

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_monitor.archive import Archive
-from edge_monitor.calibration import regime_key
-from edge_monitor.stable_region import StableRegionSpec
-from edge_monitor.wear import FAILED, HEALTHY, interpolate_vb, tool_class
-from edge_monitor.windowing import WindowSpec, Windows, cut_windows
+from edge_monitor.archive.mill import Archive
+from edge_monitor.core.calibration import regime_key
+from edge_monitor.core.stable_region import StableRegionSpec
+from .wear import FAILED, HEALTHY, interpolate_vb, tool_class
+from edge_monitor.core.windowing import WindowSpec, Windows, cut_windows
 
 
 @dataclass

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.archive import read_archive
-from edge_monitor.bundle import BundleMeta, Thresholds, load_bundle
-from edge_monitor.scorer import WindowScores
-from edge_monitor.wear import CLASS_NAMES, DEGRADED, FAILED
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.model.bundle import BundleMeta, Thresholds, load_bundle
+from edge_monitor.model.scorer import WindowScores
+from .wear import CLASS_NAMES, DEGRADED, FAILED
 
 from .dataset import WindowSet, prepare_windows
 from .metrics import SCORE_NAMES, anomaly_metrics, metrics_by_param, param_key

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.archive import Archive, read_archive
-from edge_monitor.calibration import ScoreCalibration
-from edge_monitor.channels import CHANNELS
-from edge_monitor.scaling import MinMaxScaler
-from edge_monitor.stable_region import StableRegionSpec
-from edge_monitor.vae import VAEHyperParams
-from edge_monitor.windowing import WindowSpec
+from edge_monitor.archive.mill import Archive, read_archive
+from edge_monitor.core.calibration import ScoreCalibration
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.model.scaling import MinMaxScaler
+from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.model.vae import VAEHyperParams
+from edge_monitor.core.windowing import WindowSpec
 
 from .dataset import WindowSet, prepare_windows
 from .splits import Split, make_split
@@ -90,8 +90,8 @@ def train_model(
     calibration from the same healthy training windows."""
     import keras  # heavy: imported only when training
 
-    from edge_monitor.scorer import WindowScorer
-    from edge_monitor.vae import build_beta_vae
+    from edge_monitor.model.scorer import WindowScorer
+    from edge_monitor.model.vae import build_beta_vae
 
     healthy = ws.healthy
     train_idx = split.train[healthy[split.train]]
@@ -152,7 +152,7 @@ def validation_report(trained: TrainedModel, ws: WindowSet, split: Split):
     """Metrics of the calibrated scores of all validation windows (every class; and of the raw
     scores, for comparison with the method), and the thresholds chosen on
     :func:`threshold_windows`."""
-    from edge_monitor.scorer import WindowScorer
+    from edge_monitor.model.scorer import WindowScorer
 
     from .metrics import anomaly_metrics
     from .thresholds import choose_thresholds
@@ -186,7 +186,7 @@ def fit(
     overrides: dict | None = None,
 ):
     """The ``fit`` command: train on the archive, choose thresholds on validation data, save a bundle."""
-    from edge_monitor.bundle import save_bundle
+    from edge_monitor.model.bundle import save_bundle
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from edge_monitor.channels import MATERIALS
-from edge_monitor.wear import FAILED
+from edge_monitor.core.channels import MATERIALS
+from .wear import FAILED
 
 if TYPE_CHECKING:  # the scorer pulls in Keras; these functions only need ``.score(name)``
-    from edge_monitor.scorer import WindowScores
+    from edge_monitor.model.scorer import WindowScores
 
 SCORE_NAMES: tuple[str, ...] = ("kl", "recon")
 PARAMS: tuple[str, ...] = ("doc", "feed", "material")

@@ -18,13 +18,13 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from edge_monitor.wear import CLASS_NAMES, FAILED
+from .wear import CLASS_NAMES, FAILED
 
 from .metrics import SCORE_NAMES, labelled_scores, pr_auc, roc_auc
 
 if TYPE_CHECKING:
-    from edge_monitor.bundle import Thresholds
-    from edge_monitor.scorer import WindowScores
+    from edge_monitor.model.bundle import Thresholds
+    from edge_monitor.model.scorer import WindowScores
 
 CLASS_COLOURS = ("tab:green", "tab:orange", "tab:red")
 SCORE_LABELS = {"kl": "KL divergence (latent)", "recon": "reconstruction MSE (input)"}

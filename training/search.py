@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_monitor.archive import read_archive
-from edge_monitor.vae import VAEHyperParams
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.model.vae import VAEHyperParams
 
 from .dataset import prepare_windows
 from .fit import TrainingConfig, describe_archive, train_model, validation_report
@@ -91,8 +91,8 @@ def run_search(
     max_epochs: int = 300,
     batch_size: int = 256,
 ) -> list[dict]:
-    from edge_monitor.bundle import save_bundle
-    from edge_monitor.channels import CHANNELS
+    from edge_monitor.model.bundle import save_bundle
+    from edge_monitor.core.channels import CHANNELS
 
     if iterations < 1:
         raise ValueError("--iterations must be at least 1")

@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from edge_monitor.bundle import Thresholds
-from edge_monitor.wear import DEGRADED, FAILED, HEALTHY
+from edge_monitor.model.bundle import Thresholds
+from .wear import DEGRADED, FAILED, HEALTHY
 
 from .metrics import SCORE_NAMES, labelled_scores, pr_auc
 
 if TYPE_CHECKING:
-    from edge_monitor.scorer import WindowScores
+    from edge_monitor.model.scorer import WindowScores
 
 DEFAULT_SCORE = "kl"
 ALARM_FALLBACK_PERCENTILE = 99.5

@@ -37,10 +37,10 @@ from typing import Callable, Iterator, Mapping, Sequence, TextIO
 
 import paho.mqtt.client as paho
 
-from .archive import Archive, ArchiveError, Cut, read_archive
-from .channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
-from .mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client, parse_address
-from .protocol import (
+from .mill import Archive, ArchiveError, Cut, read_archive
+from ..core.channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
+from ..service.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client, parse_address
+from ..core.protocol import (
     DEFAULT_LIMITS,
     Command,
     CutEnd,

@@ -23,9 +23,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from .alarm import AlarmPolicy
+from ..core.alarm import AlarmPolicy
 from .mqtt import BrokerSettings, TlsSettings, parse_address
-from .protocol import MACHINE_ID, Limits, validate_root
+from ..core.protocol import MACHINE_ID, Limits, validate_root
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")  # auto: console on a terminal, else json

@@ -2,8 +2,8 @@
 
 Threads: paho's network thread only parses each inbound message (``protocol.parse_message`` with
 the configured limits) and puts the result on a queue; it never waits for scoring. The main
-thread drains the queue through each machine's :class:`~edge_monitor.machine.MachinePipeline`,
-batches the windows of all machines (:class:`~edge_monitor.batching.Batcher`), scores each batch
+thread drains the queue through each machine's :class:`~edge_monitor.core.pipeline.MachinePipeline`,
+batches the windows of all machines (:class:`~edge_monitor.core.batching.Batcher`), scores each batch
 with the bundle's one compiled inference function, and publishes scores, alarms, summaries, the
 status and the errors.
 
@@ -16,7 +16,7 @@ Shutdown (SIGTERM/SIGINT): what was received is processed, every pending window 
 published, the alarm states are saved, ``offline`` is published and the session disconnected
 (it persists on the broker, which queues the inputs until the monitor is back).
 
-Under systemd (``Type=notify``, :mod:`~edge_monitor.systemd`): ``READY=1`` once the model is
+Under systemd (``Type=notify``, :mod:`~edge_monitor.service.systemd`): ``READY=1`` once the model is
 loaded and warmed up and the broker connection is up with the alarms read back; ``STATUS=`` lines
 with the counters at every status refresh; ``WATCHDOG=1`` from the main loop itself, so a loop
 that stops iterating gets the service restarted; ``STOPPING=1`` when shutdown begins.
@@ -41,15 +41,16 @@ import numpy as np
 from paho.mqtt.client import MQTTMessageInfo
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from . import __version__, systemd
-from .alarm import AlarmTracker
-from .batching import Batcher
-from .channels import SAMPLE_RATE_HZ
+from .. import __version__
+from . import systemd
+from ..core.alarm import AlarmTracker
+from ..core.batching import Batcher
+from ..core.channels import SAMPLE_RATE_HZ
 from .config import Config
 from .logging import get_logger
-from .machine import MachinePipeline, Output, PendingWindow, PipelineSpec, WindowScore
+from ..core.pipeline import MachinePipeline, Output, PendingWindow, PipelineSpec, WindowScore
 from .mqtt import BrokerError, connect, disconnect, make_client
-from .protocol import (
+from ..core.protocol import (
     MONITOR_LEVEL,
     AlarmMessage,
     ErrorMessage,
@@ -71,7 +72,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:  # the bundle module loads TensorFlow: imported only once the device is chosen
-    from .bundle import ModelBundle
+    from ..model.bundle import ModelBundle
 
 STATE_FORMAT = 1
 READBACK_TIMEOUT = 5.0  # seconds to wait for the retained alarms at start
@@ -599,7 +600,7 @@ def run(config: Config) -> int:
     Start-up problems raise :class:`StartupError`."""
     log = get_logger().bind(instance=config.instance)
     systemd.status("loading TensorFlow and the model")
-    from .device import DeviceError, select_device
+    from ..model.device import DeviceError, select_device
 
     try:
         device = select_device(config.device)
@@ -607,7 +608,7 @@ def run(config: Config) -> int:
         raise StartupError(str(exc)) from None
     log.info("device", requested=config.device, device=device)
 
-    from .bundle import BundleError, load_bundle
+    from ..model.bundle import BundleError, load_bundle
 
     try:
         bundle = load_bundle(config.bundle)

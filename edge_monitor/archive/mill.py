@@ -2,7 +2,7 @@
 
 The archive is a MATLAB struct array ``mill`` of shape (1, n); each element is one cut with
 the scalar fields ``case, run, VB, time, DOC, feed, material`` (each a (1, 1) array, VB NaN where
-wear was not measured) and the six signals of :data:`~edge_monitor.channels.CHANNELS`, each an
+wear was not measured) and the six signals of :data:`~edge_monitor.core.channels.CHANNELS`, each an
 (n_samples, 1) column sampled at 250 Hz.
 
 :func:`read_archive` turns the file into typed :class:`Cut` records. Structural problems that make
@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.io
 
-from .channels import CHANNELS, MATERIALS, SCALAR_FIELDS
+from ..core.channels import CHANNELS, MATERIALS, SCALAR_FIELDS
 from .cut_quality import find_corruption
 
 ARCHIVE_VARIABLE = "mill"

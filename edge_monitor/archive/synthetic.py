@@ -24,10 +24,10 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import lfilter
 
-from .archive import write_archive
-from .channels import CHANNELS, SAMPLE_RATE_HZ
-from .stable_region import StableRegionSpec
-from .windowing import WindowSpec, cut_windows
+from .mill import write_archive
+from ..core.channels import CHANNELS, SAMPLE_RATE_HZ
+from ..core.stable_region import StableRegionSpec
+from ..core.windowing import WindowSpec, cut_windows
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,7 @@ def synthesize(
     n_samples: int = 9000,
     n_corrupt: int | None = None,
 ) -> SyntheticArchive:
-    """A synthetic archive: records for :func:`~edge_monitor.archive.write_archive` and their truth.
+    """A synthetic archive: records for :func:`~edge_monitor.archive.mill.write_archive` and their truth.
 
     ``cases`` limits it to some cases, ``max_runs`` to that many runs per case (first, last and
     spread between, so wear still spans each case). ``n_corrupt`` defaults to 2 for the full
@@ -499,7 +499,7 @@ def stable_agreement(
     window: WindowSpec | None = None,
     stable: StableRegionSpec | None = None,
 ) -> StableAgreement:
-    """How the stable-region windows of ``cuts`` (archive :class:`~edge_monitor.archive.Cut`\\ s)
+    """How the stable-region windows of ``cuts`` (archive :class:`~edge_monitor.archive.mill.Cut`\\ s)
     agree with the generator's truth. True windows are the windows of the same grid (every
     ``stride`` samples from sample 0) that fit inside ``truth.stable``."""
     window = window or WindowSpec()

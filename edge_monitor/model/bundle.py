@@ -30,15 +30,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import __version__
-from .alarm import Thresholds  # re-exported: training imports it from here
-from .calibration import ScoreCalibration
-from .channels import CHANNELS
+from .. import __version__
+from ..core.alarm import Thresholds  # re-exported: training imports it from here
+from ..core.calibration import ScoreCalibration
+from ..core.channels import CHANNELS
 from .scaling import MinMaxScaler
 from .scorer import WindowScorer
-from .stable_region import StableRegionSpec
+from ..core.stable_region import StableRegionSpec
 from .vae import VAEHyperParams, load_vae
-from .windowing import WindowSpec
+from ..core.windowing import WindowSpec
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.keras"

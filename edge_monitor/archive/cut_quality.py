@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .channels import CHANNELS, SAMPLE_RATE_HZ
+from ..core.channels import CHANNELS, SAMPLE_RATE_HZ
 
 #: Shortest run of one repeated value that counts as a drop-out, seconds.
 MIN_DROPOUT_S = 1.0

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from .scaling import MinMaxScaler
-from .scores import SCORE_NAMES, WindowScores
+from ..core.scores import SCORE_NAMES, WindowScores
 from .vae import kl_divergence
 
 __all__ = ["SCORE_NAMES", "WindowScorer", "WindowScores"]
