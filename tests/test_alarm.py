@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds, Transition
-from edge_monitor.core.protocol import AlarmMessage, encode
+from edge_monitor.core.outbound import AlarmMessage, encode
 
 TH = Thresholds(warning=1.0, alarm=2.0)
 LOW, WARN, HIGH = 0.5, 1.5, 3.0

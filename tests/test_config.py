@@ -9,7 +9,7 @@ import pytest
 
 from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.service.config import Config, ConfigError, load_config
-from edge_monitor.core.protocol import Limits
+from edge_monitor.core.inbound import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 

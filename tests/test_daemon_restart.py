@@ -15,7 +15,9 @@ import pytest
 from daemon_support import CASES, REPO, Collector, Daemon, machine_of, model_fixture, replay_cli
 from edge_monitor.service.monitor import StateFile, choose_alarm_state
 from edge_monitor.service.mqtt import BrokerSettings
-from edge_monitor.core.protocol import AlarmMessage, Command, alarm_topic, cmd_topic, encode
+from edge_monitor.core.inbound import Command
+from edge_monitor.core.outbound import AlarmMessage, encode
+from edge_monitor.core.topics import alarm_topic, cmd_topic
 from edge_monitor.archive.replay import replay_cuts
 
 

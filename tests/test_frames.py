@@ -7,7 +7,8 @@ import pytest
 
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.core.frames import CutAssembler, MachineStream
-from edge_monitor.core.protocol import CutEnd, CutStart, ProtocolError, SignalChunk
+from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk
+from edge_monitor.core.topics import ProtocolError
 from edge_monitor.core.stable_region import StableRegionSpec
 from edge_monitor.core.windowing import CutWindower, Windows, WindowSpec, cut_windows
 

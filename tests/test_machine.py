@@ -10,17 +10,9 @@ from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
 from edge_monitor.core.calibration import GLOBAL, regime_key
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
 from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowScore
-from edge_monitor.core.protocol import (
-    AlarmMessage,
-    Command,
-    CutEnd,
-    CutParams,
-    CutStart,
-    ProtocolError,
-    ScoreMessage,
-    SignalChunk,
-    SummaryMessage,
-)
+from edge_monitor.core.inbound import Command, CutEnd, CutParams, CutStart, SignalChunk
+from edge_monitor.core.outbound import AlarmMessage, ScoreMessage, SummaryMessage
+from edge_monitor.core.topics import ProtocolError
 from edge_monitor.core.stable_region import StableRegionSpec
 from edge_monitor.archive.synthetic import synthesize
 from edge_monitor.core.windowing import WindowSpec, cut_windows

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from paho.mqtt.client import topic_matches_sub
 
-from edge_monitor.core import protocol as P
+from edge_monitor.core import inbound, outbound, topics
 from edge_monitor.core.channels import CHANNELS
-from edge_monitor.core.protocol import ProtocolError
+from edge_monitor.core.topics import ProtocolError
 
 ROOT = "mill"
 
@@ -53,11 +53,11 @@ def rejects(fn, payload, reason: str, **kw) -> None:
 
 
 def test_parse_topic_kinds():
-    assert P.parse_topic(ROOT, "mill/m1/cut") == P.InboundTopic("m1", "cut")
-    assert P.parse_topic(ROOT, "mill/m1/cmd") == P.InboundTopic("m1", "cmd")
+    assert topics.parse_topic(ROOT, "mill/m1/cut") == topics.InboundTopic("m1", "cut")
+    assert topics.parse_topic(ROOT, "mill/m1/cmd") == topics.InboundTopic("m1", "cmd")
     for ch in CHANNELS:
-        assert P.parse_topic(ROOT, f"mill/Lathe_2-b/signal/{ch}") == P.InboundTopic("Lathe_2-b", "signal", ch)
-    assert P.parse_topic("plant1/mill", "plant1/mill/m1/cut").machine == "m1"
+        assert topics.parse_topic(ROOT, f"mill/Lathe_2-b/signal/{ch}") == topics.InboundTopic("Lathe_2-b", "signal", ch)
+    assert topics.parse_topic("plant1/mill", "plant1/mill/m1/cut").machine == "m1"
 
 
 @pytest.mark.parametrize(
@@ -85,38 +85,38 @@ def test_parse_topic_kinds():
 )
 def test_parse_topic_rejects(topic, reason):
     with pytest.raises(ProtocolError) as info:
-        P.parse_topic(ROOT, topic)
+        topics.parse_topic(ROOT, topic)
     assert reason in info.value.reason
 
 
 def test_machine_id_limits():
-    assert P.parse_topic(ROOT, "mill/" + "m" * 64 + "/cut").machine == "m" * 64
+    assert topics.parse_topic(ROOT, "mill/" + "m" * 64 + "/cut").machine == "m" * 64
     # Reasons echo what was sent, cut short.
     with pytest.raises(ProtocolError) as info:
-        P.parse_topic(ROOT, "mill/" + "x y" * 500 + "/cut")
+        topics.parse_topic(ROOT, "mill/" + "x y" * 500 + "/cut")
     assert len(info.value.reason) < 120
 
 
 def test_topic_builders():
-    assert P.cut_topic(ROOT, "m1") == "mill/m1/cut"
-    assert P.signal_topic(ROOT, "m1", "AE_table") == "mill/m1/signal/AE_table"
-    assert P.cmd_topic(ROOT, "m1") == "mill/m1/cmd"
-    assert P.score_topic(ROOT, "m1") == "mill/m1/score"
-    assert P.alarm_topic(ROOT, "m1") == "mill/m1/alarm"
-    assert P.summary_topic(ROOT, "m1") == "mill/m1/summary"
-    assert P.status_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/status"
-    assert P.errors_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/errors"
-    assert P.alarm_filter(ROOT) == "mill/+/alarm"
-    for bad in (lambda: P.cut_topic(ROOT, "a/b"), lambda: P.signal_topic(ROOT, "m1", "x"),
-                lambda: P.score_topic(ROOT, "_monitor"), lambda: P.status_topic(ROOT, "a b"),
-                lambda: P.cut_topic("mill/", "m1"), lambda: P.cut_topic("mill/+", "m1"),
-                lambda: P.cut_topic("", "m1")):
+    assert topics.cut_topic(ROOT, "m1") == "mill/m1/cut"
+    assert topics.signal_topic(ROOT, "m1", "AE_table") == "mill/m1/signal/AE_table"
+    assert topics.cmd_topic(ROOT, "m1") == "mill/m1/cmd"
+    assert topics.score_topic(ROOT, "m1") == "mill/m1/score"
+    assert topics.alarm_topic(ROOT, "m1") == "mill/m1/alarm"
+    assert topics.summary_topic(ROOT, "m1") == "mill/m1/summary"
+    assert topics.status_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/status"
+    assert topics.errors_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/errors"
+    assert topics.alarm_filter(ROOT) == "mill/+/alarm"
+    for bad in (lambda: topics.cut_topic(ROOT, "a/b"), lambda: topics.signal_topic(ROOT, "m1", "x"),
+                lambda: topics.score_topic(ROOT, "_monitor"), lambda: topics.status_topic(ROOT, "a b"),
+                lambda: topics.cut_topic("mill/", "m1"), lambda: topics.cut_topic("mill/+", "m1"),
+                lambda: topics.cut_topic("", "m1")):
         with pytest.raises(ValueError):
             bad()
 
 
 def test_inbound_filters_catch_inputs_and_wrong_depths_but_not_outputs():
-    filters = P.inbound_filters(ROOT)
+    filters = topics.inbound_filters(ROOT)
 
     def caught(topic):
         return any(topic_matches_sub(f, topic) for f in filters)
@@ -125,7 +125,7 @@ def test_inbound_filters_catch_inputs_and_wrong_depths_but_not_outputs():
                   "mill/m1/signal", "mill/m1/signal/a/b", "mill/m1/cut/x"):
         assert caught(topic), topic
     for topic in ("mill/m1/score", "mill/m1/alarm", "mill/m1/summary",
-                  P.status_topic(ROOT, "i"), P.errors_topic(ROOT, "i"), "other/m1/cut"):
+                  topics.status_topic(ROOT, "i"), topics.errors_topic(ROOT, "i"), "other/m1/cut"):
         assert not caught(topic), topic
 
 
@@ -133,61 +133,61 @@ def test_inbound_filters_catch_inputs_and_wrong_depths_but_not_outputs():
 
 
 def test_parse_cut_start_and_end():
-    s = P.parse_cut_event(start())
-    assert s == P.CutStart("c01-r01", 1700000000.5, 250.0, P.CutParams(1.5, 0.5, "cast_iron"))
-    assert P.parse_cut_event(start(params=None)).params is None
+    s = inbound.parse_cut_event(start())
+    assert s == inbound.CutStart("c01-r01", 1700000000.5, 250.0, inbound.CutParams(1.5, 0.5, "cast_iron"))
+    assert inbound.parse_cut_event(start(params=None)).params is None
     no_params = json.loads(start())
     del no_params["params"]
-    assert P.parse_cut_event(js(no_params)).params is None
-    e = P.parse_cut_event(end())
-    assert e == P.CutEnd("c01-r01", 1700000036.0, 9000)
-    assert P.parse_cut_event(end(samples=0)).samples == 0
+    assert inbound.parse_cut_event(js(no_params)).params is None
+    e = inbound.parse_cut_event(end())
+    assert e == inbound.CutEnd("c01-r01", 1700000036.0, 9000)
+    assert inbound.parse_cut_event(end(samples=0)).samples == 0
 
 
 def test_unknown_keys_are_ignored_for_forward_compatibility():
-    s = P.parse_cut_event(start(operator="ann", params={"doc": 1, "feed": 0.25, "material": "steel", "tool": "T7"}))
-    assert s.params == P.CutParams(1.0, 0.25, "steel")
-    c = P.parse_signal(chunk(unit="A", seq=17))
+    s = inbound.parse_cut_event(start(operator="ann", params={"doc": 1, "feed": 0.25, "material": "steel", "tool": "T7"}))
+    assert s.params == inbound.CutParams(1.0, 0.25, "steel")
+    c = inbound.parse_signal(chunk(unit="A", seq=17))
     assert c.samples.tolist() == [1.0, 2.5, -3.0]
-    assert P.parse_command(js({"cmd": "reset", "by": "ann", "note": "insert 3 chipped"})) == P.Command("reset", "ann")
+    assert inbound.parse_command(js({"cmd": "reset", "by": "ann", "note": "insert 3 chipped"})) == inbound.Command("reset", "ann")
 
 
 def test_parse_signal_types():
-    c = P.parse_signal(chunk(offset=4096, samples=[1, 2, 3.25, -1e300]))
+    c = inbound.parse_signal(chunk(offset=4096, samples=[1, 2, 3.25, -1e300]))
     assert c.offset == 4096 and type(c.offset) is int
     assert c.samples.dtype == np.float64 and c.samples.tolist() == [1.0, 2.0, 3.25, -1e300]
     assert not c.samples.flags.writeable
-    assert P.parse_signal(chunk(samples=[0.0] * 4096)).samples.size == 4096
+    assert inbound.parse_signal(chunk(samples=[0.0] * 4096)).samples.size == 4096
 
 
 def test_cut_id_alphabet():
     for good in ("c01-r01", "a", "x" * 64, "2024-05-01T10:00:00+02:00", "job.42_op:3",
                  "550e8400-e29b-41d4-a716-446655440000"):
-        assert P.parse_signal(chunk(cut=good)).cut == good
+        assert inbound.parse_signal(chunk(cut=good)).cut == good
 
 
 def test_parse_message_routes_by_topic():
-    m = P.parse_message(ROOT, "mill/m1/signal/smcDC", chunk())
-    assert m.topic.channel == "smcDC" and isinstance(m.message, P.SignalChunk)
-    assert isinstance(P.parse_message(ROOT, "mill/m1/cut", end()).message, P.CutEnd)
-    assert isinstance(P.parse_message(ROOT, "mill/m1/cmd", js({"cmd": "reset", "by": "x"})).message, P.Command)
+    m = inbound.parse_message(ROOT, "mill/m1/signal/smcDC", chunk())
+    assert m.topic.channel == "smcDC" and isinstance(m.message, inbound.SignalChunk)
+    assert isinstance(inbound.parse_message(ROOT, "mill/m1/cut", end()).message, inbound.CutEnd)
+    assert isinstance(inbound.parse_message(ROOT, "mill/m1/cmd", js({"cmd": "reset", "by": "x"})).message, inbound.Command)
     with pytest.raises(ProtocolError, match="missing key 'event'"):
-        P.parse_message(ROOT, "mill/m1/cut", chunk())  # a chunk sent to the cut topic
+        inbound.parse_message(ROOT, "mill/m1/cut", chunk())  # a chunk sent to the cut topic
     with pytest.raises(ProtocolError, match="unknown channel"):
-        P.parse_message(ROOT, "mill/m1/signal/nope", chunk())
+        inbound.parse_message(ROOT, "mill/m1/signal/nope", chunk())
 
 
 def test_inbound_round_trip_is_exact():
     rng = np.random.default_rng(1)
     x = rng.normal(size=4096) * 1e3
-    c = P.parse_signal(P.encode(P.SignalChunk("c", 123, x)))
+    c = inbound.parse_signal(outbound.encode(inbound.SignalChunk("c", 123, x)))
     assert c.offset == 123 and np.array_equal(c.samples, x)  # bit for bit: windows match training
-    s = P.CutStart("c", 1.5, 250.0, P.CutParams(0.75, 0.25, "steel"))
-    assert P.parse_cut_event(P.encode(s)) == s
-    e = P.CutEnd("c", 2.0, 9000)
-    assert P.parse_cut_event(P.encode(e)) == e
-    cmd = P.Command("reset", "operator 7")
-    assert P.parse_command(P.encode(cmd)) == cmd
+    s = inbound.CutStart("c", 1.5, 250.0, inbound.CutParams(0.75, 0.25, "steel"))
+    assert inbound.parse_cut_event(outbound.encode(s)) == s
+    e = inbound.CutEnd("c", 2.0, 9000)
+    assert inbound.parse_cut_event(outbound.encode(e)) == e
+    cmd = inbound.Command("reset", "operator 7")
+    assert inbound.parse_command(outbound.encode(cmd)) == cmd
 
 
 # ------------------------------------------------------------------- bad input, one by one
@@ -214,21 +214,21 @@ def test_inbound_round_trip_is_exact():
     ],
 )
 def test_not_json_or_not_an_object(payload, reason):
-    rejects(P.parse_signal, payload, reason)
+    rejects(inbound.parse_signal, payload, reason)
 
 
 def test_size_limit_is_checked_before_decoding():
     big = js({"cut": "a", "offset": 0, "samples": [0.5] * 300_000})
     assert len(big) > 1 << 20
-    rejects(P.parse_signal, big, f"payload of {len(big)} bytes is over the limit of 1048576 bytes")
+    rejects(inbound.parse_signal, big, f"payload of {len(big)} bytes is over the limit of 1048576 bytes")
     # Even garbage that would fail to decode gets the size reason: nothing was decoded.
-    rejects(P.parse_signal, b"\xff" * ((1 << 20) + 1), "over the limit of 1048576 bytes")
-    rejects(P.parse_cut_event, b" " * ((1 << 20) + 1), "over the limit")
-    small = P.Limits(max_payload_bytes=64)
-    rejects(P.parse_signal, chunk(samples=[1.0] * 20), "over the limit of 64 bytes", limits=small)
-    assert P.parse_signal(bytearray(chunk())).cut == "c01-r01"  # bytes-like payloads are fine
+    rejects(inbound.parse_signal, b"\xff" * ((1 << 20) + 1), "over the limit of 1048576 bytes")
+    rejects(inbound.parse_cut_event, b" " * ((1 << 20) + 1), "over the limit")
+    small = inbound.Limits(max_payload_bytes=64)
+    rejects(inbound.parse_signal, chunk(samples=[1.0] * 20), "over the limit of 64 bytes", limits=small)
+    assert inbound.parse_signal(bytearray(chunk())).cut == "c01-r01"  # bytes-like payloads are fine
     with pytest.raises(TypeError):
-        P.parse_signal('{"cut": "a"}')  # type: ignore[arg-type]
+        inbound.parse_signal('{"cut": "a"}')  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -256,14 +256,14 @@ def test_size_limit_is_checked_before_decoding():
 )
 def test_bad_samples(samples, reason):
     payload = ('{"cut": "c1", "offset": 0, "samples": %s}' % samples).encode()
-    rejects(P.parse_signal, payload, reason)
+    rejects(inbound.parse_signal, payload, reason)
 
 
 def test_oversized_sample_arrays():
-    rejects(P.parse_signal, chunk(samples=[0.0] * 4097), "samples has 4097 values, over the limit of 4096 per chunk")
-    limits = P.Limits(max_chunk=10)
-    rejects(P.parse_signal, chunk(samples=[0.0] * 11), "over the limit of 10 per chunk", limits=limits)
-    assert P.parse_signal(chunk(samples=[0.0] * 10), limits=limits).samples.size == 10
+    rejects(inbound.parse_signal, chunk(samples=[0.0] * 4097), "samples has 4097 values, over the limit of 4096 per chunk")
+    limits = inbound.Limits(max_chunk=10)
+    rejects(inbound.parse_signal, chunk(samples=[0.0] * 11), "over the limit of 10 per chunk", limits=limits)
+    assert inbound.parse_signal(chunk(samples=[0.0] * 10), limits=limits).samples.size == 10
 
 
 @pytest.mark.parametrize(
@@ -282,12 +282,12 @@ def test_oversized_sample_arrays():
     ],
 )
 def test_bad_offsets(offset, reason):
-    rejects(P.parse_signal, chunk(offset=offset), reason)
+    rejects(inbound.parse_signal, chunk(offset=offset), reason)
 
 
 def test_offset_limit_is_configurable():
-    assert P.parse_signal(chunk(offset=999_997)).offset == 999_997  # ends exactly at the limit
-    rejects(P.parse_signal, chunk(offset=98), "is absurd", limits=P.Limits(max_cut_samples=100))
+    assert inbound.parse_signal(chunk(offset=999_997)).offset == 999_997  # ends exactly at the limit
+    rejects(inbound.parse_signal, chunk(offset=98), "is absurd", limits=inbound.Limits(max_cut_samples=100))
 
 
 @pytest.mark.parametrize(
@@ -307,9 +307,9 @@ def test_offset_limit_is_configurable():
     ],
 )
 def test_bad_cut_ids(cut, reason):
-    rejects(P.parse_cut_event, start(cut=cut), reason)  # a cut start with a bad id
-    rejects(P.parse_cut_event, end(cut=cut), reason)
-    rejects(P.parse_signal, chunk(cut=cut), reason)
+    rejects(inbound.parse_cut_event, start(cut=cut), reason)  # a cut start with a bad id
+    rejects(inbound.parse_cut_event, end(cut=cut), reason)
+    rejects(inbound.parse_signal, chunk(cut=cut), reason)
 
 
 @pytest.mark.parametrize(
@@ -336,19 +336,19 @@ def test_bad_cut_ids(cut, reason):
     ],
 )
 def test_bad_cut_start(over, reason):
-    rejects(P.parse_cut_event, start(**over), reason)
+    rejects(inbound.parse_cut_event, start(**over), reason)
 
 
 def test_overflowing_numbers_are_not_finite():
-    rejects(P.parse_cut_event, start().replace(b'"ts": 1700000000.5', b'"ts": 1e999'), "ts is not a finite number")
-    rejects(P.parse_cut_event, start().replace(b'"fs": 250.0', b'"fs": ' + b"9" * 400), "fs is not a finite number")
+    rejects(inbound.parse_cut_event, start().replace(b'"ts": 1700000000.5', b'"ts": 1e999'), "ts is not a finite number")
+    rejects(inbound.parse_cut_event, start().replace(b'"fs": 250.0', b'"fs": ' + b"9" * 400), "fs is not a finite number")
 
 
 def test_missing_keys():
-    for key, make, fn in (("cut", start, P.parse_cut_event), ("ts", start, P.parse_cut_event),
-                          ("fs", start, P.parse_cut_event), ("samples", end, P.parse_cut_event),
-                          ("offset", chunk, P.parse_signal), ("samples", chunk, P.parse_signal),
-                          ("cut", chunk, P.parse_signal)):
+    for key, make, fn in (("cut", start, inbound.parse_cut_event), ("ts", start, inbound.parse_cut_event),
+                          ("fs", start, inbound.parse_cut_event), ("samples", end, inbound.parse_cut_event),
+                          ("offset", chunk, inbound.parse_signal), ("samples", chunk, inbound.parse_signal),
+                          ("cut", chunk, inbound.parse_signal)):
         obj = json.loads(make())
         del obj[key]
         rejects(fn, js(obj), f"missing key '{key}'")
@@ -364,7 +364,7 @@ def test_missing_keys():
     ],
 )
 def test_bad_cut_end(samples, reason):
-    rejects(P.parse_cut_event, end(samples=samples), reason)
+    rejects(inbound.parse_cut_event, end(samples=samples), reason)
 
 
 @pytest.mark.parametrize(
@@ -380,22 +380,22 @@ def test_bad_cut_end(samples, reason):
     ],
 )
 def test_bad_commands(msg, reason):
-    rejects(P.parse_command, js(msg), reason)
+    rejects(inbound.parse_command, js(msg), reason)
 
 
 def test_limits_validate():
     for bad in ({"max_chunk": 0}, {"max_payload_bytes": -1}, {"max_cut_samples": 1.5}, {"max_chunk": True}):
         with pytest.raises(ValueError, match="limits."):
-            P.Limits(**bad)
+            inbound.Limits(**bad)
 
 
 def test_parsing_a_full_chunk_is_fast():
     rng = np.random.default_rng(0)
-    payload = P.encode(P.SignalChunk("c01-r01", 0, rng.normal(size=4096)))  # 17 significant digits
+    payload = outbound.encode(inbound.SignalChunk("c01-r01", 0, rng.normal(size=4096)))  # 17 significant digits
     times = []
     for _ in range(50):
         t = time.perf_counter()
-        P.parse_signal(payload)
+        inbound.parse_signal(payload)
         times.append(time.perf_counter() - t)
     # About 1 ms here (mostly json.loads); the bound is loose for a busy shared machine.
     assert np.median(times) < 0.01
@@ -405,11 +405,11 @@ def test_parsing_a_full_chunk_is_fast():
 
 
 def test_encode_score_is_compact_and_finite():
-    msg = P.ScoreMessage(
+    msg = outbound.ScoreMessage(
         cut="c1", offset=np.int64(640), recon=np.float32(0.25), kl=1.5, score=float("nan"),
         channels={c: i / 10 for i, c in enumerate(reversed(CHANNELS))}, level="warning", model="abc", ts=1.0,
     )
-    raw = P.encode(msg)
+    raw = outbound.encode(msg)
     assert b" " not in raw
     obj = json.loads(raw)
     assert obj == {"cut": "c1", "offset": 640, "recon": 0.25, "kl": 1.5, "score": None,
@@ -417,36 +417,36 @@ def test_encode_score_is_compact_and_finite():
                    "level": "warning", "model": "abc", "ts": 1.0}
     assert list(obj["channels"]) == list(CHANNELS)
     with pytest.raises(ValueError, match="level must be one of"):
-        P.encode(P.ScoreMessage("c", 0, 0, 0, 0, {}, "bad", "m", 0))
+        outbound.encode(outbound.ScoreMessage("c", 0, 0, 0, 0, {}, "bad", "m", 0))
 
 
 def test_encode_alarm_and_parse_it_back():
-    msg = P.AlarmMessage("m1", "alarm", 1700000000.25, "c13-r09", 0.91, 0.8, "model-1")
-    obj = json.loads(P.encode(msg))
+    msg = outbound.AlarmMessage("m1", "alarm", 1700000000.25, "c13-r09", 0.91, 0.8, "model-1")
+    obj = json.loads(outbound.encode(msg))
     assert obj == {"machine": "m1", "state": "alarm", "since": 1700000000.25, "cut": "c13-r09",
                    "score": 0.91, "threshold": 0.8, "model": "model-1"}
-    assert P.parse_alarm(P.encode(msg)) == msg
-    after_reset = P.AlarmMessage("m1", "normal", 5.0, None, None, None, "model-1")
-    assert json.loads(P.encode(after_reset))["cut"] is None
-    assert P.parse_alarm(P.encode(after_reset)) == after_reset
+    assert inbound.parse_alarm(outbound.encode(msg)) == msg
+    after_reset = outbound.AlarmMessage("m1", "normal", 5.0, None, None, None, "model-1")
+    assert json.loads(outbound.encode(after_reset))["cut"] is None
+    assert inbound.parse_alarm(outbound.encode(after_reset)) == after_reset
     with pytest.raises(ProtocolError, match="alarm state must be one of"):
-        P.parse_alarm(js({"machine": "m1", "state": "panic"}))
+        inbound.parse_alarm(js({"machine": "m1", "state": "panic"}))
     with pytest.raises(ProtocolError, match="not a machine id"):
-        P.parse_alarm(js({"machine": "a b", "state": "alarm"}))
+        inbound.parse_alarm(js({"machine": "a b", "state": "alarm"}))
 
 
 def test_encode_summary_status_error():
-    s = P.SummaryMessage("c1", 70, 128, (2560, 7295), 0.12, math.inf, "normal")
-    assert json.loads(P.encode(s)) == {"cut": "c1", "windows": 70, "skipped": 128, "stable": [2560, 7295],
+    s = outbound.SummaryMessage("c1", 70, 128, (2560, 7295), 0.12, math.inf, "normal")
+    assert json.loads(outbound.encode(s)) == {"cut": "c1", "windows": 70, "skipped": 128, "stable": [2560, 7295],
                                        "score_median": 0.12, "score_max": None, "level": "normal"}
-    assert json.loads(P.encode(P.SummaryMessage("c1", 0, 0, None, None, None, "alarm")))["stable"] is None
-    st = P.StatusMessage("online", "model-1", "cpu", "0.1.0", 100.0, {"messages_in": np.int64(5), "gaps": 0})
-    assert json.loads(P.encode(st)) == {"state": "online", "model": "model-1", "device": "cpu", "version": "0.1.0",
+    assert json.loads(outbound.encode(outbound.SummaryMessage("c1", 0, 0, None, None, None, "alarm")))["stable"] is None
+    st = outbound.StatusMessage("online", "model-1", "cpu", "0.1.0", 100.0, {"messages_in": np.int64(5), "gaps": 0})
+    assert json.loads(outbound.encode(st)) == {"state": "online", "model": "model-1", "device": "cpu", "version": "0.1.0",
                                         "since": 100.0, "protocol": 1, "counters": {"messages_in": 5, "gaps": 0}}
-    assert "counters" not in json.loads(P.encode(P.StatusMessage("offline", "m", "gpu", "0.1.0", 1.0)))
+    assert "counters" not in json.loads(outbound.encode(outbound.StatusMessage("offline", "m", "gpu", "0.1.0", 1.0)))
     with pytest.raises(ValueError):
-        P.encode(P.StatusMessage("sleeping", "m", "cpu", "0", 0.0))
-    err = P.ErrorMessage("mill/m1/signal/x", "unknown channel 'x'", 3.0)
-    assert json.loads(P.encode(err)) == {"topic": "mill/m1/signal/x", "reason": "unknown channel 'x'", "ts": 3.0}
+        outbound.encode(outbound.StatusMessage("sleeping", "m", "cpu", "0", 0.0))
+    err = outbound.ErrorMessage("mill/m1/signal/x", "unknown channel 'x'", 3.0)
+    assert json.loads(outbound.encode(err)) == {"topic": "mill/m1/signal/x", "reason": "unknown channel 'x'", "ts": 3.0}
     # Whatever a client put in a topic, the error message is valid JSON.
-    assert json.loads(P.encode(P.ErrorMessage("mill/\udcff/\u00e9", "r", 0.0)))["topic"] == "mill/\udcff/\u00e9"
+    assert json.loads(outbound.encode(outbound.ErrorMessage("mill/\udcff/\u00e9", "r", 0.0)))["topic"] == "mill/\udcff/\u00e9"

@@ -17,7 +17,7 @@ from broker import Subscriber, free_port
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
-from edge_monitor.core.protocol import CutEnd, CutStart, SignalChunk, parse_message
+from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk, parse_message
 from edge_monitor.archive.replay import (
     Progress,
     Publisher,

@@ -40,19 +40,9 @@ import paho.mqtt.client as paho
 from .mill import Archive, ArchiveError, Cut, read_archive
 from ..core.channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
 from ..service.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client, parse_address
-from ..core.protocol import (
-    DEFAULT_LIMITS,
-    Command,
-    CutEnd,
-    CutParams,
-    CutStart,
-    SignalChunk,
-    cmd_topic,
-    cut_topic,
-    encode,
-    signal_topic,
-    validate_root,
-)
+from ..core.inbound import DEFAULT_LIMITS, Command, CutEnd, CutParams, CutStart, SignalChunk
+from ..core.outbound import encode
+from ..core.topics import cmd_topic, cut_topic, signal_topic, validate_root
 
 DEFAULT_ARCHIVE = Path("data/synthetic-mill.mat")
 DEFAULT_CHUNK = 250  # samples: 1 s of signal at 250 Hz

@@ -31,7 +31,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .channels import CHANNELS, channel_index
-from .protocol import DEFAULT_LIMITS, CutEnd, CutStart, ProtocolError, SignalChunk
+from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, SignalChunk
+from .topics import ProtocolError
 
 N_CHANNELS = len(CHANNELS)
 

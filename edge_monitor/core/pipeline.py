@@ -31,19 +31,9 @@ from .alarm import AlarmPolicy, AlarmTracker, Level, Thresholds, Transition
 from .calibration import GLOBAL, regime_key
 from .channels import CHANNELS, channel_index
 from .frames import FinishResult, MachineStream
-from .protocol import (
-    DEFAULT_LIMITS,
-    AlarmMessage,
-    Command,
-    CutEnd,
-    CutStart,
-    InboundMessage,
-    Limits,
-    ProtocolError,
-    ScoreMessage,
-    SignalChunk,
-    SummaryMessage,
-)
+from .inbound import DEFAULT_LIMITS, Command, CutEnd, CutStart, InboundMessage, Limits, SignalChunk
+from .outbound import AlarmMessage, ScoreMessage, SummaryMessage
+from .topics import ProtocolError
 from .stable_region import StableRegionSpec
 from .windowing import CutWindower, Windows, WindowSpec
 

@@ -25,7 +25,8 @@ import yaml
 
 from ..core.alarm import AlarmPolicy
 from .mqtt import BrokerSettings, TlsSettings, parse_address
-from ..core.protocol import MACHINE_ID, Limits, validate_root
+from ..core.inbound import Limits
+from ..core.topics import MACHINE_ID, validate_root
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")  # auto: console on a terminal, else json

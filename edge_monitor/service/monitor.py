@@ -50,26 +50,9 @@ from .config import Config
 from .logging import get_logger
 from ..core.pipeline import MachinePipeline, Output, PendingWindow, PipelineSpec, WindowScore
 from .mqtt import BrokerError, connect, disconnect, make_client
-from ..core.protocol import (
-    MONITOR_LEVEL,
-    AlarmMessage,
-    ErrorMessage,
-    Inbound,
-    ProtocolError,
-    ScoreMessage,
-    StatusMessage,
-    SummaryMessage,
-    alarm_filter,
-    alarm_topic,
-    encode,
-    errors_topic,
-    inbound_filters,
-    parse_alarm,
-    parse_message,
-    score_topic,
-    status_topic,
-    summary_topic,
-)
+from ..core.inbound import Inbound, parse_alarm, parse_message
+from ..core.outbound import AlarmMessage, ErrorMessage, ScoreMessage, StatusMessage, SummaryMessage, encode
+from ..core.topics import MONITOR_LEVEL, ProtocolError, alarm_filter, alarm_topic, errors_topic, inbound_filters, score_topic, status_topic, summary_topic
 
 if TYPE_CHECKING:  # the bundle module loads TensorFlow: imported only once the device is chosen
     from ..model.bundle import ModelBundle

@@ -1,0 +1,344 @@
+"""Wire protocol v1, inbound: strict parsing of what machines (and the retained alarms) send.
+
+Every rejection raises :class:`~edge_monitor.core.topics.ProtocolError` whose ``reason`` says what
+to fix, short enough for the errors topic and the log. Payloads are checked for size before they
+are decoded. Pure: no MQTT, no model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from .channels import CHANNELS, MATERIALS
+from .outbound import LEVELS, AlarmMessage
+from .topics import InboundTopic, ProtocolError, machine_id_problem, parse_topic, show
+
+#: Cut ids: also allow ``.``, ``:`` and ``+`` so timestamps, UUIDs and job numbers fit as they are.
+CUT_ID = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
+MATERIAL_NAMES: tuple[str, ...] = tuple(MATERIALS.values())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sanity limits on inbound messages; all configurable."""
+
+    max_payload_bytes: int = 1 << 20
+    max_chunk: int = 4096  # samples per signal message
+    # Offsets and cut lengths beyond this are absurd; it also bounds what a gap can cost in memory
+    # (a gap is filled with NaN rows). 10^6 samples ≈ 67 min at 250 Hz.
+    max_cut_samples: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_payload_bytes", "max_chunk", "max_cut_samples"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"limits.{name} must be a positive integer, got {value!r}")
+
+
+DEFAULT_LIMITS = Limits()
+
+
+
+@dataclass(frozen=True)
+class CutParams:
+    doc: float  # depth of cut, mm
+    feed: float  # mm/rev
+    material: str  # one of MATERIAL_NAMES
+
+
+@dataclass(frozen=True)
+class CutStart:
+    cut: str
+    ts: float  # unix seconds
+    fs: float  # sample rate, Hz
+    params: CutParams | None = None
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"event": "start", "cut": self.cut, "ts": self.ts, "fs": self.fs}
+        if self.params is not None:
+            p = self.params
+            out["params"] = {"doc": p.doc, "feed": p.feed, "material": p.material}
+        return out
+
+
+@dataclass(frozen=True)
+class CutEnd:
+    cut: str
+    ts: float
+    samples: int  # samples in the cut, per channel
+
+    def to_dict(self) -> dict:
+        return {"event": "end", "cut": self.cut, "ts": self.ts, "samples": self.samples}
+
+
+@dataclass(frozen=True, eq=False)  # eq on an ndarray field is ambiguous
+class SignalChunk:
+    cut: str
+    offset: int  # index in the cut of samples[0]
+    samples: np.ndarray  # (n,) float64, finite, read-only
+
+    def to_dict(self) -> dict:
+        return {"cut": self.cut, "offset": int(self.offset), "samples": np.asarray(self.samples, np.float64).tolist()}
+
+
+@dataclass(frozen=True)
+class Command:
+    cmd: str  # "reset"
+    by: str
+
+    def to_dict(self) -> dict:
+        return {"cmd": self.cmd, "by": self.by}
+
+
+InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
+
+
+@dataclass(frozen=True, eq=False)
+class Inbound:
+    topic: InboundTopic
+    message: InboundMessage
+
+
+def parse_message(root: str, topic: str, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Inbound:
+    """Topic and payload of one inbound MQTT message, both validated."""
+    where = parse_topic(root, topic)
+    return Inbound(where, PAYLOAD_PARSERS[where.kind](payload, limits))
+
+
+def parse_cut_event(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> CutStart | CutEnd:
+    obj = decode_object(payload, limits)
+    event = _get(obj, "event")
+    if event == "start":
+        return CutStart(
+            cut=_cut_id(obj),
+            ts=_timestamp(obj),
+            fs=_positive(_get(obj, "fs"), "fs"),
+            params=_params(obj.get("params")),
+        )
+    if event == "end":
+        samples = _integer(_get(obj, "samples"), "samples")
+        if samples > limits.max_cut_samples:
+            raise ProtocolError(f"samples {samples} is absurd: over the limit of {limits.max_cut_samples} per cut")
+        return CutEnd(cut=_cut_id(obj), ts=_timestamp(obj), samples=samples)
+    raise ProtocolError(f"event must be \"start\" or \"end\", got {show(event)}")
+
+
+def parse_signal(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> SignalChunk:
+    obj = decode_object(payload, limits)
+    cut = _cut_id(obj)
+    offset = _integer(_get(obj, "offset"), "offset")
+    samples = _samples(_get(obj, "samples"), limits)
+    if offset + samples.size > limits.max_cut_samples:
+        raise ProtocolError(
+            f"offset {offset} is absurd: the chunk would end past the limit of {limits.max_cut_samples} samples per cut"
+        )
+    return SignalChunk(cut, offset, samples)
+
+
+def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Command:
+    obj = decode_object(payload, limits)
+    cmd = _get(obj, "cmd")
+    if cmd != "reset":
+        raise ProtocolError(f"unknown cmd {show(cmd)}; expected \"reset\"")
+    by = _get(obj, "by")
+    if type(by) is not str or not 1 <= len(by) <= 64 or not by.isprintable():
+        raise ProtocolError("by must be a string of 1-64 printable characters naming who reset")
+    return Command(cmd, by)
+
+
+#: The payload parser of each input kind (the topic level after the machine id).
+PAYLOAD_PARSERS = {"cut": parse_cut_event, "signal": parse_signal, "cmd": parse_command}
+
+
+def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
+    """A JSON object from raw payload bytes: size checked before decoding, strict UTF-8, no NaN or
+    Infinity literals, no duplicate keys."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    size = memoryview(payload).nbytes
+    if size > limits.max_payload_bytes:
+        raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
+    if size == 0:
+        raise ProtocolError("payload is empty")
+    try:
+        text = bytes(payload).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"payload is not UTF-8 (bad byte at position {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except ProtocolError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ProtocolError("payload is not usable JSON: nested too deeply") from None
+    except ValueError:  # an integer literal longer than Python's int conversion limit
+        raise ProtocolError("payload is not usable JSON: a number has too many digits") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"payload must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"payload holds {name}, which is not valid JSON; send only finite numbers")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # a repeated key is ambiguous: refuse rather than keep the last
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ProtocolError(f"key {show(key)} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def _get(obj: dict, key: str, where: str = "") -> Any:
+    try:
+        return obj[key]
+    except KeyError:
+        raise ProtocolError(f"missing key {where}{key!r}") from None
+
+
+def _cut_id(obj: dict) -> str:
+    cut = _get(obj, "cut")
+    if type(cut) is not str:
+        raise ProtocolError(f"cut must be a string, got {_json_type(cut)}")
+    if not CUT_ID.fullmatch(cut):
+        raise ProtocolError(f"cut id {show(cut)} is not 1-64 characters of A-Z a-z 0-9 _ . : + -")
+    return cut
+
+
+def _number(value: Any, name: str) -> float:
+    # Exact types: bool is an int subclass in Python but not a number on the wire.
+    if type(value) not in (int, float):
+        raise ProtocolError(f"{name} must be a number, got {_json_type(value)}")
+    try:
+        x = float(value)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x):
+        raise ProtocolError(f"{name} is not a finite number")
+    return x
+
+
+def _positive(value: Any, name: str) -> float:
+    x = _number(value, name)
+    if x <= 0:
+        raise ProtocolError(f"{name} must be positive, got {show(value)}")
+    return x
+
+
+def _timestamp(obj: dict) -> float:
+    ts = _number(_get(obj, "ts"), "ts")
+    if ts < 0:
+        raise ProtocolError(f"ts must be unix seconds (not negative), got {show(ts)}")
+    return ts
+
+
+def _integer(value: Any, name: str) -> int:
+    if type(value) is float:
+        raise ProtocolError(f"{name} must be an integer, got the fractional-typed number {show(value)}")
+    if type(value) is not int:
+        raise ProtocolError(f"{name} must be an integer, got {_json_type(value)}")
+    if value < 0:
+        raise ProtocolError(f"{name} must not be negative, got {show(value)}")
+    return value
+
+
+def _params(value: Any) -> CutParams | None:
+    if value is None:  # absent or null: no cutting parameters
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"params must be an object, got {_json_type(value)}")
+    material = _get(value, "material", "params.")
+    if material not in MATERIAL_NAMES:
+        raise ProtocolError(f"params.material must be one of {', '.join(MATERIAL_NAMES)}, got {show(material)}")
+    return CutParams(
+        doc=_positive(_get(value, "doc", "params."), "params.doc"),
+        feed=_positive(_get(value, "feed", "params."), "params.feed"),
+        material=material,
+    )
+
+
+def _samples(value: Any, limits: Limits) -> np.ndarray:
+    if type(value) is not list:
+        raise ProtocolError(f"samples must be an array of numbers, got {_json_type(value)}")
+    n = len(value)
+    if n == 0:
+        raise ProtocolError("samples is empty")
+    if n > limits.max_chunk:
+        raise ProtocolError(f"samples has {n} values, over the limit of {limits.max_chunk} per chunk")
+    # Type check at C speed; the per-element loops below run only to name the culprit.
+    if not set(map(type, value)) <= {float, int}:
+        i = next(i for i, v in enumerate(value) if type(v) not in (int, float))
+        raise ProtocolError(f"samples[{i}] is not a number (got {_json_type(value[i])})")
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        i = next(i for i, v in enumerate(value) if not _fits_float(v))
+        raise ProtocolError(f"samples[{i}] is not a finite number") from None
+    finite = np.isfinite(arr)
+    if not finite.all():  # e.g. 1e999, which JSON parsing turns into inf
+        raise ProtocolError(f"samples[{int(np.argmin(finite))}] is not a finite number")
+    arr.setflags(write=False)
+    return arr
+
+
+def _fits_float(value: float | int) -> bool:
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+
+def parse_alarm(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> AlarmMessage:
+    """A retained alarm message read back at start-up (written by this or an earlier monitor)."""
+    obj = decode_object(payload, limits)
+
+    def optional_number(key: str) -> float | None:
+        value = obj.get(key)
+        return None if value is None else _number(value, key)
+
+    machine, state, model, cut = obj.get("machine"), obj.get("state"), obj.get("model"), obj.get("cut")
+    if type(machine) is not str or machine_id_problem(machine):
+        raise ProtocolError(f"alarm machine {show(machine)} is not a machine id")
+    if state not in LEVELS:
+        raise ProtocolError(f"alarm state must be one of {', '.join(LEVELS)}, got {show(state)}")
+    if cut is not None and type(cut) is not str:
+        raise ProtocolError(f"alarm cut must be a string or null, got {_json_type(cut)}")
+    return AlarmMessage(
+        machine=machine,
+        state=state,
+        since=optional_number("since"),
+        cut=cut,
+        score=optional_number("score"),
+        threshold=optional_number("threshold"),
+        model=model if type(model) is str else "",
+    )
+
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

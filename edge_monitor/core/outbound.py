@@ -1,0 +1,165 @@
+"""Wire protocol v1, outbound: the messages the monitor publishes, as frozen dataclasses.
+
+Each message knows where it goes: ``leaf`` is its topic's last level (``R/<machine>/<leaf>`` or
+``R/_monitor/<instance>/<leaf>``; the QoS of each leaf is configured under the same name) and
+``retain`` whether the broker keeps the last one for late subscribers. :func:`encode` turns any
+protocol message into compact JSON bytes. Non-finite numbers go out as ``null``. Pure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Union
+
+from .channels import CHANNELS
+
+PROTOCOL_VERSION = 1
+LEVELS: tuple[str, ...] = ("normal", "warning", "alarm")
+
+
+@dataclass(frozen=True)
+class ScoreMessage:
+    leaf: ClassVar[str] = "score"
+    retain: ClassVar[bool] = False
+
+    cut: str
+    offset: int  # first sample of the window in the cut
+    recon: float
+    kl: float
+    score: float  # the score the bundle alarms on
+    channels: Mapping[str, float]  # reconstruction error per channel
+    level: str  # the machine's alarm state after this window
+    model: str
+    ts: float
+
+    def to_dict(self) -> dict:
+        _check_level(self.level)
+        return {
+            "cut": self.cut,
+            "offset": int(self.offset),
+            "recon": finite(self.recon),
+            "kl": finite(self.kl),
+            "score": finite(self.score),
+            "channels": {c: finite(self.channels[c]) for c in CHANNELS if c in self.channels},
+            "level": self.level,
+            "model": self.model,
+            "ts": finite(self.ts),
+        }
+
+
+@dataclass(frozen=True)
+class AlarmMessage:
+    leaf: ClassVar[str] = "alarm"
+    retain: ClassVar[bool] = True  # a dashboard that subscribes later sees the current state
+
+    machine: str
+    state: str
+    since: float | None  # when the state was entered (unix s)
+    cut: str | None  # the cut whose window changed the state; null after a reset
+    score: float | None
+    threshold: float | None
+    model: str
+
+    def to_dict(self) -> dict:
+        _check_level(self.state)
+        return {
+            "machine": self.machine,
+            "state": self.state,
+            "since": finite(self.since),
+            "cut": self.cut,
+            "score": finite(self.score),
+            "threshold": finite(self.threshold),
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True)
+class SummaryMessage:
+    leaf: ClassVar[str] = "summary"
+    retain: ClassVar[bool] = False
+
+    cut: str
+    windows: int  # windows scored
+    skipped: int  # samples (frame rows) of the cut lost in gaps: no window could span them
+    stable: tuple[int, int] | None  # first and last stable sample, None if no stable region
+    score_median: float | None
+    score_max: float | None
+    level: str  # the machine's alarm state at the cut's end
+
+    def to_dict(self) -> dict:
+        _check_level(self.level)
+        return {
+            "cut": self.cut,
+            "windows": int(self.windows),
+            "skipped": int(self.skipped),
+            "stable": None if self.stable is None else [int(self.stable[0]), int(self.stable[1])],
+            "score_median": finite(self.score_median),
+            "score_max": finite(self.score_max),
+            "level": self.level,
+        }
+
+
+@dataclass(frozen=True)
+class StatusMessage:
+    leaf: ClassVar[str] = "status"
+    retain: ClassVar[bool] = True  # also the will's topic: online / offline
+
+    state: str  # "online" | "offline"
+    model: str
+    device: str
+    version: str
+    since: float
+    counters: Mapping[str, int] | None = field(default=None)
+
+    def to_dict(self) -> dict:
+        if self.state not in ("online", "offline"):
+            raise ValueError(f"status state must be online or offline, got {self.state!r}")
+        out: dict[str, Any] = {
+            "state": self.state,
+            "model": self.model,
+            "device": self.device,
+            "version": self.version,
+            "since": finite(self.since),
+            "protocol": PROTOCOL_VERSION,
+        }
+        if self.counters is not None:
+            out["counters"] = {k: int(v) for k, v in self.counters.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class ErrorMessage:
+    leaf: ClassVar[str] = "errors"
+    retain: ClassVar[bool] = False
+
+    topic: str
+    reason: str
+    ts: float
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic, "reason": self.reason, "ts": finite(self.ts)}
+
+
+MachineOutput = Union[ScoreMessage, AlarmMessage, SummaryMessage]  # published under R/<machine>/
+
+
+def encode(message: Any) -> bytes:
+    """Compact JSON bytes of any protocol message (one with ``to_dict``: outbound, or inbound as a
+    publisher sends it)."""
+    return json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+
+def finite(x: float | None) -> float | None:
+    """Outbound numbers: plain finite floats; None, NaN or infinity become null ("undefined")."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _check_level(level: str) -> None:
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
