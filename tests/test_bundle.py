@@ -110,8 +110,8 @@ def test_round_trip_gives_identical_meta_and_scores(model, saved):
     assert meta.thresholds == Thresholds(1.5, 3.0, "kl", "test rule")
     assert np.array_equal(meta.scaler.minimum, MinMaxScaler.fit(RAW).minimum)
     assert meta.archive_sha256 == "ab" * 32
-    expected = WindowScorer(model, bundle_args()["scaler"]).score(RAW)
-    got = bundle.scorer().score(RAW)
+    expected = WindowScorer(model, bundle_args()["scaler"]).raw_scores(RAW)
+    got = bundle.scorer().raw_scores(RAW)
     for name in ("recon", "kl", "channels"):
         assert np.array_equal(getattr(got, name), getattr(expected, name))
     assert bundle.scorer() is bundle.scorer()  # one compiled function per batch size
@@ -123,13 +123,13 @@ def test_round_trip_in_a_fresh_process(model, saved, tmp_path):
         f"""
         import numpy as np
         from edge_monitor.model.bundle import load_bundle
-        s = load_bundle({str(saved)!r}).scorer().score(np.load({str(tmp_path / "raw.npy")!r}))
+        s = load_bundle({str(saved)!r}).scorer().raw_scores(np.load({str(tmp_path / "raw.npy")!r}))
         np.savez({str(tmp_path / "scores.npz")!r}, recon=s.recon, kl=s.kl, channels=s.channels)
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
     got = np.load(tmp_path / "scores.npz")
-    expected = WindowScorer(model, bundle_args()["scaler"]).score(RAW)
+    expected = WindowScorer(model, bundle_args()["scaler"]).raw_scores(RAW)
     for name in ("recon", "kl", "channels"):
         assert np.array_equal(got[name], getattr(expected, name))
 

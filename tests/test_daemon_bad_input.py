@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daemon_support import Collector, Daemon, machine_of, model_fixture
-from edge_monitor.service.monitor import TokenBucket
+from edge_monitor.core.ratelimit import TokenBucket
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 from edge_monitor.archive.replay import Publisher, cut_messages
 

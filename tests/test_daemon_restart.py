@@ -13,7 +13,7 @@ import time
 import pytest
 
 from daemon_support import CASES, REPO, Collector, Daemon, machine_of, model_fixture, replay_cli
-from edge_monitor.service.monitor import StateFile, choose_alarm_state
+from edge_monitor.service.state import StateFile, choose_alarm_state
 from edge_monitor.service.mqtt import BrokerSettings
 from edge_monitor.core.inbound import Command
 from edge_monitor.core.outbound import AlarmMessage, encode

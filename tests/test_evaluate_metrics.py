@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_monitor.model.bundle import Thresholds
-from edge_monitor.model.scorer import WindowScores
+from edge_monitor.core.alarm import Thresholds
+from edge_monitor.core.scores import WindowScores
 from training.evaluate import format_summary, level
 from training.metrics import anomaly_metrics, metrics_by_param
 from training.plots import plot_curves, plot_score_distributions, plot_score_trend

@@ -1,5 +1,6 @@
-"""One machine's pipeline: exact training windows from interleaved chunks, message ids, ordered
-results, summaries, alarms and resets, rejections that change nothing."""
+"""One machine's pipeline: exact training windows from interleaved chunks, as batches; ordered
+results (also when a batch comes back in parts), summaries, alarms and resets, rejections that
+change nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
 from edge_monitor.core.calibration import GLOBAL, regime_key
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
-from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowScore
+from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowBatch
+from edge_monitor.core.scores import WindowScores
 from edge_monitor.core.inbound import Command, CutEnd, CutParams, CutStart, SignalChunk
 from edge_monitor.core.outbound import AlarmMessage, ScoreMessage, SummaryMessage
 from edge_monitor.core.topics import ProtocolError
@@ -52,16 +54,15 @@ def chunks(signals: np.ndarray, rng: np.random.Generator, max_size: int = 400):
 
 
 def stream_cut(p: MachinePipeline, cut: str, signals: np.ndarray, rng, ts: float = 1000.0,
-               end: bool = True, drop=lambda c, off: False, mid0: int = 1):
-    """Feed one cut; returns (windows, steps, chunk log [(channel, start, end, mid)])."""
+               end: bool = True, drop=lambda c, off: False):
+    """Feed one cut; returns (window batches, steps, chunk log [(channel, start, end)])."""
     windows, steps, log = [], [], []
     steps.append(p.handle(CutStart(cut, ts, SAMPLE_RATE_HZ)))
-    for i, (c, off, samples) in enumerate(chunks(signals, rng)):
+    for c, off, samples in chunks(signals, rng):
         if drop(c, off):
             continue
-        mid = mid0 + i
-        log.append((c, off, off + samples.size, mid))
-        steps.append(p.handle(SignalChunk(cut, off, samples), channel=CHANNELS[c], mid=mid))
+        log.append((c, off, off + samples.size))
+        steps.append(p.handle(SignalChunk(cut, off, samples), channel=CHANNELS[c]))
     if end:
         steps.append(p.handle(CutEnd(cut, ts + 36, signals.shape[0])))
     for s in steps:
@@ -69,8 +70,25 @@ def stream_cut(p: MachinePipeline, cut: str, signals: np.ndarray, rng, ts: float
     return windows, steps, log
 
 
-def score_of(value: float) -> WindowScore:
-    return WindowScore(recon=value / 100, kl=value, channels=tuple(value / 100 + i for i in range(C)))
+def offsets(batches: list[WindowBatch]) -> list[int]:
+    return [o for b in batches for o in b.offsets.tolist()]
+
+
+def scores_of(values) -> WindowScores:
+    """Scores whose kl (the alarm score of SPEC) is ``values``."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    return WindowScores(recon=v / 100, kl=v, channels=v[:, None] / 100 + np.arange(C))
+
+
+def score_all(p: MachinePipeline, batches: list[WindowBatch], value) -> list:
+    """Score every batch with ``value`` (a number, or one per window over all batches); the outputs."""
+    n = sum(len(b) for b in batches)
+    values = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+    outputs, at = [], 0
+    for b in batches:
+        outputs += p.scored(b, scores_of(values[at : at + len(b)])).outputs
+        at += len(b)
+    return outputs
 
 
 def test_windows_are_bit_for_bit_those_of_training(cuts):
@@ -79,46 +97,36 @@ def test_windows_are_bit_for_bit_those_of_training(cuts):
         windows, _, _ = stream_cut(p, f"c{k}", signals, np.random.default_rng(k))
         expected = cut_windows(signals, SPEC.window, SPEC.stable)
         assert len(expected) > 0
-        assert [w.offset for w in windows] == expected.starts.tolist()
-        assert np.array_equal(np.stack([w.data for w in windows]), expected.data)
+        assert offsets(windows) == expected.starts.tolist()
+        assert np.array_equal(np.concatenate([w.data for w in windows]), expected.data)
         assert all(w.cut == f"c{k}" and w.machine == "m1" for w in windows)
-        assert [w.ts for w in windows] == [1000.0 + s / SAMPLE_RATE_HZ for s in expected.starts]
-        for w in windows:
-            p.scored(w, score_of(0.1))
-
-
-def test_each_window_names_exactly_the_messages_that_carried_it(cuts):
-    p = MachinePipeline("m1", SPEC)
-    windows, _, log = stream_cut(p, "c0", cuts[1], np.random.default_rng(7))
-    assert windows
-    for w in windows:
-        a, b = w.offset, w.offset + SPEC.window.length
-        expected = sorted({mid for _, s, e, mid in log if s < b and e > a})
-        assert list(w.message_ids) == expected
-        assert {c for c, s, e, mid in log if mid in w.message_ids} == set(range(C))
+        assert [t for w in windows for t in w.ts.tolist()] == [1000.0 + s / SAMPLE_RATE_HZ for s in expected.starts]
+        score_all(p, windows, 0.1)
+        assert p.outstanding_windows == 0
 
 
 def test_results_summary_and_order(cuts):
     p = MachinePipeline("m1", SPEC)
     signals = cuts[0]
     windows, steps, _ = stream_cut(p, "c0", signals, np.random.default_rng(1))
+    n = sum(len(w) for w in windows)
     assert all(not s.outputs for s in steps)  # the summary waits for the cut's windows
-    assert p.outstanding_windows == len(windows)
+    assert p.outstanding_windows == n and len(windows) > 1
     with pytest.raises(RuntimeError, match="scores must come back in window order"):
-        p.scored(windows[1], score_of(0.1))
-    values = np.linspace(0.1, 0.9, len(windows))
-    outputs = []
-    for w, v in zip(windows, values):
-        outputs += p.scored(w, score_of(float(v))).outputs
+        p.scored(windows[1], scores_of(np.full(len(windows[1]), 0.1)))
+    with pytest.raises(RuntimeError, match="scores must come back in window order"):
+        p.scored(windows[0].split(1)[1], scores_of(np.full(len(windows[0]) - 1, 0.1)))  # skips one
+    values = np.linspace(0.1, 0.9, n)
+    outputs = score_all(p, windows, values)
     scores = [o.message for o in outputs if isinstance(o.message, ScoreMessage)]
-    assert [s.offset for s in scores] == [w.offset for w in windows]
+    assert [s.offset for s in scores] == offsets(windows)
     first = scores[0]
     assert (first.cut, first.score, first.kl, first.level, first.model) == ("c0", 0.1, 0.1, "normal", "m0")
     assert first.channels == {c: 0.001 + i for i, c in enumerate(CHANNELS)}
     summary = outputs[-1].message
-    assert isinstance(summary, SummaryMessage) and len(outputs) == len(windows) + 1
+    assert isinstance(summary, SummaryMessage) and len(outputs) == n + 1
     expected = cut_windows(signals, SPEC.window, SPEC.stable)
-    assert summary.windows == len(windows) and summary.skipped == 0 and summary.level == "normal"
+    assert summary.windows == n and summary.skipped == 0 and summary.level == "normal"
     assert summary.stable[0] == expected.starts[0]
     assert summary.stable[1] >= expected.starts[-1] + SPEC.window.length - 1
     assert summary.score_median == pytest.approx(float(np.median(values)))
@@ -129,15 +137,17 @@ def test_alarm_raises_once_and_levels_follow(cuts):
     p = MachinePipeline("m1", SPEC)
     windows, _, _ = stream_cut(p, "c0", cuts[0], np.random.default_rng(2))
     outputs = []
-    for w in windows:
-        step = p.scored(w, score_of(5.0))
+    # one window at a time, so each step's alarm_changed speaks of one window
+    for w in (part for b in windows for part in (b.split(i)[1].split(1)[0] for i in range(len(b)))):
+        step = p.scored(w, scores_of([5.0]))
         outputs += step.outputs
         assert step.alarm_changed == any(isinstance(o.message, AlarmMessage) for o in step.outputs)
+        assert step.alarm_changed == any(e.name == "alarm" and e.level == "warning" for e in step.events)
     alarms = [o.message for o in outputs if isinstance(o.message, AlarmMessage)]
     assert len(alarms) == 1
     a = alarms[0]
     assert (a.machine, a.state, a.cut, a.score, a.threshold, a.model) == ("m1", "alarm", "c0", 5.0, 2.0, "m0")
-    assert a.since == windows[2].ts  # the third window above the threshold (k = 3)
+    assert a.since == [t for w in windows for t in w.ts.tolist()][2]  # the third window above the threshold (k = 3)
     levels = [o.message.level for o in outputs if isinstance(o.message, ScoreMessage)]
     assert levels[:3] == ["normal", "normal", "alarm"] and set(levels[3:]) == {"alarm"}
     assert outputs[-1].message.level == "alarm"
@@ -149,9 +159,7 @@ def test_reset_waits_for_windows_being_scored(cuts):
     assert windows
     step = p.handle(Command("reset", "ann"), now=5000.0)
     assert step.outputs == [] and p.state == Level.ALARM  # the old tool's windows come first
-    outputs = []
-    for w in windows:
-        outputs += p.scored(w, score_of(5.0)).outputs
+    outputs = score_all(p, windows, 5.0)
     last = outputs[-1].message
     assert isinstance(last, AlarmMessage)
     assert (last.state, last.since, last.cut, last.score, last.threshold) == ("normal", 5000.0, None, None, None)
@@ -164,7 +172,7 @@ def test_restored_alarm_is_not_announced_again(cuts):
     tracker = AlarmTracker.from_dict(SPEC.policy, SPEC.thresholds, {"state": "alarm", "since": 1.0, "cut": "old"})
     p = MachinePipeline("m1", SPEC, tracker)
     windows, _, _ = stream_cut(p, "c0", cuts[0], np.random.default_rng(4))
-    outputs = [o for w in windows for o in p.scored(w, score_of(0.1)).outputs]
+    outputs = score_all(p, windows, 0.1)
     assert not any(isinstance(o.message, AlarmMessage) for o in outputs)
     assert outputs[-1].message.level == "alarm"  # wear does not heal
 
@@ -180,17 +188,18 @@ def test_gap_skips_windows_and_is_reported(cuts):
     )
     gap = sum(s.gap_samples for s in steps)
     assert gap > 0
-    starts = [w.offset for w in windows]
+    starts = offsets(windows)
     assert set(starts) < set(expected.starts.tolist())  # fewer windows, and only training's ones
-    holes = [(s, e) for c, s, e, _ in log if c == 2]
+    holes = [(s, e) for c, s, e in log if c == 2]
     covered = np.zeros(signals.shape[0], bool)
     for s, e in holes:
         covered[s:e] = True
     for w in windows:  # no window spans a lost row, and its data is the cut's own
-        assert covered[w.offset : w.offset + 64].all()
-        assert np.array_equal(w.data, signals[w.offset : w.offset + 64])
-    assert any(name == "gap" for s in steps for name, _ in s.events)
-    outputs = [o for w in windows for o in p.scored(w, score_of(0.1)).outputs]
+        for offset, data in zip(w.offsets.tolist(), w.data):
+            assert covered[offset : offset + 64].all()
+            assert np.array_equal(data, signals[offset : offset + 64])
+    assert any(e.name == "gap" and e.level == "warning" for s in steps for e in s.events)
+    outputs = score_all(p, windows, 0.1)
     assert outputs[-1].message.skipped == (~covered).sum()
 
 
@@ -198,13 +207,13 @@ def test_start_closes_an_open_cut_and_summarises_it(cuts):
     p = MachinePipeline("m1", SPEC)
     windows, _, _ = stream_cut(p, "a", cuts[0], np.random.default_rng(6), end=False)
     step = p.handle(CutStart("b", 2000.0, SAMPLE_RATE_HZ))
-    assert [name for name, _ in step.events] == ["cut_end", "cut_start"]
-    assert step.events[0][1]["aborted"] is True
+    assert [e.name for e in step.events] == ["cut_end", "cut_start"]
+    assert step.events[0].fields["aborted"] is True and step.events[0].level == "warning"
     more = step.windows  # the lookahead: windows decided only now the cut closed
-    outputs = [o for w in windows + more for o in p.scored(w, score_of(0.1)).outputs]
+    outputs = score_all(p, windows + more, 0.1)
     summary = outputs[-1].message
     assert isinstance(summary, SummaryMessage) and summary.cut == "a"
-    assert summary.windows == len(windows) + len(more)
+    assert summary.windows == sum(len(w) for w in windows + more)
     assert p.stream.current.cut == "b"
 
 
@@ -223,7 +232,7 @@ def test_rejections_leave_the_pipeline_unchanged(cuts):
     # the same cut streamed by a clean pipeline gives the same windows
     q = MachinePipeline("m1", SPEC)
     again, _, _ = stream_cut(q, "x", cuts[0], np.random.default_rng(8))
-    assert [w.offset for w in windows] == [w.offset for w in again]
+    assert offsets(windows) == offsets(again)
 
 
 def test_duplicates_are_counted_not_windowed(cuts):
@@ -233,12 +242,12 @@ def test_duplicates_are_counted_not_windowed(cuts):
     windows, dup = [], 0
     for c, off, samples in chunks(signals, np.random.default_rng(9)):
         for _ in range(2):  # every chunk delivered twice (QoS 1)
-            s = p.handle(SignalChunk("d", off, samples), channel=CHANNELS[c], mid=off)
+            s = p.handle(SignalChunk("d", off, samples), channel=CHANNELS[c])
             windows += s.windows
             dup += s.duplicate_samples
     windows += p.handle(CutEnd("d", 36.0, signals.shape[0])).windows
     assert dup == signals.size
-    assert [w.offset for w in windows] == cut_windows(signals, SPEC.window, SPEC.stable).starts.tolist()
+    assert offsets(windows) == cut_windows(signals, SPEC.window, SPEC.stable).starts.tolist()
 
 
 def test_windows_carry_their_cut_regime(cuts):

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from edge_monitor.model.device import DeviceError, select_device
 from edge_monitor.model.scaling import MinMaxScaler
-from edge_monitor.model.scorer import WindowScorer, WindowScores
+from edge_monitor.core.scores import WindowScores
+from edge_monitor.model.scorer import WindowScorer
 from edge_monitor.model.vae import VAEHyperParams, build_beta_vae, kl_divergence, load_vae
 
 WINDOW, CHANNELS = 16, 6
@@ -184,11 +185,11 @@ def test_scorer_scales_raw_windows(model):
     scaler = MinMaxScaler(np.linspace(-1, 0, CHANNELS), np.linspace(1, 5, CHANNELS))
     scorer = WindowScorer(model, scaler)
     raw = windows(4) * 3 - 1
-    assert np.array_equal(scorer.score(raw).kl, scorer.score_scaled(scaler.transform(raw)).kl)
+    assert np.array_equal(scorer.raw_scores(raw).kl, scorer.score_scaled(scaler.transform(raw)).kl)
 
 
 def test_scorer_empty_and_bad_shapes(scorer):
-    empty = scorer.score(np.empty((0, WINDOW, CHANNELS)))
+    empty = scorer.raw_scores(np.empty((0, WINDOW, CHANNELS)))
     assert isinstance(empty, WindowScores) and len(empty) == 0
     assert empty.recon.shape == empty.kl.shape == (0,) and empty.channels.shape == (0, CHANNELS)
     with pytest.raises(ValueError, match=r"windows must have shape \(n, 16, 6\), got \(2, 32, 6\)"):

@@ -23,7 +23,7 @@ import numpy as np
 
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.model.bundle import BundleMeta, Thresholds, load_bundle
-from edge_monitor.model.scorer import WindowScores
+from edge_monitor.core.scores import WindowScores
 from .wear import CLASS_NAMES, DEGRADED, FAILED
 
 from .dataset import WindowSet, prepare_windows
@@ -142,8 +142,9 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     out = Path(out_dir) if out_dir else default_out_dir(bundle_path, archive_path, archive.sha256)
     out.mkdir(parents=True, exist_ok=True)
 
-    raw = bundle.scorer().score(ws.data)
-    scores = meta.calibration.apply(raw, ws.regimes)
+    scorer = bundle.scorer()
+    scores = scorer.score(ws.data, ws.regimes)
+    raw = scorer.raw_scores(ws.data)  # the method's uncalibrated figures, for comparison
     chosen = scores.subset(idx)
     labels = ws.labels[idx]
     thresholds = meta.thresholds

@@ -122,7 +122,7 @@ def train_model(
     )
     val_loss = np.asarray(history.history["val_loss"], dtype=float)
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else len(val_loss) - 1
-    healthy_scores = WindowScorer(model, scaler).score_scaled(x_train)
+    healthy_scores = WindowScorer(model, scaler).score_scaled(x_train)  # raw: what calibration is fitted on
     return TrainedModel(
         model=model,
         scaler=scaler,
@@ -158,8 +158,9 @@ def validation_report(trained: TrainedModel, ws: WindowSet, split: Split):
     from .thresholds import choose_thresholds
 
     chosen = threshold_windows(ws, split)
-    raw = WindowScorer(trained.model, trained.scaler).score(ws.data[chosen])
-    scores = trained.calibration.apply(raw, ws.regimes[chosen])
+    scorer = WindowScorer(trained.model, trained.scaler, trained.calibration)
+    scores = scorer.score(ws.data[chosen], ws.regimes[chosen])
+    raw = scorer.raw_scores(ws.data[chosen])  # the method's figures, for comparison
     labels = ws.labels[chosen]
     val = np.isin(chosen, split.val)
     metrics = {

@@ -12,7 +12,7 @@ whole evaluation. Windows with a negative label (unlabelled cuts) are left out.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -20,8 +20,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from edge_monitor.core.channels import MATERIALS
 from .wear import FAILED
 
-if TYPE_CHECKING:  # the scorer pulls in Keras; these functions only need ``.score(name)``
-    from edge_monitor.model.scorer import WindowScores
+from edge_monitor.core.scores import WindowScores
 
 SCORE_NAMES: tuple[str, ...] = ("kl", "recon")
 PARAMS: tuple[str, ...] = ("doc", "feed", "material")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,9 +22,8 @@ from .wear import CLASS_NAMES, FAILED
 
 from .metrics import SCORE_NAMES, labelled_scores, pr_auc, roc_auc
 
-if TYPE_CHECKING:
-    from edge_monitor.model.bundle import Thresholds
-    from edge_monitor.model.scorer import WindowScores
+from edge_monitor.core.alarm import Thresholds
+from edge_monitor.core.scores import WindowScores
 
 CLASS_COLOURS = ("tab:green", "tab:orange", "tab:red")
 SCORE_LABELS = {"kl": "KL divergence (latent)", "recon": "reconstruction MSE (input)"}

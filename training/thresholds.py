@@ -25,18 +25,16 @@ every validation window and new data gets a margin on both sides.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from edge_monitor.model.bundle import Thresholds
+from edge_monitor.core.alarm import Thresholds
 from .wear import DEGRADED, FAILED, HEALTHY
 
 from .metrics import SCORE_NAMES, labelled_scores, pr_auc
 
-if TYPE_CHECKING:
-    from edge_monitor.model.scorer import WindowScores
+from edge_monitor.core.scores import WindowScores
 
 DEFAULT_SCORE = "kl"
 ALARM_FALLBACK_PERCENTILE = 99.5

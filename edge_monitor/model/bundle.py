@@ -97,7 +97,7 @@ class ModelBundle:
     def scorer(self, batch_size: int = 1024) -> WindowScorer:
         """The bundle's scorer (one per batch size, so its compiled function is reused)."""
         if batch_size not in self._scorers:
-            self._scorers[batch_size] = WindowScorer(self.model, self.meta.scaler, batch_size)
+            self._scorers[batch_size] = WindowScorer(self.model, self.meta.scaler, self.meta.calibration, batch_size)
         return self._scorers[batch_size]
 
 

@@ -1,26 +1,39 @@
 """Deterministic window scores from a trained β-VAE, through one compiled inference function.
 
+:meth:`WindowScorer.score` is the one scoring call of the product: raw signal windows and their
+operating regimes in, calibrated scores out (scale with the bundle's scaler, infer, divide by the
+healthy reference of the regime). ``fit``, ``evaluate`` and the daemon all call it, so the daemon
+scores exactly as training evaluates by construction. :meth:`WindowScorer.raw_scores` stops before
+the calibration: what the calibration is fitted on, and the method's uncalibrated figures.
+
 Scores use the coding mean μ, never a sample, so the same window always gets the same scores:
 training's evaluation and the live daemon agree, and a save/load round trip changes nothing.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ..core.calibration import ScoreCalibration
+from ..core.scores import WindowScores
 from .scaling import MinMaxScaler
-from ..core.scores import SCORE_NAMES, WindowScores
 from .vae import kl_divergence
-
-__all__ = ["SCORE_NAMES", "WindowScorer", "WindowScores"]
 
 
 class WindowScorer:
     """Scores (n, W, C) windows with ``model``'s "encoder" and "decoder" sub-models."""
 
-    def __init__(self, model: keras.Model, scaler: MinMaxScaler, batch_size: int = 1024) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        scaler: MinMaxScaler,
+        calibration: ScoreCalibration | None = None,
+        batch_size: int = 1024,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         try:
@@ -33,6 +46,7 @@ class WindowScorer:
                 f"scaler has {len(scaler.minimum)} channels but the model takes {self.n_channels}"
             )
         self.scaler = scaler
+        self.calibration = calibration  # None only while training, before it is fitted
         self.batch_size = int(batch_size)
 
         # One signature with a free batch dimension: traced once, whatever the batch sizes.
@@ -52,8 +66,15 @@ class WindowScorer:
         """How many times the inference function was traced (1 after the first batch)."""
         return int(self._infer.experimental_get_tracing_count())
 
-    def score(self, raw_windows: np.ndarray) -> WindowScores:
-        """Scale raw (n, W, C) signal windows with the bundle's scaler, then score them."""
+    def score(self, raw_windows: np.ndarray, regimes: Sequence[str] | str) -> WindowScores:
+        """Calibrated scores of raw (n, W, C) signal windows; ``regimes`` is each window's operating
+        regime (``calibration.regime_key``), or one for all of them."""
+        if self.calibration is None:
+            raise ValueError("this scorer has no calibration yet: use raw_scores, or fit the calibration first")
+        return self.calibration.apply(self.raw_scores(raw_windows), regimes)
+
+    def raw_scores(self, raw_windows: np.ndarray) -> WindowScores:
+        """Uncalibrated scores: raw windows scaled with the bundle's scaler, then scored."""
         raw = np.asarray(raw_windows)
         self._check_shape(raw)
         return self.score_scaled(self.scaler.transform(raw))

@@ -1,0 +1,42 @@
+"""The outbox: every output published where it belongs, with its QoS and retain flag.
+
+A message names its topic leaf and whether it is retained (``core/outbound.py``); the QoS of each
+leaf is configured under the same name (``qos:`` in ``config.yaml``). Rejected inputs are echoed
+on the errors topic at most ``errors.max_per_second`` (after a burst): a flood of bad input is
+counted and logged, but does not flood MQTT.
+"""
+
+from __future__ import annotations
+
+import time
+
+import paho.mqtt.client as paho
+
+from ..core.outbound import ErrorMessage, StatusMessage, encode
+from ..core.pipeline import Output
+from ..core.ratelimit import TokenBucket
+from ..core.topics import Topics
+from .config import ErrorsRate, OutputQos
+
+
+class Outbox:
+    def __init__(self, client: paho.Client, topics: Topics, qos: OutputQos, errors: ErrorsRate) -> None:
+        self.client, self.topics, self.qos = client, topics, qos
+        self._errors = TokenBucket(errors.max_per_second, errors.burst)
+
+    def publish(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            m = out.message
+            self.client.publish(self.topics.machine(out.machine, m.leaf), encode(m),
+                                qos=getattr(self.qos, m.leaf), retain=m.retain)
+
+    def status(self, message: StatusMessage) -> paho.MQTTMessageInfo:
+        return self.client.publish(self.topics.status, encode(message), qos=self.qos.status, retain=message.retain)
+
+    def error(self, topic: str, reason: str) -> bool:
+        """Echo a rejected input on the errors topic unless the rate limit holds it back (False)."""
+        if not self._errors.allow(time.monotonic()):
+            return False
+        message = ErrorMessage(topic=topic, reason=reason, ts=time.time())
+        self.client.publish(self.topics.errors, encode(message), qos=0)
+        return True

@@ -1,0 +1,38 @@
+"""What the monitor reports about itself: counters (in the status message and the log) and the
+one-line ``STATUS=`` text that ``systemctl status`` shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass
+class Counters:
+    """Monotonic since the monitor came online; published in the status message."""
+
+    messages_in: int = 0
+    windows_scored: int = 0
+    rejected: int = 0
+    gap_samples: int = 0
+    duplicate_samples: int = 0
+    batches: int = 0
+    errors_suppressed: int = 0  # rejections logged but not echoed (errors topic rate limit)
+
+
+def status_text(connected: bool, machines: int, counters: Counters, states: Mapping[str, str],
+                latency_p50: float | None = None) -> str:
+    """One line: connection, counters, machines not normal, latency."""
+    c = counters
+    parts = [
+        f"broker {'connected' if connected else 'disconnected'}",
+        f"{machines} machines seen, {c.messages_in} messages, {c.windows_scored} windows scored, "
+        f"{c.rejected} rejected",
+    ]
+    for level in ("alarm", "warning"):
+        names = sorted(m for m, s in states.items() if s == level)
+        if names:
+            parts.append(f"{level}: {', '.join(names)}")
+    if latency_p50 is not None:
+        parts.append(f"latency p50 {latency_p50:g} ms")
+    return "; ".join(parts)
