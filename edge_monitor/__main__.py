@@ -17,7 +17,7 @@ EXIT_STARTUP = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .archive.replay import add_replay_arguments
+    from .archive.replay_cli import add_replay_arguments
 
     parser = argparse.ArgumentParser(
         prog="edge-monitor",
@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .archive.replay import run_replay
+    from .archive.replay_cli import run_replay
 
     return run_replay(args)
 

@@ -22,7 +22,7 @@ from edge_monitor.service.mqtt import (
     parse_address,
     read_password,
 )
-from edge_monitor.archive.replay import Publisher
+from edge_monitor.archive.publisher import Publisher
 
 pytestmark = pytest.mark.timeout(60)
 

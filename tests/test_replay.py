@@ -18,19 +18,9 @@ from edge_monitor.archive.mill import read_archive
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk, parse_message
-from edge_monitor.archive.replay import (
-    Progress,
-    Publisher,
-    ReplayJob,
-    add_replay_arguments,
-    cut_messages,
-    load_replay_archive,
-    machine_ids,
-    plan_machines,
-    replay,
-    replay_cuts,
-    run_replay,
-)
+from edge_monitor.archive.publisher import Publisher
+from edge_monitor.archive.replay import ReplayJob, cut_messages, machine_ids, plan_machines, replay, replay_cuts
+from edge_monitor.archive.replay_cli import Progress, add_replay_arguments, load_replay_archive, run_replay
 from edge_monitor.archive.synthetic import write_synthetic
 
 pytestmark = pytest.mark.timeout(60)

@@ -18,42 +18,32 @@ acknowledges), then the cut end with the sample count. Every message is QoS 1 an
 speed and nothing is lost while the broker is briefly away (paho resends after reconnecting).
 
 For tests: :func:`cut_messages` gives the exact messages of one cut (to corrupt or interleave),
-:class:`Publisher` publishes any messages with the same flow control, and :func:`replay_cuts`
-replays given cuts for one machine.
+:class:`~edge_monitor.archive.publisher.Publisher` publishes any messages with the same flow
+control, and :func:`replay_cuts` replays given cuts for one machine. The command line is in
+:mod:`.replay_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import itertools
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence, TextIO
+from typing import Callable, Iterator, Mapping, Sequence
 
 import paho.mqtt.client as paho
 
-from .mill import Archive, ArchiveError, Cut, read_archive
 from ..core.channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
-from ..service.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client, parse_address
 from ..core.inbound import DEFAULT_LIMITS, Command, CutEnd, CutParams, CutStart, SignalChunk
 from ..core.outbound import encode
 from ..core.topics import cmd_topic, cut_topic, signal_topic, validate_root
-
-DEFAULT_ARCHIVE = Path("data/synthetic-mill.mat")
+from ..service.mqtt import BrokerSettings, connect, disconnect, make_client
+from .mill import Archive, Cut
+from .publisher import MAX_UNACKED, Message, Publisher
 DEFAULT_CHUNK = 250  # samples: 1 s of signal at 250 Hz
-MAX_UNACKED = 100  # QoS 1 messages published and not yet acknowledged
 RESET_BY = "replay"
 
-Message = tuple[str, bytes]  # (topic, payload)
-
-
-class PublishError(RuntimeError):
-    """A message could not be handed to the MQTT client."""
 
 
 def machine_ids(n: int) -> list[str]:
@@ -98,79 +88,6 @@ def cut_messages(
 
 def reset_message(root: str, machine: str, by: str = RESET_BY) -> Message:
     return cmd_topic(root, machine), encode(Command("reset", by))
-
-
-# ------------------------------------------------------------------------------ flow control
-
-
-class Publisher:
-    """Publishes QoS 1 (or 2) messages on ``client`` with at most ``max_unacked`` waiting for the
-    broker's acknowledgement; :meth:`publish` blocks while that many are pending.
-
-    It owns the client's ``on_publish`` callback: publish on this client only through it."""
-
-    def __init__(self, client: paho.Client, max_unacked: int = MAX_UNACKED) -> None:
-        if max_unacked < 1:
-            raise ValueError("max_unacked must be at least 1")
-        self.client = client
-        self.max_unacked = max_unacked
-        self.published = 0
-        self.refused = 0  # acknowledged with a failure reason code (e.g. not authorised)
-        self.last_refusal: str | None = None
-        self._cond = threading.Condition()
-        self._pending: set[int] = set()
-        self._early: set[int] = set()  # acknowledged before publish() had recorded the mid
-        client.on_publish = self._on_publish
-
-    @property
-    def unacked(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Publish once fewer than ``max_unacked`` messages are pending; returns the message id.
-        While the connection is down the message waits in paho and is sent after reconnecting."""
-        if qos not in (1, 2):
-            raise ValueError("Publisher is for QoS 1 or 2 (it waits for acknowledgements); use client.publish for QoS 0")
-        with self._cond:
-            while len(self._pending) >= self.max_unacked:
-                self._cond.wait(0.5)
-        info = self.client.publish(topic, payload, qos, retain)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: queued for later
-            raise PublishError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
-        with self._cond:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-            else:
-                self._pending.add(info.mid)
-            self.published += 1
-        return info.mid
-
-    def publish_all(self, messages: Sequence[Message], qos: int = 1) -> None:
-        for topic, payload in messages:
-            self.publish(topic, payload, qos)
-
-    def wait_all(self, timeout: float | None = None) -> bool:
-        """Wait until every published message is acknowledged; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(0.5 if left is None else min(0.5, left))
-        return True
-
-    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
-        with self._cond:
-            if mid in self._pending:
-                self._pending.discard(mid)
-            else:
-                self._early.add(mid)
-            if reason is not None and reason.is_failure:
-                self.refused += 1
-                self.last_refusal = str(reason)
-            self._cond.notify_all()
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -368,164 +285,3 @@ def replay_cuts(
     return replay(Publisher(target, max_unacked), root, {machine: jobs}, speed=speed, chunk=chunk)
 
 
-# ------------------------------------------------------------------------------------ progress
-
-
-class Progress:
-    """One line per machine, redrawn in place on a terminal; plain lines (one per finished cut)
-    otherwise."""
-
-    def __init__(self, out: TextIO, tty: bool | None = None, interval: float = 0.25) -> None:
-        self.out = out
-        self.tty = out.isatty() if tty is None else tty
-        self.interval = interval
-        self._drawn = 0
-        self._last = 0.0
-        self.stats: ReplayStats | None = None  # the latest, also when the replay was interrupted
-
-    def __call__(self, event: ReplayEvent, stats: ReplayStats) -> None:
-        self.stats = stats
-        if not self.tty:
-            if event.kind == "end":
-                m = stats.machines[event.machine]
-                self.out.write(
-                    f"{m.machine}: cut {event.cut_id} done (case {event.job.case}, "
-                    f"{m.cuts_done} cuts, {m.messages} messages)\n"
-                )
-                self.out.flush()
-            return
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self.draw(stats)
-            self._last = now
-
-    def draw(self, stats: ReplayStats) -> None:
-        if not self.tty:
-            return
-        lines = [self._line(m) for m in stats.machines.values()]
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-        self.out.flush()
-        self._drawn = len(lines)
-
-    @staticmethod
-    def _line(m: MachineProgress) -> str:
-        if m.cut is None:
-            return f"{m.machine}  waiting"
-        frac = m.samples_sent / m.cut_samples if m.cut_samples else 0.0
-        bar = "#" * round(20 * frac)
-        state = "done" if m.finished else f"[{bar:<20}] {100 * frac:3.0f}%"
-        return f"{m.machine}  case {m.case:>2}  cut {m.cut:<14} {state}  cuts {m.cuts_done}  messages {m.messages}"
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--archive", type=Path, default=None,
-        help=f"the archive (mill.mat layout); default {DEFAULT_ARCHIVE}, synthesised if missing",
-    )
-    parser.add_argument("--broker", default="localhost:1883", help="HOST:PORT of the MQTT broker (default %(default)s)")
-    parser.add_argument("--machines", type=int, default=2, help="virtual machines publishing in parallel (default %(default)s)")
-    parser.add_argument(
-        "--speed", type=float, default=1.0,
-        help="real time times X (default %(default)s); 0 = as fast as the broker acknowledges",
-    )
-    parser.add_argument("--cases", default=None, help="comma-separated cases to replay, e.g. 1,13 (default: all)")
-    parser.add_argument("--loop", action="store_true", help="start over when done, until interrupted")
-    parser.add_argument("--root", default="mill", help="topic root R (default %(default)s)")
-    parser.add_argument(
-        "--chunk", type=int, default=DEFAULT_CHUNK,
-        help="samples per signal message (default %(default)s = 1 s at 250 Hz)",
-    )
-    parser.add_argument("--username", default=None, help="broker user (a broker without anonymous access)")
-    parser.add_argument(
-        "--password-file", type=Path, default=None, help="file whose first line is that user's password"
-    )
-    parser.add_argument("--cafile", type=Path, default=None, help="CA certificate: connect with TLS")
-
-
-def parse_cases(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        cases = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--cases: expected comma-separated case numbers like 1,13, got {text!r}") from None
-    if not cases:
-        raise ValueError("--cases: no case given")
-    return list(dict.fromkeys(cases))  # keep the order given, drop repeats
-
-
-def load_replay_archive(path: Path | None, out: TextIO) -> Archive:
-    if path is None:
-        path = DEFAULT_ARCHIVE
-        if not path.exists():
-            from .synthetic import write_synthetic
-
-            out.write(f"no --archive given and {path} does not exist: writing the synthetic archive there\n")
-            write_synthetic(path)
-    return read_archive(path)
-
-
-def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """The ``replay`` command; returns the exit code (0 done, 1 error, 130 interrupted)."""
-    out = out or sys.stdout
-    try:
-        host, port = parse_address(args.broker)
-        cases = parse_cases(args.cases)
-        validate_root(args.root)
-        if not args.speed >= 0:
-            raise ValueError(f"--speed must be 0 (as fast as possible) or positive, got {args.speed}")
-        if not 1 <= args.chunk <= DEFAULT_LIMITS.max_chunk:
-            raise ValueError(f"--chunk must be 1-{DEFAULT_LIMITS.max_chunk} samples, got {args.chunk}")
-        archive = load_replay_archive(args.archive, out)
-        plan = plan_machines(archive, args.machines, cases)
-    except (ValueError, ArchiveError, OSError) as exc:
-        print(f"replay: {exc}", file=sys.stderr)
-        return 1
-    if archive.dropped:
-        out.write(f"{archive.path}: {len(archive.dropped)} corrupt cut(s) left out: " +
-                  "; ".join(str(d) for d in archive.dropped) + "\n")
-    for machine, jobs in plan.items():
-        cases_of = list(dict.fromkeys(job.case for job in jobs))
-        out.write(f"{machine}: {len(jobs)} cuts of case(s) {', '.join(map(str, cases_of))}\n")
-
-    settings = BrokerSettings(
-        host=host, port=port, client_id=f"edge-monitor-replay-{os.getpid()}",
-        username=args.username, password_file=args.password_file,
-        tls=TlsSettings(ca=args.cafile) if args.cafile else None,
-    )
-    try:
-        client = make_client(settings, clean_start=True)
-        connect(client)
-    except BrokerError as exc:
-        print(f"replay: {exc}", file=sys.stderr)
-        return 1
-    progress = Progress(out)
-    stop = threading.Event()
-    code = 0
-    try:
-        replay(
-            Publisher(client), args.root, plan, speed=args.speed, chunk=args.chunk, loop=args.loop,
-            stop=stop, on_event=progress,
-        )
-    except KeyboardInterrupt:
-        stop.set()
-        code = 130
-        out.write("interrupted\n")
-    finally:
-        disconnect(client)
-    stats = progress.stats
-    if stats is not None:
-        progress.draw(stats)
-        out.write(
-            f"replayed {stats.cuts} cuts on {len(plan)} machine(s) to {settings.address} under {args.root}/: "
-            f"{stats.chunks} chunks, {stats.samples} samples per channel, {stats.messages} messages "
-            f"in {stats.seconds:.1f} s\n"
-        )
-        if stats.refused:
-            print(f"replay: the broker refused {stats.refused} message(s)", file=sys.stderr)
-            code = 1
-    return code

@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds
 from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import AlarmMessage
-from ..core.topics import ProtocolError, Topics
+from ..core.topics import ProtocolError, Topics, machine_id_problem
 
 STATE_FORMAT = 1
 READBACK_TIMEOUT = 5.0  # seconds to wait for the retained alarms at start
@@ -67,6 +67,10 @@ def restore_alarm_states(
     trackers: dict[str, AlarmTracker] = {}
     republish: list[str] = []
     for machine in sorted(set(saved) | set(retained)):
+        problem = machine_id_problem(machine)
+        if problem:  # e.g. a state file edited by hand: no topic could carry this machine
+            warn("alarm_state_ignored", machine=machine, reason=problem)
+            continue
         if not watches(machine):
             continue
         chosen, stale = choose_alarm_state(saved.get(machine), retained.get(machine))

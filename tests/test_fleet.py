@@ -1,0 +1,70 @@
+"""Which machines a monitor tracks, and the alarm states they resume in after a restart."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+
+from edge_monitor.core.alarm import AlarmPolicy, Level, Thresholds
+from edge_monitor.core.channels import SAMPLE_RATE_HZ
+from edge_monitor.core.fleet import Fleet
+from edge_monitor.core.outbound import AlarmMessage
+from edge_monitor.core.pipeline import PipelineSpec
+from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.windowing import WindowSpec
+from edge_monitor.service.state import restore_alarm_states
+
+SPEC = PipelineSpec(WindowSpec(), StableRegionSpec(), SAMPLE_RATE_HZ, Thresholds(1.0, 2.0), AlarmPolicy(), "m0")
+
+
+def watches(patterns):
+    return lambda machine: any(fnmatch.fnmatchcase(machine, p) for p in patterns)
+
+
+def test_unwatched_machines_are_refused_with_the_key_to_change():
+    fleet = Fleet(SPEC, watches(("mill-*",)), ("mill-*",), max_machines=8)
+    assert fleet.unwatched("mill-1") is None and fleet.refusal("mill-1") is None
+    reason = fleet.refusal("lathe-1")
+    assert reason == fleet.unwatched("lathe-1")
+    assert "unknown machine 'lathe-1'" in reason and "mill-*" in reason and "configuration key machines" in reason
+    assert len(fleet) == 0  # asking creates nothing
+
+
+def test_the_number_of_machines_is_bounded():
+    fleet = Fleet(SPEC, watches(("*",)), ("*",), max_machines=2)
+    a, b = fleet.pipeline("a"), fleet.pipeline("b")
+    assert fleet.pipeline("a") is a and fleet["b"] is b and len(fleet) == 2
+    assert fleet.refusal("a") is None  # tracked machines keep going
+    reason = fleet.refusal("c")
+    assert "too many machines" in reason and "limits.max_machines" in reason and "'c'" in reason
+
+
+def test_restored_states_wait_for_their_machine_and_are_not_lost():
+    fleet = Fleet(SPEC, watches(("*",)), ("*",), max_machines=8)
+    fleet.restore({"a": {"state": "alarm", "since": 5.0}})
+    assert fleet.states() == {"a": "alarm"} and len(fleet) == 0
+    assert fleet.snapshots()["a"]["since"] == 5.0
+    assert fleet.pipeline("a").state == Level.ALARM  # restored when its first input arrives
+    assert fleet.pipeline("b").state == Level.NORMAL
+    assert fleet.states() == {"a": "alarm", "b": "normal"}
+    with pytest.raises(RuntimeError, match="before the first input"):
+        fleet.restore({})
+
+
+def test_restore_skips_what_it_cannot_use_and_names_stale_retained_alarms():
+    warnings = []
+    saved = {
+        "a": {"state": "normal", "since": 9.0},  # a reset the broker never got
+        "b/c": {"state": "alarm"},  # no topic can carry this machine id
+        "lathe": {"state": "alarm"},  # not watched any more
+        "d": {"state": "alarm", "since": "yesterday"},  # malformed
+    }
+    retained = {"a": AlarmMessage("a", "alarm", 5.0, "c1", 3.0, 2.0, "m0"),
+                "e": AlarmMessage("e", "warning", 1.0, "c2", 1.5, 1.0, "m0")}
+    trackers, stale = restore_alarm_states(saved, retained, watches(("a", "b*", "d", "e")), SPEC.policy,
+                                           SPEC.thresholds, lambda event, **fields: warnings.append((event, fields)))
+    assert sorted(trackers) == ["a", "e"]
+    assert trackers["a"].state == Level.NORMAL and trackers["e"].state == Level.WARNING
+    assert stale == ["a"]  # the retained alarm of "a" disagrees with the state it resumes in
+    assert [(e, f["machine"]) for e, f in warnings] == [("alarm_state_ignored", "b/c"), ("alarm_state_ignored", "d")]
