@@ -59,7 +59,7 @@ done
 
 command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found: install the Debian package mosquitto"
 [ -f "$TEMPLATE" ] || die "ACL template $TEMPLATE is missing"
-# The same rules as the monitor (edge_monitor/core/protocol.py): a machine id is one topic level.
+# The same rules as the monitor (edge_monitor/core/topics.py): a machine id is one topic level.
 valid_machine() { [[ $1 =~ ^[A-Za-z0-9_-]{1,64}$ && $1 != _monitor ]]; }
 for m in "${MACHINES[@]}" "${REMOVE[@]}"; do
   valid_machine "$m" || die "machine id '$m' is not 1-64 characters of A-Z a-z 0-9 _ - (and not _monitor)"

@@ -7,9 +7,9 @@ not watch before decoding their payload, parses, and puts a call on the queue (`
 ``Rejected`` or ``Connected`` for the main loop's handlers). The main loop runs the calls in
 arrival order, so each machine's inputs are applied in the order the broker delivered them.
 
-Inputs are acknowledged by paho when the callback returns. Acknowledging after processing (at
-least once across a crash) belongs here: paho's ``manual_ack`` with the message id carried on
-``Received``.
+paho acknowledges each input when its callback returns. Acknowledging only once an input's
+results are published (at least once across a crash) starts here: paho's ``manual_ack``, and the
+message id carried on ``Received`` to the main loop.
 """
 
 from __future__ import annotations
