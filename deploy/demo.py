@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.archive.mill import read_archive
-from edge_monitor.model.bundle import read_bundle_meta
-from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 from edge_monitor.archive.publisher import Publisher
 from edge_monitor.archive.replay import plan_machines, replay
+from edge_monitor.model.bundle import read_bundle_meta
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 HERE = Path(__file__).resolve().parent
 ROOT = "mill"

@@ -15,8 +15,8 @@ import numpy as np
 
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.archive.synthetic import write_synthetic
-from edge_monitor.core.windowing import CutWindower, WindowSpec
 from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.windowing import CutWindower, WindowSpec
 from training.dataset import prepare_windows
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
 from edge_monitor.archive.mill import Archive, read_archive, write_archive
-from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 from edge_monitor.archive.synthetic import synthesize
+from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = (11, 13)
@@ -66,9 +66,9 @@ def model_fixture(tmp_path_factory) -> ModelFixture:
 
 
 def _build(where: Path) -> ModelFixture:
-    from edge_monitor.model.bundle import save_bundle
     from edge_monitor.core.calibration import ScoreCalibration
     from edge_monitor.core.channels import CHANNELS
+    from edge_monitor.model.bundle import save_bundle
     from edge_monitor.model.scorer import WindowScorer
     from edge_monitor.model.vae import VAEHyperParams
     from training.dataset import prepare_windows

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from broker import Broker, free_port
+
 from edge_monitor.service.mqtt import BrokerSettings, TlsSettings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"

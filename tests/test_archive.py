@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import scipy.io
 
-from edge_monitor.archive.mill import ArchiveError, read_archive, records_from_cuts, write_archive
-from edge_monitor.core.channels import CHANNELS
 from edge_monitor.archive.cut_quality import find_corruption
+from edge_monitor.archive.mill import (
+    ArchiveError,
+    read_archive,
+    records_from_cuts,
+    write_archive,
+)
+from edge_monitor.core.channels import CHANNELS
 from training.wear import DEGRADED, FAILED, HEALTHY, interpolate_vb, tool_class
 
 N = 900

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_monitor.core.alarm import AlarmPolicy
-from edge_monitor.service.config import Config, ConfigError, load_config
 from edge_monitor.core.inbound import Limits
+from edge_monitor.service.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_empty_file_gives_defaults_and_relative_paths_follow_the_file(tmp_path):
         ("colour: blue\n", "colour: unknown key; known keys: broker, topic_root"),
         ("alarm:\n  kk: 3\n", "alarm.kk: unknown key (did you mean 'k'?)"),
         ("alarm:\n  k: 0\n", "alarm.k: must be a positive integer, got 0"),
-        ("alarm:\n  k: 6\n", "alarm.k: (6) must not exceed alarm.n (5)"),
+        ("alarm:\n  k: 6\n", "alarm.k: must not exceed alarm.n (5), got 6"),
         ("alarm:\n  auto_clear: sometimes\n", "alarm.auto_clear: must be true or false"),
         ("device: tpu\n", "device: must be one of auto | cpu | gpu, got 'tpu'"),
         ("batching:\n  max_batch: 0\n", "batching.max_batch: must be an integer 1-65536, got 0"),
@@ -79,6 +79,8 @@ def test_empty_file_gives_defaults_and_relative_paths_follow_the_file(tmp_path):
         ("qos:\n  errors: 1\n", "qos.errors: unknown key"),
         ("limits:\n  max_chunk: 0\n", "limits.max_chunk: must be an integer"),
         ("limits:\n  max_lead_seconds: 0\n", "limits.max_lead_seconds: must be a number at least 0.1"),
+        ("limits:\n  max_machines: 100001\n", "limits.max_machines: must be an integer 1-100000, got 100001"),
+        ("broker:\n  reconnect_max_delay: 2\n", "broker.reconnect_max_delay: unknown key"),  # set in Python only
         ("logging:\n  format: xml\n", "logging.format: must be one of auto | json | console, got 'xml'"),
         ("logging:\n  level: loud\n", "logging.level: must be one of debug | info | warning | error"),
         ("topic_root: mill/#\n", "topic_root: topic root 'mill/#' must not contain"),
@@ -154,6 +156,11 @@ def test_overrides_replace_the_file_and_are_validated(tmp_path, monkeypatch):
         assert str(info.value).startswith(message), info.value
     with pytest.raises(ValueError, match="unknown override"):
         load_config(path, {"brokr": "h:1"})
+
+
+def test_limits_are_one_section(tmp_path):
+    config = load_config(write(tmp_path, "limits:\n  max_lead_seconds: 5\n  max_machines: 3\n"))
+    assert config.limits == Limits(max_lead_seconds=5.0, max_machines=3)
 
 
 def test_machine_selection(tmp_path):

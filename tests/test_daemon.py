@@ -14,8 +14,14 @@ import sys
 
 import numpy as np
 import pytest
-
-from daemon_support import REPO, Collector, Daemon, machine_of, model_fixture, replay_cli
+from daemon_support import (
+    REPO,
+    Collector,
+    Daemon,
+    machine_of,
+    model_fixture,
+    replay_cli,
+)
 
 ROOT = "t-daemon"
 INSTANCE = "d1"
@@ -152,7 +158,11 @@ def test_start_up_errors_exit_2_without_traceback(tmp_path, module_broker, model
 
 
 def test_log_format_follows_the_terminal_and_the_service_manager(monkeypatch, tmp_path):
-    from edge_monitor.service.logging import configure_logging, get_logger, resolve_format
+    from edge_monitor.service.logging import (
+        configure_logging,
+        get_logger,
+        resolve_format,
+    )
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

@@ -9,12 +9,12 @@ import json
 
 import numpy as np
 import pytest
-
 from daemon_support import Collector, Daemon, machine_of, model_fixture
-from edge_monitor.core.ratelimit import TokenBucket
-from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
+
 from edge_monitor.archive.publisher import Publisher
 from edge_monitor.archive.replay import cut_messages
+from edge_monitor.core.ratelimit import TokenBucket
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 ROOT = "t-bad"
 INSTANCE = "bad"

@@ -11,14 +11,22 @@ import sys
 import time
 
 import pytest
+from daemon_support import (
+    CASES,
+    REPO,
+    Collector,
+    Daemon,
+    machine_of,
+    model_fixture,
+    replay_cli,
+)
 
-from daemon_support import CASES, REPO, Collector, Daemon, machine_of, model_fixture, replay_cli
-from edge_monitor.service.state import StateFile, choose_alarm_state
-from edge_monitor.service.mqtt import BrokerSettings
+from edge_monitor.archive.replay import replay_cuts
 from edge_monitor.core.inbound import Command
 from edge_monitor.core.outbound import AlarmMessage, encode
-from edge_monitor.core.topics import alarm_topic, cmd_topic
-from edge_monitor.archive.replay import replay_cuts
+from edge_monitor.core.topics import cmd_topic, machine_topic
+from edge_monitor.service.mqtt import BrokerSettings
+from edge_monitor.service.state import StateFile, choose_alarm_state
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +90,7 @@ def test_alarm_survives_restart_and_reset_clears_it(broker, model, tmp_path):
 
         # 2. the broker lost the retained alarm (say, restarted without persistence): the state
         #    file restores the alarm, and the daemon puts the same message back for dashboards
-        pub.client.publish(alarm_topic(root, "mill-02"), b"", qos=1, retain=True).wait_for_publish(5)
+        pub.client.publish(machine_topic(root, "mill-02", "alarm"), b"", qos=1, retain=True).wait_for_publish(5)
         n_alarms = len(collector.on("/alarm"))
         second = start()
         restored = {e["machine"]: e["state"] for e in second.events("alarm_state_restored")}

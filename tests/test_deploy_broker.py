@@ -23,12 +23,19 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-
 from broker import Broker, free_port
 from daemon_support import Collector, Daemon, model_fixture
 from deploy_broker import DEPLOY, PLACEHOLDER, DeployBroker, render
-from edge_monitor.service.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client
+
 from edge_monitor.archive.replay import replay_cuts
+from edge_monitor.service.mqtt import (
+    BrokerError,
+    BrokerSettings,
+    TlsSettings,
+    connect,
+    disconnect,
+    make_client,
+)
 
 ROOT = "mill"
 MACHINES = ("mill-01", "mill-02")

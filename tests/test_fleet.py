@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import replace
 
 import pytest
 
 from edge_monitor.core.alarm import AlarmPolicy, Level, Thresholds
 from edge_monitor.core.channels import SAMPLE_RATE_HZ
 from edge_monitor.core.fleet import Fleet
+from edge_monitor.core.inbound import Limits
 from edge_monitor.core.outbound import AlarmMessage
 from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.stable_region import StableRegionSpec
 from edge_monitor.core.windowing import WindowSpec
 from edge_monitor.service.state import restore_alarm_states
 
-SPEC = PipelineSpec(WindowSpec(), StableRegionSpec(), SAMPLE_RATE_HZ, Thresholds(1.0, 2.0), AlarmPolicy(), "m0")
+SPEC = PipelineSpec(WindowSpec(), StableRegionSpec(), SAMPLE_RATE_HZ, Thresholds(1.0, 2.0), AlarmPolicy(), "m0",
+                    Limits(max_machines=8))
 
 
 def watches(patterns):
@@ -23,25 +26,24 @@ def watches(patterns):
 
 
 def test_unwatched_machines_are_refused_with_the_key_to_change():
-    fleet = Fleet(SPEC, watches(("mill-*",)), ("mill-*",), max_machines=8)
-    assert fleet.unwatched("mill-1") is None and fleet.refusal("mill-1") is None
-    reason = fleet.refusal("lathe-1")
-    assert reason == fleet.unwatched("lathe-1")
+    fleet = Fleet(SPEC, watches(("mill-*",)), ("mill-*",))
+    assert fleet.unwatched("mill-1") is None
+    reason = fleet.unwatched("lathe-1")
     assert "unknown machine 'lathe-1'" in reason and "mill-*" in reason and "configuration key machines" in reason
     assert len(fleet) == 0  # asking creates nothing
 
 
 def test_the_number_of_machines_is_bounded():
-    fleet = Fleet(SPEC, watches(("*",)), ("*",), max_machines=2)
+    fleet = Fleet(replace(SPEC, limits=Limits(max_machines=2)), watches(("*",)), ("*",))
     a, b = fleet.pipeline("a"), fleet.pipeline("b")
     assert fleet.pipeline("a") is a and fleet["b"] is b and len(fleet) == 2
-    assert fleet.refusal("a") is None  # tracked machines keep going
-    reason = fleet.refusal("c")
+    assert fleet.over_limit("a") is None  # tracked machines keep going
+    reason = fleet.over_limit("c")
     assert "too many machines" in reason and "limits.max_machines" in reason and "'c'" in reason
 
 
 def test_restored_states_wait_for_their_machine_and_are_not_lost():
-    fleet = Fleet(SPEC, watches(("*",)), ("*",), max_machines=8)
+    fleet = Fleet(SPEC, watches(("*",)), ("*",))
     fleet.restore({"a": {"state": "alarm", "since": 5.0}})
     assert fleet.states() == {"a": "alarm"} and len(fleet) == 0
     assert fleet.snapshots()["a"]["since"] == 5.0

@@ -7,9 +7,9 @@ import pytest
 
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.core.frames import CutAssembler, MachineStream
-from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk
-from edge_monitor.core.topics import ProtocolError
+from edge_monitor.core.inbound import CutEnd, CutStart, Limits, SignalChunk
 from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.topics import ProtocolError
 from edge_monitor.core.windowing import CutWindower, Windows, WindowSpec, cut_windows
 
 C = len(CHANNELS)
@@ -405,7 +405,7 @@ def test_new_start_closes_the_open_cut():
 
 
 def test_max_lead_follows_the_sample_rate():
-    m = MachineStream(max_lead_seconds=2.0)
+    m = MachineStream(Limits(max_lead_seconds=2.0))
     m.start(start("a", fs=100.0))
     assert m.assembler.max_lead == 200
     r = m.chunk("smcAC", chunk("a", 0, 300))

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from broker import Broker, free_port
 from daemon_support import REPO, model_fixture
+
 from edge_monitor.service.config import load_config
 
 INSTALL = REPO / "deploy" / "install.sh"
@@ -205,7 +205,9 @@ class InstalledBroker(Broker):
 
 
 def test_the_installed_daemon_runs_with_the_installed_broker(installed, ports, tmp_path):
-    from test_systemd import NotifyListener  # the stand-in for systemd's notification socket
+    from test_systemd import (
+        NotifyListener,  # the stand-in for systemd's notification socket
+    )
 
     prefix, _ = installed
     broker = InstalledBroker(tmp_path / "broker", prefix, ports[0]).start()

@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_monitor.archive.synthetic import synthesize
 from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
 from edge_monitor.core.calibration import GLOBAL, regime_key
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
-from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowBatch
-from edge_monitor.core.scores import WindowScores
 from edge_monitor.core.inbound import Command, CutEnd, CutParams, CutStart, SignalChunk
 from edge_monitor.core.outbound import AlarmMessage, ScoreMessage, SummaryMessage
-from edge_monitor.core.topics import ProtocolError
+from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowBatch
+from edge_monitor.core.scores import WindowScores
 from edge_monitor.core.stable_region import StableRegionSpec
-from edge_monitor.archive.synthetic import synthesize
+from edge_monitor.core.topics import ProtocolError
 from edge_monitor.core.windowing import WindowSpec, cut_windows
 
 C = len(CHANNELS)

@@ -12,6 +12,7 @@ import paho.mqtt.client as paho
 import pytest
 from broker import Subscriber, free_port
 
+from edge_monitor.archive.publisher import Publisher
 from edge_monitor.service.mqtt import (
     BrokerError,
     BrokerSettings,
@@ -22,7 +23,6 @@ from edge_monitor.service.mqtt import (
     parse_address,
     read_password,
 )
-from edge_monitor.archive.publisher import Publisher
 
 pytestmark = pytest.mark.timeout(60)
 

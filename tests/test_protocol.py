@@ -101,14 +101,16 @@ def test_topic_builders():
     assert topics.cut_topic(ROOT, "m1") == "mill/m1/cut"
     assert topics.signal_topic(ROOT, "m1", "AE_table") == "mill/m1/signal/AE_table"
     assert topics.cmd_topic(ROOT, "m1") == "mill/m1/cmd"
-    assert topics.score_topic(ROOT, "m1") == "mill/m1/score"
-    assert topics.alarm_topic(ROOT, "m1") == "mill/m1/alarm"
-    assert topics.summary_topic(ROOT, "m1") == "mill/m1/summary"
-    assert topics.status_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/status"
-    assert topics.errors_topic(ROOT, "edge-1") == "mill/_monitor/edge-1/errors"
+    assert topics.machine_topic(ROOT, "m1", "score") == "mill/m1/score"
+    assert topics.monitor_topic(ROOT, "edge-1", "status") == "mill/_monitor/edge-1/status"
     assert topics.alarm_filter(ROOT) == "mill/+/alarm"
+    mine = topics.Topics(ROOT, "edge-1")
+    assert (mine.status, mine.errors, mine.sync) == tuple(f"mill/_monitor/edge-1/{leaf}" for leaf in ("status", "errors", "sync"))
+    assert mine.machine("m1", "summary") == "mill/m1/summary" and mine.alarms == "mill/+/alarm"
+    assert mine.inputs == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "cmd": "mill/+/cmd/#"}
     for bad in (lambda: topics.cut_topic(ROOT, "a/b"), lambda: topics.signal_topic(ROOT, "m1", "x"),
-                lambda: topics.score_topic(ROOT, "_monitor"), lambda: topics.status_topic(ROOT, "a b"),
+                lambda: topics.machine_topic(ROOT, "_monitor", "score"), lambda: topics.Topics(ROOT, "a b"),
+                lambda: topics.Topics(ROOT, "_monitor"), lambda: topics.monitor_topic(ROOT, "a/b", "status"),
                 lambda: topics.cut_topic("mill/", "m1"), lambda: topics.cut_topic("mill/+", "m1"),
                 lambda: topics.cut_topic("", "m1")):
         with pytest.raises(ValueError):
@@ -125,7 +127,7 @@ def test_inbound_filters_catch_inputs_and_wrong_depths_but_not_outputs():
                   "mill/m1/signal", "mill/m1/signal/a/b", "mill/m1/cut/x"):
         assert caught(topic), topic
     for topic in ("mill/m1/score", "mill/m1/alarm", "mill/m1/summary",
-                  topics.status_topic(ROOT, "i"), topics.errors_topic(ROOT, "i"), "other/m1/cut"):
+                  topics.Topics(ROOT, "i").status, topics.Topics(ROOT, "i").errors, "other/m1/cut"):
         assert not caught(topic), topic
 
 
@@ -166,15 +168,22 @@ def test_cut_id_alphabet():
         assert inbound.parse_signal(chunk(cut=good)).cut == good
 
 
-def test_parse_message_routes_by_topic():
-    m = inbound.parse_message(ROOT, "mill/m1/signal/smcDC", chunk())
-    assert m.topic.channel == "smcDC" and isinstance(m.message, inbound.SignalChunk)
-    assert isinstance(inbound.parse_message(ROOT, "mill/m1/cut", end()).message, inbound.CutEnd)
-    assert isinstance(inbound.parse_message(ROOT, "mill/m1/cmd", js({"cmd": "reset", "by": "x"})).message, inbound.Command)
+def parse_message(topic: str, payload: bytes):
+    """What the monitor's inbox does with one input: the topic, then its kind's payload parser."""
+    where = topics.parse_topic(ROOT, topic)
+    return where, inbound.PAYLOAD_PARSERS[where.kind](payload)
+
+
+def test_each_input_kind_has_its_payload_parser():
+    assert set(inbound.PAYLOAD_PARSERS) == set(topics.INBOUND_KINDS)
+    where, message = parse_message("mill/m1/signal/smcDC", chunk())
+    assert where.channel == "smcDC" and isinstance(message, inbound.SignalChunk)
+    assert isinstance(parse_message("mill/m1/cut", end())[1], inbound.CutEnd)
+    assert isinstance(parse_message("mill/m1/cmd", js({"cmd": "reset", "by": "x"}))[1], inbound.Command)
     with pytest.raises(ProtocolError, match="missing key 'event'"):
-        inbound.parse_message(ROOT, "mill/m1/cut", chunk())  # a chunk sent to the cut topic
+        parse_message("mill/m1/cut", chunk())  # a chunk sent to the cut topic
     with pytest.raises(ProtocolError, match="unknown channel"):
-        inbound.parse_message(ROOT, "mill/m1/signal/nope", chunk())
+        parse_message("mill/m1/signal/nope", chunk())
 
 
 def test_inbound_round_trip_is_exact():

@@ -15,13 +15,26 @@ import pytest
 from broker import Subscriber, free_port
 
 from edge_monitor.archive.mill import read_archive
-from edge_monitor.core.channels import CHANNELS
-from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
-from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk, parse_message
 from edge_monitor.archive.publisher import Publisher
-from edge_monitor.archive.replay import ReplayJob, cut_messages, machine_ids, plan_machines, replay, replay_cuts
-from edge_monitor.archive.replay_cli import Progress, add_replay_arguments, load_replay_archive, run_replay
+from edge_monitor.archive.replay import (
+    ReplayJob,
+    cut_messages,
+    machine_ids,
+    plan_machines,
+    replay,
+    replay_cuts,
+)
+from edge_monitor.archive.replay_cli import (
+    Progress,
+    add_replay_arguments,
+    load_replay_archive,
+    run_replay,
+)
 from edge_monitor.archive.synthetic import write_synthetic
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.core.inbound import PAYLOAD_PARSERS, CutEnd, CutStart, SignalChunk
+from edge_monitor.core.topics import parse_topic
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 pytestmark = pytest.mark.timeout(60)
 N_SAMPLES = 4500  # the shortest synthetic cut (18 s): keeps the tests fast
@@ -56,15 +69,15 @@ class Reassembled:
         self.chunks: dict[tuple[str, str, str], list[SignalChunk]] = defaultdict(list)
         self.resets: dict[str, int] = defaultdict(int)
         for m in messages:
-            parsed = parse_message(root, m.topic, m.payload)
-            machine, msg = parsed.topic.machine, parsed.message
+            where = parse_topic(root, m.topic)
+            machine, msg = where.machine, PAYLOAD_PARSERS[where.kind](m.payload)
             if isinstance(msg, CutStart):
                 self.order[machine].append(msg.cut)
                 self.starts[machine, msg.cut].append(msg)
             elif isinstance(msg, CutEnd):
                 self.ends[machine, msg.cut].append(msg)
             elif isinstance(msg, SignalChunk):
-                self.chunks[machine, msg.cut, parsed.topic.channel].append(msg)
+                self.chunks[machine, msg.cut, where.channel].append(msg)
             else:
                 self.resets[machine] += 1
 

@@ -8,11 +8,22 @@ import numpy as np
 import pytest
 import scipy.io
 
-from edge_monitor.archive.mill import read_archive
-from edge_monitor.core.channels import CHANNELS, SCALAR_FIELDS
 from edge_monitor.archive.cut_quality import find_corruption
-from edge_monitor.archive.synthetic import CASES, case_spec, select_runs, synthesize, write_synthetic
-from edge_monitor.archive.truth import CutTruth, read_truth, stable_agreement, truth_path
+from edge_monitor.archive.mill import read_archive
+from edge_monitor.archive.synthetic import (
+    CASES,
+    case_spec,
+    select_runs,
+    synthesize,
+    write_synthetic,
+)
+from edge_monitor.archive.truth import (
+    CutTruth,
+    read_truth,
+    stable_agreement,
+    truth_path,
+)
+from edge_monitor.core.channels import CHANNELS, SCALAR_FIELDS
 from training.wear import FAILED, HEALTHY, interpolate_vb, tool_class
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from daemon_support import Collector, Daemon, model_fixture
+
 from edge_monitor.service import systemd
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from edge_monitor.model.bundle import load_bundle
 from edge_monitor.archive.synthetic import write_synthetic
+from edge_monitor.model.bundle import load_bundle
 from training.__main__ import main
 
 pytestmark = pytest.mark.slow

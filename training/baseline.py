@@ -19,10 +19,9 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .wear import FAILED, HEALTHY
-
 from .dataset import WindowSet
 from .splits import Split
+from .wear import FAILED, HEALTHY
 
 
 def mean_std_features(windows: np.ndarray) -> np.ndarray:

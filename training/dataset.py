@@ -9,8 +9,9 @@ import numpy as np
 from edge_monitor.archive.mill import Archive
 from edge_monitor.core.calibration import regime_key
 from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.windowing import Windows, WindowSpec, cut_windows
+
 from .wear import FAILED, HEALTHY, interpolate_vb, tool_class
-from edge_monitor.core.windowing import WindowSpec, Windows, cut_windows
 
 
 @dataclass

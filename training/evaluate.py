@@ -6,7 +6,7 @@ stable window. Every window of the archive is scored either way, because the tre
 case's whole run sequence (with the evaluated cuts marked) — a test split holds too few cuts per
 case to show a trend on its own.
 
-Scores are calibrated (``edge_monitor/calibration.py``): relative to healthy windows of the same
+Scores are calibrated (``edge_monitor/core/calibration.py``): relative to healthy windows of the same
 depth of cut, feed and material, as the live daemon publishes them. ``metrics.json`` also holds the
 metrics of the raw scores under ``raw``, for comparison with the method's published figures.
 """
@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.archive.mill import read_archive
-from edge_monitor.model.bundle import BundleMeta, Thresholds, load_bundle
 from edge_monitor.core.scores import WindowScores
-from .wear import CLASS_NAMES, DEGRADED, FAILED
+from edge_monitor.model.bundle import BundleMeta, Thresholds, load_bundle
 
 from .dataset import WindowSet, prepare_windows
 from .metrics import SCORE_NAMES, anomaly_metrics, metrics_by_param, param_key
 from .plots import plot_curves, plot_score_distributions, plot_score_trend
 from .splits import make_split
+from .wear import CLASS_NAMES, DEGRADED, FAILED
 
 LEVELS = ("normal", "warning", "alarm")
 

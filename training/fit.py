@@ -17,10 +17,10 @@ import numpy as np
 from edge_monitor.archive.mill import Archive, read_archive
 from edge_monitor.core.calibration import ScoreCalibration
 from edge_monitor.core.channels import CHANNELS
-from edge_monitor.model.scaling import MinMaxScaler
 from edge_monitor.core.stable_region import StableRegionSpec
-from edge_monitor.model.vae import VAEHyperParams
 from edge_monitor.core.windowing import WindowSpec
+from edge_monitor.model.scaling import MinMaxScaler
+from edge_monitor.model.vae import VAEHyperParams
 
 from .dataset import WindowSet, prepare_windows
 from .splits import Split, make_split

@@ -18,9 +18,9 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from edge_monitor.core.channels import MATERIALS
-from .wear import FAILED
-
 from edge_monitor.core.scores import WindowScores
+
+from .wear import FAILED
 
 SCORE_NAMES: tuple[str, ...] = ("kl", "recon")
 PARAMS: tuple[str, ...] = ("doc", "feed", "material")

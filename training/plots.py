@@ -18,12 +18,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .wear import CLASS_NAMES, FAILED
-
-from .metrics import SCORE_NAMES, labelled_scores, pr_auc, roc_auc
-
 from edge_monitor.core.alarm import Thresholds
 from edge_monitor.core.scores import WindowScores
+
+from .metrics import SCORE_NAMES, labelled_scores, pr_auc, roc_auc
+from .wear import CLASS_NAMES, FAILED
 
 CLASS_COLOURS = ("tab:green", "tab:orange", "tab:red")
 SCORE_LABELS = {"kl": "KL divergence (latent)", "recon": "reconstruction MSE (input)"}

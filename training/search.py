@@ -91,8 +91,8 @@ def run_search(
     max_epochs: int = 300,
     batch_size: int = 256,
 ) -> list[dict]:
-    from edge_monitor.model.bundle import save_bundle
     from edge_monitor.core.channels import CHANNELS
+    from edge_monitor.model.bundle import save_bundle
 
     if iterations < 1:
         raise ValueError("--iterations must be at least 1")

@@ -30,11 +30,10 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from edge_monitor.core.alarm import Thresholds
-from .wear import DEGRADED, FAILED, HEALTHY
+from edge_monitor.core.scores import WindowScores
 
 from .metrics import SCORE_NAMES, labelled_scores, pr_auc
-
-from edge_monitor.core.scores import WindowScores
+from .wear import DEGRADED, FAILED, HEALTHY
 
 DEFAULT_SCORE = "kl"
 ALARM_FALLBACK_PERCENTILE = 99.5

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Sequence
 
 import paho.mqtt.client as paho
 
@@ -62,10 +61,6 @@ class Publisher:
                 self._pending.add(info.mid)
             self.published += 1
         return info.mid
-
-    def publish_all(self, messages: Sequence[Message], qos: int = 1) -> None:
-        for topic, payload in messages:
-            self.publish(topic, payload, qos)
 
     def wait_all(self, timeout: float | None = None) -> bool:
         """Wait until every published message is acknowledged; False on timeout."""

@@ -35,15 +35,22 @@ from typing import Callable, Iterator, Mapping, Sequence
 import paho.mqtt.client as paho
 
 from ..core.channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
-from ..core.inbound import DEFAULT_LIMITS, Command, CutEnd, CutParams, CutStart, SignalChunk
+from ..core.inbound import (
+    DEFAULT_LIMITS,
+    Command,
+    CutEnd,
+    CutParams,
+    CutStart,
+    SignalChunk,
+)
 from ..core.outbound import encode
 from ..core.topics import cmd_topic, cut_topic, signal_topic, validate_root
 from ..service.mqtt import BrokerSettings, connect, disconnect, make_client
 from .mill import Archive, Cut
 from .publisher import MAX_UNACKED, Message, Publisher
+
 DEFAULT_CHUNK = 250  # samples: 1 s of signal at 250 Hz
 RESET_BY = "replay"
-
 
 
 def machine_ids(n: int) -> list[str]:

@@ -12,10 +12,25 @@ from typing import TextIO
 
 from ..core.inbound import DEFAULT_LIMITS
 from ..core.topics import validate_root
-from ..service.mqtt import BrokerError, BrokerSettings, TlsSettings, connect, disconnect, make_client, parse_address
+from ..service.mqtt import (
+    BrokerError,
+    BrokerSettings,
+    TlsSettings,
+    connect,
+    disconnect,
+    make_client,
+    parse_address,
+)
 from .mill import Archive, ArchiveError, read_archive
 from .publisher import Publisher
-from .replay import DEFAULT_CHUNK, MachineProgress, ReplayEvent, ReplayStats, plan_machines, replay
+from .replay import (
+    DEFAULT_CHUNK,
+    MachineProgress,
+    ReplayEvent,
+    ReplayStats,
+    plan_machines,
+    replay,
+)
 
 DEFAULT_ARCHIVE = Path("data/synthetic-mill.mat")
 

@@ -20,13 +20,13 @@ retained alarm message itself is a valid snapshot (its extra keys are ignored).
 from __future__ import annotations
 
 import math
-import numbers
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Mapping
 
 from .scores import SCORE_NAMES  # the scores a bundle can alarm on
+from .spec import Spec, setting
 
 
 class Level(IntEnum):
@@ -47,81 +47,47 @@ class Level(IntEnum):
 
 
 @dataclass(frozen=True)
-class Thresholds:
+class Thresholds(Spec):
     """The bundle's alarm thresholds on one score: exceeding ``warning`` means a degraded tool,
-    ``alarm`` a failed one. ``rule`` records how training chose them. Stored in ``bundle.json``."""
+    ``alarm`` a failed one. ``rule`` records how training chose them. Stored in ``bundle.json``.
+    Numpy scalars become plain floats (JSON and the bundle's content hash)."""
 
+    section = "thresholds"
     warning: float
     alarm: float
-    score: str = "kl"  # which score the monitor alarms on: "kl" or "recon"
+    score: str = setting("kl", choices=SCORE_NAMES)  # which score the monitor alarms on
     rule: str = ""
 
     def __post_init__(self) -> None:
-        if self.score not in SCORE_NAMES:
-            raise ValueError(f"thresholds.score must be one of {', '.join(SCORE_NAMES)}, got {self.score!r}")
-        for name in ("warning", "alarm"):
-            value = getattr(self, name)
-            # numbers.Real covers numpy scalars; bool is excluded, it is no threshold
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"thresholds.{name} must be a finite number, got {value!r}")
-            object.__setattr__(self, name, float(value))  # plain floats: JSON and the content hash
+        super().__post_init__()
         if self.warning > self.alarm:
-            raise ValueError(
-                f"thresholds.warning ({self.warning}) must not exceed thresholds.alarm ({self.alarm})"
-            )
-        if not isinstance(self.rule, str):
-            raise ValueError(f"thresholds.rule must be a string, got {self.rule!r}")
+            raise self.error("warning", f"must not exceed thresholds.alarm ({self.alarm}), got {self.warning}")
 
     def of(self, level: Level) -> float:
         if level == Level.NORMAL:
             raise ValueError("the normal state has no threshold")
         return self.alarm if level == Level.ALARM else self.warning
 
-    def to_dict(self) -> dict:
-        return {"score": self.score, "warning": self.warning, "alarm": self.alarm, "rule": self.rule}
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Thresholds":
+    def from_dict(cls, data: Any, *, required: bool = True, context: Any = None) -> Thresholds:
         """From :meth:`to_dict`'s output; every key is required (a bundle states all four)."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"thresholds must be a mapping, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        if set(data) != known:
-            got = ", ".join(sorted(map(str, data)))
-            raise ValueError(f"thresholds: expected keys {', '.join(sorted(known))}, got {got}")
-        return cls(**data)
+        return super().from_dict(data, required=required, context=context)
 
 
 @dataclass(frozen=True)
-class AlarmPolicy:
-    k: int = 3  # windows above a threshold ...
-    n: int = 5  # ... among the last n raise its level
+class AlarmPolicy(Spec):
+    section = "alarm"
+    k: int = setting(3, low=1)  # windows above a threshold ...
+    n: int = setting(5, low=1)  # ... among the last n raise its level
     auto_clear: bool = False  # wear does not heal: by default only a reset lowers the state
-    clear_windows: int = 50  # with auto_clear: consecutive windows below the clear level (≈ 13 s at 250 Hz)
-    clear_margin: float = 0.1  # clear level = threshold - margin × |threshold|
+    # with auto_clear: consecutive windows below the clear level (≈ 13 s at 250 Hz)
+    clear_windows: int = setting(50, low=1)
+    clear_margin: float = setting(0.1, low=0.0, below=1.0)  # clear level = threshold - margin × |threshold|
 
     def __post_init__(self) -> None:
-        for name in ("k", "n", "clear_windows"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"alarm.{name} must be a positive integer, got {value!r}")
+        super().__post_init__()
         if self.k > self.n:
-            raise ValueError(f"alarm.k ({self.k}) must not exceed alarm.n ({self.n})")
-        if type(self.auto_clear) is not bool:
-            raise ValueError(f"alarm.auto_clear must be true or false, got {self.auto_clear!r}")
-        margin = self.clear_margin
-        if type(margin) not in (int, float) or not 0 <= margin < 1:
-            raise ValueError(f"alarm.clear_margin must be a number in [0, 1), got {margin!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AlarmPolicy":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"alarm: unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+            raise self.error("k", f"must not exceed alarm.n ({self.n}), got {self.k}")
 
 
 @dataclass(frozen=True)

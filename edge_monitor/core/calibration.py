@@ -107,12 +107,13 @@ class ScoreCalibration:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ScoreCalibration":
+        """From :meth:`to_dict`'s output; errors leave naming the key (``calibration``) to the caller."""
         try:
             refs = {str(k): Reference.from_dict(v) for k, v in d["references"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"calibration: malformed references ({exc})") from exc
+            raise ValueError(f"malformed references ({exc})") from exc
         if GLOBAL not in refs:
-            raise ValueError(f"calibration: the global reference {GLOBAL!r} is missing")
+            raise ValueError(f"the global reference {GLOBAL!r} is missing")
         return cls(refs)
 
 

@@ -8,7 +8,7 @@ the inputs of machines past the bound are refused with a reason naming the confi
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 from .alarm import AlarmTracker
 from .pipeline import MachinePipeline, PipelineSpec
@@ -20,20 +20,15 @@ class Fleet:
         spec: PipelineSpec,
         watches: Callable[[str], bool],
         watched: tuple[str, ...],
-        max_machines: int,
     ) -> None:
         self.spec = spec
         self.watches = watches  # whether a machine id is one this monitor watches
         self.watched = watched  # the configured ids and patterns, for the reason text
-        self.max_machines = max_machines
         self._pipelines: dict[str, MachinePipeline] = {}
         self._restored: dict[str, dict] = {}  # alarm snapshots waiting for their machine's pipeline
 
     def __len__(self) -> int:
         return len(self._pipelines)
-
-    def __iter__(self) -> Iterator[MachinePipeline]:
-        return iter(self._pipelines.values())
 
     def __getitem__(self, machine: str) -> MachinePipeline:
         return self._pipelines[machine]
@@ -51,13 +46,12 @@ class Fleet:
         return (f"unknown machine {machine!r}: this monitor watches {', '.join(self.watched)} "
                 "(configuration key machines)")
 
-    def refusal(self, machine: str) -> str | None:
-        """Why an input of ``machine`` is refused (not watched, or one machine too many), or None."""
-        problem = self.unwatched(machine)
-        if problem is None and machine not in self._pipelines and len(self._pipelines) >= self.max_machines:
-            problem = (f"too many machines: this monitor already tracks {len(self._pipelines)}, the limit "
-                       f"(configuration key limits.max_machines); {machine!r} is not tracked")
-        return problem
+    def over_limit(self, machine: str) -> str | None:
+        """Why a watched ``machine`` cannot be tracked (one machine too many), or None."""
+        if machine in self._pipelines or len(self._pipelines) < self.spec.limits.max_machines:
+            return None
+        return (f"too many machines: this monitor already tracks {len(self._pipelines)}, the limit "
+                f"(configuration key limits.max_machines); {machine!r} is not tracked")
 
     def pipeline(self, machine: str) -> MachinePipeline:
         """The pipeline of ``machine``, created (from its restored alarm state, if any) on first use."""

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .channels import CHANNELS, channel_index
-from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, SignalChunk
+from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, Limits, SignalChunk
 from .topics import ProtocolError
 
 N_CHANNELS = len(CHANNELS)
@@ -224,16 +224,9 @@ class MachineStream:
       at the furthest sample any channel delivered, and returned as ``aborted``.
     """
 
-    def __init__(
-        self,
-        max_lead_seconds: float = 60.0,
-        max_cut_samples: int = DEFAULT_LIMITS.max_cut_samples,
-        remember_ended: int = 64,
-    ) -> None:
-        if not max_lead_seconds > 0:
-            raise ValueError("max_lead_seconds must be positive")
-        self.max_lead_seconds = float(max_lead_seconds)
-        self.max_cut_samples = int(max_cut_samples)
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, remember_ended: int = 64) -> None:
+        self.max_lead_seconds = limits.max_lead_seconds  # validated with the other limits
+        self.max_cut_samples = limits.max_cut_samples
         self._ended: deque[str] = deque(maxlen=remember_ended)
         self.current: CutStart | None = None
         self._assembler: CutAssembler | None = None

@@ -15,9 +15,10 @@ from typing import Any, Union
 
 import numpy as np
 
-from .channels import CHANNELS, MATERIALS
+from .channels import MATERIALS
 from .outbound import LEVELS, AlarmMessage
-from .topics import InboundTopic, ProtocolError, machine_id_problem, parse_topic, show
+from .spec import Spec, setting
+from .topics import ProtocolError, machine_id_problem, show
 
 #: Cut ids: also allow ``.``, ``:`` and ``+`` so timestamps, UUIDs and job numbers fit as they are.
 CUT_ID = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
@@ -25,24 +26,20 @@ MATERIAL_NAMES: tuple[str, ...] = tuple(MATERIALS.values())
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Sanity limits on inbound messages; all configurable."""
+class Limits(Spec):
+    """Sanity limits on inbound messages and on what the monitor tracks; all configurable."""
 
-    max_payload_bytes: int = 1 << 20
-    max_chunk: int = 4096  # samples per signal message
+    section = "limits"
+    max_payload_bytes: int = setting(1 << 20, low=1, high=2**31 - 1)
+    max_chunk: int = setting(4096, low=1, high=2**31 - 1)  # samples per signal message
     # Offsets and cut lengths beyond this are absurd; it also bounds what a gap can cost in memory
     # (a gap is filled with NaN rows). 10^6 samples ≈ 67 min at 250 Hz.
-    max_cut_samples: int = 1_000_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_payload_bytes", "max_chunk", "max_cut_samples"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(f"limits.{name} must be a positive integer, got {value!r}")
+    max_cut_samples: int = setting(1_000_000, low=1, high=2**31 - 1)
+    max_lead_seconds: float = setting(60.0, low=0.1)  # how far one channel may run ahead of another
+    max_machines: int = setting(256, low=1, high=100_000)  # tracked at once: bounds the memory
 
 
 DEFAULT_LIMITS = Limits()
-
 
 
 @dataclass(frozen=True)
@@ -97,18 +94,6 @@ class Command:
 
 
 InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
-
-
-@dataclass(frozen=True, eq=False)
-class Inbound:
-    topic: InboundTopic
-    message: InboundMessage
-
-
-def parse_message(root: str, topic: str, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Inbound:
-    """Topic and payload of one inbound MQTT message, both validated."""
-    where = parse_topic(root, topic)
-    return Inbound(where, PAYLOAD_PARSERS[where.kind](payload, limits))
 
 
 def parse_cut_event(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> CutStart | CutEnd:
@@ -300,7 +285,6 @@ def _fits_float(value: float | int) -> bool:
     return True
 
 
-
 def parse_alarm(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> AlarmMessage:
     """A retained alarm message read back at start-up (written by this or an earlier monitor)."""
     obj = decode_object(payload, limits)
@@ -325,7 +309,6 @@ def parse_alarm(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> AlarmMessage
         threshold=optional_number("threshold"),
         model=model if type(model) is str else "",
     )
-
 
 
 def _json_type(value: Any) -> str:

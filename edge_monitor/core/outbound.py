@@ -151,7 +151,6 @@ def encode(message: Any) -> bytes:
     return json.dumps(message.to_dict(), separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
-
 def finite(x: float | None) -> float | None:
     """Outbound numbers: plain finite floats; None, NaN or infinity become null ("undefined")."""
     if x is None:

@@ -31,7 +31,15 @@ from .alarm import AlarmPolicy, AlarmTracker, Level, Thresholds, Transition
 from .calibration import GLOBAL, regime_key
 from .channels import CHANNELS
 from .frames import FinishResult, MachineStream
-from .inbound import DEFAULT_LIMITS, Command, CutEnd, CutStart, InboundMessage, Limits, SignalChunk
+from .inbound import (
+    DEFAULT_LIMITS,
+    Command,
+    CutEnd,
+    CutStart,
+    InboundMessage,
+    Limits,
+    SignalChunk,
+)
 from .outbound import AlarmMessage, MachineOutput, ScoreMessage, SummaryMessage
 from .scores import WindowScores
 from .stable_region import StableRegionSpec
@@ -50,7 +58,6 @@ class PipelineSpec:
     policy: AlarmPolicy
     model_id: str
     limits: Limits = DEFAULT_LIMITS
-    max_lead_seconds: float = 60.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,7 +140,7 @@ class MachinePipeline:
         self.machine = machine
         self.spec = spec
         self.tracker = tracker or AlarmTracker(spec.policy, spec.thresholds)
-        self.stream = MachineStream(spec.max_lead_seconds, spec.limits.max_cut_samples)
+        self.stream = MachineStream(spec.limits)
         self._cut: CutStart | None = None  # the open cut as this pipeline windows it
         self._regime = ""
         self._windower: CutWindower | None = None
@@ -272,10 +279,10 @@ class MachinePipeline:
     def scored(self, batch: WindowBatch, scores: WindowScores) -> Step:
         """The calibrated scores of the oldest windows still being scored (all of a batch handed
         out by :meth:`handle`, or its first part). The step's outputs are what to publish, in order."""
-        self._take_outstanding(batch)
         values = scores.score(self.spec.thresholds.score)
         if values.size != len(batch):
             raise ValueError(f"machine {self.machine}: {values.size} scores for {len(batch)} windows")
+        self._take_outstanding(batch)
         recon, kl, channels = scores.recon.tolist(), scores.kl.tolist(), scores.channels.tolist()
         step = Step()
         for value, offset, ts, r, k, c in zip(values.tolist(), batch.offsets.tolist(), batch.ts.tolist(),

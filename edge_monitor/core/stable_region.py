@@ -29,49 +29,28 @@ unknown, and no block whose neighbourhood holds an unknown block is stable.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .channels import CHANNELS
+from .spec import Spec, setting
 
 
 @dataclass(frozen=True)
-class StableRegionSpec:
-    channel: str = "smcDC"
-    block: int = 64
-    baseline_blocks: int = 8
-    half_width: int = 3
-    tolerance: float = 0.25
-    min_load_sigmas: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.channel not in CHANNELS:
-            raise ValueError(f"stable_region.channel: unknown channel {self.channel!r}")
-        for name in ("block", "baseline_blocks"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"stable_region.{name} must be at least 1")
-        if self.half_width < 0:
-            raise ValueError("stable_region.half_width must not be negative")
-        if not self.tolerance > 0:
-            raise ValueError("stable_region.tolerance must be positive")
-        if self.min_load_sigmas < 0:
-            raise ValueError("stable_region.min_load_sigmas must not be negative")
+class StableRegionSpec(Spec):
+    section = "stable_region"
+    channel: str = setting("smcDC", choices=CHANNELS)
+    block: int = setting(64, low=1)  # samples
+    baseline_blocks: int = setting(8, low=1)
+    half_width: int = setting(3, low=0)  # blocks
+    tolerance: float = setting(0.25, above=0.0)
+    min_load_sigmas: float = setting(3.0, low=0.0)
 
     @property
     def lookahead_samples(self) -> int:
         return self.half_width * self.block
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "StableRegionSpec":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"stable_region: unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
 
 
 class StableRegionDetector:

@@ -30,7 +30,6 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
-
 @dataclass(frozen=True)
 class InboundTopic:
     machine: str
@@ -118,18 +117,6 @@ def cmd_topic(root: str, machine: str) -> str:
     return machine_topic(root, machine, "cmd")
 
 
-def score_topic(root: str, machine: str) -> str:
-    return machine_topic(root, machine, "score")
-
-
-def alarm_topic(root: str, machine: str) -> str:
-    return machine_topic(root, machine, "alarm")
-
-
-def summary_topic(root: str, machine: str) -> str:
-    return machine_topic(root, machine, "summary")
-
-
 def instance_problem(instance: str) -> str | None:
     """Why ``instance`` is not a usable monitor instance name, or None when it is."""
     if not isinstance(instance, str) or not MACHINE_ID.fullmatch(instance) or instance == MONITOR_LEVEL:
@@ -143,14 +130,6 @@ def monitor_topic(root: str, instance: str, leaf: str) -> str:
     if problem:
         raise ValueError(f"instance name {problem}")
     return f"{validate_root(root)}/{MONITOR_LEVEL}/{instance}/{leaf}"
-
-
-def status_topic(root: str, instance: str) -> str:
-    return monitor_topic(root, instance, "status")
-
-
-def errors_topic(root: str, instance: str) -> str:
-    return monitor_topic(root, instance, "errors")
 
 
 @dataclass(frozen=True)
@@ -180,7 +159,6 @@ class Topics:
 
     def parse(self, topic: str) -> InboundTopic:
         return parse_topic(self.root, topic)
-
 
 
 def show(value: Any, limit: int = 40) -> str:

@@ -10,34 +10,20 @@ a window is kept only when it lies wholly inside the segment.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .channels import CHANNELS, channel_index
+from .spec import Spec, setting
 from .stable_region import StableRegionDetector, StableRegionSpec
 
 
 @dataclass(frozen=True)
-class WindowSpec:
-    length: int = 64
-    stride: int = 64
-
-    def __post_init__(self) -> None:
-        if int(self.length) < 2:
-            raise ValueError("window.length must be at least 2 samples")
-        if int(self.stride) < 1:
-            raise ValueError("window.stride must be at least 1 sample")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "WindowSpec":
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"window: unknown key(s) {', '.join(sorted(unknown))}")
-        return cls(**data)
+class WindowSpec(Spec):
+    section = "window"
+    length: int = setting(64, low=2)  # samples
+    stride: int = setting(64, low=1)
 
 
 @dataclass
@@ -75,28 +61,21 @@ class CutWindower:
     _detector: StableRegionDetector = field(init=False)
     _buffer: np.ndarray = field(init=False)
     _buffer_start: int = field(init=False, default=0)  # cut offset of _buffer[0]
-    _received: int = field(init=False, default=0)  # samples pushed so far
     _segment_start: int | None = field(init=False, default=None)
     _segment_stop: int = field(init=False, default=0)
     _next_start: int = field(init=False, default=0)  # next window start in the open segment
     stable_span: tuple[int, int] | None = field(init=False, default=None)  # first, last stable sample
-    n_windows: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._detector = StableRegionDetector(self.stable)
         self._channel = channel_index(self.stable.channel)
         self._buffer = np.empty((0, self.n_channels))
 
-    @property
-    def received(self) -> int:
-        return self._received
-
     def push(self, frames: np.ndarray) -> Windows:
         frames = np.asarray(frames, dtype=np.float64)
         if frames.ndim != 2 or frames.shape[1] != self.n_channels:
             raise ValueError(f"frames must have shape (k, {self.n_channels}), got {frames.shape}")
         self._buffer = np.concatenate((self._buffer, frames)) if self._buffer.size else frames
-        self._received += frames.shape[0]
         first = self._detector.decided
         self._detector.push(frames[:, self._channel])
         return self._collect(first)
@@ -136,7 +115,6 @@ class CutWindower:
         idx = np.asarray(starts, dtype=np.int64)
         rel = idx - self._buffer_start
         data = self._buffer[rel[:, None] + np.arange(length)[None, :]]
-        self.n_windows += len(starts)
         return Windows(idx, data)
 
     def _trim(self) -> None:

@@ -34,11 +34,12 @@ from .. import __version__
 from ..core.alarm import Thresholds  # re-exported: training imports it from here
 from ..core.calibration import ScoreCalibration
 from ..core.channels import CHANNELS
+from ..core.spec import SpecError, from_mapping, parse_field, setting
+from ..core.stable_region import StableRegionSpec
+from ..core.windowing import WindowSpec
 from .scaling import MinMaxScaler
 from .scorer import WindowScorer
-from ..core.stable_region import StableRegionSpec
 from .vae import VAEHyperParams, load_vae
-from ..core.windowing import WindowSpec
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.keras"
@@ -51,12 +52,14 @@ class BundleError(ValueError):
 
 @dataclass
 class BundleMeta:
+    """The content of ``bundle.json``; every key is required."""
+
     model_id: str
     channels: tuple[str, ...]
     window: WindowSpec
     stable_region: StableRegionSpec
-    scaler: MinMaxScaler
-    calibration: ScoreCalibration
+    scaler: MinMaxScaler = setting(parse=lambda value, _: MinMaxScaler.from_dict(value))
+    calibration: ScoreCalibration = setting(parse=lambda value, _: ScoreCalibration.from_dict(value))
     hyperparams: VAEHyperParams
     thresholds: Thresholds
     metrics: dict
@@ -64,7 +67,7 @@ class BundleMeta:
     archive_sha256: str
     created: str
     versions: dict
-    format: int = BUNDLE_FORMAT
+    format: int = setting(BUNDLE_FORMAT, low=1)
 
     def to_dict(self) -> dict:
         return {"format": self.format, "model_id": self.model_id, "created": self.created, **self._content()}
@@ -170,9 +173,10 @@ def read_bundle_meta(path: str | Path) -> BundleMeta:
         raise BundleError(f"bundle {path}: {META_FILE} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise BundleError(f"bundle {path}: {META_FILE} must hold a JSON object")
-    fmt = data.get("format")
-    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
-        raise BundleError(f"bundle {path}: {META_FILE} key 'format' must be a positive integer, got {fmt!r}")
+    try:  # first: a newer format may differ in anything else
+        fmt = parse_field(BundleMeta, "format", data.get("format"))
+    except SpecError as exc:
+        raise _invalid(path, exc) from None
     if fmt > BUNDLE_FORMAT:
         raise BundleError(
             f"bundle {path}: format {fmt} is newer than this edge_monitor {__version__} reads "
@@ -245,54 +249,16 @@ def _check_model(model: keras.Model, meta: BundleMeta, path: Path) -> None:
 
 
 def _meta_from_dict(data: dict, path: Path) -> BundleMeta:
-    names = [n for n in BundleMeta.__dataclass_fields__]
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise BundleError(f"bundle {path}: {META_FILE} lacks key(s) {', '.join(missing)}")
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise BundleError(f"bundle {path}: {META_FILE} has unknown key(s) {', '.join(unknown)}")
-    parsers = {
-        "model_id": _string,
-        "channels": _channels,
-        "window": lambda v: WindowSpec.from_dict(_mapping(v)),
-        "stable_region": lambda v: StableRegionSpec.from_dict(_mapping(v)),
-        "scaler": lambda v: MinMaxScaler.from_dict(_mapping(v)),
-        "calibration": lambda v: ScoreCalibration.from_dict(_mapping(v)),
-        "hyperparams": lambda v: VAEHyperParams.from_dict(_mapping(v)),
-        "thresholds": lambda v: Thresholds.from_dict(_mapping(v)),
-        "metrics": _mapping,
-        "training": _mapping,
-        "archive_sha256": _string,
-        "created": _string,
-        "versions": _mapping,
-        "format": lambda v: v,  # checked before
-    }
-    values = {}
-    for name in names:
-        try:
-            values[name] = parsers[name](data[name])
-        except (TypeError, ValueError) as exc:
-            raise BundleError(f"bundle {path}: {META_FILE} key {name!r} is invalid ({exc})") from exc
-    return BundleMeta(**values)
+    try:
+        return from_mapping(BundleMeta, data, required=True)
+    except SpecError as exc:
+        raise _invalid(path, exc) from exc
 
 
-def _channels(value) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise ValueError("expected a list of channel names")
-    return tuple(value)
-
-
-def _string(value) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _mapping(value) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected an object, got {type(value).__name__}")
-    return value
+def _invalid(path: Path, exc: SpecError) -> BundleError:
+    if not exc.key:  # the file as a whole, e.g. a key is missing
+        return BundleError(f"bundle {path}: {META_FILE} {exc.problem}")
+    return BundleError(f"bundle {path}: {META_FILE} key {exc.top_key!r} is invalid ({exc})")
 
 
 def _plain(value, where: str):

@@ -39,13 +39,14 @@ class MinMaxScaler:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MinMaxScaler":
+        """From :meth:`to_dict`'s output; errors leave naming the key (``scaler``) to the caller."""
         try:
             lo = np.asarray(data["min"], dtype=np.float64)
             hi = np.asarray(data["max"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"scaler: expected lists 'min' and 'max' of numbers ({exc})") from exc
+            raise ValueError(f"expected lists 'min' and 'max' of numbers ({exc})") from exc
         if lo.shape != hi.shape or lo.ndim != 1:
-            raise ValueError(f"scaler: 'min' and 'max' must be lists of equal length")
+            raise ValueError("'min' and 'max' must be lists of equal length")
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-            raise ValueError("scaler: 'min' and 'max' must be finite")
+            raise ValueError("'min' and 'max' must be finite")
         return cls(lo, hi)

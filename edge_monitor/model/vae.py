@@ -13,83 +13,28 @@ compiles with the reconstruction loss alone and still minimises
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 from keras import layers, ops
 from tcn import TCN  # importing keras-tcn registers its TCN layer for deserialisation
 
-
-_INTEGER_FIELDS = ("codings", "tcn_layers", "filters", "kernel_size")
+from ..core.spec import Spec, setting
 
 
 @dataclass(frozen=True)
-class VAEHyperParams:
-    beta: float = 2.0
-    codings: int = 16
-    tcn_layers: int = 2
-    filters: int = 32
-    kernel_size: int = 4
-    dilations: tuple[int, ...] = (1, 2, 4)
-    learning_rate: float = 1e-3
+class VAEHyperParams(Spec):
+    """Numpy scalars (random search) and lists (JSON) become plain ints, floats and tuples."""
 
-    def __post_init__(self) -> None:
-        # Normalise numpy scalars (random search) and lists (JSON) to plain Python values.
-        values = {
-            "beta": _real("beta", self.beta, minimum=0.0, inclusive=True),
-            "learning_rate": _real("learning_rate", self.learning_rate, minimum=0.0, inclusive=False),
-            **{n: _integer(n, getattr(self, n), 1) for n in _INTEGER_FIELDS},
-            "dilations": _dilations(self.dilations),
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)  # frozen dataclass
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["dilations"] = list(self.dilations)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEHyperParams":
-        if not isinstance(d, dict):
-            raise ValueError(f"hyperparams must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(
-                f"hyperparams: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                f"expected some of {', '.join(sorted(known))}"
-            )
-        return cls(**d)
-
-
-def _integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"hyperparams.{name} must be an integer, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"hyperparams.{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
-def _dilations(value) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"hyperparams.dilations must be a list of positive integers, got {value!r}")
-    dilations = tuple(_integer("dilations", d, minimum=1) for d in value)
-    if not dilations:
-        raise ValueError("hyperparams.dilations must not be empty")
-    return dilations
-
-
-def _real(name: str, value, minimum: float, inclusive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"hyperparams.{name} must be a finite number, got {value!r}")
-    if value < minimum or (value == minimum and not inclusive):
-        relation = "at least" if inclusive else "greater than"
-        raise ValueError(f"hyperparams.{name} must be {relation} {minimum}, got {value}")
-    return float(value)
+    section = "hyperparams"
+    beta: float = setting(2.0, low=0.0)
+    codings: int = setting(16, low=1)
+    tcn_layers: int = setting(2, low=1)
+    filters: int = setting(32, low=1)
+    kernel_size: int = setting(4, low=1)
+    dilations: tuple[int, ...] = setting((1, 2, 4), low=1)
+    learning_rate: float = setting(1e-3, above=0.0)
 
 
 def kl_divergence(mu, log_var):

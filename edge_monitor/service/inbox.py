@@ -7,9 +7,9 @@ not watch before decoding their payload, parses, and puts a call on the queue (`
 ``Rejected`` or ``Connected`` for the main loop's handlers). The main loop runs the calls in
 arrival order, so each machine's inputs are applied in the order the broker delivered them.
 
-paho acknowledges each input when its callback returns. Acknowledging only once an input's
-results are published (at least once across a crash) starts here: paho's ``manual_ack``, and the
-message id carried on ``Received`` to the main loop.
+paho acknowledges each input when its callback returns. Acknowledging an input only once its
+results are published (at least once across a crash) would start here: ``make_client``'s
+``manual_ack``, and the message's id added to ``Received`` for the main loop.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ class Inbox:
 
         def on_message(client, userdata, message) -> None:  # paho's network thread
             topic = message.topic
+            if topic == self.topics.sync:  # R/_monitor/cut/sync matches R/+/cut/#: ours, not an input
+                return
             try:
                 where = self.topics.parse(topic)
                 problem = self.unwatched(where.machine)  # before the payload is decoded

@@ -39,7 +39,7 @@ from .inbox import Connected, Handlers, Inbox, Received, Rejected
 from .logging import get_logger
 from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import Outbox
-from .scoring import Scoring, ScoringStats
+from .scoring import Scoring
 from .state import StateFile, read_retained_alarms, restore_alarm_states
 from .status import Counters, status_text
 
@@ -67,9 +67,8 @@ class Monitor:
         spec = PipelineSpec(
             window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
             policy=config.alarm, model_id=meta.model_id, limits=config.limits,
-            max_lead_seconds=config.max_lead_seconds,
         )
-        self.fleet = Fleet(spec, config.monitors, config.machines, config.max_machines)
+        self.fleet = Fleet(spec, config.monitors, config.machines)
         self.topics = Topics(config.topic_root, config.instance)
         self.counters = Counters()
         self.scoring = Scoring(bundle.scorer(batch_size=config.batching.max_batch), config.batching, self.counters)
@@ -156,7 +155,7 @@ class Monitor:
     def _on_input(self, item: Received) -> None:
         self.counters.messages_in += 1
         machine = item.where.machine
-        refusal = self.fleet.refusal(machine)
+        refusal = self.fleet.over_limit(machine)  # the inbox refused unwatched machines already
         if refusal:
             self._reject(item.topic, refusal)
             return
@@ -214,11 +213,10 @@ class Monitor:
     def _refresh(self) -> None:
         self._publish_status()
         self._save_state()
-        latency = self.scoring.stats.summary()
+        latency = self.scoring.take_stats()
         self.log.info("status", **asdict(self.counters), pending=len(self.scoring),
                       queued=self.inbox.qsize(), **latency)
         systemd.status(self._status_text(latency.get("latency_ms_p50")))
-        self.scoring.stats = ScoringStats()
 
     def _status_text(self, latency_p50: float | None = None) -> str:
         return status_text(self.client.is_connected(), len(self.fleet), self.counters, self.fleet.states(),

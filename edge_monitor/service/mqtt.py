@@ -20,6 +20,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..core.spec import Spec, setting
+from . import parsers
+
 DEFAULT_PORT = 1883
 TCP_CONNECT_TIMEOUT = 10.0  # seconds for the TCP (and TLS) handshake of each connection attempt
 
@@ -29,24 +32,28 @@ class BrokerError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TlsSettings:
-    ca: Path | None = None  # CA certificates to trust; None: the system's
-    cert: Path | None = None  # client certificate (with ``key``) for brokers that require one
-    key: Path | None = None
+class TlsSettings(Spec):
+    section = "broker.tls"
+    ca: Path | None = setting(None, parse=parsers.existing_file)  # CA certificates to trust; None: the system's
+    cert: Path | None = setting(None, parse=parsers.existing_file)  # client certificate, for brokers that want one
+    key: Path | None = setting(None, parse=parsers.existing_file, requires="cert")
 
 
 @dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "localhost"
-    port: int = DEFAULT_PORT
-    client_id: str = "edge-monitor"
-    username: str | None = None
-    password_file: Path | None = None  # the password is kept out of the config: one line in a file
+class BrokerSettings(Spec):
+    section = "broker"
+    host: str = setting("localhost", parse=parsers.host)
+    port: int = setting(DEFAULT_PORT, low=1, high=65535)
+    client_id: str = setting("edge-monitor", parse=parsers.client_id)
+    username: str | None = setting(None, parse=parsers.user_name)
+    # the password is kept out of the config: one line in a file
+    password_file: Path | None = setting(None, parse=parsers.existing_file, requires="username")
     tls: TlsSettings | None = None  # None: plain TCP
-    keepalive: int = 30  # seconds
-    session_expiry: int = 3600  # seconds the broker keeps a persistent session while we are away
-    reconnect_min_delay: int = 1  # seconds; doubled after each failed attempt ...
-    reconnect_max_delay: int = 30  # ... up to this
+    keepalive: int = setting(30, low=5, high=65535)  # seconds
+    session_expiry: int = setting(3600, low=1, high=2**32 - 1, why=(
+        "seconds the broker keeps the session and queues inputs while the monitor is away"))
+    reconnect_min_delay: int = setting(1, in_file=False)  # seconds; doubled after each failed attempt ...
+    reconnect_max_delay: int = setting(30, in_file=False)  # ... up to this
 
     @property
     def address(self) -> str:

@@ -1,9 +1,9 @@
 """The outbox: every output published where it belongs, with its QoS and retain flag.
 
-A message names its topic leaf and whether it is retained (``core/outbound.py``); the QoS of each
-leaf is configured under the same name (``qos:`` in ``config.yaml``). Rejected inputs are echoed
-on the errors topic at most ``errors.max_per_second`` (after a burst): a flood of bad input is
-counted and logged, but does not flood MQTT.
+A message names its topic leaf and whether it is retained (``core/outbound.py``); the QoS of the
+machine outputs and the status is configured under the leaf's name (``qos:`` in ``config.yaml``).
+Rejected inputs are echoed on the errors topic, QoS 0, at most ``errors.max_per_second`` (after a
+burst): a flood of bad input is counted and logged, but does not flood MQTT.
 """
 
 from __future__ import annotations
@@ -38,5 +38,5 @@ class Outbox:
         if not self._errors.allow(time.monotonic()):
             return False
         message = ErrorMessage(topic=topic, reason=reason, ts=time.time())
-        self.client.publish(self.topics.errors, encode(message), qos=0)
+        self.client.publish(self.topics.errors, encode(message), qos=0, retain=message.retain)
         return True

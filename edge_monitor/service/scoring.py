@@ -77,6 +77,11 @@ class Scoring:
         """Trace the inference function now rather than on the first live window."""
         self.scorer.raw_scores(np.zeros((1, self.scorer.window_length, self.scorer.n_channels)))
 
+    def take_stats(self) -> dict:
+        """Latency, batch and inference figures since the last call (for the status)."""
+        summary, self.stats = self.stats.summary(), ScoringStats()
+        return summary
+
     def add(self, runs: list[WindowBatch], received: float) -> None:
         now = time.monotonic()
         for windows in runs:
