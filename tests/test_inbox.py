@@ -1,0 +1,81 @@
+"""The inbox against a real broker: inputs routed by subscription filter, unwatched machines refused
+before their payload is decoded, the start-up read-back's own messages never taken for inputs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edge_monitor.archive.publisher import Publisher
+from edge_monitor.core.inbound import DEFAULT_LIMITS, CutStart, SignalChunk
+from edge_monitor.core.topics import Topics
+from edge_monitor.service.inbox import Connected, Handlers, Inbox, Received, Rejected
+from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.service.state import read_retained_alarms
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.items: list = []
+        self.handlers = Handlers(self.items.append, self.items.append, self.items.append)
+
+
+def unwatched(machine: str) -> str | None:
+    return None if machine.startswith("mill-") else f"unknown machine {machine!r}"
+
+
+def start_inbox(broker, root: str, instance: str):
+    recorder = Recorder()
+    client = make_client(BrokerSettings(broker.host, broker.port, f"inbox-{instance}"), clean_start=True)
+    topics = Topics(root, instance)
+    inbox = Inbox(client, topics, DEFAULT_LIMITS, unwatched, recorder.handlers)
+    client.on_connect = lambda c, u, flags, reason, p: inbox.subscribe(c, bool(flags.session_present))
+    connect(client)
+    return client, topics, inbox, recorder
+
+
+def drain(inbox: Inbox, recorder: Recorder, n: int, timeout: float = 10.0) -> list:
+    deadline = time.monotonic() + timeout
+    while len(recorder.items) < n and time.monotonic() < deadline:
+        call = inbox.get(0.1)
+        if call is not None:
+            call()
+    while (call := inbox.get(0.3)) is not None:  # anything beyond the n expected
+        call()
+    return recorder.items
+
+
+@pytest.mark.parametrize("instance", ["edge-1", "cut", "signal", "cmd"])
+def test_inputs_are_routed_by_kind_and_unwatched_machines_are_not_decoded(broker, instance):
+    client, topics, inbox, recorder = start_inbox(broker, "plant", instance)
+    try:
+        assert read_retained_alarms(client, topics, DEFAULT_LIMITS, lambda *a, **k: None) == {}
+        pub = make_client(BrokerSettings(broker.host, broker.port, f"pub-{instance}"), clean_start=True)
+        connect(pub)
+        publisher = Publisher(pub)
+        start = json.dumps({"event": "start", "cut": "c1", "ts": 1.0, "fs": 250.0}).encode()
+        chunk = json.dumps({"cut": "c1", "offset": 0, "samples": [1.0, 2.0]}).encode()
+        publisher.publish("plant/mill-01/cut", start)
+        publisher.publish("plant/mill-01/signal/smcDC", chunk)
+        publisher.publish("plant/lathe-1/signal/smcDC", b"not json at all")  # unwatched: not decoded
+        publisher.publish("plant/mill-01/signal/smcDC", b"not json at all")
+        publisher.publish("plant/mill-01/signal", chunk)  # wrong depth under a known kind
+        assert publisher.wait_all(10)
+        disconnect(pub)
+        items = drain(inbox, recorder, 6)
+    finally:
+        disconnect(client)
+    # the read-back's sync message (plant/_monitor/<instance>/sync) is never taken for an input,
+    # even when the instance shares its name with an input kind
+    assert isinstance(items[0], Connected)
+    inputs = items[1:]
+    assert [type(i) for i in inputs] == [Received, Received, Rejected, Rejected, Rejected]
+    assert isinstance(inputs[0].message, CutStart) and inputs[0].where.kind == "cut"
+    assert isinstance(inputs[1].message, SignalChunk) and inputs[1].where.channel == "smcDC"
+    assert inputs[2].reason == "unknown machine 'lathe-1'"
+    assert inputs[3].reason.startswith("payload is not JSON")
+    assert "wrong topic depth for signal" in inputs[4].reason
