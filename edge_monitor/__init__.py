@@ -1,6 +1,6 @@
 """Edge monitor for machine tools: MQTT channels in, β-VAE tool-wear scores and alarms out.
 
-One folder per layer; each imports only the layers above it in this list (docs/architecture.md):
+One folder per layer; each imports only the layers listed before it (docs/architecture.md):
 
 - ``core``     pure: channels, the wire protocol, frames, stable region, windowing, the per-machine
                pipeline, alarm, calibration, scores, batching. No TensorFlow, sockets, files or clock.
