@@ -101,6 +101,36 @@ def test_failing_tool_reaches_alarm_and_healthy_one_stays_normal(run, model):
     assert summaries[model.cuts_by_case[11][0]]["level"] == "normal"
 
 
+def test_evaluate_tool_life_agrees_with_the_daemon(run, model):
+    """evaluate's tool-life table replays each case through the daemon's own pipeline and alarm
+    rule: the daemon's first warning and first alarm per machine, and each cut's level, match it."""
+    from edge_monitor.core.alarm import AlarmPolicy
+    from edge_monitor.core.channels import SAMPLE_RATE_HZ
+    from edge_monitor.core.pipeline import PipelineSpec
+    from edge_monitor.model.bundle import load_bundle
+    from training.dataset import prepare_windows
+    from training.toollife import replay_tools
+
+    collector, _, _ = run
+    bundle = load_bundle(model.bundle)
+    meta, scorer = bundle.meta, bundle.scorer()
+    ws = prepare_windows(model.archive, meta.window, meta.stable_region)
+    spec = PipelineSpec(meta.window, meta.stable_region, SAMPLE_RATE_HZ, meta.thresholds, AlarmPolicy(), meta.model_id)
+    tools = {t.case: t for t in replay_tools(model.archive, ws.cut_vb, ws.cut_class, spec,
+                                             lambda b: scorer.score(b.data, b.regime))}
+    summaries = {b["cut"]: b["level"] for _, b in collector.on("/summary")}
+    for machine, case in (("mill-01", 11), ("mill-02", 13)):
+        tool = tools[case]
+        assert tool.cuts == model.cuts_by_case[case]
+        raised = [b for t, b in collector.on("/alarm") if machine_of(t, ROOT) == machine and b["state"] != "normal"]
+        first_warning = raised[0]["cut"] if raised else None
+        first_alarm = next((b["cut"] for b in raised if b["state"] == "alarm"), None)
+        assert first_warning == (None if tool.first_warning is None else tool.cuts[tool.first_warning])
+        assert first_alarm == (None if tool.first_alarm is None else tool.cuts[tool.first_alarm])
+        assert tool.levels == [summaries[c] for c in tool.cuts]
+    assert tools[13].first_alarm is not None and tools[11].first_warning is None  # the outcomes differ
+
+
 def test_a_late_subscriber_sees_the_retained_alarm(run, module_broker):
     late = Collector(module_broker, [f"{ROOT}/+/alarm"], "late-dashboard")
     try:

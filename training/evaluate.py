@@ -22,13 +22,22 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.archive.mill import read_archive
+from edge_monitor.core.alarm import AlarmPolicy
+from edge_monitor.core.channels import SAMPLE_RATE_HZ
+from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.scores import WindowScores
 from edge_monitor.model.bundle import BundleMeta, Thresholds, load_bundle
 
 from .dataset import WindowSet, prepare_windows
 from .metrics import SCORE_NAMES, anomaly_metrics, metrics_by_param, param_key
-from .plots import plot_curves, plot_score_distributions, plot_score_trend
+from .plots import (
+    plot_curves,
+    plot_score_distributions,
+    plot_score_trend,
+    plot_tool_life,
+)
 from .splits import make_split
+from .toollife import format_tool_table, replay_tools, tool_totals
 from .wear import CLASS_NAMES, DEGRADED, FAILED
 
 LEVELS = ("normal", "warning", "alarm")
@@ -150,11 +159,18 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     thresholds = meta.thresholds
     alarm_values = chosen.score(thresholds.score)
     cuts = cut_table(ws, scores, idx, thresholds)
+    # Whole tools through the daemon's own pipeline and alarm rule (the daemon's default policy).
+    policy = AlarmPolicy()
+    spec = PipelineSpec(window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ,
+                        thresholds=thresholds, policy=policy, model_id=meta.model_id)
+    tools = replay_tools(archive, ws.cut_vb, ws.cut_class, spec, lambda b: scorer.score(b.data, b.regime))
 
     plots = {
         "curves": plot_curves(chosen, labels, out / "pr_roc_curves.png"),
         "distributions": plot_score_distributions(chosen, labels, out / "score_distributions.png"),
     }
+    plots["tool_life"] = plot_tool_life(tools, out / "tool_life.png", score_name=thresholds.score,
+                                        thresholds=thresholds)
     for name in SCORE_NAMES:
         plots[f"trend_{name}"] = plot_score_trend(
             **_trend_inputs(ws, scores, idx, name), path=out / f"trend_{name}.png",
@@ -187,12 +203,21 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
             for cls in CLASS_NAMES
         },
         "cuts": cuts,
+        "tool_life": {
+            "cases": "every case of the archive, each replayed as one tool from a fresh start"
+                     + ("" if split_desc == "all windows" else " (training cuts included: their healthy cuts "
+                                                               "fitted the model and score low)"),
+            "rule": f"the daemon's default alarm policy {policy.to_dict()} on the bundle's thresholds",
+            "totals": tool_totals(tools),
+            "tools": [t.to_dict() for t in tools],
+        },
         "plots": {key: path.name for key, path in plots.items()},
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     metrics = _json_safe(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     print(format_summary(metrics))
+    print(f"\ntool life ({metrics['tool_life']['cases']}):\n{format_tool_table(tools, tool_totals(tools))}")
     print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out}", flush=True)
     return metrics
 

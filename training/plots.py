@@ -177,3 +177,57 @@ def plot_score_trend(
     fig.suptitle(f"{SCORE_LABELS.get(score_name, score_name)}: median window score per cut")
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7), fontsize="small")
     return _save(fig, path)
+
+
+def plot_tool_life(tools: Sequence, path: str | Path, *, score_name: str, thresholds: "Thresholds | None" = None) -> Path:
+    """One panel per tool (case): the median alarm score of each cut against its run number, the
+    flank wear VB on a second axis, each run shaded by its class, and the cuts where the monitor
+    first warned (orange) and first alarmed (red) marked by vertical lines. ``tools`` are
+    :class:`~training.toollife.ToolLife` records."""
+    n_cols = max(1, math.ceil(math.sqrt(len(tools))))
+    n_rows = max(1, math.ceil(len(tools) / n_cols))
+    fig = Figure(figsize=(3.8 * n_cols, 2.7 * n_rows + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    medians = np.array([m for t in tools for m in t.medians if m is not None], dtype=float)
+    log = _log_helps(medians)
+    lines = thresholds is not None and thresholds.score == score_name
+    for ax, tool in zip(axes, tools):
+        runs = np.asarray(tool.runs)
+        for r, cls in zip(runs, tool.classes):
+            if 0 <= cls < len(CLASS_COLOURS):
+                ax.axvspan(r - 0.5, r + 0.5, color=CLASS_COLOURS[cls], alpha=0.15, linewidth=0)
+        values = np.array([np.nan if m is None else m for m in tool.medians], dtype=float)
+        ax.plot(runs, values, "o-", color="black", markersize=3, linewidth=1)
+        if lines:
+            ax.axhline(thresholds.warning, color="tab:orange", linestyle="--", linewidth=0.8)
+            ax.axhline(thresholds.alarm, color="tab:red", linestyle="--", linewidth=0.8)
+        for first, colour in ((tool.first_warning, "tab:orange"), (tool.first_alarm, "tab:red")):
+            if first is not None:
+                ax.axvline(runs[first], color=colour, linewidth=2, alpha=0.8)
+        if log:
+            ax.set_yscale("log")
+        wear = ax.twinx()
+        wear.plot(runs, tool.vb, color="tab:blue", linewidth=1, alpha=0.7)
+        wear.set_ylim(bottom=0)
+        wear.tick_params(axis="y", labelcolor="tab:blue", labelsize="small")
+        ax.set_title(f"case {tool.case}", fontsize="medium")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if runs.size < 3:  # a one-run case: whole run numbers, not a fractional axis
+            ax.set_xticks(runs)
+        ax.set_xlim(runs.min() - 0.75, runs.max() + 0.75)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(tools):]:
+        ax.set_visible(False)
+    for ax in axes[(n_rows - 1) * n_cols:]:
+        ax.set_xlabel("run")
+    for ax in axes[::n_cols]:
+        ax.set_ylabel(f"cut median {score_name}")
+    handles = [Patch(color=c, alpha=0.3, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)]
+    handles += [
+        Line2D([], [], color="tab:blue", label="flank wear VB, mm (right axis)"),
+        Line2D([], [], color="tab:orange", linewidth=2, label="first warning"),
+        Line2D([], [], color="tab:red", linewidth=2, label="first alarm"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
+    fig.suptitle("Tool life: what the monitor showed, cut by cut")
+    return _save(fig, path)
