@@ -91,6 +91,8 @@ def test_alarm_survives_restart_and_reset_clears_it(broker, model, tmp_path):
         # 2. the broker lost the retained alarm (say, restarted without persistence): the state
         #    file restores the alarm, and the daemon puts the same message back for dashboards
         pub.client.publish(machine_topic(root, "mill-02", "alarm"), b"", qos=1, retain=True).wait_for_publish(5)
+        # count only once the collector has its copy of the clearing message too
+        assert collector.wait(lambda: collector.on("/alarm")[-1][1] == b"", 5)
         n_alarms = len(collector.on("/alarm"))
         second = start()
         restored = {e["machine"]: e["state"] for e in second.events("alarm_state_restored")}
