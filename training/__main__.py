@@ -1,4 +1,4 @@
-"""``python -m training {synth,fit,search,evaluate}``: the training package's command line."""
+"""``python -m training {synth,fit,search,evaluate,crossval}``: the training package's command line."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate(args.bundle, _archive_arg(args.archive), args.out)
 
 
+def _cmd_crossval(args: argparse.Namespace) -> None:
+    from .crossval import crossval
+
+    crossval(_archive_arg(args.archive), args.out, preset="quick" if args.quick else args.preset,
+             folds=args.folds, repeats=args.repeats, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
     p.add_argument("--out", help="output directory (default: inside the bundle)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("crossval", help="cross-validation by tool: tool-level outcomes and PR-AUC, mean ± sd over repeats")
+    p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
+    p.add_argument("--out", required=True, help="directory for crossval.json")
+    p.add_argument("--quick", action="store_true", help="the quick preset (the default preset takes far longer)")
+    p.add_argument("--preset", default="default", choices=["default", "quick"])
+    p.add_argument("--folds", type=int, default=4, help="groups of tools; the number of cases = leave-one-case-out")
+    p.add_argument("--repeats", type=int, default=5, help="dealings of the tools into folds (seeds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_crossval)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""Cross-validation by tool: folds of whole tools, out-of-fold scores from models that never saw the
+tool, every tool replayed once per repeat, figures with their spread."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_monitor.archive.mill import read_archive, write_archive
+from edge_monitor.archive.synthetic import synthesize
+from training import fit as fit_module
+from training.crossval import case_folds, crossval, fold_split
+from training.dataset import prepare_windows
+from training.wear import FAILED
+
+CASES = [1, 9, 11, 13]  # 9, 11 and 13 reach the failed class in the synthetic archive
+
+
+@pytest.fixture(scope="module")
+def archive_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("crossval") / "mill.mat"
+    write_archive(path, synthesize(seed=3, cases=CASES, max_runs=5, n_samples=4500).records)
+    return path
+
+
+def test_folds_hold_whole_tools_and_spread_the_failing_ones(archive_path):
+    archive = read_archive(archive_path)
+    ws = prepare_windows(archive)
+    failing = {c.case for c, k in zip(archive.cuts, ws.cut_class) if k == FAILED}
+    assert failing == {9, 11, 13}
+    for seed in range(5):
+        folds = case_folds(archive, ws.cut_class, 2, seed)
+        assert sorted(c for f in folds for c in f) == CASES
+        assert sorted(len(set(f) & failing) for f in folds) == [1, 2]  # dealt evenly
+        split = fold_split(ws, folds[0], seed)
+        case_of_window = ws.cut_field("case")
+        trained_on = set(case_of_window[np.concatenate([split.train, split.val])].tolist())
+        assert trained_on <= set(folds[0]) and ws.healthy[split.train].all() and ws.healthy[split.val].all()
+        assert not set(ws.cut[split.train]) & set(ws.cut[split.val])  # early stopping on other cuts
+    assert sorted(case_folds(archive, ws.cut_class, 4, 0)) == [[c] for c in CASES]  # leave one case out
+    with pytest.raises(ValueError, match="--folds must be 2 to the number of cases"):
+        case_folds(archive, ws.cut_class, 5, 0)
+
+
+@pytest.mark.slow
+def test_crossval_reports_every_tool_once_per_repeat(archive_path, tmp_path, monkeypatch):
+    quick = fit_module.PRESETS["quick"]
+    tiny = fit_module.Preset("tiny", quick.hyperparams, fit_module.TrainingConfig(max_epochs=3, patience=2, batch_size=256))
+    monkeypatch.setitem(fit_module.PRESETS, "tiny", tiny)
+    report = crossval(archive_path, tmp_path, preset="tiny", folds=2, repeats=2)
+    assert json.loads((tmp_path / "crossval.json").read_text())["summary"] == report["summary"]
+    assert [r["seed"] for r in report["repeats"]] == [0, 1]
+    for rep in report["repeats"]:
+        assert sorted(t["case"] for t in rep["tools"]) == CASES  # every tool, once
+        assert sorted(c for f in rep["folds"] for c in f) == CASES
+        assert [t["cases"] for t in rep["thresholds"]] == rep["folds"]  # thresholds per fold
+        figures = rep["figures"]
+        assert figures["failing_tools"] == 3
+        assert figures["failing_caught_in_time"] + figures["failing_alarmed_late"] + figures["failing_missed"] == 3
+        assert 0 <= figures["pr_auc_recon"] <= 1 and figures["no_skill"] > 0
+    caught = report["summary"]["failing_caught_in_time"]
+    assert caught["values"] == [r["figures"]["failing_caught_in_time"] for r in report["repeats"]]
+    assert caught["mean"] == pytest.approx(np.mean(caught["values"]))
+    assert caught["sd"] == pytest.approx(np.std(caught["values"], ddof=1))

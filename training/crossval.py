@@ -1,0 +1,201 @@
+"""Cross-validation by tool: honest tool-level figures, with their spread over repeats.
+
+A test split of cuts leaves each tool's life in pieces, and holds about two failed cuts, so neither
+tool-level outcomes nor window PR-AUC can be trusted from one split. Here the archive's cases (one
+tool each) are dealt into ``folds`` groups, stratified so that the tools that reach failure spread
+over the folds (``folds`` = the number of cases is leave-one-case-out). For each fold a model is
+trained on the healthy cuts of the other folds' tools only (early stopping on a fifth of those
+cuts); it scores every window of its own fold's tools, so each window of the archive gets an
+out-of-fold score from a model that never saw its tool.
+
+Thresholds for a fold are chosen, by the bundle's own rule (``thresholds.choose_thresholds``), on
+the out-of-fold scores of the *other* folds' tools; the fold's tools are then replayed through the
+daemon's own pipeline and alarm rule (``toollife.replay_tools``) with the fold's model and those
+thresholds. Every tool of the archive thus gets an honest tool-life outcome. ``repeats`` deals the
+tools anew (another seed) and the report gives the mean and standard deviation over repeats of the
+window metrics (raw and calibrated, failed vs rest, over all out-of-fold windows) and of the
+tool-level counts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_monitor.archive.mill import Archive, read_archive
+from edge_monitor.core.alarm import AlarmPolicy
+from edge_monitor.core.channels import SAMPLE_RATE_HZ
+from edge_monitor.core.pipeline import PipelineSpec
+from edge_monitor.core.scores import WindowScores
+
+from .dataset import WindowSet, prepare_windows
+from .fit import PRESETS, describe_archive, train_model
+from .metrics import anomaly_metrics
+from .splits import Split
+from .thresholds import choose_thresholds
+from .toollife import ToolLife, format_tool_table, replay_tools, tool_totals
+from .wear import FAILED, HEALTHY
+
+VAL_FRACTION = 0.2  # of the training tools' healthy cuts, for early stopping
+REPORTED = ("pr_auc_recon", "pr_auc_kl", "raw_pr_auc_recon", "raw_pr_auc_kl", "no_skill",
+            "failing_tools", "failing_caught_in_time", "failing_alarmed_late", "failing_missed",
+            "tools_alarmed_on_a_healthy_cut", "tools_warned_on_a_healthy_cut", "never_failed_tools_alarmed")
+
+
+def case_folds(archive: Archive, cut_class: np.ndarray, folds: int, seed: int) -> list[list[int]]:
+    """The archive's cases dealt into ``folds`` groups; cases whose tool reaches failure are dealt
+    first, so they spread evenly."""
+    cases = sorted(archive.by_case())
+    if not 2 <= folds <= len(cases):
+        raise ValueError(f"--folds must be 2 to the number of cases ({len(cases)}), got {folds}")
+    failing = {c.case for c, k in zip(archive.cuts, cut_class) if k == FAILED}
+    rng = np.random.default_rng(seed)
+    order = [*rng.permutation([c for c in cases if c in failing]), *rng.permutation([c for c in cases if c not in failing])]
+    groups: list[list[int]] = [[] for _ in range(folds)]
+    for i, case in enumerate(order):
+        groups[i % folds].append(int(case))
+    return [sorted(g) for g in groups]
+
+
+def fold_split(ws: WindowSet, train_cases: list[int], seed: int) -> Split:
+    """Training and early-stopping windows: the healthy cuts of ``train_cases``, by cut."""
+    case_of_window = ws.cut_field("case")
+    cuts = np.unique(ws.cut[np.isin(case_of_window, train_cases) & ws.healthy])
+    if cuts.size < 2:
+        raise ValueError(f"cases {train_cases} hold fewer than two healthy cuts: nothing to train on")
+    rng = np.random.default_rng(seed)
+    val_cuts = rng.choice(cuts, size=max(1, round(VAL_FRACTION * cuts.size)), replace=False)
+    pick = lambda chosen: np.flatnonzero(np.isin(ws.cut, chosen))  # noqa: E731
+    return Split("case", seed, pick(np.setdiff1d(cuts, val_cuts)), pick(val_cuts), np.empty(0, int))
+
+
+@dataclass
+class Repeat:
+    seed: int
+    folds: list[list[int]]
+    metrics: dict  # window metrics of all out-of-fold scores
+    tools: list[ToolLife]
+    thresholds: list[dict]  # per fold
+
+    def figures(self) -> dict:
+        return {**{k: self.metrics.get(k) for k in ("pr_auc_recon", "pr_auc_kl", "no_skill")},
+                "raw_pr_auc_recon": self.metrics["raw"]["pr_auc_recon"],
+                "raw_pr_auc_kl": self.metrics["raw"]["pr_auc_kl"], **tool_totals(self.tools)}
+
+
+def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: int, verbose: int = 0) -> Repeat:
+    """One dealing of the tools into folds: out-of-fold scores, thresholds and tool lives."""
+    from edge_monitor.model.scorer import WindowScorer
+
+    chosen = PRESETS[preset]
+    groups = case_folds(archive, ws.cut_class, folds, seed)
+    case_of_window = ws.cut_field("case")
+    n, n_channels = len(ws), ws.data.shape[2]
+    oof = WindowScores(np.full(n, np.nan), np.full(n, np.nan), np.full((n, n_channels), np.nan))
+    raw = WindowScores(np.full(n, np.nan), np.full(n, np.nan), np.full((n, n_channels), np.nan))
+    scorers = []
+    for k, test_cases in enumerate(groups):
+        train_cases = [c for g in groups if g is not test_cases for c in g]
+        trained = train_model(ws, fold_split(ws, train_cases, seed * 100 + k), chosen.hyperparams,
+                              chosen.training, seed=seed * 100 + k, verbose=verbose)
+        scorer = WindowScorer(trained.model, trained.scaler, trained.calibration)
+        mine = np.flatnonzero(np.isin(case_of_window, test_cases))
+        for target, values in ((oof, scorer.score(ws.data[mine], ws.regimes[mine])), (raw, scorer.raw_scores(ws.data[mine]))):
+            target.recon[mine], target.kl[mine], target.channels[mine] = values.recon, values.kl, values.channels
+        scorers.append(scorer)
+    metrics = {**anomaly_metrics(oof, ws.labels), "raw": anomaly_metrics(raw, ws.labels)}
+    tools, thresholds = [], []
+    for k, (test_cases, scorer) in enumerate(zip(groups, scorers)):
+        others = np.flatnonzero(~np.isin(case_of_window, test_cases))
+        th = choose_thresholds(oof.subset(others), ws.labels[others])
+        thresholds.append({"fold": k, "cases": test_cases, **th.to_dict()})
+        spec = PipelineSpec(ws.window, ws.stable, SAMPLE_RATE_HZ, th, AlarmPolicy(), f"crossval-{seed}-{k}")
+        part = _only_cases(archive, test_cases)
+        position = {id(c): i for i, c in enumerate(archive.cuts)}
+        at = [position[id(c)] for c in part.cuts]
+        tools += replay_tools(part, ws.cut_vb[at], ws.cut_class[at], spec, lambda b, s=scorer: s.score(b.data, b.regime))
+    tools.sort(key=lambda t: t.case)
+    return Repeat(seed, groups, metrics, tools, thresholds)
+
+
+def _only_cases(archive: Archive, cases: list[int]) -> Archive:
+    from dataclasses import replace
+
+    return replace(archive, cuts=tuple(c for c in archive.cuts if c.case in cases))
+
+
+def summarise(repeats: list[Repeat]) -> dict:
+    """Mean and standard deviation over repeats of every reported figure."""
+    out = {}
+    for key in REPORTED:
+        values = np.array([np.nan if r.figures()[key] is None else r.figures()[key] for r in repeats], dtype=float)
+        finite = values[np.isfinite(values)]
+        out[key] = {"mean": float(finite.mean()) if finite.size else None,
+                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
+                    "values": [None if np.isnan(v) else float(v) for v in values]}
+    return out
+
+
+def format_crossval(summary: dict, n_repeats: int, folds: int) -> str:
+    def show(key: str, digits: int = 3) -> str:
+        s = summary[key]
+        if s["mean"] is None:
+            return "-"
+        sd = "" if s["sd"] is None else f" ± {s['sd']:.{digits}f}"
+        return f"{s['mean']:.{digits}f}{sd}"
+
+    return "\n".join([
+        f"cross-validation by tool: {folds} folds, {n_repeats} repeat(s); mean ± sd over repeats",
+        f"window PR-AUC failed vs rest (out of fold): recon {show('pr_auc_recon')}, kl {show('pr_auc_kl')}; "
+        f"raw recon {show('raw_pr_auc_recon')}, raw kl {show('raw_pr_auc_kl')}; no-skill {show('no_skill')}",
+        f"failing tools {show('failing_tools', 1)}: caught in time {show('failing_caught_in_time', 1)}, "
+        f"late {show('failing_alarmed_late', 1)}, missed {show('failing_missed', 1)}",
+        f"tools alarmed on a healthy cut {show('tools_alarmed_on_a_healthy_cut', 1)}, warned on a healthy cut "
+        f"{show('tools_warned_on_a_healthy_cut', 1)}; never-failed tools alarmed {show('never_failed_tools_alarmed', 1)}",
+    ])
+
+
+def crossval(archive_path: str | Path, out: str | Path, preset: str = "quick", folds: int = 4,
+             repeats: int = 5, seed: int = 0) -> dict:
+    """The ``crossval`` command: writes ``crossval.json`` in ``out`` and prints the report."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {repeats}")
+    archive = read_archive(archive_path)
+    print(describe_archive(archive), flush=True)
+    ws = prepare_windows(archive)
+    if not (ws.labels == HEALTHY).any():
+        raise ValueError(f"{archive_path}: no healthy windows to train on")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for r in range(repeats):
+        started = time.monotonic()
+        rep = run_repeat(archive, ws, preset, folds, seed + r)
+        results.append(rep)
+        print(f"\nrepeat {r + 1}/{repeats} (seed {seed + r}, folds {rep.folds}, {time.monotonic() - started:.0f} s)",
+              flush=True)
+        print(format_tool_table(rep.tools, tool_totals(rep.tools)), flush=True)
+    summary = summarise(results)
+    report = {
+        "archive": str(archive_path), "archive_sha256": archive.sha256, "preset": preset, "folds": folds,
+        "repeats": [{"seed": r.seed, "folds": r.folds, "figures": r.figures(), "thresholds": r.thresholds,
+                     "tools": [t.to_dict() for t in r.tools]} for r in results],
+        "summary": summary,
+        "rule": f"the daemon's default alarm policy {AlarmPolicy().to_dict()}",
+    }
+    (out / "crossval.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
+    print("\n" + format_crossval(summary, repeats, folds), flush=True)
+    print(f"wrote {out / 'crossval.json'}", flush=True)
+    return report
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON data")
