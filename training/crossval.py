@@ -114,25 +114,18 @@ def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: i
         th = choose_thresholds(oof.subset(others), ws.labels[others])
         thresholds.append({"fold": k, "cases": test_cases, **th.to_dict()})
         spec = PipelineSpec(ws.window, ws.stable, SAMPLE_RATE_HZ, th, AlarmPolicy(), f"crossval-{seed}-{k}")
-        part = _only_cases(archive, test_cases)
-        position = {id(c): i for i, c in enumerate(archive.cuts)}
-        at = [position[id(c)] for c in part.cuts]
-        tools += replay_tools(part, ws.cut_vb[at], ws.cut_class[at], spec, lambda b, s=scorer: s.score(b.data, b.regime))
+        tools += replay_tools(archive, ws.cut_vb, ws.cut_class, spec,
+                              lambda b, s=scorer: s.score(b.data, b.regime), cases=test_cases)
     tools.sort(key=lambda t: t.case)
     return Repeat(seed, groups, metrics, tools, thresholds)
-
-
-def _only_cases(archive: Archive, cases: list[int]) -> Archive:
-    from dataclasses import replace
-
-    return replace(archive, cuts=tuple(c for c in archive.cuts if c.case in cases))
 
 
 def summarise(repeats: list[Repeat]) -> dict:
     """Mean and standard deviation over repeats of every reported figure."""
     out = {}
+    figures = [r.figures() for r in repeats]
     for key in REPORTED:
-        values = np.array([np.nan if r.figures()[key] is None else r.figures()[key] for r in repeats], dtype=float)
+        values = np.array([np.nan if f[key] is None else f[key] for f in figures], dtype=float)
         finite = values[np.isfinite(values)]
         out[key] = {"mean": float(finite.mean()) if finite.size else None,
                     "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,

@@ -214,12 +214,14 @@ def format_tool_table(tools: Sequence[ToolLife], totals: dict) -> str:
 
 
 def replay_tools(archive, cut_vb: np.ndarray, cut_class: np.ndarray, spec: PipelineSpec,
-                 score: Callable[[WindowBatch], WindowScores]) -> list[ToolLife]:
-    """Every case of ``archive`` as one tool (see :func:`replay_tool`); ``cut_vb`` and ``cut_class``
-    are indexed like ``archive.cuts`` (``dataset.WindowSet``)."""
+                 score: Callable[[WindowBatch], WindowScores], cases: Sequence[int] | None = None) -> list[ToolLife]:
+    """Every case of ``archive`` (or only ``cases``) as one tool (see :func:`replay_tool`);
+    ``cut_vb`` and ``cut_class`` are indexed like ``archive.cuts`` (``dataset.WindowSet``)."""
     position = {id(c): i for i, c in enumerate(archive.cuts)}
     tools = []
     for case, cuts in sorted(archive.by_case().items()):
+        if cases is not None and case not in cases:
+            continue
         at = [position[id(c)] for c in cuts]
         tools.append(replay_tool(spec, case, cuts, cut_vb[at], cut_class[at], score))
     return tools
