@@ -4,8 +4,8 @@ alarm outcome deterministic, the daemon as a subprocess, and an MQTT collector.
 The archive: case 11 with its first run only (a tool that stays healthy) and case 13 through
 failure (runs 1, 6, 10, 15). ``replay --machines 2 --cases 11,13`` gives ``mill-01`` the healthy
 tool and ``mill-02`` the failing one. The bundle is trained in a few seconds on the healthy
-windows; its thresholds are set from its own offline scores of these cuts (warning above every
-healthy window, alarm above every degraded one), and the fixture checks with the alarm policy
+windows; its thresholds are set from its own offline scores of these cuts (alarm just below the
+failing tool's last cuts over its first one), and the fixture checks with the alarm policy
 that mill-02 must reach ``alarm`` and mill-01 stay ``normal``. Scores are calibrated by regime, as
 training evaluates them and the daemon publishes them.
 """
@@ -28,13 +28,13 @@ import pytest
 
 from edge_monitor.archive.mill import Archive, read_archive, write_archive
 from edge_monitor.archive.synthetic import synthesize
-from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
+from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, CutEvidence, Level, Thresholds
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = (11, 13)
 N_SAMPLES = 4500  # 18 s cuts: the shortest the generator makes, enough stable windows
-POLICY = AlarmPolicy()  # k = 3 of n = 5, the defaults the daemon runs with
+POLICY = AlarmPolicy()  # per cut over the tool's first, 2 cuts in a row: the defaults the daemon runs with
 
 
 @dataclass
@@ -46,6 +46,7 @@ class ModelFixture:
     # (cut id, offset) -> (recon, kl, channels) offline scores of every stable window
     offline: dict[tuple[str, int], tuple[float, float, np.ndarray]]
     cuts_by_case: dict[int, list[str]]  # cut ids in replay order
+    alarm_cut: str  # the cut of case 13 whose end raises the alarm, offline
 
 
 _built: dict[str, ModelFixture] = {}
@@ -93,15 +94,20 @@ def _build(where: Path) -> ModelFixture:
     scores = WindowScorer(trained.model, trained.scaler, calibration).score(ws.data, ws.regimes)
 
     cut_ids = [archive.cuts[i].cut_id for i in ws.cut]
-    classes = ws.labels
     recon = scores.recon.astype(np.float64)
-    warning = float(recon[classes == 0].max()) * 1.02
-    alarm = max(warning, float(recon[classes == 1].max()) * 1.02)
-    thresholds = Thresholds(warning, alarm, score="recon", rule="test: above every healthy / degraded window")
     by_case: dict[int, list[str]] = {}
     for cut in archive.cuts:
         by_case.setdefault(cut.case, []).append(cut.cut_id)
-    _check_outcome(thresholds, ws.starts, cut_ids, recon, by_case)
+    # The alarm rule decides per cut, on the median score of the cut's windows over the tool's first
+    # cut (its reference). Case 11's only cut is its reference; case 13's later cuts are judged:
+    # alarm just below its last two figures, so that it rises by its last cut, warning at 2 % growth.
+    medians = {c: float(np.median(recon[np.asarray(cut_ids) == c])) for c in set(cut_ids)}
+    regimes = {cut_ids[i]: str(ws.regimes[i]) for i in range(len(ws))}
+    evidence = CutEvidence(POLICY)
+    figures = [evidence.judge(medians[c], POLICY.min_windows, regimes[c]) for c in by_case[13]]
+    alarm = min(figures[-2:]) * 0.98
+    thresholds = Thresholds(min(alarm, 1.02), alarm, score="recon", rule="test: alarm below case 13's last cuts")
+    alarm_cut = _check_outcome(thresholds, medians, regimes, by_case)
 
     bundle = where / "bundle"
     save_bundle(
@@ -113,21 +119,26 @@ def _build(where: Path) -> ModelFixture:
         (cut_ids[i], int(ws.starts[i])): (float(scores.recon[i]), float(scores.kl[i]), scores.channels[i])
         for i in range(len(ws))
     }
-    return ModelFixture(archive, where / "mill.mat", bundle, thresholds, offline, by_case)
+    return ModelFixture(archive, where / "mill.mat", bundle, thresholds, offline, by_case, alarm_cut)
 
 
-def _check_outcome(thresholds, starts, cut_ids, recon, by_case) -> None:
-    """With these thresholds, case 13's machine must end in alarm and case 11's stay normal."""
+def _check_outcome(thresholds, medians: dict[str, float], regimes: dict[str, str], by_case) -> str:
+    """With these thresholds, case 13's machine must end in alarm and case 11's stay normal; the cut
+    of case 13 that raises the alarm."""
+    raised = {}
     for case, expected in ((11, Level.NORMAL), (13, Level.ALARM)):
         tracker = AlarmTracker(POLICY, thresholds)
-        worst = Level.NORMAL
+        decided = []
         for cut in by_case[case]:
-            for i in np.flatnonzero(np.asarray(cut_ids) == cut):
-                tracker.update(recon[i], cut, int(starts[i]), 0.0)
-                worst = max(worst, tracker.state)
-        if tracker.state != expected or worst != expected:
+            if tracker.cut_ended(medians[cut], POLICY.min_windows, cut, 0.0, regimes[cut]) is not None:
+                decided.append((cut, tracker.state))
+                if tracker.state == Level.ALARM:
+                    raised[case] = cut
+        if tracker.state != expected:
             pytest.fail(f"the test bundle does not separate case {case}: ends {tracker.state.label}, "
-                        f"expected {expected.label} (thresholds {thresholds})")
+                        f"expected {expected.label}, transitions {decided} (thresholds {thresholds}, "
+                        f"cut medians {[round(medians[c], 3) for c in by_case[case]]})")
+    return raised[13]
 
 
 # ------------------------------------------------------------------------------ MQTT collector

@@ -25,7 +25,7 @@ SPEC = PipelineSpec(
     stable=StableRegionSpec(),
     fs=SAMPLE_RATE_HZ,
     thresholds=Thresholds(1.0, 2.0, score="kl"),
-    policy=AlarmPolicy(k=3, n=5),
+    policy=AlarmPolicy(persist_cuts=2, reference_cuts=0, min_windows=16),
     model_id="m0",
 )
 
@@ -133,24 +133,44 @@ def test_results_summary_and_order(cuts):
     assert summary.score_max == pytest.approx(0.9)
 
 
-def test_alarm_raises_once_and_levels_follow(cuts):
+def test_alarm_is_decided_per_cut_and_levels_follow(cuts):
     p = MachinePipeline("m1", SPEC)
-    windows, _, _ = stream_cut(p, "c0", cuts[0], np.random.default_rng(2))
-    outputs = []
-    # one window at a time, so each step's alarm_changed speaks of one window
-    for w in (part for b in windows for part in (b.split(i)[1].split(1)[0] for i in range(len(b)))):
-        step = p.scored(w, scores_of([5.0]))
-        outputs += step.outputs
-        assert step.alarm_changed == any(isinstance(o.message, AlarmMessage) for o in step.outputs)
-        assert step.alarm_changed == any(e.name == "alarm" and e.level == "warning" for e in step.events)
+    outputs, steps = [], []
+    for k in range(3):  # three cuts of a worn tool, every window far above the alarm threshold
+        windows, _, _ = stream_cut(p, f"c{k}", cuts[k % 2], np.random.default_rng(20 + k), ts=1000.0 + 100 * k)
+        # one window at a time, so each step speaks of one window
+        for w in (part for b in windows for part in (b.split(i)[1].split(1)[0] for i in range(len(b)))):
+            step = p.scored(w, scores_of([5.0]))
+            steps.append(step)
+            outputs += step.outputs
+            assert step.alarm_changed == any(isinstance(o.message, AlarmMessage) for o in step.outputs)
+            assert step.alarm_changed == any(e.name == "alarm" and e.level == "warning" for e in step.events)
     alarms = [o.message for o in outputs if isinstance(o.message, AlarmMessage)]
-    assert len(alarms) == 1
+    assert len(alarms) == 1  # persist_cuts = 2: the second cut decides, once
     a = alarms[0]
-    assert (a.machine, a.state, a.cut, a.score, a.threshold, a.model) == ("m1", "alarm", "c0", 5.0, 2.0, "m0")
-    assert a.since == [t for w in windows for t in w.ts.tolist()][2]  # the third window above the threshold (k = 3)
-    levels = [o.message.level for o in outputs if isinstance(o.message, ScoreMessage)]
-    assert levels[:3] == ["normal", "normal", "alarm"] and set(levels[3:]) == {"alarm"}
-    assert outputs[-1].message.level == "alarm"
+    assert (a.machine, a.state, a.cut, a.score, a.threshold, a.model) == ("m1", "alarm", "c1", 5.0, 2.0, "m0")
+    assert a.since == 1100.0 + cuts[1].shape[0] / SAMPLE_RATE_HZ  # when the deciding cut ended
+    summaries = [o.message for o in outputs if isinstance(o.message, SummaryMessage)]
+    assert [(m.cut, m.level) for m in summaries] == [("c0", "normal"), ("c1", "alarm"), ("c2", "alarm")]
+    at = next(i for i, o in enumerate(outputs) if o.message is a)
+    assert outputs[at + 1].message is summaries[1]  # the transition, then the summary that shows it
+    levels = {(o.message.cut, o.message.level) for o in outputs if isinstance(o.message, ScoreMessage)}
+    assert levels == {("c0", "normal"), ("c1", "normal"), ("c2", "alarm")}  # the state while each was cut
+
+
+def test_a_cut_with_too_few_windows_is_no_evidence(cuts):
+    p = MachinePipeline("m1", SPEC)
+    windows, _, _ = stream_cut(p, "c0", cuts[0], np.random.default_rng(30))
+    score_all(p, windows, 5.0)
+    short = cuts[0][: 4500]  # half a cut: a few stable windows only
+    windows, _, _ = stream_cut(p, "short", short, np.random.default_rng(31), ts=2000.0)
+    n = sum(len(w) for w in windows)
+    assert 0 < n < SPEC.policy.min_windows
+    outputs = score_all(p, windows, 5.0)
+    assert not any(isinstance(o.message, AlarmMessage) for o in outputs) and p.state == Level.NORMAL
+    windows, _, _ = stream_cut(p, "c1", cuts[1], np.random.default_rng(32), ts=3000.0)
+    outputs = score_all(p, windows, 5.0)  # with c0 it makes two cuts in a row with evidence
+    assert [o.message.state for o in outputs if isinstance(o.message, AlarmMessage)] == ["alarm"]
 
 
 def test_reset_waits_for_windows_being_scored(cuts):

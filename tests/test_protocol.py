@@ -445,9 +445,9 @@ def test_encode_alarm_and_parse_it_back():
 
 
 def test_encode_summary_status_error():
-    s = outbound.SummaryMessage("c1", 70, 128, (2560, 7295), 0.12, math.inf, "normal")
+    s = outbound.SummaryMessage("c1", 70, 128, (2560, 7295), 0.12, math.inf, "normal", judged=1.25)
     assert json.loads(outbound.encode(s)) == {"cut": "c1", "windows": 70, "skipped": 128, "stable": [2560, 7295],
-                                       "score_median": 0.12, "score_max": None, "level": "normal"}
+                                       "score_median": 0.12, "score_max": None, "judged": 1.25, "level": "normal"}
     assert json.loads(outbound.encode(outbound.SummaryMessage("c1", 0, 0, None, None, None, "alarm")))["stable"] is None
     st = outbound.StatusMessage("online", "model-1", "cpu", "0.1.0", 100.0, {"messages_in": np.int64(5), "gaps": 0})
     assert json.loads(outbound.encode(st)) == {"state": "online", "model": "model-1", "device": "cpu", "version": "0.1.0",

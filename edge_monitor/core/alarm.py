@@ -1,20 +1,31 @@
-"""The alarm state of one machine: normal < warning < alarm, raised by k of the last n windows.
+"""The alarm state of one machine: normal < warning < alarm, decided over a tool's life, cut by cut.
 
-Raising: after each scored window, the state becomes the highest level whose threshold at least
-``k`` of the machine's last ``n`` window scores exceed (strictly), if that is above the current
-state. The last ``n`` windows run across cuts: wear carries over from one cut to the next. With
-the defaults (3 of 5) one or two outlier windows raise nothing, while three bad windows out of five
-(about 1.3 s of stable cutting at 64 samples and 250 Hz) do.
+Tool wear grows over cuts, not within a second: a decision on a burst of windows alarms on a fresh
+tool's odd cut and then, latched, shows ALARM for the tool's whole life. So the evidence is one
+figure per cut (:class:`CutEvidence`): the median alarm score of the cut's stable windows (robust
+to a few outlier windows; a cut with fewer than ``min_windows`` scored windows, a few seconds of
+steady cutting, is no evidence either way), divided by the tool's own reference. After a ``reset``
+(a tool change) the monitor knows the tool is new: its first ``reference_cuts`` cuts with evidence
+in each operating regime are its reference, and every later cut in that regime is judged by how
+many times the reference its median is. Tools differ (insert runout, clamping, the workpiece), and
+a fresh tool that happens to score high on every cut is not wearing; its growth is. The reference
+cuts decide nothing. ``reference_cuts: 0`` judges the calibrated median itself.
 
-Wear does not heal, so by default the state only drops on :meth:`AlarmTracker.reset` (the tool
-was changed). With ``auto_clear`` it also drops, one level at a time, after ``clear_windows``
-consecutive windows scored below the current level's threshold less ``clear_margin`` of it
-(hysteresis: scores hovering at the threshold neither raise nor clear). Each drop, like a reset,
-empties the window history, so raising again needs ``k`` fresh windows above a threshold.
+After each judged cut, the state becomes the highest level whose threshold the last
+``persist_cuts`` judged cuts all exceeded (strictly), if that is above the current state: one odd
+cut raises nothing, a tool that has crossed a threshold is reported by its next cut. The window
+scores still go out one by one for dashboards; only the decision waits for the cut's end.
 
-Non-finite scores are ignored. :meth:`AlarmTracker.to_dict` / :meth:`AlarmTracker.from_dict` carry
-the state over a restart; restoring is not a transition, so nothing is announced again. The
-retained alarm message itself is a valid snapshot (its extra keys are ignored).
+Wear does not heal, so by default the state only drops on :meth:`AlarmTracker.reset` (the tool was
+changed). With ``auto_clear`` it also drops, one level at a time, after ``clear_cuts`` consecutive
+judged cuts below the current level's threshold less ``clear_margin`` of it (hysteresis: cuts
+hovering at the threshold neither raise nor clear). Each drop, like a reset, forgets the cut
+history, so raising again needs ``persist_cuts`` fresh cuts above a threshold; only a reset
+forgets the reference.
+
+:meth:`AlarmTracker.to_dict` / :meth:`AlarmTracker.from_dict` carry the state over a restart;
+restoring is not a transition, so nothing is announced again. The retained alarm message itself is a
+valid snapshot (its extra keys are ignored; without a reference, the next cut becomes one).
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Mapping
+
+import numpy as np
 
 from .scores import SCORE_NAMES  # the scores a bundle can alarm on
 from .spec import Spec, setting
@@ -77,27 +90,21 @@ class Thresholds(Spec):
 @dataclass(frozen=True)
 class AlarmPolicy(Spec):
     section = "alarm"
-    k: int = setting(3, low=1)  # windows above a threshold ...
-    n: int = setting(5, low=1)  # ... among the last n raise its level
+    persist_cuts: int = setting(2, low=1, high=100)  # consecutive judged cuts above a threshold raise its level
+    reference_cuts: int = setting(1, low=0, high=20)  # a new tool's first cuts per regime: its reference
+    min_windows: int = setting(16, low=1)  # a cut with fewer scored windows (≈ 4 s at 250 Hz) is no evidence
     auto_clear: bool = False  # wear does not heal: by default only a reset lowers the state
-    # with auto_clear: consecutive windows below the clear level (≈ 13 s at 250 Hz)
-    clear_windows: int = setting(50, low=1)
+    clear_cuts: int = setting(3, low=1)  # with auto_clear: consecutive cuts below the clear level
     clear_margin: float = setting(0.1, low=0.0, below=1.0)  # clear level = threshold - margin × |threshold|
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.k > self.n:
-            raise self.error("k", f"must not exceed alarm.n ({self.n}), got {self.k}")
 
 
 @dataclass(frozen=True)
 class Transition:
     old: Level
     new: Level
-    since: float | None  # ts of the window (or reset) that changed the state
-    cut: str | None  # None after a reset
-    offset: int | None  # first sample of the deciding window
-    score: float | None  # the deciding window's score
+    since: float | None  # when the deciding cut ended (or the reset came)
+    cut: str | None  # the deciding cut; None after a reset
+    score: float | None  # the deciding cut's median score
     threshold: float | None  # raise: the new level's threshold; clear: the old level's
     by: str | None = None  # who reset
 
@@ -106,77 +113,113 @@ class Transition:
         return self.new > self.old
 
 
+class CutEvidence:
+    """What a cut tells about the tool: its median alarm score over the tool's reference in the
+    cut's regime (or the median itself with ``reference_cuts: 0``). Shared by the tracker and by
+    training, which chooses the thresholds on these very figures."""
+
+    def __init__(self, policy: AlarmPolicy) -> None:
+        self.policy = policy
+        self.references: dict[str, list[float]] = {}  # regime -> the reference cuts' medians
+
+    def judge(self, median: float | None, windows: int, regime: str) -> float | None:
+        """The figure a cut is judged by; None when the cut is no evidence or becomes reference."""
+        if median is None or not math.isfinite(median) or windows < self.policy.min_windows:
+            return None
+        median = float(median)
+        if self.policy.reference_cuts == 0:
+            return median
+        reference = self.references.setdefault(regime, [])
+        if len(reference) < self.policy.reference_cuts:
+            reference.append(median)
+            return None
+        # Scores are non-negative; a zero reference (a degenerate cut) must not divide by zero.
+        return median / max(float(np.median(reference)), _TINY)
+
+    def new_tool(self) -> None:
+        self.references.clear()
+
+    def to_dict(self) -> dict:
+        return {regime: list(values) for regime, values in self.references.items()}
+
+    def restore(self, data: Any) -> None:
+        if not isinstance(data, dict) or any(
+            type(k) is not str or not isinstance(v, list)
+            or any(type(x) not in (int, float) or not math.isfinite(x) for x in v)
+            for k, v in data.items()
+        ):
+            raise ValueError("alarm state: references must map each regime to a list of finite scores")
+        self.references = {k: [float(x) for x in v][: self.policy.reference_cuts] for k, v in data.items()}
+
+
+_TINY = 1e-12
+
+
 class AlarmTracker:
-    """One machine's alarm state; feed it every scored window in order with :meth:`update`."""
+    """One machine's alarm state; feed it every cut's median score in order with :meth:`cut_ended`."""
 
     def __init__(self, policy: AlarmPolicy, thresholds: Thresholds) -> None:
         self.policy = policy
         self.thresholds = thresholds
+        self.evidence = CutEvidence(policy)
+        self.judged: float | None = None  # the last cut's figure (None: no evidence, or a reference cut)
         self.state = Level.NORMAL
-        # The window (or reset) that brought the current state: what the alarm topic announces.
+        # The cut (or reset) that brought the current state: what the alarm topic announces.
         self.since: float | None = None
         self.cut: str | None = None
-        self.offset: int | None = None
         self.score: float | None = None
         self.threshold: float | None = None
-        self._recent: deque[float] = deque(maxlen=policy.n)
-        self._below = 0  # consecutive windows under the current level's clear level
+        self._recent: deque[float] = deque(maxlen=policy.persist_cuts)  # last cuts' median scores
+        self._below = 0  # consecutive cuts under the current level's clear level
 
-    def update(self, score: float, cut: str, offset: int, ts: float) -> Transition | None:
-        score = float(score)
-        if not math.isfinite(score):
-            return None
-        self._recent.append(score)
+    def cut_ended(self, median: float | None, windows: int, cut: str, ts: float, regime: str = "") -> Transition | None:
+        """A cut in ``regime`` ended with ``windows`` scored windows whose median alarm score is ``median``."""
+        self.judged = value = self.evidence.judge(median, windows, regime)
+        if value is None:
+            return None  # no evidence (or a reference cut): the history is kept as it is
+        self._recent.append(value)
         target = self._raised_level()
         if target > self.state:
-            return self._move(target, ts, cut, offset, score, self.thresholds.of(target))
+            return self._move(target, ts, cut, value, self.thresholds.of(target))
         if not self.policy.auto_clear or self.state == Level.NORMAL:
             return None
         threshold = self.thresholds.of(self.state)
         clear_level = threshold - self.policy.clear_margin * abs(threshold)
-        self._below = self._below + 1 if score < clear_level else 0
-        if self._below < self.policy.clear_windows:
+        self._below = self._below + 1 if value < clear_level else 0
+        if self._below < self.policy.clear_cuts:
             return None
         self._recent.clear()
-        return self._move(Level(self.state - 1), ts, cut, offset, score, threshold)
+        return self._move(Level(self.state - 1), ts, cut, value, threshold)
 
     def reset(self, by: str, ts: float) -> Transition | None:
-        """The tool was changed: back to normal with an empty history. None if already normal."""
+        """The tool was changed: back to normal with an empty history and no reference. None if
+        already normal."""
         self._recent.clear()
         self._below = 0
+        self.evidence.new_tool()
         if self.state == Level.NORMAL:
             return None
         old = self.state
-        self._set(Level.NORMAL, ts, None, None, None, None)
-        return Transition(old, Level.NORMAL, ts, None, None, None, None, by)
+        self._set(Level.NORMAL, ts, None, None, None)
+        return Transition(old, Level.NORMAL, ts, None, None, None, by)
 
     def _raised_level(self) -> Level:
-        k = self.policy.k
+        if len(self._recent) < self.policy.persist_cuts:
+            return Level.NORMAL
         for level in (Level.ALARM, Level.WARNING):
-            threshold = self.thresholds.of(level)
-            if sum(s > threshold for s in self._recent) >= k:
+            if min(self._recent) > self.thresholds.of(level):
                 return level
         return Level.NORMAL
 
-    def _move(
-        self, new: Level, ts: float, cut: str, offset: int, score: float, threshold: float
-    ) -> Transition:
+    def _move(self, new: Level, ts: float, cut: str, score: float, threshold: float) -> Transition:
         old = self.state
-        self._set(new, ts, cut, offset, score, threshold)
+        self._set(new, ts, cut, score, threshold)
         self._below = 0
-        return Transition(old, new, ts, cut, offset, score, threshold)
+        return Transition(old, new, ts, cut, score, threshold)
 
-    def _set(
-        self,
-        state: Level,
-        since: float | None,
-        cut: str | None,
-        offset: int | None,
-        score: float | None,
-        threshold: float | None,
-    ) -> None:
-        self.state, self.since, self.cut, self.offset = state, since, cut, offset
-        self.score, self.threshold = score, threshold
+    def _set(self, state: Level, since: float | None, cut: str | None, score: float | None,
+             threshold: float | None) -> None:
+        self.state, self.since, self.cut, self.score, self.threshold = state, since, cut, score, threshold
 
     # --------------------------------------------------------------------------- persistence
 
@@ -185,36 +228,36 @@ class AlarmTracker:
             "state": self.state.label,
             "since": self.since,
             "cut": self.cut,
-            "offset": self.offset,
             "score": self.score,
             "threshold": self.threshold,
             "recent": list(self._recent),
             "below": self._below,
+            "references": self.evidence.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, policy: AlarmPolicy, thresholds: Thresholds, data: Mapping[str, Any]) -> "AlarmTracker":
         """Restore a snapshot (from :meth:`to_dict`, or a retained alarm message). Only ``state``
-        is required; the history is cut to the policy's ``n``. Restoring announces nothing."""
+        is required; the history keeps the policy's last ``persist_cuts`` cuts. Restoring announces
+        nothing."""
         tracker = cls(policy, thresholds)
         state = Level.parse(data.get("state"))
         since = _optional_number(data, "since")
         score = _optional_number(data, "score")
         threshold = _optional_number(data, "threshold")
-        cut, offset = data.get("cut"), data.get("offset")
+        cut = data.get("cut")
         if cut is not None and type(cut) is not str:
             raise ValueError(f"alarm state: cut must be a string or null, got {cut!r}")
-        if offset is not None and (type(offset) is not int or offset < 0):
-            raise ValueError(f"alarm state: offset must be a non-negative integer or null, got {offset!r}")
         recent = data.get("recent", [])
         if not isinstance(recent, list) or any(type(s) not in (int, float) or not math.isfinite(s) for s in recent):
             raise ValueError("alarm state: recent must be a list of finite scores")
         below = data.get("below", 0)
         if type(below) is not int or below < 0:
             raise ValueError(f"alarm state: below must be a non-negative integer, got {below!r}")
-        tracker._set(state, since, cut, offset, score, threshold)
+        tracker._set(state, since, cut, score, threshold)
         tracker._recent.extend(float(s) for s in recent)
         tracker._below = below
+        tracker.evidence.restore(data.get("references", {}))
         return tracker
 
 

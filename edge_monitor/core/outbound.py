@@ -87,6 +87,9 @@ class SummaryMessage:
     score_median: float | None
     score_max: float | None
     level: str  # the machine's alarm state at the cut's end
+    # The figure the alarm rule judged the cut by (its median over the tool's reference); None when
+    # the cut was no evidence or became the reference.
+    judged: float | None = None
 
     def to_dict(self) -> dict:
         _check_level(self.level)
@@ -97,6 +100,7 @@ class SummaryMessage:
             "stable": None if self.stable is None else [int(self.stable[0]), int(self.stable[1])],
             "score_median": finite(self.score_median),
             "score_max": finite(self.score_max),
+            "judged": finite(self.judged),
             "level": self.level,
         }
 

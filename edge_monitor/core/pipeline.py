@@ -8,9 +8,9 @@ The functional core of the daemon for one machine, with no MQTT, no model and no
           cuts from the same signals)
         → :class:`WindowBatch` (the windows one message completed, as arrays)
 
-and, once the caller has scored them, :meth:`MachinePipeline.scored` feeds the alarm.AlarmTracker
-and returns what to publish: each window's score, an alarm transition, and the summary of a cut
-once all of its windows are scored.
+and, once the caller has scored them, :meth:`MachinePipeline.scored` returns what to publish: each
+window's score and, once all of a cut's windows are scored, the cut's median score goes to the
+alarm.AlarmTracker (the decision is per cut) and the cut's summary and any alarm transition go out.
 
 Order is kept per machine: the caller scores windows in the order :meth:`MachinePipeline.handle`
 returned them (a batch may come back in parts), and a cut's summary or a ``reset`` that arrives
@@ -116,10 +116,12 @@ class _CutRecord:
     """A cut's windows on their way through scoring, until its summary."""
 
     cut: str
+    regime: str  # the cut's operating regime: which of the tool's references judges it
     emitted: int = 0  # windows handed out for scoring
     scores: list[float] = field(default_factory=list)
     skipped: int = 0
     stable: tuple[int, int] | None = None
+    end_ts: float = 0.0  # when the cut's last sample was taken
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ class MachinePipeline:
         p = msg.params  # a cut without parameters is scored against the reference of all regimes
         self._regime = regime_key(p.doc, p.feed, p.material) if p is not None else GLOBAL
         self._windower = CutWindower(self.spec.window, self.spec.stable)
-        self._record = _CutRecord(msg.cut)
+        self._record = _CutRecord(msg.cut, self._regime)
         self._records[msg.cut] = self._record
         self._counted_dup = self._counted_gap = 0
         step.events.append(Event("cut_start", {"cut": msg.cut}))
@@ -233,6 +235,8 @@ class MachinePipeline:
         self._emit(Windows.concat(last, self.spec.window.length, len(CHANNELS)), step)
         record.skipped = stats.lost_rows
         record.stable = windower.stable_span
+        assert self._cut is not None
+        record.end_ts = self._cut.ts + closed.samples / self._cut.fs
         self._cut, self._windower, self._record = None, None, None
         fields = {
             "cut": closed.cut,
@@ -285,16 +289,14 @@ class MachinePipeline:
         self._take_outstanding(batch)
         recon, kl, channels = scores.recon.tolist(), scores.kl.tolist(), scores.channels.tolist()
         step = Step()
+        level = self.tracker.state.label  # decided per cut: the same for all of a cut's windows
         for value, offset, ts, r, k, c in zip(values.tolist(), batch.offsets.tolist(), batch.ts.tolist(),
                                               recon, kl, channels):
-            transition = self.tracker.update(value, batch.cut, offset, ts)
             message = ScoreMessage(
                 cut=batch.cut, offset=offset, recon=r, kl=k, score=value, channels=dict(zip(CHANNELS, c)),
-                level=self.tracker.state.label, model=self.spec.model_id, ts=ts,
+                level=level, model=self.spec.model_id, ts=ts,
             )
             step.outputs.append(Output(self.machine, message))
-            if transition is not None:
-                self._announce(transition, step)
         self._records[batch.cut].scores.extend(values.tolist())
         self._drain(step)
         return step
@@ -323,8 +325,13 @@ class MachinePipeline:
         while self._outstanding and not isinstance(self._outstanding[0], WindowBatch):
             item = self._outstanding.popleft()
             if isinstance(item, _Summarise):
-                del self._records[item.record.cut]
-                summary = self._summary(item.record)
+                record = item.record
+                del self._records[record.cut]
+                median, n = _median(record.scores)
+                transition = self.tracker.cut_ended(median, n, record.cut, record.end_ts, record.regime)
+                if transition is not None:
+                    self._announce(transition, step)
+                summary = self._summary(record, median)
                 step.outputs.append(Output(self.machine, summary))
                 fields = summary.to_dict()
                 fields["state"] = fields.pop("level")  # "level" is the log record's own key
@@ -336,17 +343,17 @@ class MachinePipeline:
                 if transition is not None:
                     self._announce(transition, step)
 
-    def _summary(self, record: _CutRecord) -> SummaryMessage:
-        scores = np.asarray(record.scores, dtype=np.float64)
-        finite = scores[np.isfinite(scores)]
+    def _summary(self, record: _CutRecord, median: float | None) -> SummaryMessage:
+        finite = [s for s in record.scores if math.isfinite(s)]
         return SummaryMessage(
             cut=record.cut,
             windows=record.emitted,
             skipped=record.skipped,
             stable=record.stable,
-            score_median=float(np.median(finite)) if finite.size else None,
-            score_max=float(finite.max()) if finite.size else None,
-            level=self.tracker.state.label,
+            score_median=median,
+            score_max=max(finite) if finite else None,
+            level=self.tracker.state.label,  # after the cut's decision
+            judged=self.tracker.judged,
         )
 
     def _announce(self, t: Transition, step: Step) -> None:
@@ -358,3 +365,10 @@ class MachinePipeline:
         step.events.append(Event("alarm", {"state": alarm.state, "cut": alarm.cut, "score": alarm.score,
                                            "threshold": alarm.threshold}, "warning"))
         step.alarm_changed = True
+
+
+def _median(scores: list[float]) -> tuple[float | None, int]:
+    """The median of a cut's finite window scores and how many there are: the cut's evidence."""
+    finite = np.asarray(scores, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return (float(np.median(finite)) if finite.size else None), int(finite.size)
