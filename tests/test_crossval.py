@@ -11,7 +11,8 @@ import pytest
 from edge_monitor.archive.mill import read_archive, write_archive
 from edge_monitor.archive.synthetic import synthesize
 from training import fit as fit_module
-from training.crossval import case_folds, crossval, fold_split
+from training.crossval import crossval
+from training.outoffold import case_folds, fold_split
 from training.dataset import prepare_windows
 from training.wear import FAILED
 
@@ -30,18 +31,24 @@ def test_folds_hold_whole_tools_and_spread_the_failing_ones(archive_path):
     ws = prepare_windows(archive)
     failing = {c.case for c, k in zip(archive.cuts, ws.cut_class) if k == FAILED}
     assert failing == {9, 11, 13}
+    cases = [c.case for c in archive.cuts]
+    everywhere = np.arange(len(ws))
     for seed in range(5):
-        folds = case_folds(archive, ws.cut_class, 2, seed)
+        folds = case_folds(cases, failing, 2, seed)
         assert sorted(c for f in folds for c in f) == CASES
         assert sorted(len(set(f) & failing) for f in folds) == [1, 2]  # dealt evenly
-        split = fold_split(ws, folds[0], seed)
+        split = fold_split(ws, folds[0], seed, everywhere)
         case_of_window = ws.cut_field("case")
         trained_on = set(case_of_window[np.concatenate([split.train, split.val])].tolist())
         assert trained_on <= set(folds[0]) and ws.healthy[split.train].all() and ws.healthy[split.val].all()
         assert not set(ws.cut[split.train]) & set(ws.cut[split.val])  # early stopping on other cuts
-    assert sorted(case_folds(archive, ws.cut_class, 4, 0)) == [[c] for c in CASES]  # leave one case out
+    assert sorted(case_folds(cases, failing, 4, 0)) == [[c] for c in CASES]  # leave one case out
     with pytest.raises(ValueError, match="--folds must be 2 to the number of cases"):
-        case_folds(archive, ws.cut_class, 5, 0)
+        case_folds(cases, failing, 5, 0)
+    # within: training windows only from the windows given (fit keeps its test cuts out)
+    first_cuts = np.flatnonzero(ws.cut_field("run") <= 2)
+    split = fold_split(ws, CASES, 0, first_cuts)
+    assert set(np.concatenate([split.train, split.val]).tolist()) <= set(first_cuts.tolist())
 
 
 @pytest.mark.slow
@@ -51,6 +58,8 @@ def test_crossval_reports_every_tool_once_per_repeat(archive_path, tmp_path, mon
     monkeypatch.setitem(fit_module.PRESETS, "tiny", tiny)
     report = crossval(archive_path, tmp_path, preset="tiny", folds=2, repeats=2)
     assert json.loads((tmp_path / "crossval.json").read_text())["summary"] == report["summary"]
+    saved = np.load(tmp_path / "oof_scores.npz")
+    assert saved["recon"].shape == (2, saved["cut"].size) and np.isfinite(saved["recon"]).all()
     assert [r["seed"] for r in report["repeats"]] == [0, 1]
     for rep in report["repeats"]:
         assert sorted(t["case"] for t in rep["tools"]) == CASES  # every tool, once

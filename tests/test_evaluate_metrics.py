@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_monitor.core.alarm import Thresholds
+from edge_monitor.core.alarm import AlarmPolicy, Thresholds
 from edge_monitor.core.scores import WindowScores
 from training.evaluate import format_summary, level
 from training.metrics import anomaly_metrics, metrics_by_param
@@ -105,65 +105,118 @@ def test_metrics_by_param_breaks_down_by_doc_feed_and_material():
 # --- thresholds ------------------------------------------------------------------------------
 
 
+def each_its_own_cut(labels):
+    return np.arange(len(labels))
+
+
+def per_cut(scores, labels, cuts):
+    """Thresholds with every cut its own tool and the rule judging each cut's median by itself."""
+    cuts = np.asarray(cuts)
+    return choose_thresholds(scores, labels, cuts, tools=cuts, order=np.zeros(cuts.size), regimes=np.zeros(cuts.size),
+                             policy=AlarmPolicy(persist_cuts=1, reference_cuts=0, min_windows=1))
+
+
 def test_thresholds_pick_the_better_score():
     labels, informative, noise = three_classes(np.random.default_rng(3), separation=2.0)
-    on_kl = choose_thresholds(make_scores(informative, noise), labels)
-    on_recon = choose_thresholds(make_scores(noise, informative), labels)
+    on_kl = per_cut(make_scores(informative, noise), labels, each_its_own_cut(labels))
+    on_recon = per_cut(make_scores(noise, informative), labels, each_its_own_cut(labels))
     assert on_kl.score == "kl" and on_recon.score == "recon"
     assert "higher held-out PR-AUC of failed vs rest" in on_kl.rule
     for t in (on_kl, on_recon):
         assert isinstance(t, Thresholds)
         assert t.warning <= t.alarm
-        assert "maximising F1 of failed vs rest" in t.rule
-        assert "maximising Youden's J of degraded-or-failed vs healthy" in t.rule
+        assert "1 consecutive held-out cuts of a tool could flag a healthy one" in t.rule
+        assert "median score of a cut's windows" in t.rule
 
 
-def test_alarm_threshold_separates_separable_classes():
-    labels = np.array([0] * 20 + [1] * 20 + [2] * 5)
-    kl = np.concatenate([np.linspace(0, 1, 20), np.linspace(2, 3, 20), np.linspace(5, 6, 5)])
-    t = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels)
+def test_thresholds_are_chosen_on_cut_medians():
+    # three cuts per class, ten windows each; every cut's median is its class value + its index
+    labels = np.repeat([0, 0, 0, 1, 1, 1, 2, 2, 2], 10)
+    cuts = np.repeat(np.arange(9), 10)
+    medians = np.array([0.8, 1.0, 0.9, 2.0, 2.5, 3.0, 5.0, 6.0, 5.5])
+    rng = np.random.default_rng(5)
+    kl = np.repeat(medians, 10) + np.tile(np.linspace(-0.4, 0.4, 10), 9)  # one window far above its cut
+    kl[0] = 50.0  # an outlier window of a healthy cut: the cut's median is unmoved
+    t = per_cut(make_scores(kl, rng.random(90)), labels, cuts)
     assert t.score == "kl"
-    assert t.alarm == pytest.approx(4.0)  # halfway between the last degraded and the first failed
-    assert t.warning == pytest.approx(1.5)
+    assert t.warning == pytest.approx(1.1)  # 10 % above the highest healthy cut (1.0), not the outlier
+    assert t.alarm == pytest.approx(4.0)  # halfway between the last degraded (3.0) and the first failed (5.0) cut
+    assert "separating the 3 failed from the 3 degraded held-out cuts" in t.rule
     assert level(5.0, t) == "alarm" and level(2.0, t) == "warning" and level(1.0, t) == "normal"
 
 
 def test_fallback_thresholds_when_classes_are_missing():
     rng = np.random.default_rng(4)
     healthy = rng.exponential(size=500)
-    only_healthy = choose_thresholds(make_scores(healthy), np.zeros(500, int))
-    assert only_healthy.alarm == pytest.approx(np.percentile(healthy, 99.5))
-    assert only_healthy.warning == pytest.approx(np.percentile(healthy, 97.5))
-    assert "99.5th percentile" in only_healthy.rule and "97.5th percentile" in only_healthy.rule
+    only_healthy = per_cut(make_scores(healthy), np.zeros(500, int), np.arange(500))
+    assert only_healthy.warning == pytest.approx(healthy.max() * 1.1)
+    assert only_healthy.alarm == pytest.approx(only_healthy.warning * 1.5)
+    assert "no held-out worn cuts" in only_healthy.rule
     assert "default latent-space score" in only_healthy.rule and only_healthy.score == "kl"
 
     labels = np.concatenate([np.zeros(500, int), np.ones(100, int)])
     worn = np.concatenate([healthy, 3 + rng.exponential(size=100)])
-    no_failed = choose_thresholds(make_scores(rng.random(600), worn), labels)
+    no_failed = per_cut(make_scores(rng.random(600), worn), labels, np.arange(600))
     assert no_failed.score == "recon"  # decided by degraded-or-failed vs healthy
-    assert "undefined" in no_failed.rule and "99.5th percentile" in no_failed.rule
-    assert "maximising Youden's J of degraded-or-failed vs healthy" in no_failed.rule
+    assert "undefined" in no_failed.rule and "there are no failed ones" in no_failed.rule
+    assert no_failed.alarm == pytest.approx(worn[500:].max() * 1.1)
     assert no_failed.warning <= no_failed.alarm
 
     with pytest.raises(ValueError, match="healthy held-out windows"):
-        choose_thresholds(make_scores([1.0, 2.0]), np.array([1, 2]))
+        per_cut(make_scores([1.0, 2.0]), np.array([1, 2]), np.arange(2))
 
 
-def test_warning_is_capped_at_the_alarm():
-    # Failed windows score below most degraded ones: the best warning threshold lies above the
-    # best alarm threshold, and is capped to it.
-    labels = np.array([0] * 100 + [2] * 3 + [1] * 50 + [0] * 10)
-    kl = np.concatenate([np.linspace(0, 1, 100), [2.0] * 3, [3.0] * 50, [2.5] * 10])
-    t = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels)
-    assert t.warning == t.alarm == pytest.approx(1.5)
-    assert "Warning at the alarm threshold" in t.rule
+def test_thresholds_judge_each_tool_against_its_first_cut():
+    # Four tools of six cuts, one window each: healthy, healthy, healthy, degraded, failed, failed.
+    # Tool k scores k+1 times as high throughout (another insert, another clamping), and wears the same.
+    growth = np.array([1.0, 1.05, 0.95, 1.6, 3.0, 3.5])
+    labels = np.tile([0, 0, 0, 1, 2, 2], 4)
+    kl = np.concatenate([(k + 1) * growth for k in range(4)])
+    tools, order = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
+    cuts = np.arange(kl.size)
+    policy = AlarmPolicy(persist_cuts=2, reference_cuts=1, min_windows=1)
+    t = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels, cuts, tools=tools, order=order,
+                          regimes=np.zeros(kl.size), policy=policy)
+    # judged by their growth over the first cut, every tool's healthy cuts stay under 1.05 twice in a row
+    assert t.warning == pytest.approx(0.95 * 1.1)  # 10 % above the quiet level: min(1.05, 0.95)
+    assert t.alarm == pytest.approx((1.6 + 3.0) / 2)
+    assert "over that of the tool's first 1 cut(s) in the same regime" in t.rule
+    # judged by the median alone, the fourth tool's healthy cuts (3.8-4.2) sit above every failed cut of the first
+    absolute = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels, cuts, tools=tools, order=order,
+                                 regimes=np.zeros(kl.size), policy=AlarmPolicy(persist_cuts=2, reference_cuts=0, min_windows=1))
+    assert absolute.warning > 3.5
+
+
+def test_short_tool_lives_fall_back_to_a_default_growth():
+    # Two cuts per tool: the healthy first one is the reference, the second is failed.
+    labels = np.tile([0, 2], 3)
+    kl = np.array([1.0, 4.0, 2.0, 9.0, 0.5, 1.5])
+    tools, order = np.repeat(np.arange(3), 2), np.tile(np.arange(2), 3)
+    policy = AlarmPolicy(persist_cuts=1, reference_cuts=1, min_windows=1)
+    t = choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels, np.arange(6), tools=tools, order=order,
+                          regimes=np.zeros(6), policy=policy)
+    assert t.warning == pytest.approx(1.5) and "default growth" in t.rule
+    assert t.alarm == t.warning and "no held-out degraded cuts" in t.rule  # every judged worn cut is failed
+    with pytest.raises(ValueError, match="stable windows"):
+        choose_thresholds(make_scores(kl, np.zeros_like(kl)), labels, np.arange(6), tools=tools, order=order,
+                          regimes=np.zeros(6), policy=AlarmPolicy(persist_cuts=1, reference_cuts=0, min_windows=2))
+
+
+def test_alarm_is_never_below_the_warning():
+    # Failed cuts score below most degraded ones: the best separation of failed from degraded lies
+    # below the warning threshold, and the alarm is raised to it.
+    labels = np.array([0] * 10 + [2] * 3 + [1] * 5)
+    kl = np.array([0.5] * 9 + [2.0] + [1.0] * 3 + [3.0] * 5)
+    t = per_cut(make_scores(kl, np.zeros_like(kl)), labels, np.arange(labels.size))
+    assert t.warning == t.alarm == pytest.approx(2.2)
+    assert "Alarm at the warning threshold" in t.rule
 
 
 def test_thresholds_hold_warning_below_alarm_on_random_data():
     rng = np.random.default_rng(5)
     for _ in range(20):
         labels, informative, noise = three_classes(rng, n=120, separation=rng.uniform(0, 2))
-        t = choose_thresholds(make_scores(informative, noise), labels)
+        t = per_cut(make_scores(informative, noise), labels, np.arange(labels.size) // 4)
         assert t.warning <= t.alarm and np.isfinite([t.warning, t.alarm]).all()
 
 
@@ -178,7 +231,7 @@ def _assert_png(path):
 def test_plots_are_written(tmp_path):
     labels, informative, noise = three_classes(np.random.default_rng(6))
     scores = make_scores(np.exp(informative), noise - noise.min() + 1e-3)
-    thresholds = choose_thresholds(scores, labels)
+    thresholds = per_cut(scores, labels, np.arange(labels.size))
     _assert_png(plot_curves(scores, labels, tmp_path / "curves.png"))
     _assert_png(plot_curves(scores, np.zeros_like(labels), tmp_path / "undefined.png"))
     _assert_png(plot_score_distributions(scores, labels, tmp_path / "dist.png"))
@@ -196,7 +249,7 @@ def test_plots_are_written(tmp_path):
 def test_format_summary_reads_the_metrics():
     labels, informative, noise = three_classes(np.random.default_rng(8))
     scores = make_scores(informative, noise)
-    thresholds = choose_thresholds(scores, labels)
+    thresholds = per_cut(scores, labels, np.arange(labels.size))
     n = labels.size
     metrics = {
         "model_id": "abc123", "archive": "data/mill.mat", "split": "test (cut split, seed 0)",

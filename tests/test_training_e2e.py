@@ -27,7 +27,9 @@ def trained(tmp_path_factory):
     archive = tmp / "mill.mat"
     assert run_cli("synth", "--out", str(archive), "--seed", "3") == 0
     bundle = tmp / "bundle"
-    assert run_cli("fit", "--archive", str(archive), "--out", str(bundle), "--quick") == 0
+    # Two folds of tools for the thresholds and fewer epochs: the suite's time, not the product's.
+    assert run_cli("fit", "--archive", str(archive), "--out", str(bundle), "--quick", "--folds", "2",
+                   "--max-epochs", "20") == 0
     return tmp, archive, bundle
 
 
@@ -38,6 +40,11 @@ def test_quick_fit_writes_a_loadable_bundle(trained):
     assert meta.training["preset"] == "quick" and meta.training["split"] == "cut"
     assert meta.thresholds.warning <= meta.thresholds.alarm
     assert meta.thresholds.score in ("kl", "recon") and meta.thresholds.rule
+    # thresholds chosen out of fold on whole tools, the test cuts kept out
+    oof = meta.metrics["out_of_fold"]
+    dealt = [c for f in oof["folds"] for c in f]
+    assert len(oof["folds"]) == 2 and len(dealt) == len(set(dealt)) >= 12 and set(dealt) <= set(range(1, 17))
+    assert oof["tools"]["totals"]["failing_tools"] >= 1 and "over that of the tool's first 1 cut(s)" in meta.thresholds.rule
     assert len(meta.training["dropped_cuts"]) == 2  # the synthetic archive's corrupt cuts
 
 
@@ -71,7 +78,7 @@ def test_evaluate_on_an_unseen_archive_beats_no_skill(trained):
 def test_search_is_reproducible_and_resumes(trained):
     tmp, archive, _ = trained
     out = tmp / "search"
-    args = ("search", "--archive", str(archive), "--out", str(out), "--max-epochs", "2", "--seed", "5")
+    args = ("search", "--archive", str(archive), "--out", str(out), "--max-epochs", "2", "--seed", "5", "--folds", "2")
     assert run_cli(*args, "--iterations", "1") == 0
     first = [json.loads(l) for l in (out / "trials.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in first] == [0]

@@ -33,44 +33,15 @@ from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.scores import WindowScores
 
 from .dataset import WindowSet, prepare_windows
-from .fit import PRESETS, describe_archive, train_model
+from .fit import PRESETS, describe_archive
 from .metrics import anomaly_metrics
-from .splits import Split
-from .thresholds import choose_thresholds
+from .outoffold import out_of_fold, thresholds_on
 from .toollife import ToolLife, format_tool_table, replay_tools, tool_totals
-from .wear import FAILED, HEALTHY
+from .wear import HEALTHY
 
-VAL_FRACTION = 0.2  # of the training tools' healthy cuts, for early stopping
 REPORTED = ("pr_auc_recon", "pr_auc_kl", "raw_pr_auc_recon", "raw_pr_auc_kl", "no_skill",
             "failing_tools", "failing_caught_in_time", "failing_alarmed_late", "failing_missed",
             "tools_alarmed_on_a_healthy_cut", "tools_warned_on_a_healthy_cut", "never_failed_tools_alarmed")
-
-
-def case_folds(archive: Archive, cut_class: np.ndarray, folds: int, seed: int) -> list[list[int]]:
-    """The archive's cases dealt into ``folds`` groups; cases whose tool reaches failure are dealt
-    first, so they spread evenly."""
-    cases = sorted(archive.by_case())
-    if not 2 <= folds <= len(cases):
-        raise ValueError(f"--folds must be 2 to the number of cases ({len(cases)}), got {folds}")
-    failing = {c.case for c, k in zip(archive.cuts, cut_class) if k == FAILED}
-    rng = np.random.default_rng(seed)
-    order = [*rng.permutation([c for c in cases if c in failing]), *rng.permutation([c for c in cases if c not in failing])]
-    groups: list[list[int]] = [[] for _ in range(folds)]
-    for i, case in enumerate(order):
-        groups[i % folds].append(int(case))
-    return [sorted(g) for g in groups]
-
-
-def fold_split(ws: WindowSet, train_cases: list[int], seed: int) -> Split:
-    """Training and early-stopping windows: the healthy cuts of ``train_cases``, by cut."""
-    case_of_window = ws.cut_field("case")
-    cuts = np.unique(ws.cut[np.isin(case_of_window, train_cases) & ws.healthy])
-    if cuts.size < 2:
-        raise ValueError(f"cases {train_cases} hold fewer than two healthy cuts: nothing to train on")
-    rng = np.random.default_rng(seed)
-    val_cuts = rng.choice(cuts, size=max(1, round(VAL_FRACTION * cuts.size)), replace=False)
-    pick = lambda chosen: np.flatnonzero(np.isin(ws.cut, chosen))  # noqa: E731
-    return Split("case", seed, pick(np.setdiff1d(cuts, val_cuts)), pick(val_cuts), np.empty(0, int))
 
 
 @dataclass
@@ -80,6 +51,7 @@ class Repeat:
     metrics: dict  # window metrics of all out-of-fold scores
     tools: list[ToolLife]
     thresholds: list[dict]  # per fold
+    scores: WindowScores  # out-of-fold calibrated scores of every window
 
     def figures(self) -> dict:
         return {**{k: self.metrics.get(k) for k in ("pr_auc_recon", "pr_auc_kl", "no_skill")},
@@ -89,43 +61,35 @@ class Repeat:
 
 def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: int, verbose: int = 0) -> Repeat:
     """One dealing of the tools into folds: out-of-fold scores, thresholds and tool lives."""
-    from edge_monitor.model.scorer import WindowScorer
-
     chosen = PRESETS[preset]
-    groups = case_folds(archive, ws.cut_class, folds, seed)
+    oof = out_of_fold(ws, chosen.hyperparams, chosen.training, folds, seed, verbose=verbose)
+    metrics = {**anomaly_metrics(oof.scores, ws.labels), "raw": anomaly_metrics(oof.raw, ws.labels)}
     case_of_window = ws.cut_field("case")
-    n, n_channels = len(ws), ws.data.shape[2]
-    oof = WindowScores(np.full(n, np.nan), np.full(n, np.nan), np.full((n, n_channels), np.nan))
-    raw = WindowScores(np.full(n, np.nan), np.full(n, np.nan), np.full((n, n_channels), np.nan))
-    scorers = []
-    for k, test_cases in enumerate(groups):
-        train_cases = [c for g in groups if g is not test_cases for c in g]
-        trained = train_model(ws, fold_split(ws, train_cases, seed * 100 + k), chosen.hyperparams,
-                              chosen.training, seed=seed * 100 + k, verbose=verbose)
-        scorer = WindowScorer(trained.model, trained.scaler, trained.calibration)
-        mine = np.flatnonzero(np.isin(case_of_window, test_cases))
-        for target, values in ((oof, scorer.score(ws.data[mine], ws.regimes[mine])), (raw, scorer.raw_scores(ws.data[mine]))):
-            target.recon[mine], target.kl[mine], target.channels[mine] = values.recon, values.kl, values.channels
-        scorers.append(scorer)
-    metrics = {**anomaly_metrics(oof, ws.labels), "raw": anomaly_metrics(raw, ws.labels)}
+    policy = AlarmPolicy()
+    position = {id(c): i for i, c in enumerate(archive.cuts)}
     tools, thresholds = [], []
-    for k, (test_cases, scorer) in enumerate(zip(groups, scorers)):
-        others = np.flatnonzero(~np.isin(case_of_window, test_cases))
-        th = choose_thresholds(oof.subset(others), ws.labels[others])
+    for k, (test_cases, scorer) in enumerate(zip(oof.groups, oof.scorers)):
+        th = thresholds_on(ws, oof.scores, np.flatnonzero(~np.isin(case_of_window, test_cases)), policy)
         thresholds.append({"fold": k, "cases": test_cases, **th.to_dict()})
-        spec = PipelineSpec(ws.window, ws.stable, SAMPLE_RATE_HZ, th, AlarmPolicy(), f"crossval-{seed}-{k}")
-        tools += replay_tools(archive, ws.cut_vb, ws.cut_class, spec,
-                              lambda b, s=scorer: s.score(b.data, b.regime), cases=test_cases)
+        spec = PipelineSpec(ws.window, ws.stable, SAMPLE_RATE_HZ, th, policy, f"crossval-{seed}-{k}")
+        part = _only_cases(archive, test_cases)
+        at = [position[id(c)] for c in part.cuts]
+        tools += replay_tools(part, ws.cut_vb[at], ws.cut_class[at], spec, lambda b, s=scorer: s.score(b.data, b.regime))
     tools.sort(key=lambda t: t.case)
-    return Repeat(seed, groups, metrics, tools, thresholds)
+    return Repeat(seed, oof.groups, metrics, tools, thresholds, oof.scores)
+
+
+def _only_cases(archive: Archive, cases: list[int]) -> Archive:
+    from dataclasses import replace
+
+    return replace(archive, cuts=tuple(c for c in archive.cuts if c.case in cases))
 
 
 def summarise(repeats: list[Repeat]) -> dict:
     """Mean and standard deviation over repeats of every reported figure."""
     out = {}
-    figures = [r.figures() for r in repeats]
     for key in REPORTED:
-        values = np.array([np.nan if f[key] is None else f[key] for f in figures], dtype=float)
+        values = np.array([np.nan if r.figures()[key] is None else r.figures()[key] for r in repeats], dtype=float)
         finite = values[np.isfinite(values)]
         out[key] = {"mean": float(finite.mean()) if finite.size else None,
                     "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
@@ -183,9 +147,21 @@ def crossval(archive_path: str | Path, out: str | Path, preset: str = "quick", f
         "rule": f"the daemon's default alarm policy {AlarmPolicy().to_dict()}",
     }
     (out / "crossval.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
+    _save_scores(out / "oof_scores.npz", ws, results)
     print("\n" + format_crossval(summary, repeats, folds), flush=True)
     print(f"wrote {out / 'crossval.json'}", flush=True)
     return report
+
+
+def _save_scores(path: Path, ws: WindowSet, results: list[Repeat]) -> None:
+    """Every window's out-of-fold scores per repeat, with its cut, case, run and class: the material
+    for studying other decision rules without training again."""
+    np.savez_compressed(
+        path, seeds=np.array([r.seed for r in results]),
+        recon=np.stack([r.scores.recon for r in results]), kl=np.stack([r.scores.kl for r in results]),
+        cut=ws.cut, case=ws.cut_field("case"), run=ws.cut_field("run"), label=ws.labels,
+        regime=np.asarray(ws.regimes, dtype=str), vb=ws.cut_vb[ws.cut],
+    )
 
 
 def _plain(value):

@@ -164,7 +164,6 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     spec = PipelineSpec(window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ,
                         thresholds=thresholds, policy=policy, model_id=meta.model_id)
     tools = replay_tools(archive, ws.cut_vb, ws.cut_class, spec, lambda b: scorer.score(b.data, b.regime))
-    totals = tool_totals(tools)
 
     plots = {
         "curves": plot_curves(chosen, labels, out / "pr_roc_curves.png"),
@@ -209,7 +208,7 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
                      + ("" if split_desc == "all windows" else " (training cuts included: their healthy cuts "
                                                                "fitted the model and score low)"),
             "rule": f"the daemon's default alarm policy {policy.to_dict()} on the bundle's thresholds",
-            "totals": totals,
+            "totals": tool_totals(tools),
             "tools": [t.to_dict() for t in tools],
         },
         "plots": {key: path.name for key, path in plots.items()},
@@ -218,7 +217,7 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     metrics = _json_safe(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     print(format_summary(metrics))
-    print(f"\ntool life ({metrics['tool_life']['cases']}):\n{format_tool_table(tools, totals)}")
+    print(f"\ntool life ({metrics['tool_life']['cases']}):\n{format_tool_table(tools, tool_totals(tools))}")
     print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out}", flush=True)
     return metrics
 

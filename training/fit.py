@@ -138,36 +138,62 @@ def train_model(
     )
 
 
-def threshold_windows(ws: WindowSet, split: Split) -> np.ndarray:
-    """The windows thresholds are chosen on: every validation window, and the degraded and
-    failed windows of the training side. None of them fitted the model's weights (training uses
-    healthy windows only), and the training side's worn cuts multiply the few failed cuts a
-    validation side holds (about two of twelve), which alone made thresholds swing. Healthy
-    training windows are left out: the model was fitted on them, so they score low."""
-    worn_train = split.train[~ws.healthy[split.train]]
-    return np.sort(np.concatenate([split.val, worn_train]))
-
-
-def validation_report(trained: TrainedModel, ws: WindowSet, split: Split):
-    """Metrics of the calibrated scores of all validation windows (every class; and of the raw
-    scores, for comparison with the method), and the thresholds chosen on
-    :func:`threshold_windows`."""
+def validation_metrics(trained: TrainedModel, ws: WindowSet, split: Split) -> dict:
+    """Window metrics of the calibrated scores of all validation windows (every class), and of the
+    raw scores, for comparison with the method."""
     from edge_monitor.model.scorer import WindowScorer
 
     from .metrics import anomaly_metrics
-    from .thresholds import choose_thresholds
 
-    chosen = threshold_windows(ws, split)
     scorer = WindowScorer(trained.model, trained.scaler, trained.calibration)
-    scores = scorer.score(ws.data[chosen], ws.regimes[chosen])
-    raw = scorer.raw_scores(ws.data[chosen])  # the method's figures, for comparison
-    labels = ws.labels[chosen]
-    val = np.isin(chosen, split.val)
-    metrics = {
-        **anomaly_metrics(scores.subset(val), labels[val]),
-        "raw": anomaly_metrics(raw.subset(val), labels[val]),
+    val = split.val
+    return {
+        **anomaly_metrics(scorer.score(ws.data[val], ws.regimes[val]), ws.labels[val]),
+        "raw": anomaly_metrics(scorer.raw_scores(ws.data[val]), ws.labels[val]),
     }
-    return metrics, choose_thresholds(scores, labels)
+
+
+def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: TrainingConfig, folds: int,
+                    seed: int):
+    """Thresholds chosen for tool-level outcomes on whole tools no model had seen: out-of-fold
+    scores (``outoffold``) of every training and validation cut, the test cuts kept out. Returns
+    the thresholds and what they achieve on those tools and windows."""
+    from edge_monitor.core.alarm import AlarmPolicy
+
+    from .metrics import anomaly_metrics
+    from .outoffold import out_of_fold, thresholds_on
+
+    kept = np.sort(np.concatenate([split.train, split.val]))
+    oof = out_of_fold(ws, hp, config, folds, seed, within=kept)
+    policy = AlarmPolicy()
+    thresholds = thresholds_on(ws, oof.scores, kept, policy)
+    metrics = {
+        **anomaly_metrics(oof.scores.subset(kept), ws.labels[kept]),
+        "raw": anomaly_metrics(oof.raw.subset(kept), ws.labels[kept]),
+        "folds": oof.groups,
+        "tools": held_out_tools(ws, kept, oof.scores.score(thresholds.score)[kept], thresholds, policy),
+    }
+    return thresholds, metrics
+
+
+def held_out_tools(ws: WindowSet, chosen: np.ndarray, values: np.ndarray, thresholds, policy) -> dict:
+    """What the thresholds achieve per tool on the out-of-fold cuts they were chosen on: each
+    case's cuts in run order, decided by the daemon's alarm tracker from their median scores (no
+    signals replayed)."""
+    from .toollife import decide_on_cut_medians, tool_totals
+
+    cut_of = ws.cut[chosen]
+    tools = []
+    for case in sorted({ws.archive.cuts[p].case for p in np.unique(cut_of)}):
+        cuts = sorted((p for p in np.unique(cut_of) if ws.archive.cuts[p].case == case),
+                      key=lambda p: ws.archive.cuts[p].run)
+        tools.append(decide_on_cut_medians(
+            case, [ws.archive.cuts[p].cut_id for p in cuts], [ws.archive.cuts[p].run for p in cuts],
+            ws.cut_vb[cuts], ws.cut_class[cuts], [float(np.median(values[cut_of == p])) for p in cuts],
+            [int((cut_of == p).sum()) for p in cuts], [ws.regimes[chosen][cut_of == p][0] for p in cuts],
+            policy, thresholds,
+        ))
+    return {"totals": tool_totals(tools), "tools": [t.to_dict() for t in tools]}
 
 
 def describe_archive(archive: Archive) -> str:
@@ -185,8 +211,10 @@ def fit(
     window: WindowSpec | None = None,
     stable: StableRegionSpec | None = None,
     overrides: dict | None = None,
+    folds: int = 4,
 ):
-    """The ``fit`` command: train on the archive, choose thresholds on validation data, save a bundle."""
+    """The ``fit`` command: train on the archive, choose thresholds on out-of-fold scores of whole
+    tools, save a bundle."""
     from edge_monitor.model.bundle import save_bundle
 
     if preset not in PRESETS:
@@ -225,7 +253,9 @@ def fit(
         f"(validation loss {trained.best_val_loss:.5f})",
         flush=True,
     )
-    val_metrics, thresholds = validation_report(trained, ws, split)
+    val_metrics = validation_metrics(trained, ws, split)
+    print(f"thresholds: {folds} more models, each trained without a fold of the tools", flush=True)
+    thresholds, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed)
     training_info = {
         "preset": preset,
         "split": split_kind,
@@ -251,9 +281,16 @@ def fit(
         calibration=trained.calibration,
         hyperparams=hp,
         thresholds=thresholds,
-        metrics={"validation": val_metrics},
+        metrics={"validation": val_metrics, "out_of_fold": oof_metrics},
         training=training_info,
         archive_sha256=archive.sha256,
+    )
+    held = oof_metrics["tools"]["totals"]
+    print(
+        f"out-of-fold tools (thresholds chosen on them): {held['failing_caught_in_time']} of {held['failing_tools']} failing caught in time, "
+        f"{held['failing_missed']} missed; {held['tools_warned_on_a_healthy_cut']} warned and "
+        f"{held['tools_alarmed_on_a_healthy_cut']} alarmed on a healthy cut",
+        flush=True,
     )
     print(
         f"bundle {out} (model {meta.model_id}): alarms on {thresholds.score}, "

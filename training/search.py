@@ -20,7 +20,13 @@ from edge_monitor.archive.mill import read_archive
 from edge_monitor.model.vae import VAEHyperParams
 
 from .dataset import prepare_windows
-from .fit import TrainingConfig, describe_archive, train_model, validation_report
+from .fit import (
+    TrainingConfig,
+    describe_archive,
+    fold_thresholds,
+    train_model,
+    validation_metrics,
+)
 from .splits import make_split
 
 DILATION_CHOICES = ((1, 2, 4, 8), (1, 2, 4), (1, 2))
@@ -90,6 +96,7 @@ def run_search(
     split_kind: str = "cut",
     max_epochs: int = 300,
     batch_size: int = 256,
+    folds: int = 4,
 ) -> list[dict]:
     from edge_monitor.core.channels import CHANNELS
     from edge_monitor.model.bundle import save_bundle
@@ -139,7 +146,7 @@ def run_search(
             trials.append(trial)
             print(f"    failed: {exc}", flush=True)
             continue
-        metrics, thresholds = validation_report(trained, ws, split)
+        metrics = validation_metrics(trained, ws, split)
         trial = {
             "trial": index,
             "hyperparams": hp.to_dict(),
@@ -154,11 +161,13 @@ def run_search(
             "seconds": round(trained.seconds, 1),
         }
         if best is None or _rank_key(trial) > _rank_key(best):
+            # Thresholds only for a new best: they take ``folds`` more models, each without a fold of tools.
+            thresholds, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed + index)
             save_bundle(
                 out / BEST_DIR, trained.model, channels=CHANNELS, window=ws.window,
                 stable_region=ws.stable, scaler=trained.scaler, calibration=trained.calibration,
                 hyperparams=hp,
-                thresholds=thresholds, metrics={"validation": metrics},
+                thresholds=thresholds, metrics={"validation": metrics, "out_of_fold": oof_metrics},
                 training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
                           "archive": str(archive_path), **config.__dict__},
                 archive_sha256=archive.sha256,

@@ -1,58 +1,48 @@
-"""Warning and alarm thresholds, chosen on held-out windows: windows that did not fit the model,
-i.e. every validation window and the degraded and failed windows of the training side
-(``training.fit.threshold_windows``). Below, "validation" means those held-out windows.
+"""Warning and alarm thresholds, chosen on held-out data for what an operator sees per tool.
+
+Held-out means the windows that did not fit the model: every validation window and the degraded and
+failed windows of the training side (``training.fit.threshold_windows``). The daemon decides per
+cut, on the median score of a cut's windows (``core/alarm.py``), so the thresholds are chosen on
+the held-out cuts' medians of the alarm score.
 
 The rule (also written, with its figures, into :attr:`Thresholds.rule`):
 
-* Score: the one (``kl`` or ``recon``) with the higher validation PR-AUC of failed vs rest. When
-  that is undefined (no failed validation window) or tied, the higher PR-AUC of degraded-or-failed
-  vs healthy decides; when that is undefined or tied too, ``kl`` (the latent-space score the
-  method alarms on).
-* Alarm: the threshold that maximises F1 of failed vs rest; without failed validation windows,
-  the 99.5th percentile of the healthy validation scores.
-* Warning: the threshold that maximises Youden's J (true-positive rate minus false-positive rate)
-  of degraded-or-failed vs healthy; without degraded or failed validation windows, the 97.5th
-  percentile of the healthy validation scores. Capped at the alarm threshold, so a window that
-  alarms has always also passed the warning level. Not F1: worn windows are the majority of the
-  validation data, so F1 is maximised by flagging nearly everything; J does not depend on how
-  many windows of each class there are.
+* Score: the one (``kl`` or ``recon``) with the higher held-out window PR-AUC of failed vs rest.
+  When that is undefined (no failed window) or tied, the higher PR-AUC of degraded-or-failed vs
+  healthy decides; when that is undefined or tied too, ``kl`` (the latent-space score the method
+  alarms on).
+* Warning: :data:`MARGIN` above the highest held-out healthy cut. First of all an operator must
+  never see a fresh or healthy tool flagged; the margin stands for the healthy cuts not seen yet
+  (a cut scores a little differently on every tool), and the daemon's persistence over cuts adds to
+  it.
+* Alarm: the threshold that best separates failed from degraded held-out cuts (Youden's J: the
+  true-positive rate on failed cuts minus the false-positive rate on degraded ones, which does not
+  depend on how many cuts of each class there are), never below the warning. Without failed or
+  degraded held-out cuts: :data:`MARGIN` above the highest held-out worn cut, or without any worn
+  cut, half again the warning threshold — archives with few failing tools still get an alarm level
+  that healthy and worn tools have not reached.
 
-A level is reached when the score is above its threshold. Each optimal threshold lies halfway
-between the lowest score it flags and the highest score it does not, so ``>`` and ``>=`` agree on
-every validation window and new data gets a margin on both sides.
+Each threshold from the held-out cuts lies between scores, so ``>`` and ``>=`` agree on every
+held-out cut.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import roc_curve
 
-from edge_monitor.core.alarm import Thresholds
+from edge_monitor.core.alarm import AlarmPolicy, CutEvidence, Thresholds
 from edge_monitor.core.scores import WindowScores
 
 from .metrics import SCORE_NAMES, labelled_scores, pr_auc
 from .wear import DEGRADED, FAILED, HEALTHY
 
 DEFAULT_SCORE = "kl"
-ALARM_FALLBACK_PERCENTILE = 99.5
-WARNING_FALLBACK_PERCENTILE = 97.5
-
-
-def f1_threshold(positive: np.ndarray, values: np.ndarray) -> tuple[float, float] | None:
-    """The threshold (flag when above it) maximising F1 of ``positive``, and that F1; None when
-    either class is absent."""
-    positive = np.asarray(positive, dtype=bool)
-    if positive.all() or not positive.any():
-        return None
-    precision, recall, candidates = precision_recall_curve(positive, values)
-    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-    total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
-    # Among equal F1 the highest threshold: the same detection quality with fewer alarms.
-    best = int(np.flatnonzero(f1 == f1.max())[-1])
-    return _midpoint_below(candidates[best], values), float(f1[best])
+DEFAULT_GROWTH = 1.5  # warning on growth over the tool's reference when no healthy cut is judged
+MARGIN = 0.1  # fraction of a threshold's base kept as headroom for cuts not seen in training
 
 
 def youden_threshold(positive: np.ndarray, values: np.ndarray) -> tuple[float, float] | None:
@@ -113,8 +103,49 @@ def choose_score(labels: np.ndarray, named: dict[str, np.ndarray]) -> tuple[str,
     )
 
 
-def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
-    """Thresholds from the scores and classes of the held-out windows (all classes)."""
+def quiet_level(medians: Sequence[Sequence[float]], classes: Sequence[Sequence[int]], persist: int) -> float | None:
+    """The highest level at which the daemon's rule would flag a healthy cut of these tools: each
+    tool's held-out cut medians in run order, and their classes. A cut is flagged when it and the
+    ``persist - 1`` cuts before it all exceed the threshold, so a healthy cut i is flagged below the
+    smallest median of that run of cuts. Any threshold at or above the result flags no healthy cut;
+    None when no tool has ``persist`` cuts up to a healthy one."""
+    level = None
+    for values, kinds in zip(medians, classes):
+        for i in range(persist - 1, len(values)):
+            if kinds[i] == HEALTHY:
+                run = min(values[i - persist + 1 : i + 1])
+                level = run if level is None else max(level, run)
+    return level
+
+
+def _above(base: float) -> float:
+    return float(base + MARGIN * abs(base))
+
+
+def judged_lives(medians: np.ndarray, windows: np.ndarray, classes: np.ndarray, tool: np.ndarray,
+                 when: np.ndarray, regimes: np.ndarray, policy: AlarmPolicy) -> list[tuple[list[float], list[int]]]:
+    """Each tool's judged cuts in run order: the figure the monitor judges each by (the core's own
+    :class:`CutEvidence`: median over the tool's reference) and the cut's class. Reference cuts and
+    cuts without evidence are left out, as the monitor skips them."""
+    lives = []
+    for t in np.unique(tool):
+        idx = np.flatnonzero(tool == t)
+        evidence = CutEvidence(policy)
+        figures, kinds = [], []
+        for i in idx[np.argsort(when[idx], kind="stable")]:
+            value = evidence.judge(float(medians[i]), int(windows[i]), str(regimes[i]))
+            if value is not None:
+                figures.append(value)
+                kinds.append(int(classes[i]))
+        lives.append((figures, kinds))
+    return lives
+
+
+def choose_thresholds(scores: "WindowScores", labels: np.ndarray, cuts: np.ndarray, *, tools: np.ndarray,
+                      order: np.ndarray, regimes: np.ndarray, policy: AlarmPolicy) -> Thresholds:
+    """Thresholds from held-out windows: their scores and classes, their cut (any key), the tool
+    (case) of that cut, the cut's place in the tool's life (run) and its operating regime, for the
+    daemon's rule ``policy`` (its persistence and fresh-tool reference)."""
     labels, named = labelled_scores(scores, labels)
     if not (labels == HEALTHY).any():
         raise ValueError(
@@ -122,42 +153,66 @@ def choose_thresholds(scores: "WindowScores", labels: np.ndarray) -> Thresholds:
             "check the split and the archive's wear labels"
         )
     score, why_score = choose_score(labels, named)
-    values = named[score]
-    healthy = values[labels == HEALTHY]
+    cuts = np.asarray(cuts)
+    keys, first, inverse, windows = np.unique(cuts, return_index=True, return_inverse=True, return_counts=True)
+    order_in_cut = np.argsort(inverse, kind="stable")
+    values = named[score][order_in_cut]
+    medians = np.array([np.median(v) for v in np.split(values, np.cumsum(windows)[:-1])])
+    lives = judged_lives(medians, windows, labels[first], np.asarray(tools)[first], np.asarray(order)[first],
+                         np.asarray(regimes)[first], policy)
+    figures = np.array([f for life, _ in lives for f in life])
+    classes = np.array([k for _, kinds in lives for k in kinds], dtype=int)
+    healthy = figures[classes == HEALTHY]
+    persist = policy.persist_cuts
+    quiet = quiet_level([life for life, _ in lives], [kinds for _, kinds in lives], persist)
+    if healthy.size:
+        if quiet is None:  # no tool with enough judged cuts: every healthy cut must stay below
+            quiet, how = float(healthy.max()), f"the highest of the {healthy.size} held-out healthy cuts"
+        else:
+            how = (f"the level at which {persist} consecutive held-out cuts of a tool could flag a healthy one "
+                   f"({healthy.size} healthy cuts of {len(lives)} tools)")
+        warning = _above(quiet)
+        why_warning = f"Warning above {warning:.4g}, {MARGIN:.0%} above {how}: no held-out healthy tool warns."
+    elif policy.reference_cuts:
+        # Short tool lives: every healthy cut is a reference. The figures are growth over the tool's
+        # own start, which has a meaning of its own without any model: warn at half again.
+        warning = DEFAULT_GROWTH
+        why_warning = (f"Warning above {warning:.4g}, the default growth over the tool's first cut(s): no held-out "
+                       f"healthy cut is judged (each tool's healthy cuts are its reference).")
+    else:
+        raise ValueError(
+            f"thresholds need held-out healthy cuts that the alarm rule judges, and there are none: "
+            f"a cut needs {policy.min_windows} stable windows; check the stable-region settings"
+        )
 
-    fitted = f1_threshold(labels == FAILED, values)
+    worn = classes >= DEGRADED
+    fitted = youden_threshold(classes[worn] == FAILED, figures[worn])
     if fitted:
-        alarm, f1 = fitted
-        why_alarm = (
-            f"Alarm above {alarm:.4g}, the threshold maximising F1 of failed vs rest on the "
-            f"held-out windows (F1 {f1:.2f})."
-        )
+        alarm, j = fitted
+        source = (f"the threshold best separating the {int((classes == FAILED).sum())} failed from the "
+                  f"{int((classes == DEGRADED).sum())} degraded held-out cuts (Youden's J {j:.2f})")
+    elif (classes == FAILED).any():  # failed cuts and no degraded one: every judged worn cut is failed
+        alarm = warning
+        source = "the warning threshold (there are no held-out degraded cuts to separate the failed ones from)"
+    elif worn.any():
+        alarm = _above(float(figures[worn].max()))
+        source = (f"{MARGIN:.0%} above the highest of the {int(worn.sum())} held-out degraded cuts "
+                  f"(there are no failed ones to separate)")
     else:
-        alarm = float(np.percentile(healthy, ALARM_FALLBACK_PERCENTILE))
-        why_alarm = (
-            f"Alarm above {alarm:.4g}, the {ALARM_FALLBACK_PERCENTILE:g}th percentile of the healthy "
-            f"held-out windows (they hold no failed window)."
-        )
-
-    fitted = youden_threshold(labels >= DEGRADED, values)
-    if fitted:
-        warning, j = fitted
-        source = (
-            f"the threshold maximising Youden's J of degraded-or-failed vs healthy on the "
-            f"held-out windows (J {j:.2f})"
-        )
+        alarm = float(warning + 0.5 * abs(warning))
+        source = "half again the warning threshold (there are no held-out worn cuts)"
+    if alarm < warning:
+        why_alarm = f"Alarm at the warning threshold: {source} was {alarm:.4g}, below the warning."
+        alarm = warning
+    elif alarm == warning:
+        why_alarm = f"Alarm at {source}."
     else:
-        warning = float(np.percentile(healthy, WARNING_FALLBACK_PERCENTILE))
-        source = (
-            f"the {WARNING_FALLBACK_PERCENTILE:g}th percentile of the healthy held-out windows "
-            f"(they hold no degraded or failed window)"
-        )
-    if warning > alarm:
-        why_warning = f"Warning at the alarm threshold: {source} was {warning:.4g}, above the alarm."
-        warning = alarm
-    else:
-        why_warning = f"Warning above {warning:.4g}, {source}."
+        why_alarm = f"Alarm above {alarm:.4g}, {source}."
+    figure = ("the median score of a cut's windows" if policy.reference_cuts == 0 else
+              f"the median score of a cut's windows over that of the tool's first {policy.reference_cuts} "
+              f"cut(s) in the same regime")
     return Thresholds(
         score=score, warning=float(warning), alarm=float(alarm),
-        rule=" ".join((why_score, why_alarm, why_warning)),
+        rule=" ".join((why_score, why_warning, why_alarm,
+                       f"Both on {figure}, raised after {persist} judged cuts in a row, as the monitor decides.")),
     )

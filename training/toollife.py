@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_monitor.archive.mill import Cut
 from edge_monitor.archive.replay import DEFAULT_CHUNK, chunk_bounds, cut_params
+from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
 from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk
 from edge_monitor.core.outbound import AlarmMessage, SummaryMessage
@@ -214,14 +215,33 @@ def format_tool_table(tools: Sequence[ToolLife], totals: dict) -> str:
 
 
 def replay_tools(archive, cut_vb: np.ndarray, cut_class: np.ndarray, spec: PipelineSpec,
-                 score: Callable[[WindowBatch], WindowScores], cases: Sequence[int] | None = None) -> list[ToolLife]:
-    """Every case of ``archive`` (or only ``cases``) as one tool (see :func:`replay_tool`);
-    ``cut_vb`` and ``cut_class`` are indexed like ``archive.cuts`` (``dataset.WindowSet``)."""
+                 score: Callable[[WindowBatch], WindowScores]) -> list[ToolLife]:
+    """Every case of ``archive`` as one tool (see :func:`replay_tool`); ``cut_vb`` and ``cut_class``
+    are indexed like ``archive.cuts`` (``dataset.WindowSet``)."""
     position = {id(c): i for i, c in enumerate(archive.cuts)}
     tools = []
     for case, cuts in sorted(archive.by_case().items()):
-        if cases is not None and case not in cases:
-            continue
         at = [position[id(c)] for c in cuts]
         tools.append(replay_tool(spec, case, cuts, cut_vb[at], cut_class[at], score))
     return tools
+
+
+def decide_on_cut_medians(case: int, cut_ids: Sequence[str], runs: Sequence[int], vb: Sequence[float],
+                          classes: Sequence[int], medians: Sequence[float], windows: Sequence[int],
+                          regimes: Sequence[str], policy: AlarmPolicy, thresholds: Thresholds) -> ToolLife:
+    """A tool's cuts decided by the daemon's alarm tracker from their median scores alone: what
+    ``fit`` reports for the held-out cuts it chose the thresholds on (no signals replayed). The
+    decision is the tracker's own (:meth:`AlarmTracker.cut_ended`), as the pipeline feeds it."""
+    life = ToolLife(case, list(cut_ids), list(runs), [float(v) for v in vb], [int(c) for c in classes])
+    tracker = AlarmTracker(policy, thresholds)
+    for i, (cut, median, n, regime) in enumerate(zip(cut_ids, medians, windows, regimes)):
+        transition = tracker.cut_ended(float(median), int(n), cut, float(i), str(regime))
+        if transition is not None and transition.raised:
+            if life.first_warning is None:
+                life.first_warning = i
+            if transition.new == Level.ALARM and life.first_alarm is None:
+                life.first_alarm = i
+        life.levels.append(tracker.state.label)
+        life.medians.append(float(median))
+        life.windows.append(int(n))
+    return life
