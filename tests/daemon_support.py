@@ -28,7 +28,13 @@ import pytest
 
 from edge_monitor.archive.mill import Archive, read_archive, write_archive
 from edge_monitor.archive.synthetic import synthesize
-from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, CutEvidence, Level, Thresholds
+from edge_monitor.core.alarm import (
+    AlarmPolicy,
+    AlarmTracker,
+    CutEvidence,
+    Level,
+    Thresholds,
+)
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,12 +108,13 @@ def _build(where: Path) -> ModelFixture:
     # cut (its reference). Case 11's only cut is its reference; case 13's later cuts are judged:
     # alarm just below its last two figures, so that it rises by its last cut, warning at 2 % growth.
     medians = {c: float(np.median(recon[np.asarray(cut_ids) == c])) for c in set(cut_ids)}
+    counts = {c: int((np.asarray(cut_ids) == c).sum()) for c in set(cut_ids)}
     regimes = {cut_ids[i]: str(ws.regimes[i]) for i in range(len(ws))}
     evidence = CutEvidence(POLICY)
-    figures = [evidence.judge(medians[c], POLICY.min_windows, regimes[c]) for c in by_case[13]]
+    figures = [evidence.judge(medians[c], counts[c], regimes[c]) for c in by_case[13]]
     alarm = min(figures[-2:]) * 0.98
     thresholds = Thresholds(min(alarm, 1.02), alarm, score="recon", rule="test: alarm below case 13's last cuts")
-    alarm_cut = _check_outcome(thresholds, medians, regimes, by_case)
+    alarm_cut = _check_outcome(thresholds, medians, counts, regimes, by_case)
 
     bundle = where / "bundle"
     save_bundle(
@@ -122,7 +129,8 @@ def _build(where: Path) -> ModelFixture:
     return ModelFixture(archive, where / "mill.mat", bundle, thresholds, offline, by_case, alarm_cut)
 
 
-def _check_outcome(thresholds, medians: dict[str, float], regimes: dict[str, str], by_case) -> str:
+def _check_outcome(thresholds, medians: dict[str, float], counts: dict[str, int], regimes: dict[str, str],
+                   by_case) -> str:
     """With these thresholds, case 13's machine must end in alarm and case 11's stay normal; the cut
     of case 13 that raises the alarm."""
     raised = {}
@@ -130,7 +138,7 @@ def _check_outcome(thresholds, medians: dict[str, float], regimes: dict[str, str
         tracker = AlarmTracker(POLICY, thresholds)
         decided = []
         for cut in by_case[case]:
-            if tracker.cut_ended(medians[cut], POLICY.min_windows, cut, 0.0, regimes[cut]) is not None:
+            if tracker.cut_ended(medians[cut], counts[cut], cut, 0.0, regimes[cut]) is not None:
                 decided.append((cut, tracker.state))
                 if tracker.state == Level.ALARM:
                     raised[case] = cut

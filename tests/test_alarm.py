@@ -168,11 +168,13 @@ def roundtrip(t: AlarmTracker, policy: AlarmPolicy | None = None) -> AlarmTracke
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("auto_clear", [False, True])
-def test_restore_continues_exactly_like_an_uninterrupted_tracker(seed, auto_clear):
+@pytest.mark.parametrize("reference_cuts", [0, 1, 2])
+def test_restore_continues_exactly_like_an_uninterrupted_tracker(seed, auto_clear, reference_cuts):
     rng = np.random.default_rng(seed)
-    policy = absolute(persist_cuts=2, auto_clear=auto_clear, clear_cuts=3)
-    scores = rng.choice([LOW, WARN, HIGH, 1.9, 0.95], size=400, p=[0.5, 0.2, 0.1, 0.1, 0.1])
+    policy = AlarmPolicy(persist_cuts=2, reference_cuts=reference_cuts, auto_clear=auto_clear, clear_cuts=3)
+    scores = rng.choice([LOW, WARN, HIGH, 1.9, 0.95, 0.01], size=400, p=[0.45, 0.2, 0.1, 0.1, 0.1, 0.05])
     windows = rng.choice([W, 5], size=400, p=[0.9, 0.1])  # some cuts too short to count
+    regimes = rng.choice(["light", "heavy"], size=400, p=[0.8, 0.2])
     a = AlarmTracker(policy, TH)
     b = AlarmTracker(policy, TH)
     for i, s in enumerate(scores):
@@ -181,7 +183,8 @@ def test_restore_continues_exactly_like_an_uninterrupted_tracker(seed, auto_clea
             assert b.state == a.state and b.since == a.since and b.cut == a.cut
         if i % 101 == 100:
             assert a.reset("op", float(i)) == b.reset("op", float(i))
-        assert a.cut_ended(s, windows[i], f"c{i}", float(i)) == b.cut_ended(s, windows[i], f"c{i}", float(i))
+        args = (s, windows[i], f"c{i}", float(i), regimes[i])
+        assert a.cut_ended(*args) == b.cut_ended(*args) and a.judged == b.judged
 
 
 def test_restoring_an_alarm_announces_nothing():
@@ -321,7 +324,45 @@ def test_references_are_per_regime_and_forgotten_on_reset():
     assert t.judged is None  # the new tool's first cut: its reference
 
 
-def test_a_bad_reference_snapshot_is_refused():
+def test_a_bad_reference_snapshot_is_refused_naming_the_regime():
     data = {"state": "normal", "references": {"light": ["x"]}}
-    with pytest.raises(ValueError, match="references"):
+    with pytest.raises(ValueError, match="references of regime 'light'"):
         AlarmTracker.from_dict(AlarmPolicy(), TH, data)
+
+
+def test_a_cut_that_is_not_cutting_is_no_reference():
+    t = AlarmTracker(AlarmPolicy(persist_cuts=1, reference_cuts=1), TH)
+    assert feed(t, [0.001, 0.001]) == [] and t.evidence.references == {"": []}  # air: neither judged nor reference
+    assert feed(t, [1.0, 1.5], first=2)[0][1].new == Level.WARNING  # the first real cut is the reference
+
+
+def test_a_snapshot_without_references_keeps_only_the_state():
+    # A state file from before references held window scores and window counts: not judged figures.
+    old = {"state": "warning", "since": 5.0, "cut": "c3", "score": 1.2, "threshold": 1.0,
+           "recent": [3.3, 3.3], "below": 45}
+    t = AlarmTracker.from_dict(AlarmPolicy(persist_cuts=2, reference_cuts=1), TH, old)
+    assert t.state == Level.WARNING and t.to_dict()["recent"] == [] and t.to_dict()["below"] == 0
+    assert feed(t, [1.0, 5.0]) == []  # the reference, then one cut: two judged cuts are needed
+
+
+def test_a_reference_taken_after_the_alarm_never_clears_it():
+    # Restored from the retained alarm alone: the worn tool's next cut becomes its reference, and
+    # its growth over that says nothing about wear already there.
+    policy = AlarmPolicy(persist_cuts=1, reference_cuts=1, auto_clear=True, clear_cuts=1, clear_margin=0.0)
+    t = AlarmTracker.from_dict(policy, TH, {"state": "alarm", "since": 1.0, "cut": "c0"})
+    assert feed(t, [5.0] * 20) == [] and t.state == Level.ALARM
+    assert t.to_dict()["late_reference"] is True
+    t.reset("op", 2.0)
+    events = feed(t, [1.0, 3.0, 1.0])  # a new tool: its reference, an alarm, and a clear one level down
+    assert [e.new for _, e in events] == [Level.ALARM, Level.WARNING]
+
+
+def test_the_monitor_says_when_its_rule_is_not_the_one_the_thresholds_were_chosen_for():
+    from edge_monitor.service.monitor import policy_mismatch
+
+    chosen = AlarmPolicy().to_dict()
+    assert policy_mismatch(chosen, AlarmPolicy()) is None
+    assert policy_mismatch(None, AlarmPolicy(persist_cuts=1)) is None  # an older bundle does not say
+    assert policy_mismatch(chosen, AlarmPolicy(auto_clear=True)) is None  # clearing is the site's choice
+    text = policy_mismatch(chosen, AlarmPolicy(persist_cuts=1, reference_cuts=0))
+    assert "alarm.persist_cuts: 1 (chosen for 2)" in text and "alarm.reference_cuts: 0 (chosen for 1)" in text

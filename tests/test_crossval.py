@@ -12,8 +12,8 @@ from edge_monitor.archive.mill import read_archive, write_archive
 from edge_monitor.archive.synthetic import synthesize
 from training import fit as fit_module
 from training.crossval import crossval
-from training.outoffold import case_folds, fold_split
 from training.dataset import prepare_windows
+from training.outoffold import case_folds, fold_split
 from training.wear import FAILED
 
 CASES = [1, 9, 11, 13]  # 9, 11 and 13 reach the failed class in the synthetic archive

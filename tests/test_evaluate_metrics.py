@@ -9,7 +9,7 @@ import pytest
 
 from edge_monitor.core.alarm import AlarmPolicy, Thresholds
 from edge_monitor.core.scores import WindowScores
-from training.evaluate import format_summary, level
+from training.evaluate import format_summary
 from training.metrics import anomaly_metrics, metrics_by_param
 from training.plots import plot_curves, plot_score_distributions, plot_score_trend
 from training.thresholds import choose_thresholds
@@ -142,7 +142,6 @@ def test_thresholds_are_chosen_on_cut_medians():
     assert t.warning == pytest.approx(1.1)  # 10 % above the highest healthy cut (1.0), not the outlier
     assert t.alarm == pytest.approx(4.0)  # halfway between the last degraded (3.0) and the first failed (5.0) cut
     assert "separating the 3 failed from the 3 degraded held-out cuts" in t.rule
-    assert level(5.0, t) == "alarm" and level(2.0, t) == "warning" and level(1.0, t) == "normal"
 
 
 def test_fallback_thresholds_when_classes_are_missing():
@@ -212,14 +211,6 @@ def test_alarm_is_never_below_the_warning():
     assert "Alarm at the warning threshold" in t.rule
 
 
-def test_thresholds_hold_warning_below_alarm_on_random_data():
-    rng = np.random.default_rng(5)
-    for _ in range(20):
-        labels, informative, noise = three_classes(rng, n=120, separation=rng.uniform(0, 2))
-        t = per_cut(make_scores(informative, noise), labels, np.arange(labels.size) // 4)
-        assert t.warning <= t.alarm and np.isfinite([t.warning, t.alarm]).all()
-
-
 # --- plots and summary -----------------------------------------------------------------------
 
 
@@ -258,8 +249,6 @@ def test_format_summary_reads_the_metrics():
         "alarm_score": thresholds.score,
         "thresholds": {"score": thresholds.score, "warning": thresholds.warning,
                        "alarm": thresholds.alarm, "rule": thresholds.rule},
-        "threshold_windows": {"alarm": {"precision": None, "recall": 0.5, "f1": None},
-                              "warning": {"precision": 0.9, "recall": 0.8, "f1": 0.85}},
         "cut_levels": {"healthy": {"normal": 3, "warning": 0, "alarm": 0},
                        "degraded": {"normal": 1, "warning": 2, "alarm": 0},
                        "failed": {"normal": 0, "warning": 0, "alarm": 1}},

@@ -54,10 +54,10 @@ def chunks(signals: np.ndarray, rng: np.random.Generator, max_size: int = 400):
 
 
 def stream_cut(p: MachinePipeline, cut: str, signals: np.ndarray, rng, ts: float = 1000.0,
-               end: bool = True, drop=lambda c, off: False):
+               end: bool = True, drop=lambda c, off: False, params: CutParams | None = None):
     """Feed one cut; returns (window batches, steps, chunk log [(channel, start, end)])."""
     windows, steps, log = [], [], []
-    steps.append(p.handle(CutStart(cut, ts, SAMPLE_RATE_HZ)))
+    steps.append(p.handle(CutStart(cut, ts, SAMPLE_RATE_HZ, params)))
     for c, off, samples in chunks(signals, rng):
         if drop(c, off):
             continue
@@ -131,6 +131,25 @@ def test_results_summary_and_order(cuts):
     assert summary.stable[1] >= expected.starts[-1] + SPEC.window.length - 1
     assert summary.score_median == pytest.approx(float(np.median(values)))
     assert summary.score_max == pytest.approx(0.9)
+
+
+def test_each_cut_is_judged_against_the_tools_first_cut_in_its_regime(cuts):
+    spec = PipelineSpec(SPEC.window, SPEC.stable, SAMPLE_RATE_HZ, Thresholds(1.5, 3.0, score="kl"),
+                        AlarmPolicy(persist_cuts=2, reference_cuts=1), "m0")
+    p = MachinePipeline("m1", spec)
+    light, heavy = CutParams(0.75, 0.25, "cast_iron"), CutParams(1.5, 0.5, "cast_iron")
+    summaries = []
+    for k, (params, value) in enumerate([(light, 2.0), (heavy, 8.0), (light, 3.0), (heavy, 10.0), (light, 7.0)]):
+        windows, _, _ = stream_cut(p, f"c{k}", cuts[k % 2], np.random.default_rng(40 + k), ts=1000.0 + 100 * k,
+                                   params=params)
+        summaries += [o.message for o in score_all(p, windows, value) if isinstance(o.message, SummaryMessage)]
+    # Each regime's first cut is its reference; later cuts are judged by their growth over it.
+    assert [s.judged for s in summaries] == [None, None, pytest.approx(1.5), pytest.approx(1.25), pytest.approx(3.5)]
+    # 1.5 and 1.25 are not both above 1.5; 1.25 and 3.5 are not both above 1.5 either
+    assert [s.level for s in summaries] == ["normal"] * 5
+    p.handle(Command("reset", "operator"), now=2000.0)
+    windows, _, _ = stream_cut(p, "c5", cuts[0], np.random.default_rng(50), ts=3000.0, params=light)
+    assert [o.message.judged for o in score_all(p, windows, 9.0) if isinstance(o.message, SummaryMessage)] == [None]
 
 
 def test_alarm_is_decided_per_cut_and_levels_follow(cuts):

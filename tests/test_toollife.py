@@ -14,7 +14,7 @@ def tool(case, classes, levels, first_warning=None, first_alarm=None):
     n = len(classes)
     return ToolLife(case, [f"c{case:02d}-r{r:02d}" for r in range(1, n + 1)], list(range(1, n + 1)),
                     list(np.linspace(0.05, 0.8, n)), classes, levels, [1.0 + i for i in range(n)], [50] * n,
-                    first_warning, first_alarm)
+                    first_warning, first_alarm, [None] + [1.0 + 0.5 * i for i in range(1, n)])
 
 
 def test_outcomes_of_one_tool():

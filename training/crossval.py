@@ -66,30 +66,23 @@ def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: i
     metrics = {**anomaly_metrics(oof.scores, ws.labels), "raw": anomaly_metrics(oof.raw, ws.labels)}
     case_of_window = ws.cut_field("case")
     policy = AlarmPolicy()
-    position = {id(c): i for i, c in enumerate(archive.cuts)}
     tools, thresholds = [], []
     for k, (test_cases, scorer) in enumerate(zip(oof.groups, oof.scorers)):
         th = thresholds_on(ws, oof.scores, np.flatnonzero(~np.isin(case_of_window, test_cases)), policy)
         thresholds.append({"fold": k, "cases": test_cases, **th.to_dict()})
         spec = PipelineSpec(ws.window, ws.stable, SAMPLE_RATE_HZ, th, policy, f"crossval-{seed}-{k}")
-        part = _only_cases(archive, test_cases)
-        at = [position[id(c)] for c in part.cuts]
-        tools += replay_tools(part, ws.cut_vb[at], ws.cut_class[at], spec, lambda b, s=scorer: s.score(b.data, b.regime))
+        tools += replay_tools(archive, ws.cut_vb, ws.cut_class, spec,
+                              lambda b, s=scorer: s.score(b.data, b.regime), cases=test_cases)
     tools.sort(key=lambda t: t.case)
     return Repeat(seed, oof.groups, metrics, tools, thresholds, oof.scores)
 
 
-def _only_cases(archive: Archive, cases: list[int]) -> Archive:
-    from dataclasses import replace
-
-    return replace(archive, cuts=tuple(c for c in archive.cuts if c.case in cases))
-
-
 def summarise(repeats: list[Repeat]) -> dict:
     """Mean and standard deviation over repeats of every reported figure."""
+    figures = [r.figures() for r in repeats]
     out = {}
     for key in REPORTED:
-        values = np.array([np.nan if r.figures()[key] is None else r.figures()[key] for r in repeats], dtype=float)
+        values = np.array([np.nan if f[key] is None else f[key] for f in figures], dtype=float)
         finite = values[np.isfinite(values)]
         out[key] = {"mean": float(finite.mean()) if finite.size else None,
                     "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,

@@ -26,7 +26,7 @@ from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.core.channels import SAMPLE_RATE_HZ
 from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.scores import WindowScores
-from edge_monitor.model.bundle import BundleMeta, Thresholds, load_bundle
+from edge_monitor.model.bundle import BundleMeta, load_bundle
 
 from .dataset import WindowSet, prepare_windows
 from .metrics import SCORE_NAMES, anomaly_metrics, metrics_by_param, param_key
@@ -38,18 +38,9 @@ from .plots import (
 )
 from .splits import make_split
 from .toollife import format_tool_table, replay_tools, tool_totals
-from .wear import CLASS_NAMES, DEGRADED, FAILED
+from .wear import CLASS_NAMES
 
 LEVELS = ("normal", "warning", "alarm")
-
-
-def level(value: float, thresholds: Thresholds) -> str:
-    """Monitor level of a score: above the alarm threshold, above the warning one, or normal."""
-    if value > thresholds.alarm:
-        return "alarm"
-    if value > thresholds.warning:
-        return "warning"
-    return "normal"
 
 
 def evaluation_windows(meta: BundleMeta, sha256: str, ws: WindowSet, bundle: Path) -> tuple[np.ndarray, str]:
@@ -66,23 +57,11 @@ def evaluation_windows(meta: BundleMeta, sha256: str, ws: WindowSet, bundle: Pat
     return split.test, f"test ({kind} split, seed {int(seed)})"
 
 
-def _rates(flagged: np.ndarray, positive: np.ndarray) -> dict:
-    """Precision, recall and F1 of a fixed threshold's flags (None where undefined)."""
-    hits = int((flagged & positive).sum())
-    precision = hits / int(flagged.sum()) if flagged.any() else None
-    recall = hits / int(positive.sum()) if positive.any() else None
-    f1 = (
-        2 * precision * recall / (precision + recall)
-        if precision is not None and recall is not None and precision + recall > 0
-        else None
-    )
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
-def cut_table(ws: WindowSet, scores: WindowScores, idx: np.ndarray, thresholds: Thresholds) -> list[dict]:
+def cut_table(ws: WindowSet, scores: WindowScores, idx: np.ndarray, tools: list) -> list[dict]:
     """Per evaluated cut: its labels, window count, median and max of both scores over its
-    evaluated windows, and its level (from the median of the alarm score, so one stray window
-    does not decide a cut)."""
+    evaluated windows, and from the replay of its tool (``tools``) what the alarm rule judged it by
+    and the machine's state at its end."""
+    shown = {cut: (judged, lvl) for t in tools for cut, judged, lvl in zip(t.cuts, t.judged, t.levels)}
     rows = []
     cut_of = ws.cut[idx]
     for pos in np.unique(cut_of):
@@ -98,7 +77,7 @@ def cut_table(ws: WindowSet, scores: WindowScores, idx: np.ndarray, thresholds: 
             values = scores.score(name)[mine]
             row[f"median_{name}"] = float(np.median(values))
             row[f"max_{name}"] = float(values.max())
-        row["level"] = level(row[f"median_{thresholds.score}"], thresholds)
+        row["judged"], row["level"] = shown[cut.cut_id]
         rows.append(row)
     return rows
 
@@ -157,13 +136,13 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     chosen = scores.subset(idx)
     labels = ws.labels[idx]
     thresholds = meta.thresholds
-    alarm_values = chosen.score(thresholds.score)
-    cuts = cut_table(ws, scores, idx, thresholds)
     # Whole tools through the daemon's own pipeline and alarm rule (the daemon's default policy).
     policy = AlarmPolicy()
     spec = PipelineSpec(window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ,
                         thresholds=thresholds, policy=policy, model_id=meta.model_id)
     tools = replay_tools(archive, ws.cut_vb, ws.cut_class, spec, lambda b: scorer.score(b.data, b.regime))
+    totals = tool_totals(tools)
+    cuts = cut_table(ws, scores, idx, tools)
 
     plots = {
         "curves": plot_curves(chosen, labels, out / "pr_roc_curves.png"),
@@ -174,7 +153,7 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     for name in SCORE_NAMES:
         plots[f"trend_{name}"] = plot_score_trend(
             **_trend_inputs(ws, scores, idx, name), path=out / f"trend_{name}.png",
-            score_name=name, thresholds=thresholds,
+            score_name=name,  # no threshold lines: the rule judges growth over each tool's first cut
         )
 
     metrics = {
@@ -193,11 +172,7 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
         ),
         "alarm_score": thresholds.score,
         "thresholds": dataclasses.asdict(thresholds),
-        # Window-level quality of the stored thresholds on the evaluated windows.
-        "threshold_windows": {
-            "alarm": _rates(alarm_values > thresholds.alarm, labels == FAILED),
-            "warning": _rates(alarm_values > thresholds.warning, labels >= DEGRADED),
-        },
+        # The machine's state at each evaluated cut's end, by the cut's class (from the replay).
         "cut_levels": {
             cls: {lvl: sum(1 for c in cuts if c["class"] == cls and c["level"] == lvl) for lvl in LEVELS}
             for cls in CLASS_NAMES
@@ -208,7 +183,7 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
                      + ("" if split_desc == "all windows" else " (training cuts included: their healthy cuts "
                                                                "fitted the model and score low)"),
             "rule": f"the daemon's default alarm policy {policy.to_dict()} on the bundle's thresholds",
-            "totals": tool_totals(tools),
+            "totals": totals,
             "tools": [t.to_dict() for t in tools],
         },
         "plots": {key: path.name for key, path in plots.items()},
@@ -217,7 +192,7 @@ def evaluate(bundle_path: str | Path, archive_path: str | Path, out_dir: str | P
     metrics = _json_safe(metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     print(format_summary(metrics))
-    print(f"\ntool life ({metrics['tool_life']['cases']}):\n{format_tool_table(tools, tool_totals(tools))}")
+    print(f"\ntool life ({metrics['tool_life']['cases']}):\n{format_tool_table(tools, totals)}")
     print(f"wrote {out / 'metrics.json'} and {len(plots)} plots in {out}", flush=True)
     return metrics
 
@@ -262,17 +237,12 @@ def format_summary(metrics: dict) -> str:
                 f"{_num(m['roc_auc_kl'])}{_num(m['roc_auc_recon'], 10)}"
             )
     t = metrics["thresholds"]
-    rates = metrics["threshold_windows"]
     lines += [
         "",
         f"thresholds on {alarm}: warning > {t['warning']:.4g}, alarm > {t['alarm']:.4g}",
-        f"  alarm windows: precision {_num(rates['alarm']['precision'], 0).strip()}, "
-        f"recall {_num(rates['alarm']['recall'], 0).strip()} (failed vs rest)",
-        f"  warning windows: precision {_num(rates['warning']['precision'], 0).strip()}, "
-        f"recall {_num(rates['warning']['recall'], 0).strip()} (degraded or failed vs healthy)",
         f"  rule: {t['rule']}",
         "",
-        f"{'cut level (median ' + alarm + ')':<28}" + "".join(f"{lvl:>9}" for lvl in LEVELS),
+        f"{'state at the cut end':<28}" + "".join(f"{lvl:>9}" for lvl in LEVELS),
     ]
     for cls, counts in metrics["cut_levels"].items():
         lines.append(f"{cls + ' cuts':<28}" + "".join(f"{counts[lvl]:>9}" for lvl in LEVELS))

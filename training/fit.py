@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.archive.mill import Archive, read_archive
+from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.core.calibration import ScoreCalibration
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.core.stable_region import StableRegionSpec
@@ -270,6 +271,8 @@ def fit(
         "best_val_loss": trained.best_val_loss,
         "seconds": round(trained.seconds, 1),
         **dataclasses.asdict(config),
+        # the alarm rule the thresholds were chosen for (the monitor warns when config.yaml differs)
+        "alarm_policy": AlarmPolicy().to_dict(),
     }
     meta = save_bundle(
         out,

@@ -51,6 +51,42 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _case_panels(n: int, width: float, height: float, sharey: bool) -> tuple[Figure, np.ndarray, int]:
+    """A figure with one panel per case in a near-square grid: (figure, flat axes, columns)."""
+    n_cols = max(1, math.ceil(math.sqrt(n)))
+    n_rows = max(1, math.ceil(n / n_cols))
+    fig = Figure(figsize=(width * n_cols, height * n_rows + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, sharey=sharey, squeeze=False)).ravel()
+    return fig, axes, n_cols
+
+
+def _run_axis(ax, runs: np.ndarray, classes: Sequence[int]) -> None:
+    """A panel over a case's runs: each run shaded by its class, whole run numbers on the x axis."""
+    for r, cls in zip(runs, classes):
+        if 0 <= cls < len(CLASS_COLOURS):
+            ax.axvspan(r - 0.5, r + 0.5, color=CLASS_COLOURS[cls], alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if runs.size < 3:  # a one-run case: whole run numbers, not a fractional axis
+        ax.set_xticks(runs)
+    ax.set_xlim(runs.min() - 0.75, runs.max() + 0.75)
+    ax.grid(alpha=0.3)
+
+
+def _label_panels(axes: np.ndarray, used: int, n_cols: int, ylabel: str) -> None:
+    """Hide the grid's empty panels; label the x axes of the bottom row and the y axes of the first column."""
+    for ax in axes[used:]:
+        ax.set_visible(False)
+    n_rows = axes.size // n_cols
+    for ax in axes[(n_rows - 1) * n_cols:]:
+        ax.set_xlabel("run")
+    for ax in axes[::n_cols]:
+        ax.set_ylabel(ylabel)
+
+
+def _class_handles() -> list:
+    return [Patch(color=c, alpha=0.3, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)]
+
+
 def plot_curves(scores: "WindowScores", labels: np.ndarray, path: str | Path) -> Path:
     """Precision–recall and ROC curves of failed vs rest for both scores, against no skill."""
     labels, named = labelled_scores(scores, labels)
@@ -130,18 +166,13 @@ def plot_score_trend(
     cut_class, median = np.asarray(cut_class, dtype=int), np.asarray(median, dtype=float)
     evaluated = np.ones(case.size, bool) if evaluated is None else np.asarray(evaluated, bool)
     cases = np.unique(case)
-    n_cols = max(1, math.ceil(math.sqrt(cases.size)))
-    n_rows = max(1, math.ceil(cases.size / n_cols))
-    fig = Figure(figsize=(3.6 * n_cols, 2.6 * n_rows + 1.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, sharey=True, squeeze=False)).ravel()
+    fig, axes, n_cols = _case_panels(cases.size, 3.6, 2.6, sharey=True)
     log = _log_helps(median)
     lines = thresholds is not None and thresholds.score == score_name
     for ax, this in zip(axes, cases):
         member = np.flatnonzero(case == this)
         member = member[np.argsort(run[member])]
-        for r, cls in zip(run[member], cut_class[member]):
-            if 0 <= cls < len(CLASS_COLOURS):
-                ax.axvspan(r - 0.5, r + 0.5, color=CLASS_COLOURS[cls], alpha=0.15, linewidth=0)
+        _run_axis(ax, run[member], cut_class[member])
         ax.plot(run[member], median[member], color="black", linewidth=1)
         held = member[evaluated[member]]
         rest = member[~evaluated[member]]
@@ -151,18 +182,10 @@ def plot_score_trend(
             ax.axhline(thresholds.warning, color="tab:orange", linestyle="--", linewidth=1)
             ax.axhline(thresholds.alarm, color="tab:red", linestyle="--", linewidth=1)
         ax.set_title(f"case {this}", fontsize="medium")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlim(run[member].min() - 0.75, run[member].max() + 0.75)
-        ax.grid(alpha=0.3)
         if log:
             ax.set_yscale("log")
-    for ax in axes[cases.size:]:
-        ax.set_visible(False)
-    for ax in axes[(n_rows - 1) * n_cols:]:
-        ax.set_xlabel("run")
-    for ax in axes[::n_cols]:
-        ax.set_ylabel(f"median {score_name}")
-    handles = [Patch(color=c, alpha=0.3, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)]
+    _label_panels(axes, cases.size, n_cols, f"median {score_name}")
+    handles = _class_handles()
     if lines:
         handles += [
             Line2D([], [], color="tab:orange", linestyle="--", label=f"warning {thresholds.warning:.4g}"),
@@ -180,23 +203,19 @@ def plot_score_trend(
 
 
 def plot_tool_life(tools: Sequence, path: str | Path, *, score_name: str, thresholds: "Thresholds | None" = None) -> Path:
-    """One panel per tool (case): the median alarm score of each cut against its run number, the
-    flank wear VB on a second axis, each run shaded by its class, and the cuts where the monitor
+    """One panel per tool (case): the figure the alarm rule judged each cut by (its median alarm
+    score over the tool's reference; none for the reference cut) against its run number, with the
+    thresholds, the flank wear VB on a second axis, each run shaded by its class, and the cuts where the monitor
     first warned (orange) and first alarmed (red) marked by vertical lines. ``tools`` are
     :class:`~training.toollife.ToolLife` records."""
-    n_cols = max(1, math.ceil(math.sqrt(len(tools))))
-    n_rows = max(1, math.ceil(len(tools) / n_cols))
-    fig = Figure(figsize=(3.8 * n_cols, 2.7 * n_rows + 1.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
-    medians = np.array([m for t in tools for m in t.medians if m is not None], dtype=float)
-    log = _log_helps(medians)
+    fig, axes, n_cols = _case_panels(len(tools), 3.8, 2.7, sharey=False)
+    judged = np.array([m for t in tools for m in t.judged if m is not None], dtype=float)
+    log = _log_helps(judged)
     lines = thresholds is not None and thresholds.score == score_name
     for ax, tool in zip(axes, tools):
         runs = np.asarray(tool.runs)
-        for r, cls in zip(runs, tool.classes):
-            if 0 <= cls < len(CLASS_COLOURS):
-                ax.axvspan(r - 0.5, r + 0.5, color=CLASS_COLOURS[cls], alpha=0.15, linewidth=0)
-        values = np.array([np.nan if m is None else m for m in tool.medians], dtype=float)
+        _run_axis(ax, runs, tool.classes)
+        values = np.array([np.nan if m is None else m for m in tool.judged], dtype=float)
         ax.plot(runs, values, "o-", color="black", markersize=3, linewidth=1)
         if lines:
             ax.axhline(thresholds.warning, color="tab:orange", linestyle="--", linewidth=0.8)
@@ -211,19 +230,8 @@ def plot_tool_life(tools: Sequence, path: str | Path, *, score_name: str, thresh
         wear.set_ylim(bottom=0)
         wear.tick_params(axis="y", labelcolor="tab:blue", labelsize="small")
         ax.set_title(f"case {tool.case}", fontsize="medium")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        if runs.size < 3:  # a one-run case: whole run numbers, not a fractional axis
-            ax.set_xticks(runs)
-        ax.set_xlim(runs.min() - 0.75, runs.max() + 0.75)
-        ax.grid(alpha=0.3)
-    for ax in axes[len(tools):]:
-        ax.set_visible(False)
-    for ax in axes[(n_rows - 1) * n_cols:]:
-        ax.set_xlabel("run")
-    for ax in axes[::n_cols]:
-        ax.set_ylabel(f"cut median {score_name}")
-    handles = [Patch(color=c, alpha=0.3, label=n) for n, c in zip(CLASS_NAMES, CLASS_COLOURS)]
-    handles += [
+    _label_panels(axes, len(tools), n_cols, f"judged {score_name}")
+    handles = _class_handles() + [
         Line2D([], [], color="tab:blue", label="flank wear VB, mm (right axis)"),
         Line2D([], [], color="tab:orange", linewidth=2, label="first warning"),
         Line2D([], [], color="tab:red", linewidth=2, label="first alarm"),

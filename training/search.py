@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_monitor.archive.mill import read_archive
+from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.model.vae import VAEHyperParams
 
 from .dataset import prepare_windows
@@ -169,7 +170,8 @@ def run_search(
                 hyperparams=hp,
                 thresholds=thresholds, metrics={"validation": metrics, "out_of_fold": oof_metrics},
                 training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
-                          "archive": str(archive_path), **config.__dict__},
+                          "archive": str(archive_path), **config.__dict__,
+                          "alarm_policy": AlarmPolicy().to_dict()},
                 archive_sha256=archive.sha256,
             )
             best = trial

@@ -1,9 +1,10 @@
 """Warning and alarm thresholds, chosen on held-out data for what an operator sees per tool.
 
-Held-out means the windows that did not fit the model: every validation window and the degraded and
-failed windows of the training side (``training.fit.threshold_windows``). The daemon decides per
-cut, on the median score of a cut's windows (``core/alarm.py``), so the thresholds are chosen on
-the held-out cuts' medians of the alarm score.
+Held-out means out-of-fold scores of whole tools (``training/outoffold.py``): every cut scored by a
+model that never saw its tool. The daemon decides per cut (``core/alarm.py``), on the figure
+:class:`~edge_monitor.core.alarm.CutEvidence` judges it by (the median alarm score of its windows
+over the tool's reference), after ``persist_cuts`` judged cuts in a row; the thresholds are chosen
+on those same figures of the held-out tools' lives, judged in run order by the same code.
 
 The rule (also written, with its figures, into :attr:`Thresholds.rule`):
 
@@ -11,18 +12,19 @@ The rule (also written, with its figures, into :attr:`Thresholds.rule`):
   When that is undefined (no failed window) or tied, the higher PR-AUC of degraded-or-failed vs
   healthy decides; when that is undefined or tied too, ``kl`` (the latent-space score the method
   alarms on).
-* Warning: :data:`MARGIN` above the highest held-out healthy cut. First of all an operator must
-  never see a fresh or healthy tool flagged; the margin stands for the healthy cuts not seen yet
-  (a cut scores a little differently on every tool), and the daemon's persistence over cuts adds to
-  it.
-* Alarm: the threshold that best separates failed from degraded held-out cuts (Youden's J: the
+* Warning: :data:`MARGIN` above the quiet level, the highest level at which ``persist_cuts``
+  consecutive judged cuts of a held-out tool could flag a healthy one. First of all an operator
+  must never see a fresh or healthy tool flagged; the margin stands for the healthy cuts not seen
+  yet. When no healthy cut is judged (every one is a reference), :data:`DEFAULT_GROWTH` over the
+  tool's start.
+* Alarm: the threshold that best separates failed from degraded judged cuts (Youden's J: the
   true-positive rate on failed cuts minus the false-positive rate on degraded ones, which does not
-  depend on how many cuts of each class there are), never below the warning. Without failed or
-  degraded held-out cuts: :data:`MARGIN` above the highest held-out worn cut, or without any worn
-  cut, half again the warning threshold — archives with few failing tools still get an alarm level
-  that healthy and worn tools have not reached.
+  depend on how many cuts of each class there are), never below the warning. Failed cuts without
+  degraded ones: the warning. Degraded without failed: :data:`MARGIN` above the highest degraded
+  cut. No worn cut: half again the warning — archives with few failing tools still get an alarm
+  level that healthy and worn tools have not reached.
 
-Each threshold from the held-out cuts lies between scores, so ``>`` and ``>=`` agree on every
+Each threshold from the held-out cuts lies between figures, so ``>`` and ``>=`` agree on every
 held-out cut.
 """
 
@@ -146,6 +148,8 @@ def choose_thresholds(scores: "WindowScores", labels: np.ndarray, cuts: np.ndarr
     """Thresholds from held-out windows: their scores and classes, their cut (any key), the tool
     (case) of that cut, the cut's place in the tool's life (run) and its operating regime, for the
     daemon's rule ``policy`` (its persistence and fresh-tool reference)."""
+    labelled = np.asarray(labels) >= 0  # windows of cuts without a wear label take no part
+    cuts, tools, order, regimes = (np.asarray(a)[labelled] for a in (cuts, tools, order, regimes))
     labels, named = labelled_scores(scores, labels)
     if not (labels == HEALTHY).any():
         raise ValueError(
@@ -153,13 +157,11 @@ def choose_thresholds(scores: "WindowScores", labels: np.ndarray, cuts: np.ndarr
             "check the split and the archive's wear labels"
         )
     score, why_score = choose_score(labels, named)
-    cuts = np.asarray(cuts)
     keys, first, inverse, windows = np.unique(cuts, return_index=True, return_inverse=True, return_counts=True)
     order_in_cut = np.argsort(inverse, kind="stable")
     values = named[score][order_in_cut]
     medians = np.array([np.median(v) for v in np.split(values, np.cumsum(windows)[:-1])])
-    lives = judged_lives(medians, windows, labels[first], np.asarray(tools)[first], np.asarray(order)[first],
-                         np.asarray(regimes)[first], policy)
+    lives = judged_lives(medians, windows, labels[first], tools[first], order[first], regimes[first], policy)
     figures = np.array([f for life, _ in lives for f in life])
     classes = np.array([k for _, kinds in lives for k in kinds], dtype=int)
     healthy = figures[classes == HEALTHY]

@@ -49,6 +49,7 @@ class ToolLife:
     windows: list[int] = field(default_factory=list)
     first_warning: int | None = None  # index of the cut during which the state first left normal
     first_alarm: int | None = None  # ... first reached alarm
+    judged: list[float | None] = field(default_factory=list)  # what the alarm rule judged each cut by
 
     def _first(self, cls: int) -> int | None:
         return next((i for i, c in enumerate(self.classes) if c >= cls), None)
@@ -163,6 +164,7 @@ def _record(life: ToolLife, i: int, steps: list[Step]) -> None:
         raise RuntimeError(f"cut {life.cuts[i]} of case {life.case} produced no summary")
     life.levels.append(summary.level)
     life.medians.append(summary.score_median)
+    life.judged.append(summary.judged)
     life.windows.append(summary.windows)
 
 
@@ -215,12 +217,14 @@ def format_tool_table(tools: Sequence[ToolLife], totals: dict) -> str:
 
 
 def replay_tools(archive, cut_vb: np.ndarray, cut_class: np.ndarray, spec: PipelineSpec,
-                 score: Callable[[WindowBatch], WindowScores]) -> list[ToolLife]:
-    """Every case of ``archive`` as one tool (see :func:`replay_tool`); ``cut_vb`` and ``cut_class``
-    are indexed like ``archive.cuts`` (``dataset.WindowSet``)."""
+                 score: Callable[[WindowBatch], WindowScores], cases: Sequence[int] | None = None) -> list[ToolLife]:
+    """Every case of ``archive`` (or only ``cases``) as one tool (see :func:`replay_tool`);
+    ``cut_vb`` and ``cut_class`` are indexed like ``archive.cuts`` (``dataset.WindowSet``)."""
     position = {id(c): i for i, c in enumerate(archive.cuts)}
     tools = []
     for case, cuts in sorted(archive.by_case().items()):
+        if cases is not None and case not in cases:
+            continue
         at = [position[id(c)] for c in cuts]
         tools.append(replay_tool(spec, case, cuts, cut_vb[at], cut_class[at], score))
     return tools
@@ -243,5 +247,6 @@ def decide_on_cut_medians(case: int, cut_ids: Sequence[str], runs: Sequence[int]
                 life.first_alarm = i
         life.levels.append(tracker.state.label)
         life.medians.append(float(median))
+        life.judged.append(tracker.judged)
         life.windows.append(int(n))
     return life

@@ -13,15 +13,18 @@ cuts decide nothing. ``reference_cuts: 0`` judges the calibrated median itself.
 
 After each judged cut, the state becomes the highest level whose threshold the last
 ``persist_cuts`` judged cuts all exceeded (strictly), if that is above the current state: one odd
-cut raises nothing, a tool that has crossed a threshold is reported by its next cut. The window
-scores still go out one by one for dashboards; only the decision waits for the cut's end.
+cut raises nothing, a tool that has crossed a threshold is reported ``persist_cuts - 1`` cuts
+later. The window scores still go out one by one for dashboards; only the decision waits for the
+cut's end.
 
 Wear does not heal, so by default the state only drops on :meth:`AlarmTracker.reset` (the tool was
 changed). With ``auto_clear`` it also drops, one level at a time, after ``clear_cuts`` consecutive
 judged cuts below the current level's threshold less ``clear_margin`` of it (hysteresis: cuts
 hovering at the threshold neither raise nor clear). Each drop, like a reset, forgets the cut
 history, so raising again needs ``persist_cuts`` fresh cuts above a threshold; only a reset
-forgets the reference.
+forgets the reference. A reference taken while the state is raised (a worn tool restored without
+its reference, or its first cut in another regime) understates the wear: such a tool never
+auto-clears until it is reset.
 
 :meth:`AlarmTracker.to_dict` / :meth:`AlarmTracker.from_dict` carry the state over a restart;
 restoring is not a transition, so nothing is announced again. The retained alarm message itself is a
@@ -104,7 +107,7 @@ class Transition:
     new: Level
     since: float | None  # when the deciding cut ended (or the reset came)
     cut: str | None  # the deciding cut; None after a reset
-    score: float | None  # the deciding cut's median score
+    score: float | None  # the deciding cut's judged figure
     threshold: float | None  # raise: the new level's threshold; clear: the old level's
     by: str | None = None  # who reset
 
@@ -121,9 +124,11 @@ class CutEvidence:
     def __init__(self, policy: AlarmPolicy) -> None:
         self.policy = policy
         self.references: dict[str, list[float]] = {}  # regime -> the reference cuts' medians
+        self.took_reference = False  # whether the last cut judged became a reference
 
     def judge(self, median: float | None, windows: int, regime: str) -> float | None:
         """The figure a cut is judged by; None when the cut is no evidence or becomes reference."""
+        self.took_reference = False
         if median is None or not math.isfinite(median) or windows < self.policy.min_windows:
             return None
         median = float(median)
@@ -131,10 +136,12 @@ class CutEvidence:
             return median
         reference = self.references.setdefault(regime, [])
         if len(reference) < self.policy.reference_cuts:
+            if median < MIN_REFERENCE:
+                return None  # not cutting as the tool cuts (air, a stalled feed): no reference
             reference.append(median)
+            self.took_reference = True
             return None
-        # Scores are non-negative; a zero reference (a degenerate cut) must not divide by zero.
-        return median / max(float(np.median(reference)), _TINY)
+        return median / float(np.median(reference))
 
     def new_tool(self) -> None:
         self.references.clear()
@@ -143,20 +150,24 @@ class CutEvidence:
         return {regime: list(values) for regime, values in self.references.items()}
 
     def restore(self, data: Any) -> None:
-        if not isinstance(data, dict) or any(
-            type(k) is not str or not isinstance(v, list)
-            or any(type(x) not in (int, float) or not math.isfinite(x) for x in v)
-            for k, v in data.items()
-        ):
-            raise ValueError("alarm state: references must map each regime to a list of finite scores")
+        if not isinstance(data, dict):
+            raise ValueError(f"alarm state: references must map each regime to a list of scores, got {data!r}")
+        for regime, values in data.items():
+            if type(regime) is not str or not isinstance(values, list) or any(
+                type(x) not in (int, float) or not math.isfinite(x) or x < MIN_REFERENCE for x in values
+            ):
+                raise ValueError(f"alarm state: the references of regime {regime!r} must be a list of scores "
+                                 f"of at least {MIN_REFERENCE}, got {values!r}")
         self.references = {k: [float(x) for x in v][: self.policy.reference_cuts] for k, v in data.items()}
 
 
-_TINY = 1e-12
+# Calibrated scores are about 1 on a healthy cut of the regime; a cut scoring a twentieth of that is
+# not the tool cutting (and as a reference it would make every later cut look worn).
+MIN_REFERENCE = 0.05
 
 
 class AlarmTracker:
-    """One machine's alarm state; feed it every cut's median score in order with :meth:`cut_ended`."""
+    """One machine's alarm state; feed it every cut's median alarm score, in order, with :meth:`cut_ended`."""
 
     def __init__(self, policy: AlarmPolicy, thresholds: Thresholds) -> None:
         self.policy = policy
@@ -169,19 +180,25 @@ class AlarmTracker:
         self.cut: str | None = None
         self.score: float | None = None
         self.threshold: float | None = None
-        self._recent: deque[float] = deque(maxlen=policy.persist_cuts)  # last cuts' median scores
-        self._below = 0  # consecutive cuts under the current level's clear level
+        self._recent: deque[float] = deque(maxlen=policy.persist_cuts)  # last judged cuts' figures
+        self._below = 0  # consecutive judged cuts under the current level's clear level
+        self._late_reference = False  # a reference was taken while the state was raised: never auto-clear
 
     def cut_ended(self, median: float | None, windows: int, cut: str, ts: float, regime: str = "") -> Transition | None:
-        """A cut in ``regime`` ended with ``windows`` scored windows whose median alarm score is ``median``."""
+        """A cut in ``regime`` ended with ``windows`` scored windows whose median alarm score is
+        ``median``; it is judged by :class:`CutEvidence` (:attr:`judged`)."""
         self.judged = value = self.evidence.judge(median, windows, regime)
+        if self.evidence.took_reference and self.state != Level.NORMAL:
+            # A reference taken from a tool already flagged (restored without its reference, or a
+            # new regime): growth over it understates the wear, so it may raise but never clear.
+            self._late_reference = True
         if value is None:
             return None  # no evidence (or a reference cut): the history is kept as it is
         self._recent.append(value)
         target = self._raised_level()
         if target > self.state:
             return self._move(target, ts, cut, value, self.thresholds.of(target))
-        if not self.policy.auto_clear or self.state == Level.NORMAL:
+        if not self.policy.auto_clear or self.state == Level.NORMAL or self._late_reference:
             return None
         threshold = self.thresholds.of(self.state)
         clear_level = threshold - self.policy.clear_margin * abs(threshold)
@@ -196,6 +213,7 @@ class AlarmTracker:
         already normal."""
         self._recent.clear()
         self._below = 0
+        self._late_reference = False
         self.evidence.new_tool()
         if self.state == Level.NORMAL:
             return None
@@ -233,13 +251,15 @@ class AlarmTracker:
             "recent": list(self._recent),
             "below": self._below,
             "references": self.evidence.to_dict(),
+            "late_reference": self._late_reference,
         }
 
     @classmethod
     def from_dict(cls, policy: AlarmPolicy, thresholds: Thresholds, data: Mapping[str, Any]) -> "AlarmTracker":
         """Restore a snapshot (from :meth:`to_dict`, or a retained alarm message). Only ``state``
-        is required; the history keeps the policy's last ``persist_cuts`` cuts. Restoring announces
-        nothing."""
+        is required; the history keeps the policy's last ``persist_cuts`` cuts. A snapshot without
+        ``references`` (a retained message, or a state file from before references) keeps only the
+        state: its history, if any, is not in judged figures. Restoring announces nothing."""
         tracker = cls(policy, thresholds)
         state = Level.parse(data.get("state"))
         since = _optional_number(data, "since")
@@ -254,10 +274,15 @@ class AlarmTracker:
         below = data.get("below", 0)
         if type(below) is not int or below < 0:
             raise ValueError(f"alarm state: below must be a non-negative integer, got {below!r}")
+        late = data.get("late_reference", False)
+        if type(late) is not bool:
+            raise ValueError(f"alarm state: late_reference must be true or false, got {late!r}")
         tracker._set(state, since, cut, score, threshold)
-        tracker._recent.extend(float(s) for s in recent)
-        tracker._below = below
-        tracker.evidence.restore(data.get("references", {}))
+        if "references" in data:
+            tracker.evidence.restore(data["references"])
+            tracker._recent.extend(float(s) for s in recent)
+            tracker._below = below
+            tracker._late_reference = late
         return tracker
 
 

@@ -70,4 +70,6 @@ class Fleet:
 
     def states(self) -> dict[str, str]:
         """Every machine's alarm state label."""
-        return {m: str(s.get("state")) for m, s in self.snapshots().items()}
+        states = {m: str(s.get("state")) for m, s in self._restored.items()}
+        states.update({m: p.state.label for m, p in self._pipelines.items()})
+        return states

@@ -61,7 +61,7 @@ class Inbox:
 
     def __init__(self, client: paho.Client, topics: Topics, limits: Limits,
                  unwatched: Callable[[str], str | None], handlers: Handlers) -> None:
-        self.client, self.topics, self.limits = client, topics, limits
+        self.topics, self.limits = topics, limits
         self.unwatched = unwatched  # why a machine's inputs are not ours (None: they are); thread-safe
         self.handlers = handlers
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..core.alarm import AlarmPolicy
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
 from ..core.outbound import AlarmMessage, StatusMessage, encode
@@ -53,6 +54,20 @@ IDLE_WAKE = 0.25  # the loop turns at least this often (watchdog, status, batch 
 
 class StartupError(RuntimeError):
     """The daemon cannot start; the message names the thing to fix (exit code 2, no traceback)."""
+
+
+def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:
+    """What in the running alarm policy differs from the one the bundle's thresholds were chosen
+    for (the thresholds are figures of that rule); None when nothing does or the bundle does not say."""
+    if not isinstance(chosen_for, dict):
+        return None
+    keys = ("persist_cuts", "reference_cuts", "min_windows")
+    differ = [f"alarm.{k}: {getattr(running, k)} (chosen for {chosen_for[k]})"
+              for k in keys if k in chosen_for and chosen_for[k] != getattr(running, k)]
+    if not differ:
+        return None
+    return ("the bundle's thresholds were chosen for another alarm rule than config.yaml sets: "
+            + ", ".join(differ) + "; alarms may come too early or too late")
 
 
 class Monitor:
@@ -274,6 +289,9 @@ def run(config: Config) -> int:
     th = bundle.meta.thresholds
     log.info("bundle", path=str(config.bundle), model=bundle.meta.model_id, score=th.score,
              warning=th.warning, alarm=th.alarm)
+    mismatch = policy_mismatch(bundle.meta.training.get("alarm_policy"), config.alarm)
+    if mismatch:
+        log.warning("alarm_policy_differs", detail=mismatch)
     try:
         monitor = Monitor(config, bundle, "cpu" if device == "cpu" else "gpu")
     except BrokerError as exc:  # a TLS or password file that cannot be used
