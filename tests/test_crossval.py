@@ -73,3 +73,27 @@ def test_crossval_reports_every_tool_once_per_repeat(archive_path, tmp_path, mon
     assert caught["values"] == [r["figures"]["failing_caught_in_time"] for r in report["repeats"]]
     assert caught["mean"] == pytest.approx(np.mean(caught["values"]))
     assert caught["sd"] == pytest.approx(np.std(caught["values"], ddof=1))
+
+
+@pytest.mark.slow
+def test_fit_chooses_thresholds_on_every_dealing_of_the_tools(archive_path, monkeypatch):
+    from edge_monitor.model.vae import VAEHyperParams
+    from training.splits import make_split
+
+    ws = prepare_windows(read_archive(archive_path))
+    split = make_split("cut", ws.cut, ws.cut_class, 0)
+    hp = VAEHyperParams(beta=2.0, codings=4, tcn_layers=1, filters=8, kernel_size=3, dilations=(1, 2))
+    config = fit_module.TrainingConfig(max_epochs=2, patience=1, batch_size=256)
+    thresholds, metrics = fit_module.fold_thresholds(ws, split, hp, config, folds=2, seed=7, repeats=2)
+    assert [d["seed"] for d in metrics["dealings"]] == [7, 8]
+    test_cuts = set(ws.cut[split.test].tolist())
+    for d in metrics["dealings"]:
+        replayed = {c for t in d["tools"]["tools"] for c in t["levels"]}
+        assert not replayed & {ws.archive.cuts[p].cut_id for p in test_cuts}  # the test cuts stay out
+    summary = metrics["summary"]
+    assert summary["failing_tools"]["sd"] is not None and summary["pr_auc_recon"]["mean"] is not None
+    assert thresholds.warning <= thresholds.alarm
+    # chosen on both dealings at once: no dealing's healthy tool reaches the warning twice in a row
+    assert all(d["tools"]["totals"]["tools_warned_on_a_healthy_cut"] == 0 for d in metrics["dealings"])
+    with pytest.raises(ValueError, match="--repeats must be at least 1"):
+        fit_module.fold_thresholds(ws, split, hp, config, folds=2, seed=7, repeats=0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge_monitor.archive.synthetic import write_synthetic
+from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.model.bundle import load_bundle
 from training.__main__ import main
 
@@ -41,10 +42,11 @@ def test_quick_fit_writes_a_loadable_bundle(trained):
     assert meta.thresholds.warning <= meta.thresholds.alarm
     assert meta.thresholds.score in ("kl", "recon") and meta.thresholds.rule
     # thresholds chosen out of fold on whole tools, the test cuts kept out
-    oof = meta.metrics["out_of_fold"]
-    dealt = [c for f in oof["folds"] for c in f]
-    assert len(oof["folds"]) == 2 and len(dealt) == len(set(dealt)) >= 12 and set(dealt) <= set(range(1, 17))
-    assert oof["tools"]["totals"]["failing_tools"] >= 1 and "over that of the tool's first 1 cut(s)" in meta.thresholds.rule
+    (dealing,) = meta.metrics["out_of_fold"]["dealings"]
+    dealt = [c for f in dealing["folds"] for c in f]
+    assert len(dealing["folds"]) == 2 and len(dealt) == len(set(dealt)) >= 12 and set(dealt) <= set(range(1, 17))
+    assert dealing["tools"]["totals"]["failing_tools"] >= 1 and "over that of the tool's first 1 cut(s)" in meta.thresholds.rule
+    assert meta.training["alarm_policy"] == AlarmPolicy().to_dict()
     assert len(meta.training["dropped_cuts"]) == 2  # the synthetic archive's corrupt cuts
 
 

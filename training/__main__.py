@@ -37,7 +37,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     fit(
         _archive_arg(args.archive), args.out,
         preset="quick" if args.quick else args.preset,
-        split_kind=args.split, seed=args.seed, overrides=overrides, folds=args.folds,
+        split_kind=args.split, seed=args.seed, overrides=overrides, folds=args.folds, repeats=args.repeats,
     )
 
 
@@ -46,7 +46,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
     run_search(
         _archive_arg(args.archive), args.out, iterations=args.iterations, seed=args.seed,
-        split_kind=args.split, max_epochs=args.max_epochs, folds=args.folds,
+        split_kind=args.split, max_epochs=args.max_epochs, folds=args.folds, repeats=args.repeats,
     )
 
 
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=4,
                    help="folds of tools for the thresholds (each one more model; the number of cases: "
                         "leave one case out)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="deal the tools into folds this many times (seeds --seed on) and choose the thresholds "
+                        "on all of them; reports mean ± sd")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("search", help="random hyper-parameter search (resumable)")
@@ -92,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="cut", choices=["cut", "window"])
     p.add_argument("--max-epochs", type=int, default=300, help="epoch limit of each trial")
-    p.add_argument("--folds", type=int, default=4, help="folds of tools for the best bundle's thresholds (as fit)")
+    p.add_argument("--folds", type=int, default=4,
+                   help="folds of whole tools each trial is judged on (as fit chooses thresholds)")
+    p.add_argument("--repeats", type=int, default=1, help="dealings of the tools into folds per trial")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("evaluate", help="score an archive with a bundle; metrics.json and plots")

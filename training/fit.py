@@ -155,26 +155,70 @@ def validation_metrics(trained: TrainedModel, ws: WindowSet, split: Split) -> di
 
 
 def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: TrainingConfig, folds: int,
-                    seed: int):
+                    seed: int, repeats: int = 1):
     """Thresholds chosen for tool-level outcomes on whole tools no model had seen: out-of-fold
-    scores (``outoffold``) of every training and validation cut, the test cuts kept out. Returns
-    the thresholds and what they achieve on those tools and windows."""
+    scores (``outoffold``) of every training and validation cut, the test cuts kept out. With
+    ``repeats`` the tools are dealt anew (seeds ``seed`` .. ``seed + repeats - 1``) and the
+    thresholds are chosen on every dealing's tool lives at once: a quiet level no dealing's healthy
+    tool crossed, a separation over all of them. Returns the thresholds and what they achieve on
+    those tools and windows, per dealing and as mean ± sd."""
     from edge_monitor.core.alarm import AlarmPolicy
+    from edge_monitor.core.scores import WindowScores
 
     from .metrics import anomaly_metrics
-    from .outoffold import out_of_fold, thresholds_on
+    from .outoffold import out_of_fold
+    from .thresholds import choose_thresholds
 
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {repeats}")
     kept = np.sort(np.concatenate([split.train, split.val]))
-    oof = out_of_fold(ws, hp, config, folds, seed, within=kept)
+    dealings = [out_of_fold(ws, hp, config, folds, seed + r, within=kept) for r in range(repeats)]
     policy = AlarmPolicy()
-    thresholds = thresholds_on(ws, oof.scores, kept, policy)
-    metrics = {
-        **anomaly_metrics(oof.scores.subset(kept), ws.labels[kept]),
-        "raw": anomaly_metrics(oof.raw.subset(kept), ws.labels[kept]),
-        "folds": oof.groups,
-        "tools": held_out_tools(ws, kept, oof.scores.score(thresholds.score)[kept], thresholds, policy),
-    }
-    return thresholds, metrics
+    # Every dealing's tools as tools of their own: (dealing, case) and (dealing, cut) keys.
+    pooled = WindowScores(*(np.concatenate([getattr(o.scores, f)[kept] for o in dealings])
+                            for f in ("recon", "kl", "channels")))
+    tile = lambda a, step: np.concatenate([a[kept] + r * step for r in range(repeats)])  # noqa: E731
+    thresholds = choose_thresholds(
+        pooled, np.tile(ws.labels[kept], repeats), tile(ws.cut, len(ws.archive.cuts)),
+        tools=tile(ws.cut_field("case"), 1_000_000), order=np.tile(ws.cut_field("run")[kept], repeats),
+        regimes=np.tile(ws.regimes[kept], repeats), policy=policy,
+    )
+    per_dealing = []
+    for r, oof in enumerate(dealings):
+        per_dealing.append({
+            "seed": seed + r, "folds": oof.groups,
+            **anomaly_metrics(oof.scores.subset(kept), ws.labels[kept]),
+            "raw": anomaly_metrics(oof.raw.subset(kept), ws.labels[kept]),
+            "tools": held_out_tools(ws, kept, oof.scores.score(thresholds.score)[kept], thresholds, policy),
+        })
+    return thresholds, {"dealings": per_dealing, "summary": _spread(per_dealing)}
+
+
+def _spread(dealings: list[dict]) -> dict:
+    """Mean and standard deviation over dealings of the window PR-AUCs and the tool totals."""
+    rows = [{**{k: d[k] for k in ("pr_auc_recon", "pr_auc_kl", "no_skill")}, **d["tools"]["totals"]}
+            for d in dealings]
+    out = {}
+    for key, value in rows[0].items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+        finite = values[np.isfinite(values)]
+        out[key] = {"mean": float(finite.mean()) if finite.size else None,
+                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else None}
+    return out
+
+
+def format_spread(summary: dict) -> str:
+    def show(key: str) -> str:
+        m = summary.get(key) or {}
+        if m.get("mean") is None:
+            return "-"
+        return f"{m['mean']:.1f}" + ("" if m.get("sd") is None else f" ± {m['sd']:.1f}")
+
+    return (f"of {show('failing_tools')} failing tools {show('failing_caught_in_time')} caught in time, "
+            f"{show('failing_missed')} missed; {show('tools_warned_on_a_healthy_cut')} warned and "
+            f"{show('tools_alarmed_on_a_healthy_cut')} alarmed on a healthy cut")
 
 
 def held_out_tools(ws: WindowSet, chosen: np.ndarray, values: np.ndarray, thresholds, policy) -> dict:
@@ -213,6 +257,7 @@ def fit(
     stable: StableRegionSpec | None = None,
     overrides: dict | None = None,
     folds: int = 4,
+    repeats: int = 1,
 ):
     """The ``fit`` command: train on the archive, choose thresholds on out-of-fold scores of whole
     tools, save a bundle."""
@@ -255,8 +300,8 @@ def fit(
         flush=True,
     )
     val_metrics = validation_metrics(trained, ws, split)
-    print(f"thresholds: {folds} more models, each trained without a fold of the tools", flush=True)
-    thresholds, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed)
+    print(f"thresholds: {folds * repeats} more models, each trained without a fold of the tools", flush=True)
+    thresholds, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed, repeats)
     training_info = {
         "preset": preset,
         "split": split_kind,
@@ -288,13 +333,8 @@ def fit(
         training=training_info,
         archive_sha256=archive.sha256,
     )
-    held = oof_metrics["tools"]["totals"]
-    print(
-        f"out-of-fold tools (thresholds chosen on them): {held['failing_caught_in_time']} of {held['failing_tools']} failing caught in time, "
-        f"{held['failing_missed']} missed; {held['tools_warned_on_a_healthy_cut']} warned and "
-        f"{held['tools_alarmed_on_a_healthy_cut']} alarmed on a healthy cut",
-        flush=True,
-    )
+    print(f"out-of-fold tools (thresholds chosen on them), mean ± sd over {repeats} dealing(s): "
+          + format_spread(oof_metrics["summary"]), flush=True)
     print(
         f"bundle {out} (model {meta.model_id}): alarms on {thresholds.score}, "
         f"warning > {thresholds.warning:.4g}, alarm > {thresholds.alarm:.4g}",

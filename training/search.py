@@ -11,6 +11,7 @@ trial in progress. ``results.md`` is the table of all finished trials ranked by 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -48,9 +49,13 @@ def sample_trial(seed: int, index: int) -> tuple[VAEHyperParams, int]:
     return hp, int(rng.integers(30, 50))
 
 
-def _rank_key(trial: dict) -> float:
+def _rank_key(trial: dict) -> tuple:
+    """What an operator wants first: no alarm on a healthy tool, then failing tools caught in time,
+    then window PR-AUC (all out of fold, means over dealings); a failed trial last."""
+    if trial.get("error"):
+        return (-math.inf, -math.inf, -math.inf)
     vals = [v for v in (trial["pr_auc_kl"], trial["pr_auc_recon"]) if v is not None]
-    return max(vals) if vals else -1.0
+    return (-trial["tools_alarmed_on_a_healthy_cut"], trial["failing_caught_in_time"], max(vals) if vals else -1.0)
 
 
 def load_trials(out: Path) -> list[dict]:
@@ -76,15 +81,17 @@ def _append_trial(out: Path, trial: dict) -> None:
 def results_table(trials: list[dict]) -> str:
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     rows = [
-        "| rank | trial | PR-AUC kl | PR-AUC recon | β | codings | layers | filters | kernel | dilations | patience | epochs |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| rank | trial | healthy tools alarmed | failing caught in time | PR-AUC kl | PR-AUC recon | β | codings "
+        "| layers | filters | kernel | dilations | patience | epochs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for rank, t in enumerate(sorted(trials, key=_rank_key, reverse=True), 1):
         hp = t["hyperparams"]
         rows.append(
-            f"| {rank} | {t['trial']} | {fmt(t['pr_auc_kl'])} | {fmt(t['pr_auc_recon'])} | {hp['beta']:.2f} | "
+            f"| {rank} | {t['trial']} | {fmt(t.get('tools_alarmed_on_a_healthy_cut'))} | "
+            f"{fmt(t.get('failing_caught_in_time'))} | {fmt(t['pr_auc_kl'])} | {fmt(t['pr_auc_recon'])} | {hp['beta']:.2f} | "
             f"{hp['codings']} | {hp['tcn_layers']} | {hp['filters']} | {hp['kernel_size']} | "
-            f"{hp['dilations']} | {t['patience']} | {t['epochs_run']} |"
+            f"{hp['dilations']} | {t['patience']} | {'–' if t.get('epochs_run') is None else t['epochs_run']} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -98,7 +105,11 @@ def run_search(
     max_epochs: int = 300,
     batch_size: int = 256,
     folds: int = 4,
+    repeats: int = 1,
 ) -> list[dict]:
+    """Random search ranked by tool-level outcomes out of fold (``_rank_key``): each trial trains
+    ``folds`` × ``repeats`` models on folds of whole tools (as ``fit`` chooses thresholds); a new
+    best also trains its bundle's model on the split."""
     from edge_monitor.core.channels import CHANNELS
     from edge_monitor.model.bundle import save_bundle
 
@@ -108,7 +119,7 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     archive = read_archive(archive_path)
     settings = {"archive_sha256": archive.sha256, "seed": seed, "split": split_kind,
-                "max_epochs": max_epochs, "batch_size": batch_size}
+                "max_epochs": max_epochs, "batch_size": batch_size, "folds": folds, "repeats": repeats}
     search_file = out / SEARCH_FILE
     if search_file.exists():
         stored = json.loads(search_file.read_text())
@@ -139,7 +150,7 @@ def run_search(
         print(f"[trial {index} | {n}/{len(todo)}] {hp.to_dict()} patience {patience}", flush=True)
         config = TrainingConfig(max_epochs=max_epochs, patience=patience, batch_size=batch_size)
         try:
-            trained = train_model(ws, split, hp, config, seed=seed + index, verbose=0)
+            thresholds, oof = fold_thresholds(ws, split, hp, config, folds, seed + index, repeats)
         except ValueError as exc:  # e.g. a kernel/dilation combination the window cannot hold
             trial = {"trial": index, "hyperparams": hp.to_dict(), "patience": patience,
                      "error": str(exc), "pr_auc_kl": None, "pr_auc_recon": None, "epochs_run": 0}
@@ -147,28 +158,19 @@ def run_search(
             trials.append(trial)
             print(f"    failed: {exc}", flush=True)
             continue
-        metrics = validation_metrics(trained, ws, split)
-        trial = {
-            "trial": index,
-            "hyperparams": hp.to_dict(),
-            "patience": patience,
-            "pr_auc_kl": metrics["pr_auc_kl"],
-            "pr_auc_recon": metrics["pr_auc_recon"],
-            "roc_auc_kl": metrics["roc_auc_kl"],
-            "roc_auc_recon": metrics["roc_auc_recon"],
-            "no_skill": metrics["no_skill"],
-            "epochs_run": trained.epochs_run,
-            "best_epoch": trained.best_epoch,
-            "seconds": round(trained.seconds, 1),
-        }
+        figures = {key: oof["summary"][key]["mean"] for key in
+                   ("pr_auc_kl", "pr_auc_recon", "no_skill", "tools_alarmed_on_a_healthy_cut", "failing_caught_in_time",
+                    "failing_missed", "failing_tools")}
+        trial = {"trial": index, "hyperparams": hp.to_dict(), "patience": patience, **figures,
+                 "spread": oof["summary"], "epochs_run": None}
         if best is None or _rank_key(trial) > _rank_key(best):
-            # Thresholds only for a new best: they take ``folds`` more models, each without a fold of tools.
-            thresholds, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed + index)
+            trained = train_model(ws, split, hp, config, seed=seed + index, verbose=0)
+            trial["epochs_run"], trial["seconds"] = trained.epochs_run, round(trained.seconds, 1)
             save_bundle(
                 out / BEST_DIR, trained.model, channels=CHANNELS, window=ws.window,
                 stable_region=ws.stable, scaler=trained.scaler, calibration=trained.calibration,
-                hyperparams=hp,
-                thresholds=thresholds, metrics={"validation": metrics, "out_of_fold": oof_metrics},
+                hyperparams=hp, thresholds=thresholds,
+                metrics={"validation": validation_metrics(trained, ws, split), "out_of_fold": oof},
                 training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
                           "archive": str(archive_path), **config.__dict__,
                           "alarm_policy": AlarmPolicy().to_dict()},
@@ -179,9 +181,10 @@ def run_search(
         trials.append(trial)
         (out / RESULTS_FILE).write_text(results_table(trials))
         print(
-            f"    PR-AUC kl {trial['pr_auc_kl']}, recon {trial['pr_auc_recon']} "
-            f"(no-skill {trial['no_skill']:.3f}); {trained.epochs_run} epochs, {trained.seconds:.0f} s; "
-            f"best so far: trial {best['trial']} ({_rank_key(best):.3f})",
+            f"    out of fold: {trial['tools_alarmed_on_a_healthy_cut']:.1f} healthy tools alarmed, "
+            f"{trial['failing_caught_in_time']:.1f} of {trial['failing_tools']:.1f} failing caught in time, "
+            f"PR-AUC kl {trial['pr_auc_kl']}, recon {trial['pr_auc_recon']} (no-skill {trial['no_skill']:.3f}); "
+            f"best so far: trial {best['trial']}",
             flush=True,
         )
     (out / RESULTS_FILE).write_text(results_table(trials))
