@@ -37,7 +37,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -93,6 +93,12 @@ class Thresholds(Spec):
 @dataclass(frozen=True)
 class AlarmPolicy(Spec):
     section = "alarm"
+    # Settings of the rule that decided on windows, with what replaces them (an upgraded config.yaml).
+    retired: ClassVar[dict[str, str]] = {
+        "k": "alarms are decided per cut now; use persist_cuts (consecutive cuts above a threshold)",
+        "n": "alarms are decided per cut now; use persist_cuts (consecutive cuts above a threshold)",
+        "clear_windows": "auto_clear counts cuts now; use clear_cuts",
+    }
     persist_cuts: int = setting(2, low=1, high=100)  # consecutive judged cuts above a threshold raise its level
     reference_cuts: int = setting(1, low=0, high=20)  # a new tool's first cuts per regime: its reference
     min_windows: int = setting(16, low=1)  # a cut with fewer scored windows (≈ 4 s at 250 Hz) is no evidence

@@ -94,7 +94,10 @@ def from_mapping(cls: type, data: Any, where: str = "", *, required: bool = Fals
     if not isinstance(data, Mapping):
         raise SpecError(where, f"must be a mapping of keys, got {_kind(data)}")
     known = {name: f for name, f in _fields(cls).items() if f.rules.in_file}
+    retired = getattr(cls, "retired", {})
     for key in data:
+        if key in retired:
+            raise SpecError(_join(where, str(key)), f"is no longer a setting: {retired[key]}")
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
