@@ -77,9 +77,14 @@ def test_evaluate_on_an_unseen_archive_beats_no_skill(trained):
     assert best > 1.3 * metrics["no_skill"], metrics
 
 
-def test_search_is_reproducible_and_resumes(trained):
-    tmp, archive, _ = trained
-    out = tmp / "search"
+def test_search_is_reproducible_and_resumes(tmp_path):
+    from edge_monitor.archive.mill import write_archive
+    from edge_monitor.archive.synthetic import synthesize
+
+    # Four tools of five short cuts: each trial trains two fold models and, when best, one more.
+    archive = tmp_path / "small.mat"
+    write_archive(archive, synthesize(seed=3, cases=[1, 9, 11, 13], max_runs=5, n_samples=4500).records)
+    out = tmp_path / "search"
     args = ("search", "--archive", str(archive), "--out", str(out), "--max-epochs", "2", "--seed", "5", "--folds", "2")
     assert run_cli(*args, "--iterations", "1") == 0
     first = [json.loads(l) for l in (out / "trials.jsonl").read_text().splitlines()]
@@ -87,8 +92,11 @@ def test_search_is_reproducible_and_resumes(trained):
     assert run_cli(*args, "--iterations", "2") == 0  # resumes: runs only trial 1
     trials = [json.loads(l) for l in (out / "trials.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in trials] == [0, 1] and trials[0] == first[0]
-    assert "| rank |" in (out / "results.md").read_text()
-    load_bundle(out / "best")
+    assert "| rank | trial | healthy tools alarmed | failing caught in time |" in (out / "results.md").read_text()
+    # judged on whole tools out of fold (the split's test cuts kept out, failed ones among them)
+    assert all(t.get("error") or 1 <= t["failing_tools"] <= 3 for t in trials)
+    best = load_bundle(out / "best").meta
+    assert 1 <= best.metrics["out_of_fold"]["summary"]["failing_tools"]["mean"] <= 3
     # Changing the settings of an existing search is refused, naming what changed.
     assert run_cli("search", "--archive", str(archive), "--out", str(out), "--max-epochs", "2",
                    "--seed", "6", "--iterations", "2") == 2
