@@ -242,7 +242,7 @@ def test_policy_and_threshold_validation():
         ({"persist_cuts": True}, "alarm.persist_cuts: must be an integer"),
         ({"auto_clear": "yes"}, "alarm.auto_clear: must be true or false"),
         ({"clear_cuts": 0}, "alarm.clear_cuts"),
-        ({"k": 3}, "alarm.k: unknown key"),
+        ({"k": 3}, "alarm.k: is no longer a setting: alarms are decided per cut now; use persist_cuts"),
         ({"clear_margin": 1.0}, "alarm.clear_margin: must be a number in \\[0, 1\\)"),
         ({"clear_margin": -0.1}, "alarm.clear_margin"),
         ({"windows": 5}, "alarm.windows: unknown key"),
