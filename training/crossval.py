@@ -34,7 +34,7 @@ from edge_monitor.core.scores import WindowScores
 
 from .dataset import WindowSet, prepare_windows
 from .fit import PRESETS, describe_archive
-from .metrics import anomaly_metrics
+from .metrics import anomaly_metrics, spread
 from .outoffold import out_of_fold, thresholds_on
 from .toollife import ToolLife, format_tool_table, replay_tools, tool_totals
 from .wear import HEALTHY
@@ -79,15 +79,7 @@ def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: i
 
 def summarise(repeats: list[Repeat]) -> dict:
     """Mean and standard deviation over repeats of every reported figure."""
-    figures = [r.figures() for r in repeats]
-    out = {}
-    for key in REPORTED:
-        values = np.array([np.nan if f[key] is None else f[key] for f in figures], dtype=float)
-        finite = values[np.isfinite(values)]
-        out[key] = {"mean": float(finite.mean()) if finite.size else None,
-                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
-                    "values": [None if np.isnan(v) else float(v) for v in values]}
-    return out
+    return spread([r.figures() for r in repeats], REPORTED)
 
 
 def format_crossval(summary: dict, n_repeats: int, folds: int) -> str:

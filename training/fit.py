@@ -162,7 +162,6 @@ def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: Tra
     thresholds are chosen on every dealing's tool lives at once: a quiet level no dealing's healthy
     tool crossed, a separation over all of them. Returns the thresholds and what they achieve on
     those tools and windows, per dealing and as mean ± sd."""
-    from edge_monitor.core.alarm import AlarmPolicy
     from edge_monitor.core.scores import WindowScores
 
     from .metrics import anomaly_metrics
@@ -196,17 +195,12 @@ def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: Tra
 
 def _spread(dealings: list[dict]) -> dict:
     """Mean and standard deviation over dealings of the window PR-AUCs and the tool totals."""
+    from .metrics import spread
+
     rows = [{**{k: d[k] for k in ("pr_auc_recon", "pr_auc_kl", "no_skill")}, **d["tools"]["totals"]}
             for d in dealings]
-    out = {}
-    for key, value in rows[0].items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
-        finite = values[np.isfinite(values)]
-        out[key] = {"mean": float(finite.mean()) if finite.size else None,
-                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else None}
-    return out
+    numeric = [k for k, v in rows[0].items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))]
+    return spread(rows, numeric)
 
 
 def format_spread(summary: dict) -> str:

@@ -122,3 +122,16 @@ def metrics_by_param(
             for value in np.unique(rounded)
         }
     return out
+
+
+def spread(rows: Sequence[dict], keys: Sequence[str]) -> dict:
+    """Mean, standard deviation and the values of each of ``keys`` over ``rows`` (repeats of an
+    experiment); a None value (an undefined figure) is left out of the mean and sd."""
+    out = {}
+    for key in keys:
+        values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+        finite = values[np.isfinite(values)]
+        out[key] = {"mean": float(finite.mean()) if finite.size else None,
+                    "sd": float(finite.std(ddof=1)) if finite.size > 1 else None,
+                    "values": [None if np.isnan(v) else float(v) for v in values]}
+    return out

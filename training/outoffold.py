@@ -58,7 +58,6 @@ class OutOfFold:
     scores: WindowScores  # calibrated, every window in ``within`` (nan elsewhere)
     raw: WindowScores  # uncalibrated, for the method's figures
     scorers: list  # each fold's WindowScorer
-    within: np.ndarray  # window indices covered
 
 
 def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.ndarray | None = None,
@@ -85,7 +84,7 @@ def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.nda
         for target, values in ((oof, scorer.score(ws.data[mine], ws.regimes[mine])), (raw, scorer.raw_scores(ws.data[mine]))):
             target.recon[mine], target.kl[mine], target.channels[mine] = values.recon, values.kl, values.channels
         scorers.append(scorer)
-    return OutOfFold(groups, oof, raw, scorers, within)
+    return OutOfFold(groups, oof, raw, scorers)
 
 
 def thresholds_on(ws: WindowSet, scores: WindowScores, windows: np.ndarray, policy: AlarmPolicy) -> Thresholds:

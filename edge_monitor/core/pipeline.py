@@ -327,11 +327,11 @@ class MachinePipeline:
             if isinstance(item, _Summarise):
                 record = item.record
                 del self._records[record.cut]
-                median, n = _median(record.scores)
+                median, highest, n = _cut_figures(record.scores)
                 transition = self.tracker.cut_ended(median, n, record.cut, record.end_ts, record.regime)
                 if transition is not None:
                     self._announce(transition, step)
-                summary = self._summary(record, median)
+                summary = self._summary(record, median, highest)
                 step.outputs.append(Output(self.machine, summary))
                 fields = summary.to_dict()
                 fields["state"] = fields.pop("level")  # "level" is the log record's own key
@@ -343,15 +343,14 @@ class MachinePipeline:
                 if transition is not None:
                     self._announce(transition, step)
 
-    def _summary(self, record: _CutRecord, median: float | None) -> SummaryMessage:
-        finite = [s for s in record.scores if math.isfinite(s)]
+    def _summary(self, record: _CutRecord, median: float | None, highest: float | None) -> SummaryMessage:
         return SummaryMessage(
             cut=record.cut,
             windows=record.emitted,
             skipped=record.skipped,
             stable=record.stable,
             score_median=median,
-            score_max=max(finite) if finite else None,
+            score_max=highest,
             level=self.tracker.state.label,  # after the cut's decision
             judged=self.tracker.judged,
         )
@@ -367,8 +366,11 @@ class MachinePipeline:
         step.alarm_changed = True
 
 
-def _median(scores: list[float]) -> tuple[float | None, int]:
-    """The median of a cut's finite window scores and how many there are: the cut's evidence."""
+def _cut_figures(scores: list[float]) -> tuple[float | None, float | None, int]:
+    """The median and the highest of a cut's finite window scores, and how many there are (the
+    median and the count are the cut's evidence for the alarm rule)."""
     finite = np.asarray(scores, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
-    return (float(np.median(finite)) if finite.size else None), int(finite.size)
+    if not finite.size:
+        return None, None, 0
+    return float(np.median(finite)), float(finite.max()), int(finite.size)

@@ -2,9 +2,9 @@
 
 Every machine's alarm state lives in two places: the retained ``R/<machine>/alarm`` message on the
 broker (what dashboards see) and a JSON state file beside the monitor (which also keeps the cut
-history and the tool's reference). At start-up both are read back; for each machine the later transition wins
-(:func:`choose_alarm_state`), and the retained message is republished only when it disagrees with
-the winner. A restart never re-announces nor clears an active alarm.
+history and the tool's reference). At start-up both are read back; for each machine the later
+transition wins (:func:`choose_alarm_state`), and the retained message is republished only when it
+disagrees with the winner. A restart never re-announces nor clears an active alarm.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def choose_alarm_state(saved: dict | None, retained: AlarmMessage | None) -> tup
     alarm message, and whether the retained message must be republished.
 
     The later transition wins (``since``; the file on a tie or when both agree, as it also holds
-    the cut history and the tool's reference). Republishing is needed only when the winner differs from what dashboards
-    see, e.g. a reset whose retained ``normal`` never reached the broker: an active alarm that the
+    the cut history and the tool's reference). Republishing is needed only when the winner differs
+    from what dashboards see, e.g. a reset whose retained ``normal`` never reached the broker: an active alarm that the
     retained topic already shows is never announced again."""
     if saved is None and retained is None:
         return None, False
