@@ -30,8 +30,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import snapshot as snap
 from .channels import CHANNELS, channel_index
 from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, Limits, SignalChunk
+from .snapshot import SnapshotError
 from .topics import ProtocolError
 
 N_CHANNELS = len(CHANNELS)
@@ -166,6 +168,47 @@ class CutAssembler:
         )
         return FinishResult(self.cut, start, frames, total, stats)
 
+    def to_state(self) -> dict:
+        """Everything the assembler needs to go on after a restart (plain data and arrays)."""
+        if self.finished:
+            raise RuntimeError("a finished cut has no state to keep")
+        return {
+            "max_lead": self.max_lead,
+            "emitted": self._emitted,
+            "rows": self._buf[: self._touched].copy(),
+            "expected": self._expected.copy(),
+            "real_end": self._real_end.copy(),
+            "duplicate": self._dup.copy(),
+            "gap": self._gap.copy(),
+            "lagged": self._lagged.copy(),
+            "lost_rows": self._lost_rows,
+        }
+
+    @classmethod
+    def from_state(cls, state: object, max_cut_samples: int, cut: str, where: str = "assembler") -> "CutAssembler":
+        """The assembler of :meth:`to_state`; :class:`~.snapshot.SnapshotError` when it does not fit."""
+        a = cls(snap.integer(state, "max_lead", where, low=1), max_cut_samples, cut)
+        a._emitted = snap.integer(state, "emitted", where, high=max_cut_samples)
+        rows = snap.array(state, "rows", where, np.float64, 2, cols=N_CHANNELS, max_rows=max_cut_samples)
+        per_channel = {}
+        for key in ("expected", "real_end", "duplicate", "gap", "lagged"):
+            values = snap.array(state, key, where, np.int64, 1)
+            if values.shape != (N_CHANNELS,) or (values < 0).any():
+                raise SnapshotError(f"{where}.{key}: expected {N_CHANNELS} counts >= 0")
+            per_channel[key] = values
+        expected = per_channel["expected"]
+        if (expected < a._emitted).any() or expected.max() > max_cut_samples or (
+            a._emitted + rows.shape[0] < per_channel["real_end"].max()
+        ):
+            raise SnapshotError(f"{where}: the channels' positions and the rows held disagree")
+        a._buf = np.full((max(1024, rows.shape[0]), N_CHANNELS), np.nan)
+        a._buf[: rows.shape[0]] = rows
+        a._touched = rows.shape[0]
+        a._expected, a._real_end = expected, per_channel["real_end"]
+        a._dup, a._gap, a._lagged = per_channel["duplicate"], per_channel["gap"], per_channel["lagged"]
+        a._lost_rows = snap.integer(state, "lost_rows", where)
+        return a
+
     def _enforce_lead(self) -> int:
         floor = int(self._expected.max()) - self.max_lead
         lag = np.maximum(floor - self._expected, 0)
@@ -238,6 +281,25 @@ class MachineStream:
     @property
     def assembler(self) -> CutAssembler | None:
         return self._assembler
+
+    def to_state(self) -> dict:
+        """The open cut (as its start message), its assembler and the recently ended cut ids."""
+        return {
+            "ended": list(self._ended),
+            "current": None if self.current is None else self.current.to_dict(),
+            "assembler": None if self._assembler is None else self._assembler.to_state(),
+        }
+
+    def restore(self, state: object, current: CutStart | None, where: str = "stream") -> None:
+        """Resume from :meth:`to_state` (``current``: its ``current``, parsed by the caller, who
+        owns the protocol's parser); :class:`~.snapshot.SnapshotError` when it does not fit."""
+        ended = snap.texts(state, "ended", where)
+        assembler = None
+        if current is not None:
+            assembler = CutAssembler.from_state(snap.section(state, "assembler", where), self.max_cut_samples,
+                                                current.cut, where + ".assembler")
+        self._ended = deque(ended[-(self._ended.maxlen or len(ended)):], maxlen=self._ended.maxlen)
+        self.current, self._assembler = current, assembler
 
     def start(self, msg: CutStart) -> StartResult:
         if self.current is not None and msg.cut == self.current.cut:

@@ -20,6 +20,7 @@ old tool's last windows against the new tool).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import snapshot as snap
 from .alarm import AlarmPolicy, AlarmTracker, Level, Thresholds, Transition
 from .calibration import GLOBAL, regime_key
 from .channels import CHANNELS
@@ -39,9 +41,11 @@ from .inbound import (
     InboundMessage,
     Limits,
     SignalChunk,
+    parse_cut_event,
 )
 from .outbound import AlarmMessage, MachineOutput, ScoreMessage, SummaryMessage
 from .scores import WindowScores
+from .snapshot import SnapshotError
 from .stable_region import StableRegionSpec
 from .topics import ProtocolError
 from .windowing import CutWindower, Windows, WindowSpec
@@ -199,6 +203,10 @@ class MachinePipeline:
             self._close(result.closed, step)
         if not result.opened:
             return
+        self._start_cut(msg)
+        step.events.append(Event("cut_start", {"cut": msg.cut}))
+
+    def _start_cut(self, msg: CutStart) -> None:
         self._cut = msg
         p = msg.params  # a cut without parameters is scored against the reference of all regimes
         self._regime = regime_key(p.doc, p.feed, p.material) if p is not None else GLOBAL
@@ -206,7 +214,6 @@ class MachinePipeline:
         self._record = _CutRecord(msg.cut, self._regime)
         self._records[msg.cut] = self._record
         self._counted_dup = self._counted_gap = 0
-        step.events.append(Event("cut_start", {"cut": msg.cut}))
 
     def _chunk(self, channel: str, msg: SignalChunk, step: Step) -> None:
         result = self.stream.chunk(channel, msg)
@@ -277,6 +284,67 @@ class MachinePipeline:
         self._outstanding.append(batch)
         self._windows_out += len(batch)
         self._record.emitted += len(batch)
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def to_state(self) -> dict:
+        """What this pipeline needs to resume after a restart: the open cut with its aligned
+        samples, stable-region detector, partial windows and the scores of its windows so far.
+        Only between steps with nothing being scored (the caller scores everything first), so that
+        a checkpoint never holds a window without its score. The alarm tracker is kept apart
+        (``tracker.to_dict``)."""
+        if self._outstanding:
+            raise RuntimeError(f"machine {self.machine}: windows are being scored; checkpoint after their scores")
+        record = self._record
+        return {
+            "stream": self.stream.to_state(),
+            "windower": None if self._windower is None else self._windower.to_state(),
+            "emitted": 0 if record is None else record.emitted,
+            "scores": np.asarray([] if record is None else record.scores, dtype=np.float64),
+            "counted": [self._counted_dup, self._counted_gap],
+        }
+
+    def restore(self, state: object) -> None:
+        """Resume from :meth:`to_state` (a fresh pipeline only); :class:`~.snapshot.SnapshotError`
+        naming the field when the snapshot does not fit this pipeline's spec. On an error the
+        pipeline is left as it was."""
+        if self._outstanding or self._cut is not None or self.stream.is_open:
+            raise RuntimeError(f"machine {self.machine}: restore a fresh pipeline only")
+        where = f"machine {self.machine}"
+        stream_state = snap.section(state, "stream", where)
+        current_dict = snap.mapping(stream_state, where + ".stream").get("current")
+        current = None
+        if current_dict is not None:
+            try:
+                current = parse_cut_event(json.dumps(current_dict).encode(), self.spec.limits)
+            except (ProtocolError, TypeError, ValueError) as exc:
+                raise SnapshotError(f"{where}.stream.current: not a cut start ({exc})") from None
+            if not isinstance(current, CutStart) or not math.isclose(current.fs, self.spec.fs, rel_tol=1e-9):
+                raise SnapshotError(f"{where}.stream.current: not a cut start at {self.spec.fs:g} Hz")
+        windower = None
+        if current is not None:
+            windower = CutWindower.from_state(self.spec.window, self.spec.stable,
+                                              snap.section(state, "windower", where), where + ".windower")
+        emitted = snap.integer(state, "emitted", where)
+        scores = snap.array(state, "scores", where, np.float64, 1)
+        counted = snap.mapping(state, where).get("counted")
+        if not isinstance(counted, list) or len(counted) != 2 or any(type(x) is not int or x < 0 for x in counted):
+            raise SnapshotError(f"{where}.counted: expected [duplicates, gaps]")
+        if scores.size != emitted:
+            raise SnapshotError(f"{where}: {scores.size} scores for {emitted} windows")
+        fresh = MachineStream(self.spec.limits)
+        fresh.restore(stream_state, current, where + ".stream")
+        if windower is not None and fresh.assembler is not None and windower.pushed != fresh.assembler.emitted:
+            raise SnapshotError(f"{where}: the windower has {windower.pushed} samples, the frames {fresh.assembler.emitted}")
+        self.stream = fresh
+        if current is None:
+            return
+        self._start_cut(current)
+        self._windower = windower
+        assert self._record is not None
+        self._record.emitted = emitted
+        self._record.scores = scores.tolist()
+        self._counted_dup, self._counted_gap = counted
 
     # ------------------------------------------------------------------------------ results
 

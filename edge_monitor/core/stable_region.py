@@ -34,7 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import snapshot as snap
 from .channels import CHANNELS
+from .snapshot import SnapshotError
 from .spec import Spec, setting
 
 
@@ -73,6 +75,11 @@ class StableRegionDetector:
         """Number of blocks decided so far."""
         return len(self.stable)
 
+    @property
+    def pushed(self) -> int:
+        """Samples pushed so far."""
+        return len(self._means) * self.spec.block + self._partial.size
+
     def push(self, x: np.ndarray) -> int:
         """Add samples of the detector's channel; returns how many blocks got decided."""
         if self.finished:
@@ -100,6 +107,45 @@ class StableRegionDetector:
         if self._air is None:
             self._set_air()
         return self._decide(final=True)
+
+    def to_state(self) -> dict:
+        """Everything the detector needs to go on after a restart (plain data and arrays)."""
+        baseline = np.concatenate(self._baseline_samples) if self._baseline_samples else np.empty(0)
+        return {
+            "partial": self._partial.copy(),
+            "means": np.asarray(self._means, dtype=np.float64),
+            "baseline": baseline,
+            "air": None if self._air is None else list(self._air),
+            "stable": np.asarray(self.stable, dtype=bool),
+            "finished": self.finished,
+        }
+
+    @classmethod
+    def from_state(cls, spec: StableRegionSpec, state: object, where: str = "detector") -> "StableRegionDetector":
+        """The detector of :meth:`to_state`; :class:`~.snapshot.SnapshotError` when it does not fit ``spec``."""
+        det = cls(spec)
+        b = spec.block
+        partial = snap.array(state, "partial", where, np.float64, 1)
+        means = snap.array(state, "means", where, np.float64, 1)
+        baseline = snap.array(state, "baseline", where, np.float64, 1)
+        stable = snap.array(state, "stable", where, bool, 1)
+        air = snap.mapping(state, where).get("air")
+        if partial.size >= b or baseline.size % b or baseline.size > b * spec.baseline_blocks:
+            raise SnapshotError(f"{where}: partial or baseline samples do not fit blocks of {b}")
+        if stable.size > means.size:
+            raise SnapshotError(f"{where}: {stable.size} blocks decided of {means.size}")
+        if air is not None:
+            if (not isinstance(air, list) or len(air) != 2
+                    or any(type(x) not in (int, float) for x in air)):
+                raise SnapshotError(f"{where}.air: expected null or [mean, std], got {air!r}")
+            air = (float(air[0]), float(air[1]))
+        det._partial = partial
+        det._means = means.tolist()
+        det._baseline_samples = list(baseline.reshape(-1, b)) if baseline.size else []
+        det._air = air
+        det.stable = stable.tolist()
+        det.finished = snap.boolean(state, "finished", where)
+        return det
 
     def _set_air(self) -> None:
         if not self._baseline_samples:

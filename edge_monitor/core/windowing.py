@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import snapshot as snap
 from .channels import CHANNELS, channel_index
+from .snapshot import SnapshotError
 from .spec import Spec, setting
 from .stable_region import StableRegionDetector, StableRegionSpec
 
@@ -71,6 +73,11 @@ class CutWindower:
         self._channel = channel_index(self.stable.channel)
         self._buffer = np.empty((0, self.n_channels))
 
+    @property
+    def pushed(self) -> int:
+        """Frames pushed so far."""
+        return self._detector.pushed
+
     def push(self, frames: np.ndarray) -> Windows:
         frames = np.asarray(frames, dtype=np.float64)
         if frames.ndim != 2 or frames.shape[1] != self.n_channels:
@@ -86,6 +93,42 @@ class CutWindower:
         out = self._collect(first)
         self._buffer = np.empty((0, self.n_channels))
         return out
+
+    def to_state(self) -> dict:
+        """Everything the windower needs to go on after a restart (plain data and arrays)."""
+        return {
+            "buffer": self._buffer.copy(),
+            "buffer_start": self._buffer_start,
+            "segment_start": self._segment_start,
+            "segment_stop": self._segment_stop,
+            "next_start": self._next_start,
+            "stable_span": None if self.stable_span is None else list(self.stable_span),
+            "detector": self._detector.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, window: WindowSpec, stable: StableRegionSpec, state: object,
+                   where: str = "windower", n_channels: int = len(CHANNELS)) -> "CutWindower":
+        """The windower of :meth:`to_state`; :class:`~.snapshot.SnapshotError` when it does not fit."""
+        w = cls(window, stable, n_channels)
+        w._buffer = snap.array(state, "buffer", where, np.float64, 2, cols=n_channels)
+        w._buffer_start = snap.integer(state, "buffer_start", where)
+        w._segment_start = snap.optional_integer(state, "segment_start", where)
+        w._segment_stop = snap.integer(state, "segment_stop", where)
+        w._next_start = snap.integer(state, "next_start", where)
+        span = snap.mapping(state, where).get("stable_span")
+        if span is not None:
+            if not isinstance(span, list) or len(span) != 2 or any(type(x) is not int for x in span):
+                raise SnapshotError(f"{where}.stable_span: expected null or [first, last], got {span!r}")
+            span = (span[0], span[1])
+        w.stable_span = span
+        w._detector = StableRegionDetector.from_state(stable, snap.section(state, "detector", where),
+                                                      where + ".detector")
+        if w._buffer_start + w._buffer.shape[0] != w._detector.pushed or (
+            w._segment_start is not None and not w._buffer_start <= w._next_start
+        ):
+            raise SnapshotError(f"{where}: the buffered samples and the window positions disagree")
+        return w
 
     def _collect(self, first_block: int) -> Windows:
         b = self.stable.block
