@@ -8,14 +8,21 @@ import copy
 
 import numpy as np
 import pytest
-from test_machine import SPEC, chunks, cuts  # noqa: F401  (cuts is a fixture)
+from test_machine import SPEC, chunks
 
+from edge_monitor.archive.synthetic import synthesize
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
 from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk
 from edge_monitor.core.outbound import encode
 from edge_monitor.core.pipeline import MachinePipeline
 from edge_monitor.core.scores import WindowScores
 from edge_monitor.core.snapshot import SnapshotError
+
+
+@pytest.fixture(scope="module")
+def cuts() -> list[np.ndarray]:
+    s = synthesize(seed=0, cases=[13], max_runs=2)
+    return [np.stack([r[c] for c in CHANNELS], axis=1) for r in s.records]
 
 
 def fake_scores(data: np.ndarray) -> WindowScores:
