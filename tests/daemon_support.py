@@ -160,6 +160,7 @@ class Collector:
 
     def __init__(self, broker, topics: list[str], client_id: str | None = None, persistent: bool = False) -> None:
         self.messages: list[tuple[str, object, bool]] = []
+        self.payloads: list[tuple[str, bytes]] = []  # as they came, to compare duplicates byte for byte
         self._cond = threading.Condition()
         if isinstance(broker, BrokerSettings):
             settings = broker
@@ -181,6 +182,7 @@ class Collector:
             body = message.payload
         with self._cond:
             self.messages.append((message.topic, body, bool(message.retain)))
+            self.payloads.append((message.topic, bytes(message.payload)))
             self._cond.notify_all()
 
     def on(self, suffix: str) -> list[tuple[str, dict]]:

@@ -26,7 +26,7 @@ from edge_monitor.core.inbound import Command
 from edge_monitor.core.outbound import AlarmMessage, encode
 from edge_monitor.core.topics import cmd_topic, machine_topic
 from edge_monitor.service.mqtt import BrokerSettings
-from edge_monitor.service.state import StateFile, choose_alarm_state
+from edge_monitor.service.state import SavedState, StateFile, choose_alarm_state
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +178,15 @@ def test_broker_restart_mid_replay_loses_no_window(broker, model, tmp_path):
 
 def test_state_file_round_trip_and_problems(tmp_path):
     state = StateFile(tmp_path / "sub" / "state.json")
-    assert state.read() == ({}, None)  # no file yet: no problem
-    state.write({"m1": {"state": "alarm", "since": 1.0, "recent": [2.0]}}, "model")
-    assert state.read() == ({"m1": {"state": "alarm", "since": 1.0, "recent": [2.0]}}, None)
+    assert state.read("model") == SavedState()  # no file yet: no problem
+    alarms = {"m1": {"state": "alarm", "since": 1.0, "recent": [2.0]}}
+    state.write(StateFile.compose(alarms, {"m1": '{"x":1}'}, "model"))
+    saved = state.read("model")
+    assert (saved.alarms, saved.streams, saved.checkpoint, saved.problems) == (alarms, {"m1": {"x": 1}}, True, [])
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["state.json"]  # no temporary left
+    other = state.read("another-model")  # open cuts were windowed for the model that wrote them
+    assert other.alarms == alarms and other.streams == {} and "start afresh" in other.problems[0]
     (tmp_path / "sub" / "state.json").write_text("{not json")
-    machines, problem = state.read()
-    assert machines == {} and "unreadable, ignored" in problem and "using the retained alarms" in problem
-    assert StateFile(None).read() == ({}, None)
+    saved = state.read("model")
+    assert saved.alarms == {} and "not JSON, ignored" in saved.problems[0] and "using the retained alarms" in saved.problems[0]
+    assert StateFile(None).read("model") == SavedState()

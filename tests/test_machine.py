@@ -204,7 +204,9 @@ def test_reset_waits_for_windows_being_scored(cuts):
     assert (last.state, last.since, last.cut, last.score, last.threshold) == ("normal", 5000.0, None, None, None)
     assert p.state == Level.NORMAL
     assert not any(isinstance(o.message, AlarmMessage) for o in outputs[:-1])  # nothing re-announced
-    assert p.handle(Command("reset", "ann"), now=5001.0).outputs == []  # already normal
+    # already normal: the state is announced again, unchanged (it clears a stale retained alarm)
+    again = p.handle(Command("reset", "ann"), now=5001.0).outputs
+    assert [(o.message.state, o.message.since) for o in again] == [("normal", 5000.0)]
 
 
 def test_restored_alarm_is_not_announced_again(cuts):

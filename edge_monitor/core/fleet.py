@@ -8,10 +8,11 @@ the inputs of machines past the bound are refused with a reason naming the confi
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .alarm import AlarmTracker
 from .pipeline import MachinePipeline, PipelineSpec
+from .snapshot import SnapshotError
 
 
 class Fleet:
@@ -30,6 +31,9 @@ class Fleet:
     def __len__(self) -> int:
         return len(self._pipelines)
 
+    def __contains__(self, machine: object) -> bool:
+        return machine in self._pipelines
+
     def __getitem__(self, machine: str) -> MachinePipeline:
         return self._pipelines[machine]
 
@@ -38,6 +42,34 @@ class Fleet:
         if self._pipelines:
             raise RuntimeError("alarm states are restored before the first input, not after")
         self._restored = dict(snapshots)
+
+    def resume(self, streams: Mapping[str, object]) -> list[tuple[str, str]]:
+        """Reopen the cuts that were open at the checkpoint (``MachinePipeline.to_state`` by
+        machine), after :meth:`restore`. Returns (machine, problem) for each snapshot that could not
+        be used: that machine starts with no open cut (its alarm state is kept)."""
+        problems = []
+        for machine, state in streams.items():
+            if not self.watches(machine):
+                continue
+            if machine in self._pipelines or len(self._pipelines) >= self.spec.limits.max_machines:
+                problems.append((machine, "more open cuts than limits.max_machines"))
+                continue
+            snapshot = self._restored.get(machine)
+            try:
+                tracker = AlarmTracker.from_dict(self.spec.policy, self.spec.thresholds, snapshot) if snapshot else None
+                pipe = MachinePipeline(machine, self.spec, tracker)
+                pipe.restore(state)
+            except (SnapshotError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                # SnapshotError names the field; anything else is a snapshot its checks let through
+                problems.append((machine, f"{type(exc).__name__}: {exc}"[:300]))
+                continue
+            self._restored.pop(machine, None)
+            self._pipelines[machine] = pipe
+        return problems
+
+    def streams(self, machines: Iterable[str]) -> dict[str, dict]:
+        """The open-cut snapshots (``MachinePipeline.to_state``) of ``machines`` that have a pipeline."""
+        return {m: self._pipelines[m].to_state() for m in machines if m in self._pipelines}
 
     def unwatched(self, machine: str) -> str | None:
         """Why the inputs of ``machine`` are not this monitor's, or None when they are."""

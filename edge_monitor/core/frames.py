@@ -34,7 +34,7 @@ from . import snapshot as snap
 from .channels import CHANNELS, channel_index
 from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, Limits, SignalChunk
 from .snapshot import SnapshotError
-from .topics import ProtocolError
+from .topics import ProtocolError, StaleInput
 
 N_CHANNELS = len(CHANNELS)
 
@@ -305,7 +305,7 @@ class MachineStream:
         if self.current is not None and msg.cut == self.current.cut:
             return StartResult(False, None)
         if msg.cut in self._ended:
-            raise ProtocolError(f"cut {msg.cut!r} already ended; cut ids must be unique per machine")
+            raise StaleInput(f"cut {msg.cut!r} already ended; cut ids must be unique per machine")
         closed = None
         if self._assembler is not None:
             closed = self._close(self._assembler.received_end, aborted=True)
@@ -329,7 +329,7 @@ class MachineStream:
         if self.current is not None and cut == self.current.cut:
             return
         if cut in self._ended:
-            raise ProtocolError(f"{what} for cut {cut!r}, which already ended")
+            raise StaleInput(f"{what} for cut {cut!r}, which already ended")
         if self.current is None:
             raise ProtocolError(f"{what} for cut {cut!r}, which never started")
         raise ProtocolError(f"{what} for cut {cut!r}, which never started (cut {self.current.cut!r} is open)")

@@ -105,21 +105,25 @@ class SummaryMessage:
         }
 
 
+STATUS_STATES = ("online", "degraded", "offline")
+
+
 @dataclass(frozen=True)
 class StatusMessage:
     leaf: ClassVar[str] = "status"
     retain: ClassVar[bool] = True  # also the will's topic: online / offline
 
-    state: str  # "online" | "offline"
+    state: str  # "online" | "degraded" (falling behind its input) | "offline"
     model: str
     device: str
     version: str
     since: float
     counters: Mapping[str, int] | None = field(default=None)
+    backlog: Mapping[str, float] | None = field(default=None)  # lag_s, queued, unacknowledged
 
     def to_dict(self) -> dict:
-        if self.state not in ("online", "offline"):
-            raise ValueError(f"status state must be online or offline, got {self.state!r}")
+        if self.state not in STATUS_STATES:
+            raise ValueError(f"status state must be one of {', '.join(STATUS_STATES)}, got {self.state!r}")
         out: dict[str, Any] = {
             "state": self.state,
             "model": self.model,
@@ -130,6 +134,8 @@ class StatusMessage:
         }
         if self.counters is not None:
             out["counters"] = {k: int(v) for k, v in self.counters.items()}
+        if self.backlog is not None:
+            out["backlog"] = {k: round(float(v), 3) for k, v in self.backlog.items()}
         return out
 
 

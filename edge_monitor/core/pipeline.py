@@ -408,8 +408,11 @@ class MachinePipeline:
                 transition = self.tracker.reset(item.by, item.ts)
                 was = transition.old.label if transition else "normal"
                 step.events.append(Event("reset", {"by": item.by, "was": was}))
-                if transition is not None:
-                    self._announce(transition, step)
+                # Announced even when already normal: the retained alarm may show a state this
+                # monitor does not have (a state file lost or unusable), and a reset must clear it.
+                t = self.tracker
+                self._announce(transition or Transition(Level.NORMAL, Level.NORMAL, t.since, None, None, None,
+                                                        item.by), step)
 
     def _summary(self, record: _CutRecord, median: float | None, highest: float | None) -> SummaryMessage:
         return SummaryMessage(

@@ -30,6 +30,10 @@ class ProtocolError(ValueError):
         self.reason = reason
 
 
+class StaleInput(ProtocolError):
+    """An input for a cut that already ended: a redelivery when the broker marks it as one."""
+
+
 @dataclass(frozen=True)
 class InboundTopic:
     machine: str

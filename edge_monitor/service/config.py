@@ -75,9 +75,24 @@ class Batching(Spec):
 
 
 @dataclass(frozen=True)
+class Delivery(Spec):
+    """At least once (service/checkpoint.py): how often a checkpoint covers what was received, and
+    how much input may wait in the monitor rather than at the broker."""
+
+    section = "delivery"
+    checkpoint_interval_ms: float = setting(1000.0, low=10.0, high=60_000.0)  # inputs are acknowledged this late
+    # Inputs the broker may send before the monitor acknowledges: at least the input rate times the
+    # checkpoint interval, twice over (docs/deploy.md, "Sizing"); MQTT caps it at 65535.
+    receive_maximum: int = setting(5000, low=1, high=65535)
+    max_queued_inputs: int = setting(5000, low=1, high=1_000_000)  # beyond this, inputs wait at the broker
+    degraded_lag_s: float = setting(10.0, low=0.1)  # the status says degraded while inputs wait this long
+
+
+@dataclass(frozen=True)
 class OutputQos(Spec):
     section = "qos"
-    score: int = setting(0, low=0, high=2)  # one message per window: losing one in a reconnect is harmless
+    # QoS 1: a score published while the broker restarts is kept and sent again (QoS 0: dropped, counted)
+    score: int = setting(1, low=0, high=2)
     alarm: int = setting(1, low=0, high=2)
     summary: int = setting(1, low=0, high=2)
     status: int = setting(1, low=0, high=2)
@@ -111,9 +126,11 @@ class Config(Spec):
     batching: Batching = field(default_factory=Batching)
     alarm: AlarmPolicy = field(default_factory=AlarmPolicy)
     qos: OutputQos = field(default_factory=OutputQos)
+    delivery: Delivery = field(default_factory=Delivery)
     limits: Limits = field(default_factory=Limits)
     errors: ErrorsRate = field(default_factory=ErrorsRate)
-    state_file: Path | None = setting(None, parse=local_path)  # alarm states, besides the retained alarm topic
+    # alarm states and open cuts, checkpointed (null: open cuts are lost at every restart)
+    state_file: Path | None = setting(None, parse=local_path)
     status_interval_s: float = setting(30.0, low=1.0)
     logging: Logging = field(default_factory=Logging)
 

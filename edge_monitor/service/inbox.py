@@ -7,14 +7,21 @@ not watch before decoding their payload, parses, and puts a call on the queue (`
 ``Rejected`` or ``Connected`` for the main loop's handlers). The main loop runs the calls in
 arrival order, so each machine's inputs are applied in the order the broker delivered them.
 
-paho acknowledges each input when its callback returns. Acknowledging an input only once its
-results are published (at least once across a crash) would start here: ``make_client``'s
-``manual_ack``, and the message's id added to ``Received`` for the main loop.
+Inputs are acknowledged by the main loop, not here (``manual_ack``): each item carries its
+:class:`Delivery` (packet id, QoS, whether the broker marked it a redelivery, and the connection
+it came on), and the monitor acknowledges it once a checkpoint covers its effect.
+
+Backpressure: the queue holds at most ``max_queued`` inputs. When it is full, the network thread
+waits for room, so further inputs wait at the broker (unacknowledged, in its queue for this
+session) rather than in this process's memory. The broker's own bound (the receive maximum this
+client announces) would do the same, but Mosquitto 2.0.11 lets more through after each
+acknowledgement.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +31,20 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..core.inbound import PAYLOAD_PARSERS, InboundMessage, Limits
 from ..core.topics import InboundTopic, ProtocolError, Topics
+from .mqtt import acknowledge
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How an input came: what acknowledging it takes, and whether it may be a duplicate."""
+
+    mid: int  # packet id (0 for QoS 0: nothing to acknowledge)
+    qos: int
+    dup: bool  # the broker sends it again (the monitor may have had it before a crash or reconnect)
+    connection: int  # which connection it came on: a packet id means nothing on another
+
+
+NO_DELIVERY = Delivery(0, 0, False, 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,12 +55,15 @@ class Received:
     where: InboundTopic
     message: InboundMessage
     received: float  # monotonic time it arrived
+    delivery: Delivery = NO_DELIVERY
 
 
 @dataclass(frozen=True)
 class Rejected:
     topic: str
     reason: str
+    received: float = 0.0
+    delivery: Delivery = NO_DELIVERY
 
 
 @dataclass(frozen=True)
@@ -60,11 +84,15 @@ class Inbox:
     """Subscribes ``client`` to the inputs under ``topics`` and queues them for the main loop."""
 
     def __init__(self, client: paho.Client, topics: Topics, limits: Limits,
-                 unwatched: Callable[[str], str | None], handlers: Handlers) -> None:
+                 unwatched: Callable[[str], str | None], handlers: Handlers, max_queued: int = 10_000) -> None:
         self.topics, self.limits = topics, limits
         self.unwatched = unwatched  # why a machine's inputs are not ours (None: they are); thread-safe
         self.handlers = handlers
-        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._queue: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
+        self._room = threading.Semaphore(max_queued)  # inputs the queue may still take
+        self._closed = threading.Event()
+        self.connection = 0  # counts connections: deliveries say which one they came on
+        self.waited = 0.0  # seconds the network thread waited for room (backpressure), in all
         for kind, topic_filter in topics.inputs.items():
             client.message_callback_add(topic_filter, self._receiver(kind))
         client.on_message = _ignore  # only late retained alarms and sync echoes of the start-up read-back
@@ -73,37 +101,66 @@ class Inbox:
         """On every (re)connection: subscribe to the inputs (QoS 1)."""
         # Inputs are never retained; a retained one must not be replayed at every resubscribe.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        self.connection += 1  # before any message of this connection is queued
         client.subscribe([(f, options) for f in self.topics.inputs.values()])
-        self._put(self.handlers.connected, Connected(session_present))
+        self._put(self.handlers.connected, Connected(session_present), counts=False)
 
     def get(self, timeout: float) -> Callable[[], None] | None:
         """The next call for the main loop, or None after ``timeout`` seconds."""
         try:
-            return self._queue.get(timeout=max(0.0, timeout))
+            _, call = self._queue.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return None
+        return call
 
     def qsize(self) -> int:
         return self._queue.qsize()
 
-    def _put(self, handler: Callable, item: object) -> None:
-        self._queue.put(lambda: handler(item))
+    def oldest_age(self, now: float) -> float:
+        """Seconds the oldest queued input has waited (0 when none waits)."""
+        with self._queue.mutex:
+            return max(0.0, now - self._queue.queue[0][0]) if self._queue.queue else 0.0
+
+    def close(self) -> None:
+        """Stop taking inputs (shutting down): a network thread waiting for room drops what it
+        holds, unacknowledged, so the broker sends it again to the next session."""
+        self._closed.set()
+
+    def _put(self, handler: Callable, item: object, counts: bool = True) -> None:
+        if counts:
+            if not self._room.acquire(blocking=False):
+                started = time.monotonic()
+                while not self._room.acquire(timeout=0.1):
+                    if self._closed.is_set():
+                        return
+                self.waited += time.monotonic() - started
+
+            def call() -> None:
+                self._room.release()
+                handler(item)
+        else:
+            def call() -> None:
+                handler(item)
+        self._queue.put((time.monotonic(), call))
 
     def _receiver(self, kind: str) -> Callable:
         parse = PAYLOAD_PARSERS[kind]
 
         def on_message(client, userdata, message) -> None:  # paho's network thread
             topic = message.topic
+            delivery = Delivery(message.mid if message.qos else 0, message.qos, bool(message.dup), self.connection)
+            now = time.monotonic()
             if topic == self.topics.sync:  # R/_monitor/cut/sync matches R/+/cut/#: ours, not an input
+                acknowledge(client, message)
                 return
             try:
                 where = self.topics.parse(topic)
                 problem = self.unwatched(where.machine)  # before the payload is decoded
                 if problem:
                     raise ProtocolError(problem)
-                inbound = Received(topic, where, parse(message.payload, self.limits), time.monotonic())
+                inbound = Received(topic, where, parse(message.payload, self.limits), now, delivery)
             except ProtocolError as exc:
-                self._put(self.handlers.rejected, Rejected(topic, exc.reason))
+                self._put(self.handlers.rejected, Rejected(topic, exc.reason, now, delivery))
                 return
             self._put(self.handlers.received, inbound)
 
@@ -111,4 +168,5 @@ class Inbox:
 
 
 def _ignore(client, userdata, message) -> None:
-    pass
+    """Not an input (a late retained alarm of the start-up read-back): acknowledged right away."""
+    acknowledge(client, message)

@@ -9,9 +9,15 @@ pipelines and publishes what they return (:mod:`.outbox`).
 Start-up order: device, bundle (and one warm-up batch, so the first real window does not pay for
 tracing), broker, the alarm states read back (:mod:`.state`), then ``online``.
 
-Shutdown (SIGTERM/SIGINT): what was received is processed, every pending window is scored and
-published, the alarm states are saved, ``offline`` is published and the session disconnected
-(it persists on the broker, which queues the inputs until the monitor is back).
+Delivery (:mod:`.checkpoint`): inputs are acknowledged by hand, once a checkpoint of every
+machine's state (alarm and open cut) that covers them is in the state file and their results are
+with the broker. A crash at any moment loses nothing: the broker sends the unacknowledged inputs
+again and the pipelines resume from the checkpoint, dropping what it already covers.
+
+Shutdown (SIGTERM/SIGINT): inputs stop being taken; every pending window is scored and published,
+a last checkpoint written and what it covers acknowledged, ``offline`` is published and the
+session disconnected (it persists on the broker, which keeps what was not acknowledged and queues
+new inputs until the monitor is back).
 
 Under systemd (``Type=notify``, :mod:`.systemd`): ``READY=1`` once the model is loaded and warmed
 up and the broker connection is up with the alarms read back; ``STATUS=`` lines with the counters
@@ -21,6 +27,7 @@ gets the service restarted; ``STOPPING=1`` when shutdown begins.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -33,21 +40,21 @@ from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
 from ..core.outbound import AlarmMessage, StatusMessage, encode
 from ..core.pipeline import Output, PipelineSpec, Step
-from ..core.topics import ProtocolError, Topics
+from ..core.topics import ProtocolError, StaleInput, Topics
 from . import systemd
+from .checkpoint import Checkpoints, encode_arrays
 from .config import Config
 from .inbox import Connected, Handlers, Inbox, Received, Rejected
 from .logging import get_logger
 from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import Outbox
 from .scoring import Scoring
-from .state import StateFile, read_retained_alarms, restore_alarm_states
+from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
 
 if TYPE_CHECKING:  # the bundle module loads TensorFlow: imported only once the device is chosen
     from ..model.bundle import ModelBundle
 
-SHUTDOWN_DRAIN = 2.0  # seconds to keep processing arrivals after SIGTERM
 PUBLISH_WAIT = 5.0  # seconds to wait for the broker to take the last messages at shutdown
 IDLE_WAKE = 0.25  # the loop turns at least this often (watchdog, status, batch deadlines)
 
@@ -91,11 +98,18 @@ class Monitor:
         self.since = time.time()
         self.watchdog = systemd.WatchdogPinger(systemd.watchdog_interval())
         self._stop = threading.Event()
+        self._shown = "online"  # the state the status topic shows
         will = (self.topics.status, encode(self._status("offline")), 1, True)
-        self.client = make_client(config.broker, will=will, clean_start=False)
+        delivery = config.delivery
+        self.client = make_client(config.broker, will=will, clean_start=False, manual_ack=True,
+                                  receive_maximum=delivery.receive_maximum)
         self.outbox = Outbox(self.client, self.topics, config.qos, config.errors)
         self.inbox = Inbox(self.client, self.topics, config.limits, self.fleet.unwatched,
-                           Handlers(self._on_input, self._on_rejected, self._on_connected))
+                           Handlers(self._on_input, self._on_rejected, self._on_connected),
+                           max_queued=delivery.max_queued_inputs)
+        self.checkpoints = Checkpoints(self.client)
+        self._touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
+        self._stream_texts: dict[str, str] = {}  # each machine's open cut as JSON, at the last checkpoint
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 
@@ -122,22 +136,25 @@ class Monitor:
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
         self.log.info("connected", broker=self.config.broker.address, client_id=self.config.broker.client_id)
-        self._restore_alarms()
+        self._restore()
         self._publish_status()
         self.log.info("online", model=self.model_id, device=self.device, machines=list(self.config.machines))
         systemd.ready(self._status_text())
 
-    def _restore_alarms(self) -> None:
+    def _restore(self) -> None:
+        """The alarm states (state file and retained topic) and the open cuts of the checkpoint."""
         retained = read_retained_alarms(self.client, self.topics, self.config.limits, self.log.warning)
-        saved, problem = self.state_file.read()
-        if problem:
+        saved = self.state_file.read(self.model_id)
+        for problem in saved.problems:
             self.log.warning("state_file_ignored", reason=problem)
-        spec = self.fleet.spec
-        trackers, stale = restore_alarm_states(saved, retained, self.config.monitors, spec.policy,
-                                               spec.thresholds, self.log.warning)
-        self.fleet.restore({m: t.to_dict() for m, t in trackers.items()})
+        trackers, stale = resume(self.fleet, saved, retained, self.log.warning)
         for machine, tracker in trackers.items():
             self.log.info("alarm_state_restored", machine=machine, state=tracker.state.label, since=tracker.since)
+        self._touched.update(m for m in saved.streams if m in self.fleet)
+        resumed = {m: self.fleet[m].stream.current.cut for m in saved.streams
+                   if m in self.fleet and self.fleet[m].stream.current is not None}
+        if resumed:
+            self.log.info("cuts_resumed", cuts=resumed)
         for machine in stale:  # the retained message disagrees with the state the monitor resumes in
             t = trackers[machine]
             message = AlarmMessage(machine=machine, state=t.state.label, since=t.since, cut=t.cut, score=t.score,
@@ -153,22 +170,33 @@ class Monitor:
         """Process inputs until :meth:`stop`, then shut down gracefully."""
         status_every = self.config.status_interval_s
         next_status = time.monotonic() + status_every
+        checkpoint_every = self.config.delivery.checkpoint_interval_ms / 1000.0
+        next_checkpoint = time.monotonic() + checkpoint_every
         while not self._stop.is_set():
             now = time.monotonic()
             self.watchdog.tick(now)  # only while this loop turns
             deadline = self.scoring.deadline()
-            wait = min(IDLE_WAKE, next_status - now, IDLE_WAKE if deadline is None else deadline - now)
+            wait = min(IDLE_WAKE, next_status - now, next_checkpoint - now,
+                       IDLE_WAKE if deadline is None else deadline - now)
             call = self.inbox.get(timeout=wait)
             if call is not None:
                 call()
             self._score_ready()
-            if time.monotonic() >= next_status:
+            now = time.monotonic()
+            if now >= next_checkpoint:
+                self._checkpoint()
+                self._watch_backlog()
+                next_checkpoint = now + checkpoint_every
+            self._confirm()
+            if now >= next_status:
                 self._refresh()
                 next_status = time.monotonic() + status_every
         self._shutdown()
 
     def _on_input(self, item: Received) -> None:
         self.counters.messages_in += 1
+        self.counters.inputs_redelivered += item.delivery.dup
+        self.checkpoints.applied(item.delivery)  # acknowledged with the next checkpoint, whatever it did
         machine = item.where.machine
         refusal = self.fleet.over_limit(machine)  # the inbox refused unwatched machines already
         if refusal:
@@ -176,17 +204,25 @@ class Monitor:
             return
         try:
             step = self.fleet.pipeline(machine).handle(item.message, channel=item.where.channel, now=time.time())
+        except StaleInput as exc:
+            if item.delivery.dup:  # sent again after a crash or reconnect; the checkpoint has it
+                self.counters.duplicate_inputs += 1
+                self.log.debug("duplicate", machine=machine, topic=item.topic, reason=exc.reason)
+            else:
+                self._reject(item.topic, exc.reason)
+            return
         except ProtocolError as exc:
             self._reject(item.topic, exc.reason)
             return
+        self._touched.add(machine)
         if step.duplicate_samples:
             self.log.debug("duplicate", machine=machine, topic=item.topic, samples=step.duplicate_samples)
         self.scoring.add(step.windows, item.received)
-        if self._apply(machine, step):
-            self._save_state()
+        self._apply(machine, step)
 
     def _on_rejected(self, item: Rejected) -> None:
         self.counters.messages_in += 1
+        self.checkpoints.applied(item.delivery)
         self._reject(item.topic, item.reason)
 
     def _on_connected(self, item: Connected) -> None:
@@ -201,33 +237,80 @@ class Monitor:
             self.counters.errors_suppressed += 1
 
     def _score_ready(self, force: bool = False) -> None:
-        changed = False
         for windows, scores in self.scoring.ready(force):
-            changed |= self._apply(windows.machine, self.fleet[windows.machine].scored(windows, scores))
-        if changed:
-            self._save_state()
+            self._touched.add(windows.machine)
+            self._apply(windows.machine, self.fleet[windows.machine].scored(windows, scores))
 
-    def _apply(self, machine: str, step: Step) -> bool:
-        """Count, log and publish what a pipeline step did; whether its alarm state changed."""
+    def _apply(self, machine: str, step: Step) -> None:
+        """Count, log and publish what a pipeline step did."""
         self.counters.gap_samples += step.gap_samples
         self.counters.duplicate_samples += step.duplicate_samples
         for event in step.events:
             getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
-        self.outbox.publish(step.outputs)
-        return step.alarm_changed
+        self.checkpoints.published(self.outbox.publish(step.outputs))
+
+    # --------------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self) -> None:
+        """Close an epoch: score what waits, then snapshot every machine (see :mod:`.checkpoint`)."""
+        if not self.checkpoints.open.acks or not self.checkpoints.can_close():
+            return
+        while len(self.scoring):
+            self._score_ready(force=True)
+        snapshot = None
+        if self.state_file.path is not None:
+            for machine, state in self.fleet.streams(self._touched).items():
+                self._stream_texts[machine] = json.dumps(encode_arrays(state), separators=(",", ":"))
+            self._touched.clear()
+            snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id)
+        self.checkpoints.close(snapshot, time.monotonic())
+        self.counters.checkpoints += 1
+
+    def _confirm(self) -> None:
+        """Write the newest checkpoint the broker has the results of; acknowledge what it covers."""
+        if not self.checkpoints.waiting:
+            return
+        try:
+            progress = self.checkpoints.confirm(self.inbox.connection, self.state_file.write)
+        except (OSError, ValueError) as exc:
+            self.counters.checkpoints_failed += 1
+            self.log.error("state_file_not_written", path=str(self.state_file.path), reason=str(exc),
+                           unacknowledged=self.checkpoints.unacknowledged)
+            return
+        self.counters.inputs_acknowledged += progress.acknowledged
 
     # --------------------------------------------------------------------- status and state
 
     def _status(self, state: str, counters: bool = False) -> StatusMessage:
         return StatusMessage(state=state, model=self.model_id, device=self.device, version=__version__,
-                             since=self.since, counters=asdict(self.counters) if counters else None)
+                             since=self.since, counters=asdict(self.counters) if counters else None,
+                             backlog=self._backlog() if counters else None)
 
-    def _publish_status(self, state: str = "online"):
+    def _backlog(self) -> dict[str, float]:
+        """How far behind the monitor is: the age of the oldest input waiting to be processed,
+        inputs waiting, and inputs processed but not acknowledged yet."""
+        return {"lag_s": self.inbox.oldest_age(time.monotonic()), "queued": self.inbox.qsize(),
+                "unacknowledged": self.checkpoints.unacknowledged}
+
+    def _publish_status(self, state: str | None = None):
+        state = state or self._state()
+        self._shown = state
+        self.counters.outputs_dropped = self.outbox.dropped
         return self.outbox.status(self._status(state, counters=True))
+
+    def _state(self) -> str:
+        behind = self.inbox.oldest_age(time.monotonic()) >= self.config.delivery.degraded_lag_s
+        return "degraded" if behind else "online"
+
+    def _watch_backlog(self) -> None:
+        """Publish the status as soon as the monitor falls behind or catches up."""
+        state = self._state()
+        if state != self._shown:
+            getattr(self.log, "warning" if state == "degraded" else "info")(state, **self._backlog())
+            self._publish_status(state)
 
     def _refresh(self) -> None:
         self._publish_status()
-        self._save_state()
         latency = self.scoring.take_stats()
         self.log.info("status", **asdict(self.counters), pending=len(self.scoring),
                       queued=self.inbox.qsize(), **latency)
@@ -237,24 +320,19 @@ class Monitor:
         return status_text(self.client.is_connected(), len(self.fleet), self.counters, self.fleet.states(),
                            latency_p50)
 
-    def _save_state(self) -> None:
-        try:
-            self.state_file.write(self.fleet.snapshots(), self.model_id)
-        except (OSError, ValueError) as exc:
-            self.log.error("state_file_not_written", path=str(self.state_file.path), reason=str(exc))
-
     # --------------------------------------------------------------------- shutdown
 
     def _shutdown(self) -> None:
         systemd.stopping("stopping: scoring what was received, saving the alarm states")
-        self.log.info("stopping", pending=len(self.scoring), queued=self.inbox.qsize())
-        # What the broker already delivered is acknowledged: process it rather than lose it.
-        until = time.monotonic() + SHUTDOWN_DRAIN
-        while time.monotonic() < until and (call := self.inbox.get(timeout=0.05)) is not None:
-            call()
-            self._score_ready()
-        self._score_ready(force=True)
-        self._save_state()
+        # What waits in the inbox is not acknowledged: the broker sends it again to the next session.
+        self.inbox.close()
+        self.log.info("stopping", pending=len(self.scoring), queued=self.inbox.qsize(),
+                      unacknowledged=self.checkpoints.unacknowledged)
+        self._checkpoint()
+        until = time.monotonic() + PUBLISH_WAIT
+        while self.checkpoints.waiting and time.monotonic() < until and self.client.is_connected():
+            self._confirm()
+            time.sleep(0.01)
         info = self._publish_status("offline")
         try:
             info.wait_for_publish(PUBLISH_WAIT)

@@ -92,13 +92,15 @@ def make_client(
     will: tuple[str, bytes, int, bool] | None = None,
     clean_start: bool,
     manual_ack: bool = False,
+    receive_maximum: int | None = None,
 ) -> paho.Client:
     """A paho client set up for ``settings`` but not connected yet (call :func:`connect`).
 
     ``will`` is (topic, payload, qos, retain). With ``clean_start=False`` the session persists
     across connections for ``settings.session_expiry`` seconds; with ``True`` every connection
     starts afresh and the session ends with it. ``manual_ack``: QoS 1 messages are acknowledged
-    only when the application calls ``client.ack(mid, qos)``.
+    only when the application calls ``client.ack(mid, qos)``; ``receive_maximum`` tells the broker
+    how many it may send before the client acknowledges (MQTT 5; the broker's default is small).
 
     paho refuses some settings once the connection is configured (``max_inflight_messages``,
     ``connect_timeout``); paho's default of 20 messages in flight matches Mosquitto's receive
@@ -130,9 +132,12 @@ def make_client(
     client.on_socket_open = _no_delay
     client.connect_timeout = TCP_CONNECT_TIMEOUT
     properties = None
-    if not clean_start:
+    if not clean_start or receive_maximum is not None:
         properties = Properties(PacketTypes.CONNECT)
+    if not clean_start:
         properties.SessionExpiryInterval = settings.session_expiry
+    if receive_maximum is not None:
+        properties.ReceiveMaximum = receive_maximum
     # Stores where and how to connect without connecting: connect() and paho's own reconnects use it.
     client.connect_async(
         settings.host, settings.port, settings.keepalive, clean_start=clean_start, properties=properties
@@ -206,6 +211,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def acknowledge(client: paho.Client, message: paho.MQTTMessage) -> None:
+    """Acknowledge a message now (a client with ``manual_ack`` must acknowledge every QoS 1 or 2
+    message it receives, also those that are not inputs; without it paho already did)."""
+    if message.qos:
+        client.ack(message.mid, message.qos)
 
 
 def disconnect(client: paho.Client) -> None:

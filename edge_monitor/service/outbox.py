@@ -23,12 +23,20 @@ class Outbox:
     def __init__(self, client: paho.Client, topics: Topics, qos: OutputQos, errors: ErrorsRate) -> None:
         self.client, self.topics, self.qos = client, topics, qos
         self._errors = TokenBucket(errors.max_per_second, errors.burst)
+        self.dropped = 0  # QoS 0 results published while disconnected (paho keeps only QoS 1 and 2)
 
-    def publish(self, outputs: list[Output]) -> None:
+    def publish(self, outputs: list[Output]) -> list[paho.MQTTMessageInfo]:
+        """Publish ``outputs`` in order; what paho took, to follow until the broker has it."""
+        infos = []
         for out in outputs:
             m = out.message
-            self.client.publish(self.topics.machine(out.machine, m.leaf), encode(m),
-                                qos=getattr(self.qos, m.leaf), retain=m.retain)
+            qos = getattr(self.qos, m.leaf)
+            info = self.client.publish(self.topics.machine(out.machine, m.leaf), encode(m), qos=qos, retain=m.retain)
+            if qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
+                self.dropped += 1
+            else:
+                infos.append(info)
+        return infos
 
     def status(self, message: StatusMessage) -> paho.MQTTMessageInfo:
         return self.client.publish(self.topics.status, encode(message), qos=self.qos.status, retain=message.retain)

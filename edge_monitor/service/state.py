@@ -1,52 +1,71 @@
-"""The alarm states across restarts: a state file, the retained alarm topic, and which one wins.
+"""The monitor's state across restarts: the state file, the retained alarm topic, and which wins.
 
 Every machine's alarm state lives in two places: the retained ``R/<machine>/alarm`` message on the
 broker (what dashboards see) and a JSON state file beside the monitor (which also keeps the cut
-history and the tool's reference). At start-up both are read back; for each machine the later
-transition wins (:func:`choose_alarm_state`), and the retained message is republished only when it
-disagrees with the winner. A restart never re-announces nor clears an active alarm.
+history, the tool's reference and, since format 2, every open cut: the checkpoint of
+:mod:`.checkpoint`). At start-up both are read back (:func:`choose_alarm_state`); a restart never
+re-announces nor clears an active alarm.
+
+The file is read defensively: whatever it holds (truncated, wrong types, another version, another
+model's cuts), the monitor starts with what can be used and a warning per thing it could not.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
 from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds
+from ..core.fleet import Fleet
 from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import AlarmMessage
+from ..core.snapshot import SnapshotError
 from ..core.topics import ProtocolError, Topics, machine_id_problem
+from .checkpoint import decode_arrays
+from .mqtt import acknowledge
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 1: alarm states only, written at each transition (still read)
 READBACK_TIMEOUT = 5.0  # seconds to wait for the retained alarms at start
 
 
-def choose_alarm_state(saved: dict | None, retained: AlarmMessage | None) -> tuple[dict | None, bool]:
+def choose_alarm_state(saved: dict | None, retained: AlarmMessage | None,
+                       checkpoint: bool = False) -> tuple[dict | None, bool]:
     """Which alarm state a machine restarts in, from the state file's snapshot and the retained
     alarm message, and whether the retained message must be republished.
 
-    The later transition wins (``since``; the file on a tie or when both agree, as it also holds
-    the cut history and the tool's reference). Republishing is needed only when the winner differs
-    from what dashboards see, e.g. a reset whose retained ``normal`` never reached the broker: an active alarm that the
-    retained topic already shows is never announced again."""
+    A checkpoint (format 2) wins: it covers exactly the inputs that were acknowledged, and the
+    broker sends the later ones again, which decide again whatever the retained message shows that
+    is newer. It is republished only when it is newer than the retained message (e.g. a reset whose
+    retained ``normal`` never reached the broker).
+
+    Otherwise (format 1, or no file) the later transition wins (``since``; the file on a tie or
+    when both agree, as it also holds the cut history and the tool's reference). Republishing is
+    needed only when the winner differs from what dashboards see. Either way an active alarm that
+    the retained topic already shows is never announced again."""
     if saved is None and retained is None:
         return None, False
     shown = retained.state if retained is not None else "normal"
+
+    def when(value: Any) -> float:
+        return float(value) if type(value) in (int, float) and math.isfinite(value) else float("-inf")
+
     if retained is None:
         chosen = saved
     elif saved is None:
         chosen = retained.to_dict()
+    elif checkpoint:
+        newer = when(saved.get("since")) >= when(retained.since)
+        return saved, saved.get("state") != shown and newer
     else:
-        def when(value: Any) -> float:
-            return float("-inf") if value is None else float(value)
-
         agree = saved.get("state") == retained.state
         chosen = saved if agree or when(saved.get("since")) >= when(retained.since) else retained.to_dict()
     assert chosen is not None
@@ -60,6 +79,7 @@ def restore_alarm_states(
     policy: AlarmPolicy,
     thresholds: Thresholds,
     warn: Callable[..., Any],
+    checkpoint: bool = False,
 ) -> tuple[dict[str, AlarmTracker], list[str]]:
     """The alarm tracker each watched machine restarts with, and the machines whose retained alarm
     is stale and must be republished. A snapshot that cannot be restored is reported with ``warn``
@@ -73,43 +93,109 @@ def restore_alarm_states(
             continue
         if not watches(machine):
             continue
-        chosen, stale = choose_alarm_state(saved.get(machine), retained.get(machine))
-        if chosen is None:
-            continue
         try:
+            chosen, stale = choose_alarm_state(saved.get(machine), retained.get(machine), checkpoint)
+            if chosen is None:
+                continue
             trackers[machine] = AlarmTracker.from_dict(policy, thresholds, chosen)
-        except ValueError as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             warn("alarm_state_ignored", machine=machine, reason=str(exc))
+            fallback = retained.get(machine)  # the state file's snapshot is unusable: what dashboards show
+            if fallback is not None:
+                try:
+                    trackers[machine] = AlarmTracker.from_dict(policy, thresholds, fallback.to_dict())
+                except ValueError:
+                    pass
             continue
         if stale:  # e.g. a reset whose retained "normal" never reached the broker
             republish.append(machine)
     return trackers, republish
 
 
+@dataclass
+class SavedState:
+    """What the state file holds that can be used."""
+
+    alarms: dict[str, dict] = field(default_factory=dict)  # AlarmTracker snapshots by machine
+    streams: dict[str, Any] = field(default_factory=dict)  # open cuts (MachinePipeline.to_state), by machine
+    checkpoint: bool = False  # format 2: covers exactly the acknowledged inputs
+    problems: list[str] = field(default_factory=list)  # what could not be used, to log
+
+
+def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], warn: Callable[..., Any]
+           ) -> tuple[dict[str, AlarmTracker], list[str]]:
+    """Bring ``fleet`` back to where the state file and the retained alarms leave it: every
+    machine's alarm state, and the cuts that were open at the checkpoint. Returns the trackers
+    restored and the machines whose retained alarm must be republished. Whatever the file holds,
+    this warns (``warn(event, **fields)``) rather than raises."""
+    spec = fleet.spec
+    trackers, stale = restore_alarm_states(saved.alarms, retained, fleet.watches, spec.policy, spec.thresholds,
+                                           warn, checkpoint=saved.checkpoint)
+    fleet.restore({m: t.to_dict() for m, t in trackers.items()})
+    for machine, problem in fleet.resume(saved.streams):
+        warn("open_cut_not_resumed", machine=str(machine)[:64], reason=problem)
+    return trackers, stale
+
+
 class StateFile:
-    """Alarm snapshots of every machine in one JSON file, replaced atomically."""
+    """Every machine's alarm state and open cut in one JSON file, replaced atomically."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def read(self) -> tuple[dict[str, dict], str | None]:
-        """(snapshots by machine, a problem to log or None). A missing file is no problem."""
-        if self.path is None or not self.path.exists():
-            return {}, None
+    def read(self, model: str) -> SavedState:
+        """What can be used of the file (open cuts only of ``model``: they were windowed with its
+        specs). Never raises: a file that cannot be used at all is a problem to log."""
+        saved = SavedState()
+        if self.path is None:
+            return saved
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            machines = data["machines"]
-            if data.get("format") != STATE_FORMAT or not isinstance(machines, dict):
-                raise ValueError(f"expected format {STATE_FORMAT} with a 'machines' object")
-            return {str(m): s for m, s in machines.items() if isinstance(s, dict)}, None
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            return {}, f"state file {self.path}: unreadable, ignored ({exc}); using the retained alarms"
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return saved
+        except (OSError, UnicodeDecodeError) as exc:
+            saved.problems.append(f"state file {self.path}: unreadable, ignored ({exc}); using the retained alarms")
+            return saved
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            saved.problems.append(f"state file {self.path}: not JSON, ignored ({exc}); using the retained alarms")
+            return saved
+        version = data.get("format") if isinstance(data, dict) else None
+        machines = data.get("machines") if isinstance(data, dict) else None
+        if version not in (1, STATE_FORMAT) or not isinstance(machines, dict):
+            saved.problems.append(f"state file {self.path}: not a state file of format 1 or {STATE_FORMAT}, "
+                                  "ignored; using the retained alarms")
+            return saved
+        saved.alarms = {str(m): s for m, s in machines.items() if isinstance(s, dict)}
+        saved.checkpoint = version == STATE_FORMAT
+        streams = data.get("streams", {})
+        if not isinstance(streams, dict):
+            saved.problems.append(f"state file {self.path}: 'streams' is not an object; open cuts start afresh")
+        elif streams and data.get("model") != model:
+            saved.problems.append(f"state file {self.path}: its open cuts were windowed for model "
+                                  f"{str(data.get('model'))[:40]!r}, not {model}; they start afresh")
+        else:
+            for machine, state in streams.items():
+                try:
+                    saved.streams[str(machine)] = decode_arrays(state, f"machine {machine}")
+                except (SnapshotError, RecursionError, ValueError, TypeError) as exc:
+                    saved.problems.append(f"state file {self.path}: open cut of {str(machine)[:64]!r} "
+                                          f"ignored ({exc})")
+        return saved
 
-    def write(self, machines: dict[str, dict], model: str) -> None:
+    @staticmethod
+    def compose(alarms: dict[str, dict], streams: dict[str, str], model: str) -> str:
+        """The file's text: ``streams`` holds each machine's open cut already as JSON text
+        (checkpoint.encode_arrays), so that only the machines that changed are encoded again."""
+        head = json.dumps({"format": STATE_FORMAT, "model": model, "machines": alarms}, allow_nan=False)
+        parts = ",".join(f"{json.dumps(m)}:{text}" for m, text in streams.items())
+        return head[:-1] + ',"streams":{' + parts + "}}"
+
+    def write(self, text: str) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"format": STATE_FORMAT, "model": model, "machines": machines}, allow_nan=False)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -120,6 +206,12 @@ class StateFile:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        # The rename itself is durable only once the directory is (a power cut could undo it).
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def read_retained_alarms(
@@ -134,6 +226,7 @@ def read_retained_alarms(
     done = threading.Event()
 
     def on_alarm(client, userdata, message) -> None:  # paho's network thread
+        acknowledge(client, message)
         if not message.payload:  # a cleared retained message
             return
         machine = message.topic.split("/")[-2]
@@ -147,6 +240,7 @@ def read_retained_alarms(
         found[machine] = alarm
 
     def on_sync(client, userdata, message) -> None:
+        acknowledge(client, message)
         if message.payload == nonce:
             done.set()
 

@@ -18,6 +18,12 @@ class Counters:
     duplicate_samples: int = 0
     batches: int = 0
     errors_suppressed: int = 0  # rejections logged but not echoed (errors topic rate limit)
+    inputs_redelivered: int = 0  # marked by the broker as sent before (after a crash or reconnect)
+    duplicate_inputs: int = 0  # redelivered inputs the checkpoint already covered, dropped
+    inputs_acknowledged: int = 0  # once a checkpoint covered them
+    checkpoints: int = 0
+    checkpoints_failed: int = 0  # the state file could not be written (nothing acknowledged)
+    outputs_dropped: int = 0  # QoS 0 results published while disconnected
 
 
 def status_text(connected: bool, machines: int, counters: Counters, states: Mapping[str, str],

@@ -1,0 +1,173 @@
+"""Checkpoint, then acknowledge: at least once from a machine's publish to the published results.
+
+The monitor acknowledges its inputs by hand (paho's ``manual_ack``). Every ``interval`` it closes
+an *epoch*: it scores every window still waiting, publishes the results, and takes a snapshot of
+every machine (alarm state and open cut) as the text of the state file. An epoch is *confirmed*
+once the broker has taken all of its results (QoS 1: acknowledged; QoS 0: written to the socket);
+then the newest confirmed snapshot is written to the state file atomically, and only then are the
+epoch's inputs acknowledged.
+
+So after a crash at any moment, the state file covers exactly the inputs that were acknowledged:
+the broker sends the others again, the pipelines resume from the snapshot, and what is redelivered
+but already covered is dropped as a duplicate by its (machine, cut, channel, offset). Results
+published between the last snapshot and the crash come out once more, identical.
+
+An input's packet id belongs to the connection it came on: inputs of an earlier connection are not
+acknowledged (the broker sends them again on the new one, and they are acknowledged then).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+
+from ..core.snapshot import SnapshotError
+from .inbox import Delivery
+
+MAX_UNCONFIRMED = 8  # epochs waiting for the broker: beyond this the current one grows instead
+ARRAY_DTYPES = {"float64": np.float64, "int64": np.int64, "bool": np.bool_}
+
+
+def encode_arrays(value: Any) -> Any:
+    """A snapshot as JSON-able data: every numpy array becomes {"array": dtype, "shape", "data"}
+    with its bytes in base64 (exact, and far faster than a list of numbers)."""
+    if isinstance(value, np.ndarray):
+        name = value.dtype.name
+        if name not in ARRAY_DTYPES:
+            raise TypeError(f"cannot checkpoint an array of {name}")
+        data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
+        return {"array": name, "shape": list(value.shape), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(k): encode_arrays(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_arrays(v) for v in value]
+    return value
+
+
+def decode_arrays(value: Any, where: str = "snapshot") -> Any:
+    """The inverse of :func:`encode_arrays`; :class:`SnapshotError` for an array that does not
+    decode (unknown type, shape and bytes that disagree, bad base64)."""
+    if isinstance(value, dict):
+        if "array" in value and set(value) == {"array", "shape", "data"}:
+            return _array(value, where)
+        return {k: decode_arrays(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_arrays(v, where) for v in value]
+    return value
+
+
+def _array(value: dict, where: str) -> np.ndarray:
+    dtype, shape, data = value["array"], value["shape"], value["data"]
+    if type(dtype) is not str or dtype not in ARRAY_DTYPES or not isinstance(shape, list) or not isinstance(data, str) or any(
+        type(n) is not int or not 0 <= n < 2**31 for n in shape
+    ):
+        raise SnapshotError(f"{where}: not an array")
+    try:
+        raw = base64.b64decode(data.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise SnapshotError(f"{where}: the array's data is not base64 ({exc})") from None
+    kind = np.dtype(ARRAY_DTYPES[dtype]).newbyteorder("<")
+    if len(shape) > 3 or len(raw) != kind.itemsize * math.prod(shape):
+        raise SnapshotError(f"{where}: {len(raw)} bytes do not hold a {dtype} array of shape {shape}")
+    return np.frombuffer(raw, dtype=kind).reshape(shape).astype(ARRAY_DTYPES[dtype])
+
+
+def taken(info: paho.MQTTMessageInfo) -> bool | None:
+    """Whether the broker has taken a published message: True (QoS 1: acknowledged; QoS 0:
+    written to the socket), False (not yet), None (never will be: paho dropped it)."""
+    if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+        return None
+    # paho's is_published() raises for a QoS 1 message published while disconnected, which paho
+    # keeps and sends after reconnecting; its private flag says what we need.
+    return bool(info._published)  # noqa: SLF001
+
+
+@dataclass
+class Epoch:
+    """Inputs applied since the previous checkpoint, the results they led to, and the snapshot
+    that covers them (None: no state file, nothing to write)."""
+
+    acks: list[Delivery] = field(default_factory=list)
+    outputs: list[paho.MQTTMessageInfo] = field(default_factory=list)
+    snapshot: str | None = None
+    closed_at: float = 0.0  # monotonic
+
+    def merge(self, later: "Epoch") -> "Epoch":
+        return Epoch(self.acks + later.acks, self.outputs + later.outputs, later.snapshot, later.closed_at)
+
+
+@dataclass
+class Progress:
+    """What :meth:`Checkpoints.confirm` did."""
+
+    acknowledged: int = 0
+    written: bool = False
+    forgotten: int = 0  # inputs of an earlier connection: the broker sends them again
+
+
+class Checkpoints:
+    """The open epoch and the closed ones waiting for the broker (see the module docstring)."""
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.open = Epoch()
+        self.waiting: deque[Epoch] = deque()
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self.open.acks) + sum(len(e.acks) for e in self.waiting)
+
+    def applied(self, delivery: Delivery) -> None:
+        """An input was applied (or refused): acknowledge it with the next confirmed checkpoint."""
+        if delivery.qos:
+            self.open.acks.append(delivery)
+
+    def published(self, infos: list[paho.MQTTMessageInfo]) -> None:
+        self.open.outputs += infos
+
+    def can_close(self) -> bool:
+        return len(self.waiting) < MAX_UNCONFIRMED
+
+    def close(self, snapshot: str | None, now: float) -> None:
+        """Close the open epoch with ``snapshot``, taken after every window of it was scored."""
+        self.open.snapshot, self.open.closed_at = snapshot, now
+        self.waiting.append(self.open)
+        self.open = Epoch()
+
+    def confirm(self, connection: int, write) -> Progress:
+        """Write the newest epoch the broker has confirmed with ``write(snapshot)`` and acknowledge
+        the inputs of every confirmed epoch that came on ``connection``. When ``write`` raises
+        (OSError), nothing is acknowledged and the epochs wait for the next call."""
+        done = Epoch()
+        n = 0
+        while self.waiting and all(taken(i) is not False for i in self.waiting[0].outputs):
+            done = done.merge(self.waiting.popleft()) if n else self.waiting.popleft()
+            n += 1
+        progress = Progress()
+        if not n:
+            return progress
+        if done.snapshot is not None:
+            try:
+                write(done.snapshot)
+            except BaseException:
+                done.outputs = []  # confirmed already
+                self.waiting.appendleft(done)
+                raise
+            progress.written = True
+        for d in done.acks:
+            if d.connection == connection:
+                self.client.ack(d.mid, d.qos)
+                progress.acknowledged += 1
+            else:
+                progress.forgotten += 1
+        return progress
+
+    def oldest_unacknowledged(self, now: float) -> float:
+        """Seconds since the oldest closed epoch waiting for the broker was closed (0: none)."""
+        return now - self.waiting[0].closed_at if self.waiting else 0.0
