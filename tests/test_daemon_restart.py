@@ -139,7 +139,7 @@ def test_alarm_survives_restart_and_reset_clears_it(broker, model, tmp_path):
 
 def test_broker_restart_mid_replay_loses_no_window(broker, model, tmp_path):
     root, instance = "t-broker", "b1"
-    config = 'machines: "mill-*"\nstatus_interval_s: 1\nqos:\n  score: 1\n'
+    config = 'machines: "mill-*"\nstatus_interval_s: 1\n'  # the default QoS: scores at 1
     status = f"{root}/_monitor/{instance}/status"
     # a persistent dashboard session, so that what is published while it reconnects waits for it
     collector = Collector(broker, [f"{root}/#"], "collector-broker", persistent=True)
@@ -190,3 +190,39 @@ def test_state_file_round_trip_and_problems(tmp_path):
     saved = state.read("model")
     assert saved.alarms == {} and "not JSON, ignored" in saved.problems[0] and "using the retained alarms" in saved.problems[0]
     assert StateFile(None).read("model") == SavedState()
+
+
+def test_a_broker_that_lost_everything_gets_the_alarms_back_on_reconnect(tmp_path_factory, model, tmp_path):
+    """A broker without persistence restarts: sessions and retained messages are gone. The monitor
+    reconnects by itself and puts every machine's alarm state back within 5 s of reconnecting."""
+    from datetime import datetime
+
+    from broker import Broker
+
+    broker = Broker(tmp_path_factory.mktemp("mosquitto-volatile"), persistence=False).start()
+    root, instance = "t-volatile", "v1"
+    collector = Collector(broker, [f"{root}/#"], "collector-volatile")
+    daemon = Daemon(tmp_path, broker, model.bundle, root, instance, 'machines: "mill-*"\nstatus_interval_s: 1\n')
+    daemon.start()
+    try:
+        daemon.wait_online(collector)
+        assert replay_cli(broker, model.archive_path, root).returncode == 0
+        assert collector.wait(lambda: len(collector.on("/summary")) >= len(model.archive.cuts), 60)
+        announced = collector.on("mill-02/alarm")[-1][1]
+        assert announced["state"] == "alarm"
+        collector.close()
+        broker.restart()
+        late = Collector(broker, [f"{root}/+/alarm"], "collector-volatile-2")  # a dashboard after the restart
+        try:
+            assert late.wait(lambda: len(late.on("mill-02/alarm")) > 0, 20), "the alarm did not come back"
+            got = time.time()
+            assert late.on("mill-02/alarm")[-1][1] == announced
+            lost = daemon.events("session_lost")
+            assert lost, "the daemon did not notice the broker lost its session"
+            reconnected = datetime.fromisoformat(daemon.events("subscribed")[-1]["timestamp"]).timestamp()
+            assert got - reconnected < 5.0
+        finally:
+            late.close()
+    finally:
+        daemon.kill()
+        broker.kill()

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping
 
 from .alarm import AlarmTracker
-from .pipeline import MachinePipeline, PipelineSpec
+from .outbound import AlarmMessage
+from .pipeline import MachinePipeline, Output, PipelineSpec
 from .snapshot import SnapshotError
 
 
@@ -98,6 +99,19 @@ class Fleet:
         """Every machine's alarm state as a snapshot (``AlarmTracker.to_dict``), restored or live."""
         out = dict(self._restored)
         out.update({m: p.tracker.to_dict() for m, p in self._pipelines.items()})
+        return out
+
+    def announcements(self, machines: Iterable[str] | None = None) -> list[Output]:
+        """The alarm message of each of ``machines`` (default: every machine with a known state) as
+        it stands: what the retained alarm topic must show."""
+        snapshots = self.snapshots()
+        out = []
+        for machine in sorted(snapshots if machines is None else machines):
+            s = snapshots[machine]
+            message = AlarmMessage(machine=machine, state=str(s.get("state")), since=s.get("since"),
+                                   cut=s.get("cut"), score=s.get("score"), threshold=s.get("threshold"),
+                                   model=self.spec.model_id)
+            out.append(Output(machine, message))
         return out
 
     def states(self) -> dict[str, str]:

@@ -38,8 +38,8 @@ from .. import __version__
 from ..core.alarm import AlarmPolicy
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
-from ..core.outbound import AlarmMessage, StatusMessage, encode
-from ..core.pipeline import Output, PipelineSpec, Step
+from ..core.outbound import StatusMessage, encode
+from ..core.pipeline import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics
 from . import systemd
 from .checkpoint import Checkpoints, encode_arrays
@@ -99,6 +99,7 @@ class Monitor:
         self.watchdog = systemd.WatchdogPinger(systemd.watchdog_interval())
         self._stop = threading.Event()
         self._shown = "online"  # the state the status topic shows
+        self._connections = 0  # connections the main loop has seen
         will = (self.topics.status, encode(self._status("offline")), 1, True)
         delivery = config.delivery
         self.client = make_client(config.broker, will=will, clean_start=False, manual_ack=True,
@@ -155,11 +156,8 @@ class Monitor:
                    if m in self.fleet and self.fleet[m].stream.current is not None}
         if resumed:
             self.log.info("cuts_resumed", cuts=resumed)
-        for machine in stale:  # the retained message disagrees with the state the monitor resumes in
-            t = trackers[machine]
-            message = AlarmMessage(machine=machine, state=t.state.label, since=t.since, cut=t.cut, score=t.score,
-                                   threshold=t.threshold, model=self.model_id)
-            self.outbox.publish([Output(machine, message)])
+        # the retained messages that disagree with the state the monitor resumes in
+        self.outbox.publish(self.fleet.announcements(stale))
 
     # --------------------------------------------------------------------- main loop
 
@@ -227,6 +225,13 @@ class Monitor:
 
     def _on_connected(self, item: Connected) -> None:
         self.log.info("subscribed", session_present=item.session_present)
+        self._connections += 1
+        if self._connections > 1 and not item.session_present:
+            # A broker that lost our session (restarted without persistence) lost its retained
+            # messages too: dashboards must see the alarm states again now, not at our next start.
+            announcements = self.fleet.announcements()
+            self.outbox.publish(announcements)
+            self.log.warning("session_lost", republished=len(announcements))
         self._publish_status()  # back online after a reconnect (the will may have fired)
         systemd.status(self._status_text())
 
