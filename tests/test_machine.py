@@ -302,3 +302,23 @@ def test_windows_carry_their_cut_regime(cuts):
         windows += p.handle(SignalChunk("steel", off, samples), channel=CHANNELS[c]).windows
     windows += p.handle(CutEnd("steel", 36.0, cuts[0].shape[0])).windows
     assert windows and {w.regime for w in windows} == {regime_key(0.75, 0.25, 2)}
+
+
+def test_a_command_with_an_id_already_applied_is_not_applied_again(cuts):
+    p = MachinePipeline("m1", SPEC, AlarmTracker.from_dict(SPEC.policy, SPEC.thresholds, {"state": "alarm"}))
+    first = p.handle(Command("reset", "ann", "r-1"), now=100.0)
+    assert [o.message.state for o in first.outputs] == ["normal"]
+    # the machine alarms again; the same reset delivered once more must not clear that
+    p.tracker = AlarmTracker.from_dict(SPEC.policy, SPEC.thresholds, {"state": "alarm", "since": 150.0})
+    again = p.handle(Command("reset", "ann", "r-1"), now=200.0)
+    assert again.outputs == [] and p.state == Level.ALARM
+    assert [e.name for e in again.events] == ["command_repeated"]
+    assert p.handle(Command("reset", "ann", "r-2"), now=201.0).outputs[0].message.state == "normal"
+
+
+def test_resets_are_rate_limited_per_machine(cuts):
+    p = MachinePipeline("m1", SPEC)
+    p.handle(Command("reset", "ann"), now=100.0)
+    with pytest.raises(ProtocolError, match=r"at most one per 1 s \(limits.min_reset_interval_s\)"):
+        p.handle(Command("reset", "ann"), now=100.5)
+    assert p.handle(Command("reset", "ann"), now=101.5).outputs  # after the interval

@@ -197,6 +197,8 @@ def test_inbound_round_trip_is_exact():
     assert inbound.parse_cut_event(outbound.encode(e)) == e
     cmd = inbound.Command("reset", "operator 7")
     assert inbound.parse_command(outbound.encode(cmd)) == cmd
+    with_id = inbound.Command("reset", "ann", "job-17-tool-3")
+    assert inbound.parse_command(outbound.encode(with_id)) == with_id
 
 
 # ------------------------------------------------------------------- bad input, one by one
@@ -386,6 +388,8 @@ def test_bad_cut_end(samples, reason):
         ({"cmd": "reset", "by": 7}, "by must be a string"),
         ({"cmd": "reset", "by": "a\nb"}, "printable"),
         ({"cmd": "reset", "by": "x" * 65}, "1-64"),
+        ({"cmd": "reset", "by": "x", "id": 5}, "id must be a string of 1-64 printable characters"),
+        ({"cmd": "reset", "by": "x", "id": ""}, "id must be a string"),
     ],
 )
 def test_bad_commands(msg, reason):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,7 +95,8 @@ def cut_messages(
 
 
 def reset_message(root: str, machine: str, by: str = RESET_BY) -> Message:
-    return cmd_topic(root, machine), encode(Command("reset", by))
+    # an id, so that a reset the broker delivers twice (a reconnect) is applied once
+    return cmd_topic(root, machine), encode(Command("reset", by, secrets.token_hex(8)))
 
 
 # ------------------------------------------------------------------------------------ planning

@@ -37,6 +37,7 @@ class Limits(Spec):
     max_cut_samples: int = setting(1_000_000, low=1, high=2**31 - 1)
     max_lead_seconds: float = setting(60.0, low=0.1)  # how far one channel may run ahead of another
     max_machines: int = setting(256, low=1, high=100_000)  # tracked at once: bounds the memory
+    min_reset_interval_s: float = setting(1.0, low=0.0, high=3600.0)  # per machine: a flood of resets is refused
 
 
 DEFAULT_LIMITS = Limits()
@@ -88,9 +89,13 @@ class SignalChunk:
 class Command:
     cmd: str  # "reset"
     by: str
+    id: str | None = None  # set by the sender: a command redelivered with an id already applied is not applied again
 
     def to_dict(self) -> dict:
-        return {"cmd": self.cmd, "by": self.by}
+        out = {"cmd": self.cmd, "by": self.by}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
 
 
 InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
@@ -134,7 +139,11 @@ def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Command:
     by = _get(obj, "by")
     if type(by) is not str or not 1 <= len(by) <= 64 or not by.isprintable():
         raise ProtocolError("by must be a string of 1-64 printable characters naming who reset")
-    return Command(cmd, by)
+    command_id = obj.get("id")
+    if command_id is not None and (type(command_id) is not str or not 1 <= len(command_id) <= 64
+                                   or not command_id.isprintable()):
+        raise ProtocolError("id must be a string of 1-64 printable characters, unique per command")
+    return Command(cmd, by, command_id)
 
 
 #: The payload parser of each input kind (the topic level after the machine id).

@@ -50,6 +50,8 @@ from .stable_region import StableRegionSpec
 from .topics import ProtocolError
 from .windowing import CutWindower, Windows, WindowSpec
 
+REMEMBER_COMMANDS = 64  # command ids kept per machine to refuse a repeat
+
 
 @dataclass(frozen=True)
 class PipelineSpec:
@@ -157,6 +159,8 @@ class MachinePipeline:
         self._outstanding: deque[WindowBatch | _Summarise | _Reset] = deque()
         self._windows_out = 0
         self._records: dict[str, _CutRecord] = {}  # cuts not summarised yet, by id
+        self._commands: deque[str] = deque(maxlen=REMEMBER_COMMANDS)  # ids of the commands applied
+        self._last_reset: float | None = None  # when (the caller's clock)
 
     @property
     def state(self) -> Level:
@@ -185,11 +189,24 @@ class MachinePipeline:
         elif isinstance(message, CutEnd):
             self._end(message, step)
         elif isinstance(message, Command):
-            self._outstanding.append(_Reset(message.by, now))
-            self._drain(step)
+            self._command(message, now, step)
         else:
             raise TypeError(f"not an inbound message: {type(message).__name__}")
         return step
+
+    def _command(self, msg: Command, now: float, step: Step) -> None:
+        if msg.id is not None and msg.id in self._commands:
+            step.events.append(Event("command_repeated", {"id": msg.id, "by": msg.by}))
+            return  # applied already (a redelivery, or the sender trying again)
+        wait = self.spec.limits.min_reset_interval_s
+        if self._last_reset is not None and 0 <= now - self._last_reset < wait:
+            raise ProtocolError(f"reset refused: the last one was {now - self._last_reset:.2f} s ago, at most one "
+                                f"per {wait:g} s (limits.min_reset_interval_s)")
+        self._last_reset = now
+        if msg.id is not None:
+            self._commands.append(msg.id)
+        self._outstanding.append(_Reset(msg.by, now))
+        self._drain(step)
 
     def _start(self, msg: CutStart, step: Step) -> None:
         fs = self.spec.fs
@@ -302,6 +319,8 @@ class MachinePipeline:
             "emitted": 0 if record is None else record.emitted,
             "scores": np.asarray([] if record is None else record.scores, dtype=np.float64),
             "counted": [self._counted_dup, self._counted_gap],
+            "commands": list(self._commands),
+            "last_reset": self._last_reset,
         }
 
     def restore(self, state: object) -> None:
@@ -332,10 +351,16 @@ class MachinePipeline:
             raise SnapshotError(f"{where}.counted: expected [duplicates, gaps]")
         if scores.size != emitted:
             raise SnapshotError(f"{where}: {scores.size} scores for {emitted} windows")
+        commands = snap.texts(state, "commands", where)
+        last_reset = snap.mapping(state, where).get("last_reset")
+        if last_reset is not None:
+            last_reset = snap.number(state, "last_reset", where)
         fresh = MachineStream(self.spec.limits)
         fresh.restore(stream_state, current, where + ".stream")
         if windower is not None and fresh.assembler is not None and windower.pushed != fresh.assembler.emitted:
             raise SnapshotError(f"{where}: the windower has {windower.pushed} samples, the frames {fresh.assembler.emitted}")
+        self._commands.extend(commands[-REMEMBER_COMMANDS:])
+        self._last_reset = last_reset
         self.stream = fresh
         if current is None:
             return
