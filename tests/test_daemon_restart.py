@@ -226,3 +226,17 @@ def test_a_broker_that_lost_everything_gets_the_alarms_back_on_reconnect(tmp_pat
     finally:
         daemon.kill()
         broker.kill()
+
+
+def test_a_retained_sensor_fault_is_not_a_wear_state():
+    """The monitor resumes in the machine's wear state and shows it again; a fault that lasts is
+    detected again from the windows."""
+    from edge_monitor.core.alarm import AlarmPolicy, Thresholds
+    from edge_monitor.service.state import restore_alarm_states
+
+    fault = {"m1": AlarmMessage("m1", "sensor_fault", 9.0, "c", None, None, "model")}
+    args = (lambda m: True, AlarmPolicy(), Thresholds(1.0, 2.0), lambda *a, **k: None)
+    trackers, republish = restore_alarm_states({}, fault, *args)
+    assert trackers["m1"].state.label == "normal" and republish == ["m1"]
+    trackers, republish = restore_alarm_states({"m1": {"state": "alarm", "since": 5.0}}, fault, *args, checkpoint=True)
+    assert trackers["m1"].state.label == "alarm" and republish == ["m1"]

@@ -322,3 +322,27 @@ def test_resets_are_rate_limited_per_machine(cuts):
     with pytest.raises(ProtocolError, match=r"at most one per 1 s \(limits.min_reset_interval_s\)"):
         p.handle(Command("reset", "ann"), now=100.5)
     assert p.handle(Command("reset", "ann"), now=101.5).outputs  # after the interval
+
+
+def test_windows_that_keep_scoring_non_finite_show_a_sensor_fault(cuts):
+    p = MachinePipeline("m1", SPEC)
+    windows, _, _ = stream_cut(p, "c0", cuts[0], np.random.default_rng(3))
+    n = sum(len(b) for b in windows)
+    values = np.full(n, 0.5)
+    values[10:20] = np.inf  # a sensor out of range for 10 windows
+    outputs, at, faults, nonfinite = [], 0, [], 0
+    for b in windows:
+        step = p.scored(b, scores_of(values[at : at + len(b)]))
+        outputs += step.outputs
+        faults += step.faults
+        nonfinite += step.nonfinite_scores
+        at += len(b)
+    assert nonfinite == 10 and len(faults) == 10 and "non-finite" in faults[0]
+    scores = [o.message for o in outputs if isinstance(o.message, ScoreMessage)]
+    assert [s.level for s in scores[10:13]] == ["normal"] * 3  # one or three: not yet a fault
+    assert {s.level for s in scores[13:23]} == {"sensor_fault"}
+    assert {s.level for s in scores[23:]} == {"normal"}  # the fourth finite window in a row clears it
+    alarms = [o.message for o in outputs if isinstance(o.message, AlarmMessage)]
+    assert [(a.state, a.score) for a in alarms] == [("sensor_fault", None), ("normal", None)]
+    summary = outputs[-1].message
+    assert isinstance(summary, SummaryMessage) and summary.windows == n

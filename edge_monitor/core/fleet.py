@@ -106,7 +106,7 @@ class Fleet:
         it stands: what the retained alarm topic must show."""
         snapshots = self.snapshots()
         out = []
-        for machine in sorted(snapshots if machines is None else machines):
+        for machine in sorted(snapshots if machines is None else set(machines) & set(snapshots)):
             s = snapshots[machine]
             message = AlarmMessage(machine=machine, state=str(s.get("state")), since=s.get("since"),
                                    cut=s.get("cut"), score=s.get("score"), threshold=s.get("threshold"),

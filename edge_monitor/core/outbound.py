@@ -16,7 +16,10 @@ from typing import Any, ClassVar, Mapping, Union
 from .channels import CHANNELS
 
 PROTOCOL_VERSION = 1
-LEVELS: tuple[str, ...] = ("normal", "warning", "alarm")
+# A machine's level: its wear state (normal, warning, alarm), or sensor_fault while its windows
+# keep scoring non-finite (values no model can judge: a broken sensor or a scaling fault upstream).
+SENSOR_FAULT = "sensor_fault"
+LEVELS: tuple[str, ...] = ("normal", "warning", "alarm", SENSOR_FAULT)
 
 
 @dataclass(frozen=True)

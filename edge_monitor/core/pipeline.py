@@ -43,7 +43,13 @@ from .inbound import (
     SignalChunk,
     parse_cut_event,
 )
-from .outbound import AlarmMessage, MachineOutput, ScoreMessage, SummaryMessage
+from .outbound import (
+    SENSOR_FAULT,
+    AlarmMessage,
+    MachineOutput,
+    ScoreMessage,
+    SummaryMessage,
+)
 from .scores import WindowScores
 from .snapshot import SnapshotError
 from .stable_region import StableRegionSpec
@@ -51,6 +57,7 @@ from .topics import ProtocolError
 from .windowing import CutWindower, Windows, WindowSpec
 
 REMEMBER_COMMANDS = 64  # command ids kept per machine to refuse a repeat
+FAULT_WINDOWS = 4  # consecutive windows scoring non-finite (or finite again) that raise (or clear) sensor_fault
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,8 @@ class Step:
     gap_samples: int = 0
     events: list[Event] = field(default_factory=list)
     alarm_changed: bool = False  # the alarm state changed (persist it)
+    faults: list[str] = field(default_factory=list)  # problems to report on the errors topic
+    nonfinite_scores: int = 0
 
 
 @dataclass
@@ -160,11 +169,18 @@ class MachinePipeline:
         self._windows_out = 0
         self._records: dict[str, _CutRecord] = {}  # cuts not summarised yet, by id
         self._commands: deque[str] = deque(maxlen=REMEMBER_COMMANDS)  # ids of the commands applied
+        self._fault = False  # sensor_fault shown: the windows keep scoring non-finite
+        self._run = 0  # consecutive windows against the shown fault state (non-finite, or finite in a fault)
         self._last_reset: float | None = None  # when (the caller's clock)
 
     @property
     def state(self) -> Level:
         return self.tracker.state
+
+    @property
+    def level(self) -> str:
+        """What SCADA sees: the wear state, or sensor_fault."""
+        return SENSOR_FAULT if self._fault else self.tracker.state.label
 
     @property
     def outstanding_windows(self) -> int:
@@ -321,6 +337,7 @@ class MachinePipeline:
             "counted": [self._counted_dup, self._counted_gap],
             "commands": list(self._commands),
             "last_reset": self._last_reset,
+            "fault": [self._fault, self._run],
         }
 
     def restore(self, state: object) -> None:
@@ -352,6 +369,9 @@ class MachinePipeline:
         if scores.size != emitted:
             raise SnapshotError(f"{where}: {scores.size} scores for {emitted} windows")
         commands = snap.texts(state, "commands", where)
+        fault = snap.mapping(state, where).get("fault")
+        if not isinstance(fault, list) or len(fault) != 2 or type(fault[0]) is not bool or type(fault[1]) is not int:
+            raise SnapshotError(f"{where}.fault: expected [shown, run]")
         last_reset = snap.mapping(state, where).get("last_reset")
         if last_reset is not None:
             last_reset = snap.number(state, "last_reset", where)
@@ -361,6 +381,7 @@ class MachinePipeline:
             raise SnapshotError(f"{where}: the windower has {windower.pushed} samples, the frames {fresh.assembler.emitted}")
         self._commands.extend(commands[-REMEMBER_COMMANDS:])
         self._last_reset = last_reset
+        self._fault, self._run = fault[0], max(0, fault[1])
         self.stream = fresh
         if current is None:
             return
@@ -382,9 +403,13 @@ class MachinePipeline:
         self._take_outstanding(batch)
         recon, kl, channels = scores.recon.tolist(), scores.kl.tolist(), scores.channels.tolist()
         step = Step()
-        level = self.tracker.state.label  # decided per cut: the same for all of a cut's windows
-        for value, offset, ts, r, k, c in zip(values.tolist(), batch.offsets.tolist(), batch.ts.tolist(),
-                                              recon, kl, channels):
+        finite = np.isfinite(values)
+        calm = finite.all() and not self._fault and not self._run  # the usual case: no fault to follow
+        level = self.level  # the wear state is decided per cut: the same for all of a cut's windows
+        for i, (value, offset, ts, r, k, c) in enumerate(zip(values.tolist(), batch.offsets.tolist(),
+                                                             batch.ts.tolist(), recon, kl, channels)):
+            if not calm:
+                level = self._follow_fault(bool(finite[i]), batch.cut, offset, ts, step)
             message = ScoreMessage(
                 cut=batch.cut, offset=offset, recon=r, kl=k, score=value, channels=dict(zip(CHANNELS, c)),
                 level=level, model=self.spec.model_id, ts=ts,
@@ -393,6 +418,27 @@ class MachinePipeline:
         self._records[batch.cut].scores.extend(values.tolist())
         self._drain(step)
         return step
+
+    def _follow_fault(self, finite: bool, cut: str, offset: int, ts: float, step: Step) -> str:
+        """One window's score on the way to or from sensor_fault; the level to show with it."""
+        if not finite:
+            step.nonfinite_scores += 1
+            step.faults.append(f"cut {cut!r} window at offset {offset} scored non-finite: a sensor value out of "
+                               "range? (the window cannot count towards the alarm)")
+        self._run = self._run + 1 if finite == self._fault else 0
+        if self._run >= FAULT_WINDOWS:
+            self._fault, self._run = not self._fault, 0
+            t = self.tracker
+            if self._fault:
+                alarm = AlarmMessage(self.machine, SENSOR_FAULT, ts, cut, None, None, self.spec.model_id)
+            else:  # back to the wear state, as it stands
+                alarm = AlarmMessage(self.machine, t.state.label, t.since, t.cut, t.score, t.threshold,
+                                     self.spec.model_id)
+            step.outputs.append(Output(self.machine, alarm))
+            step.events.append(Event("sensor_fault" if self._fault else "sensor_fault_cleared",
+                                     {"cut": cut, "offset": offset}, "warning"))
+            step.alarm_changed = True
+        return self.level
 
     def _take_outstanding(self, batch: WindowBatch) -> None:
         head = self._outstanding[0] if self._outstanding else None
@@ -447,7 +493,7 @@ class MachinePipeline:
             stable=record.stable,
             score_median=median,
             score_max=highest,
-            level=self.tracker.state.label,  # after the cut's decision
+            level=self.level,  # after the cut's decision
             judged=self.tracker.judged,
         )
 
@@ -456,7 +502,8 @@ class MachinePipeline:
             machine=self.machine, state=t.new.label, since=t.since, cut=t.cut, score=t.score,
             threshold=t.threshold, model=self.spec.model_id,
         )
-        step.outputs.append(Output(self.machine, alarm))
+        if not self._fault:  # in a sensor fault the alarm topic keeps showing it; the state follows it
+            step.outputs.append(Output(self.machine, alarm))
         step.events.append(Event("alarm", {"state": alarm.state, "cut": alarm.cut, "score": alarm.score,
                                            "threshold": alarm.threshold}, "warning"))
         step.alarm_changed = True

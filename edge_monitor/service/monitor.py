@@ -237,8 +237,13 @@ class Monitor:
 
     def _reject(self, topic: str, reason: str) -> None:
         self.counters.rejected += 1
-        self.log.warning("rejected", topic=topic, reason=reason)
-        if not self.outbox.error(topic, reason):
+        self._report(topic, reason, "rejected")
+
+    def _report(self, topic: str, reason: str, event: str) -> None:
+        """Log a problem and echo it on the errors topic, both within the errors rate limit."""
+        if self.outbox.error(topic, reason):
+            self.log.warning(event, topic=topic, reason=reason)
+        else:
             self.counters.errors_suppressed += 1
 
     def _score_ready(self, force: bool = False) -> None:
@@ -250,9 +255,12 @@ class Monitor:
         """Count, log and publish what a pipeline step did."""
         self.counters.gap_samples += step.gap_samples
         self.counters.duplicate_samples += step.duplicate_samples
+        self.counters.nonfinite_scores += step.nonfinite_scores
         for event in step.events:
             getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
         self.checkpoints.published(self.outbox.publish(step.outputs))
+        for fault in step.faults:
+            self._report(self.topics.machine(machine, "score"), fault, "nonfinite_score")
 
     # --------------------------------------------------------------------- checkpoints
 

@@ -27,7 +27,7 @@ import paho.mqtt.client as paho
 from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds
 from ..core.fleet import Fleet
 from ..core.inbound import Limits, parse_alarm
-from ..core.outbound import AlarmMessage
+from ..core.outbound import SENSOR_FAULT, AlarmMessage
 from ..core.snapshot import SnapshotError
 from ..core.topics import ProtocolError, Topics, machine_id_problem
 from .checkpoint import decode_arrays
@@ -86,6 +86,7 @@ def restore_alarm_states(
     (an event name and fields) and skipped."""
     trackers: dict[str, AlarmTracker] = {}
     republish: list[str] = []
+    saved, retained = dict(saved), dict(retained)
     for machine in sorted(set(saved) | set(retained)):
         problem = machine_id_problem(machine)
         if problem:  # e.g. a state file edited by hand: no topic could carry this machine
@@ -93,6 +94,13 @@ def restore_alarm_states(
             continue
         if not watches(machine):
             continue
+        shown = retained.get(machine)
+        if shown is not None and shown.state == SENSOR_FAULT:
+            # not a wear state: the machine resumes in the one it has; the fault, if it lasts, is
+            # detected again from its windows
+            saved.setdefault(machine, {"state": "normal", "since": None})
+            retained = {m: r for m, r in retained.items() if m != machine}
+            republish.append(machine)
         try:
             chosen, stale = choose_alarm_state(saved.get(machine), retained.get(machine), checkpoint)
             if chosen is None:
@@ -107,7 +115,7 @@ def restore_alarm_states(
                 except ValueError:
                     pass
             continue
-        if stale:  # e.g. a reset whose retained "normal" never reached the broker
+        if stale and machine not in republish:  # e.g. a reset whose retained "normal" never reached the broker
             republish.append(machine)
     return trackers, republish
 

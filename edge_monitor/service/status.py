@@ -24,6 +24,7 @@ class Counters:
     checkpoints: int = 0
     checkpoints_failed: int = 0  # the state file could not be written (nothing acknowledged)
     outputs_dropped: int = 0  # QoS 0 results published while disconnected
+    nonfinite_scores: int = 0  # windows that scored non-finite (reported on the errors topic)
 
 
 def status_text(connected: bool, machines: int, counters: Counters, states: Mapping[str, str],
