@@ -346,3 +346,23 @@ def test_windows_that_keep_scoring_non_finite_show_a_sensor_fault(cuts):
     assert [(a.state, a.score) for a in alarms] == [("sensor_fault", None), ("normal", None)]
     summary = outputs[-1].message
     assert isinstance(summary, SummaryMessage) and summary.windows == n
+
+
+def test_memory_stays_bounded_whatever_the_offsets():
+    """A chunk near the largest offset, and a cut end far past what arrived, used to materialise
+    every lost row of the jump (about 48 MB at 10^6 samples); now a bounded buffer."""
+    import tracemalloc
+
+    p = MachinePipeline("m1", SPEC)
+    p.handle(CutStart("c0", 0.0, SAMPLE_RATE_HZ))
+    p.handle(SignalChunk("c0", 0, np.ones(64)), channel=CHANNELS[0])
+    tracemalloc.start()
+    try:
+        p.handle(SignalChunk("c0", 999_000, np.ones(64)), channel=CHANNELS[1])
+        p.handle(SignalChunk("c0", 999_500, np.ones(64)), channel=CHANNELS[0])
+        step = p.handle(CutEnd("c0", 4000.0, 1_000_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4e6, f"peak {peak / 1e6:.1f} MB"
+    assert step.gap_samples > 0 and not step.windows

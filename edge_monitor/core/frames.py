@@ -39,12 +39,28 @@ from .topics import ProtocolError, StaleInput
 N_CHANNELS = len(CHANNELS)
 
 
+Rows = tuple  # of parts, in order: (k, 6) float64 arrays, and ints that stand for that many lost (all-NaN) rows
+
+
+def materialize(parts: Rows) -> np.ndarray:
+    """The rows as one array (lost runs as NaN rows): for tests and small runs only."""
+    arrays = [p if isinstance(p, np.ndarray) else np.full((p, N_CHANNELS), np.nan) for p in parts]
+    return np.concatenate(arrays) if arrays else _no_frames()
+
+
 @dataclass(frozen=True, eq=False)
 class AddResult:
-    start: int  # cut offset of frames[0]
-    frames: np.ndarray  # (k, 6) float64 rows completed by this chunk, NaN where lost
+    start: int  # cut offset of the first row of parts
+    # The rows completed by this chunk, NaN where lost. A long run of lost rows (a channel that
+    # jumped far ahead, a cut end far past what arrived) is its count, never materialised: memory
+    # stays bounded whatever the offsets.
+    parts: Rows
     duplicate_samples: int  # samples of this chunk ignored as already received
     gap_samples: int  # samples declared lost by this call, over all channels
+
+    @property
+    def frames(self) -> np.ndarray:
+        return materialize(self.parts)
 
 
 @dataclass(frozen=True)
@@ -70,11 +86,15 @@ class CutStats:
 @dataclass(frozen=True, eq=False)
 class FinishResult:
     cut: str
-    start: int  # cut offset of frames[0]
-    frames: np.ndarray  # the last rows of the cut, padded with NaN up to its end
+    start: int  # cut offset of the first row of parts
+    parts: Rows  # the last rows of the cut, padded with NaN up to its end (as in AddResult)
     samples: int  # the cut's length as closed
     stats: CutStats
     aborted: bool = False  # closed by a new cut's start instead of its own end
+
+    @property
+    def frames(self) -> np.ndarray:
+        return materialize(self.parts)
 
 
 class CutAssembler:
@@ -123,19 +143,27 @@ class CutAssembler:
         expected = int(self._expected[c])
         if end <= expected:
             self._dup[c] += n
-            return AddResult(self._emitted, _no_frames(), n, 0)
+            return AddResult(self._emitted, (), n, 0)
         skip = max(0, expected - offset)  # overlap with what this channel already has
         gap = max(0, offset - expected)
         self._dup[c] += skip
         self._gap[c] += gap
         first = offset + skip
+        start = self._emitted
+        # Rows below `first` will get nothing more from this channel: release what that allows
+        # (with the lead rule up to where this chunk ends) before making room, so that the buffer
+        # never spans a jump: it holds at most max(max_lead, chunk) rows whatever the offset.
+        self._expected[c] = first
+        leader = max(int(self._expected.max()), end)
+        gap += self._raise_laggards(min(first, leader - self.max_lead))
+        parts = self._release(int(self._expected.min()))
         self._reserve(end)
         self._buf[first - self._emitted : end - self._emitted, c] = samples[skip:]
         self._expected[c] = end
         self._real_end[c] = end
-        gap += self._enforce_lead()
-        start = self._emitted
-        return AddResult(start, self._release(int(self._expected.min())), skip, gap)
+        gap += self._raise_laggards(int(self._expected.max()) - self.max_lead)
+        parts += self._release(int(self._expected.min()))
+        return AddResult(start, tuple(parts), skip, gap)
 
     def finish(self, total: int) -> FinishResult:
         """The cut is ``total`` samples long: pad every channel up to it with NaN (counted as
@@ -151,11 +179,7 @@ class CutAssembler:
         extra = np.maximum(self._real_end - total, 0)
         rows_past_end = max(0, self._emitted - total)
         start = min(self._emitted, total)
-        if total > self._emitted:
-            self._reserve(total)
-            frames = self._release(total)
-        else:
-            frames = _no_frames()
+        parts = self._release(total)
         self._buf = _no_frames()  # free the buffer: a finished cut holds no samples
         names = CHANNELS
         stats = CutStats(
@@ -166,7 +190,7 @@ class CutAssembler:
             lost_rows=self._lost_rows,
             rows_past_end=rows_past_end,
         )
-        return FinishResult(self.cut, start, frames, total, stats)
+        return FinishResult(self.cut, start, tuple(parts), total, stats)
 
     def to_state(self) -> dict:
         """Everything the assembler needs to go on after a restart (plain data and arrays)."""
@@ -209,8 +233,8 @@ class CutAssembler:
         a._lost_rows = snap.integer(state, "lost_rows", where)
         return a
 
-    def _enforce_lead(self) -> int:
-        floor = int(self._expected.max()) - self.max_lead
+    def _raise_laggards(self, floor: int) -> int:
+        """The max-lead rule: channels behind ``floor`` are declared lost up to it."""
         lag = np.maximum(floor - self._expected, 0)
         if not lag.any():
             return 0
@@ -228,21 +252,30 @@ class CutAssembler:
             self._buf = grown
         self._touched = max(self._touched, rows)
 
-    def _release(self, ready: int) -> np.ndarray:
+    def _release(self, ready: int) -> list:
+        """Hand out rows up to ``ready``: those held in the buffer, then (past what any channel
+        delivered) the count of lost rows."""
         k = ready - self._emitted
         if k <= 0:
-            return _no_frames()
-        frames = self._buf[:k].copy()
-        lost = np.isnan(frames).any(axis=1)
-        if lost.any():
-            frames[lost] = np.nan
-            self._lost_rows += int(lost.sum())
-        keep = max(0, self._touched - k)
-        self._buf[:keep] = self._buf[k : k + keep]  # numpy copes with the overlap
-        self._buf[keep : self._touched] = np.nan
-        self._touched = keep
+            return []
+        parts: list = []
+        held = min(k, self._touched)
+        if held:
+            frames = self._buf[:held].copy()
+            lost = np.isnan(frames).any(axis=1)
+            if lost.any():
+                frames[lost] = np.nan
+                self._lost_rows += int(lost.sum())
+            keep = self._touched - held
+            self._buf[:keep] = self._buf[held : held + keep]  # numpy copes with the overlap
+            self._buf[keep : self._touched] = np.nan
+            self._touched = keep
+            parts.append(frames)
+        if k > held:
+            self._lost_rows += k - held
+            parts.append(k - held)
         self._emitted = ready
-        return frames
+        return parts
 
 
 def _no_frames() -> np.ndarray:

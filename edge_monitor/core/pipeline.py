@@ -255,7 +255,7 @@ class MachinePipeline:
             fields = {"cut": msg.cut, "channel": channel, "offset": msg.offset, "samples": result.gap_samples}
             step.events.append(Event("gap", fields, "warning"))
         assert self._windower is not None
-        self._emit(self._windower.push(result.frames), step)
+        self._emit(self._windower.feed(result.parts), step)
 
     def _end(self, msg: CutEnd, step: Step) -> None:
         closed = self.stream.end(msg)
@@ -271,7 +271,7 @@ class MachinePipeline:
             stats.total_duplicate_samples - self._counted_dup,
             stats.total_gap_samples - self._counted_gap,
         )
-        last = [windower.push(closed.frames), windower.finish()]
+        last = [windower.feed(closed.parts), windower.finish()]
         self._emit(Windows.concat(last, self.spec.window.length, len(CHANNELS)), step)
         record.skipped = stats.lost_rows
         record.stable = windower.stable_span

@@ -20,6 +20,8 @@ from .snapshot import SnapshotError
 from .spec import Spec, setting
 from .stable_region import StableRegionDetector, StableRegionSpec
 
+LOST_SLICE = 4096  # rows of NaN pushed at a time for a long run of lost rows
+
 
 @dataclass(frozen=True)
 class WindowSpec(Spec):
@@ -86,6 +88,18 @@ class CutWindower:
         first = self._detector.decided
         self._detector.push(frames[:, self._channel])
         return self._collect(first)
+
+    def feed(self, parts: tuple) -> Windows:
+        """Push rows given as parts (``frames.AddResult.parts``: arrays, and counts of lost rows,
+        which are pushed as NaN a slice at a time so that memory stays bounded)."""
+        out = []
+        for part in parts:
+            if isinstance(part, np.ndarray):
+                out.append(self.push(part))
+                continue
+            for at in range(0, part, LOST_SLICE):
+                out.append(self.push(np.full((min(LOST_SLICE, part - at), self.n_channels), np.nan)))
+        return Windows.concat(out, self.window.length, self.n_channels)
 
     def finish(self) -> Windows:
         first = self._detector.decided
