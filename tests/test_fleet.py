@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from edge_monitor.core.alarm import AlarmPolicy, Level, Thresholds
@@ -70,3 +71,42 @@ def test_restore_skips_what_it_cannot_use_and_names_stale_retained_alarms():
     assert trackers["a"].state == Level.NORMAL and trackers["e"].state == Level.WARNING
     assert stale == ["a"]  # the retained alarm of "a" disagrees with the state it resumes in
     assert [(e, f["machine"]) for e, f in warnings] == [("alarm_state_ignored", "b/c"), ("alarm_state_ignored", "d")]
+
+
+def test_only_a_cut_start_or_a_known_machine_makes_a_pipeline():
+    from edge_monitor.core.inbound import Command, CutEnd, CutStart, SignalChunk
+
+    fleet = Fleet(SPEC, watches(("*",)), ("*",))
+    fleet.restore({"known": {"state": "alarm", "since": 5.0}})
+    assert "never started" in fleet.refuse("bogus", SignalChunk("c", 0, np.ones(3)))
+    assert "never started" in fleet.refuse("bogus", CutEnd("c", 1.0, 3))
+    assert "has sent no cut yet" in fleet.refuse("bogus", Command("reset", "x"))
+    assert fleet.refuse("known", Command("reset", "x")) is None  # a reset of a restored alarm state
+    assert fleet.refuse("new", CutStart("c", 1.0, SAMPLE_RATE_HZ)) is None
+    assert len(fleet) == 0  # asking creates nothing
+    # a first input that did not open a cut leaves nothing behind; a known machine stays known
+    fleet.pipeline("new")
+    fleet.discard("new")
+    fleet.pipeline("known")
+    fleet.discard("known")
+    assert len(fleet) == 0 and fleet.states() == {"known": "alarm"}
+
+
+def test_silent_cuts_are_closed_and_idle_machines_leave_memory():
+    from edge_monitor.core.inbound import CutStart, SignalChunk
+    from edge_monitor.core.outbound import SummaryMessage
+
+    limits = Limits(max_machines=8, cut_timeout_s=60, idle_machine_s=600)
+    fleet = Fleet(replace(SPEC, limits=limits), watches(("*",)), ("*",))
+    pipe = fleet.pipeline("a")
+    pipe.handle(CutStart("c1", 0.0, SAMPLE_RATE_HZ), now=1000.0)
+    pipe.handle(SignalChunk("c1", 0, np.ones(640)), channel="smcAC", now=1010.0)
+    assert fleet.expire(1060.0) == []  # 50 s quiet
+    [(machine, step)] = fleet.expire(1071.0)
+    assert machine == "a" and not pipe.stream.is_open
+    summaries = [o.message for o in step.outputs if isinstance(o.message, SummaryMessage)]
+    assert [s.cut for s in summaries] == ["c1"]
+    assert any(e.name == "cut_timeout" and "limits.cut_timeout_s" in e.fields["reason"] for e in step.events)
+    assert fleet.expire(1500.0) == [] and "a" in fleet
+    assert fleet.expire(1700.0) == [] and "a" not in fleet  # idle 690 s: gone, its state kept
+    assert fleet.states() == {"a": "normal"} and fleet.refuse("a", SignalChunk("c2", 0, np.ones(3))) is None

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping
 
 from .alarm import AlarmTracker
+from .inbound import Command, CutStart, InboundMessage, SignalChunk
 from .outbound import AlarmMessage
-from .pipeline import MachinePipeline, Output, PipelineSpec
+from .pipeline import MachinePipeline, Output, PipelineSpec, Step
 from .snapshot import SnapshotError
 
 
@@ -28,6 +29,7 @@ class Fleet:
         self.watched = watched  # the configured ids and patterns, for the reason text
         self._pipelines: dict[str, MachinePipeline] = {}
         self._restored: dict[str, dict] = {}  # alarm snapshots waiting for their machine's pipeline
+        self._had_snapshot: set[str] = set()  # pipelines created from a snapshot
 
     def __len__(self) -> int:
         return len(self._pipelines)
@@ -44,7 +46,7 @@ class Fleet:
             raise RuntimeError("alarm states are restored before the first input, not after")
         self._restored = dict(snapshots)
 
-    def resume(self, streams: Mapping[str, object]) -> list[tuple[str, str]]:
+    def resume(self, streams: Mapping[str, object], now: float = 0.0) -> list[tuple[str, str]]:
         """Reopen the cuts that were open at the checkpoint (``MachinePipeline.to_state`` by
         machine), after :meth:`restore`. Returns (machine, problem) for each snapshot that could not
         be used: that machine starts with no open cut (its alarm state is kept)."""
@@ -60,6 +62,7 @@ class Fleet:
                 tracker = AlarmTracker.from_dict(self.spec.policy, self.spec.thresholds, snapshot) if snapshot else None
                 pipe = MachinePipeline(machine, self.spec, tracker)
                 pipe.restore(state)
+                pipe.last_input = now  # the cut's timeout counts from the restart
             except (SnapshotError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
                 # SnapshotError names the field; anything else is a snapshot its checks let through
                 problems.append((machine, f"{type(exc).__name__}: {exc}"[:300]))
@@ -86,12 +89,53 @@ class Fleet:
         return (f"too many machines: this monitor already tracks {len(self._pipelines)}, the limit "
                 f"(configuration key limits.max_machines); {machine!r} is not tracked")
 
+    def refuse(self, machine: str, message: InboundMessage) -> str | None:
+        """Why ``message`` may not create ``machine``'s pipeline, or None. A pipeline is created by a
+        cut start, or by a command for a machine whose alarm state is known: made-up ids sending
+        chunks or commands cannot take the places of real machines."""
+        if self.known(machine) or isinstance(message, CutStart):
+            return self.over_limit(machine)
+        if isinstance(message, Command):
+            return f"{message.cmd} for machine {machine!r}, which has sent no cut yet: nothing to {message.cmd}"
+        kind = "chunk" if isinstance(message, SignalChunk) else "end"
+        return f"{kind} for cut {message.cut!r}, which never started"
+
+    def known(self, machine: str) -> bool:
+        """Whether ``machine`` has a pipeline or an alarm state."""
+        return machine in self._pipelines or machine in self._restored
+
+    def discard(self, machine: str) -> None:
+        """Forget the pipeline that the machine's first input created but did not open (a refused
+        cut start): it holds nothing."""
+        pipe = self._pipelines.get(machine)
+        if pipe is not None and pipe.idle:
+            del self._pipelines[machine]
+            if machine in self._had_snapshot:  # its alarm state was known: it stays known
+                self._restored[machine] = pipe.tracker.to_dict()
+
+    def expire(self, now: float) -> list[tuple[str, Step]]:
+        """Close the cuts with no input for ``limits.cut_timeout_s`` (aborted, with their summary),
+        and let machines idle for ``limits.idle_machine_s`` leave memory (their alarm state stays,
+        as a snapshot). Returns the steps of the cuts closed."""
+        limits = self.spec.limits
+        steps = []
+        for machine, pipe in list(self._pipelines.items()):
+            quiet = now - pipe.last_input
+            if pipe.stream.is_open and quiet >= limits.cut_timeout_s:
+                steps.append((machine, pipe.abort(f"no input for {quiet:.0f} s (limits.cut_timeout_s)")))
+            elif pipe.idle and quiet >= limits.idle_machine_s:
+                self._restored[machine] = pipe.tracker.to_dict()
+                del self._pipelines[machine]
+        return steps
+
     def pipeline(self, machine: str) -> MachinePipeline:
         """The pipeline of ``machine``, created (from its restored alarm state, if any) on first use."""
         pipe = self._pipelines.get(machine)
         if pipe is None:
             snapshot = self._restored.pop(machine, None)
             tracker = AlarmTracker.from_dict(self.spec.policy, self.spec.thresholds, snapshot) if snapshot else None
+            if snapshot:
+                self._had_snapshot.add(machine)
             pipe = self._pipelines[machine] = MachinePipeline(machine, self.spec, tracker)
         return pipe
 

@@ -352,6 +352,12 @@ class MachineStream:
         assert self._assembler is not None
         return self._assembler.add(channel, msg.offset, msg.samples)
 
+    def abort(self) -> FinishResult | None:
+        """Close the open cut (its end never came) at the furthest sample any channel delivered."""
+        if self._assembler is None:
+            return None
+        return self._close(self._assembler.received_end, aborted=True)
+
     def end(self, msg: CutEnd) -> FinishResult | None:
         if msg.cut in self._ended:  # a redelivered end: nothing left to do
             return None

@@ -38,6 +38,8 @@ class Limits(Spec):
     max_lead_seconds: float = setting(60.0, low=0.1)  # how far one channel may run ahead of another
     max_machines: int = setting(256, low=1, high=100_000)  # tracked at once: bounds the memory
     min_reset_interval_s: float = setting(1.0, low=0.0, high=3600.0)  # per machine: a flood of resets is refused
+    cut_timeout_s: float = setting(600.0, low=1.0)  # an open cut with no input this long is closed as aborted
+    idle_machine_s: float = setting(3600.0, low=1.0)  # a machine with no cut open this long leaves memory
 
 
 DEFAULT_LIMITS = Limits()

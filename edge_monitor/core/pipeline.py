@@ -169,6 +169,7 @@ class MachinePipeline:
         self._windows_out = 0
         self._records: dict[str, _CutRecord] = {}  # cuts not summarised yet, by id
         self._commands: deque[str] = deque(maxlen=REMEMBER_COMMANDS)  # ids of the commands applied
+        self.last_input = 0.0  # the caller's clock at the last input (not checkpointed: a restart restarts it)
         self._fault = False  # sensor_fault shown: the windows keep scoring non-finite
         self._run = 0  # consecutive windows against the shown fault state (non-finite, or finite in a fault)
         self._last_reset: float | None = None  # when (the caller's clock)
@@ -196,6 +197,7 @@ class MachinePipeline:
         Raises :class:`ProtocolError` for a message out of sequence (a chunk for a cut that is not
         open, a reused cut id, a wrong sample rate, ...); the pipeline is then unchanged."""
         step = Step()
+        self.last_input = now
         if isinstance(message, SignalChunk):
             if channel is None:
                 raise ValueError("a signal chunk needs its channel")
@@ -209,6 +211,20 @@ class MachinePipeline:
         else:
             raise TypeError(f"not an inbound message: {type(message).__name__}")
         return step
+
+    def abort(self, reason: str) -> Step:
+        """Close the open cut now as aborted (its end never came), with its summary."""
+        step = Step()
+        closed = self.stream.abort()
+        if closed is not None:
+            step.events.append(Event("cut_timeout", {"cut": closed.cut, "reason": reason}, "warning"))
+            self._close(closed, step)
+        return step
+
+    @property
+    def idle(self) -> bool:
+        """No cut open and nothing being scored: the pipeline may leave memory (its tracker stays)."""
+        return not self.stream.is_open and not self._outstanding
 
     def _command(self, msg: Command, now: float, step: Step) -> None:
         if msg.id is not None and msg.id in self._commands:

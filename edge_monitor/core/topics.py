@@ -145,12 +145,13 @@ class Topics:
     status: str = field(init=False)
     errors: str = field(init=False)
     sync: str = field(init=False)  # the private round trip that ends the retained-alarm read-back
+    ping: str = field(init=False)  # the private round trip that shows the network thread delivers
     alarms: str = field(init=False)  # filter: every machine's retained alarm
     inputs: dict[str, str] = field(init=False)  # input kind -> subscription filter
 
     def __post_init__(self) -> None:
         validate_root(self.root)
-        for name, leaf in (("status", "status"), ("errors", "errors"), ("sync", "sync")):
+        for name, leaf in (("status", "status"), ("errors", "errors"), ("sync", "sync"), ("ping", "ping")):
             object.__setattr__(self, name, monitor_topic(self.root, self.instance, leaf))
         object.__setattr__(self, "alarms", alarm_filter(self.root))
         object.__setattr__(self, "inputs", dict(zip(INBOUND_KINDS, inbound_filters(self.root))))

@@ -86,6 +86,9 @@ class Delivery(Spec):
     receive_maximum: int = setting(5000, low=1, high=65535)
     max_queued_inputs: int = setting(5000, low=1, high=1_000_000)  # beyond this, inputs wait at the broker
     degraded_lag_s: float = setting(10.0, low=0.1)  # the status says degraded while inputs wait this long
+    # Connected but its own ping not echoed this long: the MQTT network thread is stuck, and the
+    # process exits (code 1) for systemd to restart it.
+    stall_timeout_s: float = setting(60.0, low=1.0)
 
 
 @dataclass(frozen=True)

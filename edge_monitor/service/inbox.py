@@ -93,8 +93,10 @@ class Inbox:
         self._closed = threading.Event()
         self.connection = 0  # counts connections: deliveries say which one they came on
         self.waited = 0.0  # seconds the network thread waited for room (backpressure), in all
+        self.last_echo = time.monotonic()  # when the network thread last delivered our own ping
         for kind, topic_filter in topics.inputs.items():
             client.message_callback_add(topic_filter, self._receiver(kind))
+        client.message_callback_add(topics.ping, self._on_ping)
         client.on_message = _ignore  # only late retained alarms and sync echoes of the start-up read-back
 
     def subscribe(self, client: paho.Client, session_present: bool) -> None:
@@ -102,7 +104,8 @@ class Inbox:
         # Inputs are never retained; a retained one must not be replayed at every resubscribe.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         self.connection += 1  # before any message of this connection is queued
-        client.subscribe([(f, options) for f in self.topics.inputs.values()])
+        self.last_echo = time.monotonic()
+        client.subscribe([(f, options) for f in self.topics.inputs.values()] + [(self.topics.ping, 0)])
         self._put(self.handlers.connected, Connected(session_present), counts=False)
 
     def get(self, timeout: float) -> Callable[[], None] | None:
@@ -142,6 +145,9 @@ class Inbox:
             def call() -> None:
                 handler(item)
         self._queue.put((time.monotonic(), call))
+
+    def _on_ping(self, client, userdata, message) -> None:  # paho's network thread
+        self.last_echo = time.monotonic()
 
     def _receiver(self, kind: str) -> Callable:
         parse = PAYLOAD_PARSERS[kind]

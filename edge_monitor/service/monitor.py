@@ -38,6 +38,7 @@ from .. import __version__
 from ..core.alarm import AlarmPolicy
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
+from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
 from ..core.pipeline import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics
@@ -61,6 +62,14 @@ IDLE_WAKE = 0.25  # the loop turns at least this often (watchdog, status, batch 
 
 class StartupError(RuntimeError):
     """The daemon cannot start; the message names the thing to fix (exit code 2, no traceback)."""
+
+
+class NetworkStalled(RuntimeError):
+    """The MQTT network thread died or stopped delivering: exit 1, and systemd restarts the
+    service (nothing is lost: what was not acknowledged comes again)."""
+
+
+PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the broker
 
 
 def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:
@@ -100,6 +109,8 @@ class Monitor:
         self._stop = threading.Event()
         self._shown = "online"  # the state the status topic shows
         self._connections = 0  # connections the main loop has seen
+        self._pinged = 0.0  # monotonic time of the last ping to itself
+        self._connected_at = time.monotonic()
         will = (self.topics.status, encode(self._status("offline")), 1, True)
         delivery = config.delivery
         self.client = make_client(config.broker, will=will, clean_start=False, manual_ack=True,
@@ -148,7 +159,7 @@ class Monitor:
         saved = self.state_file.read(self.model_id)
         for problem in saved.problems:
             self.log.warning("state_file_ignored", reason=problem)
-        trackers, stale = resume(self.fleet, saved, retained, self.log.warning)
+        trackers, stale = resume(self.fleet, saved, retained, self.log.warning, time.time())
         for machine, tracker in trackers.items():
             self.log.info("alarm_state_restored", machine=machine, state=tracker.state.label, since=tracker.since)
         self._touched.update(m for m in saved.streams if m in self.fleet)
@@ -182,6 +193,8 @@ class Monitor:
             self._score_ready()
             now = time.monotonic()
             if now >= next_checkpoint:
+                self._check_network(now)
+                self._expire()
                 self._checkpoint()
                 self._watch_backlog()
                 next_checkpoint = now + checkpoint_every
@@ -196,13 +209,21 @@ class Monitor:
         self.counters.inputs_redelivered += item.delivery.dup
         self.checkpoints.applied(item.delivery)  # acknowledged with the next checkpoint, whatever it did
         machine = item.where.machine
-        refusal = self.fleet.over_limit(machine)  # the inbox refused unwatched machines already
+        created = machine not in self.fleet
+        if isinstance(item.message, Command) and not self.fleet.known(machine):
+            # a new tool before the machine's first cut: its state is normal already, and a
+            # made-up id must not get a pipeline nor a retained alarm
+            self.log.info("reset_of_new_machine", machine=machine, by=item.message.by)
+            return
+        refusal = self.fleet.refuse(machine, item.message)  # the inbox refused unwatched machines already
         if refusal:
             self._reject(item.topic, refusal)
             return
         try:
             step = self.fleet.pipeline(machine).handle(item.message, channel=item.where.channel, now=time.time())
         except StaleInput as exc:
+            if created:
+                self.fleet.discard(machine)
             if item.delivery.dup:  # sent again after a crash or reconnect; the checkpoint has it
                 self.counters.duplicate_inputs += 1
                 self.log.debug("duplicate", machine=machine, topic=item.topic, reason=exc.reason)
@@ -210,6 +231,8 @@ class Monitor:
                 self._reject(item.topic, exc.reason)
             return
         except ProtocolError as exc:
+            if created:
+                self.fleet.discard(machine)
             self._reject(item.topic, exc.reason)
             return
         self._touched.add(machine)
@@ -226,6 +249,7 @@ class Monitor:
     def _on_connected(self, item: Connected) -> None:
         self.log.info("subscribed", session_present=item.session_present)
         self._connections += 1
+        self._connected_at = time.monotonic()
         if self._connections > 1 and not item.session_present:
             # A broker that lost our session (restarted without persistence) lost its retained
             # messages too: dashboards must see the alarm states again now, not at our next start.
@@ -261,6 +285,32 @@ class Monitor:
         self.checkpoints.published(self.outbox.publish(step.outputs))
         for fault in step.faults:
             self._report(self.topics.machine(machine, "score"), fault, "nonfinite_score")
+
+    def _check_network(self, now: float) -> None:
+        """Raise :class:`NetworkStalled` when paho's network thread died, or when connected but
+        its own ping has not come back for ``delivery.stall_timeout_s``."""
+        thread = getattr(self.client, "_thread", None)  # paho keeps its loop thread private
+        if thread is None or not thread.is_alive():
+            raise NetworkStalled("the MQTT network thread is not running")
+        if not self.client.is_connected():
+            return  # paho reconnects by itself; the will says offline meanwhile
+        if now - self._pinged >= PING_EVERY:
+            self.client.publish(self.topics.ping, b"", qos=0)
+            self._pinged = now
+        silent = now - max(self.inbox.last_echo, self._connected_at)
+        if silent > self.config.delivery.stall_timeout_s:
+            raise NetworkStalled(f"connected, but the monitor's own ping has not come back for {silent:.0f} s: "
+                                 "the MQTT network thread is stuck")
+
+    def _expire(self) -> None:
+        """Close cuts whose input stopped; let idle machines leave memory."""
+        for machine, step in self.fleet.expire(time.time()):
+            self._touched.add(machine)
+            self.scoring.add(step.windows, time.monotonic())
+            self._apply(machine, step)
+        for machine in list(self._stream_texts):
+            if machine not in self.fleet:  # left memory: no open cut to keep (its alarm state stays)
+                del self._stream_texts[machine]
 
     # --------------------------------------------------------------------- checkpoints
 
@@ -393,5 +443,10 @@ def run(config: Config) -> int:
         signal.signal(sig, lambda signum, frame: monitor.stop())
     systemd.status(f"connecting to the broker {config.broker.address}")
     monitor.start()
-    monitor.run()
+    try:
+        monitor.run()
+    except NetworkStalled as exc:
+        log.error("network_stalled", reason=str(exc), exit_code=1)
+        systemd.status(f"exiting: {exc}")
+        return 1
     return 0

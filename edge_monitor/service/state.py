@@ -130,8 +130,8 @@ class SavedState:
     problems: list[str] = field(default_factory=list)  # what could not be used, to log
 
 
-def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], warn: Callable[..., Any]
-           ) -> tuple[dict[str, AlarmTracker], list[str]]:
+def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], warn: Callable[..., Any],
+           now: float = 0.0) -> tuple[dict[str, AlarmTracker], list[str]]:
     """Bring ``fleet`` back to where the state file and the retained alarms leave it: every
     machine's alarm state, and the cuts that were open at the checkpoint. Returns the trackers
     restored and the machines whose retained alarm must be republished. Whatever the file holds,
@@ -140,7 +140,7 @@ def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], w
     trackers, stale = restore_alarm_states(saved.alarms, retained, fleet.watches, spec.policy, spec.thresholds,
                                            warn, checkpoint=saved.checkpoint)
     fleet.restore({m: t.to_dict() for m, t in trackers.items()})
-    for machine, problem in fleet.resume(saved.streams):
+    for machine, problem in fleet.resume(saved.streams, now):
         warn("open_cut_not_resumed", machine=str(machine)[:64], reason=problem)
     return trackers, stale
 
