@@ -283,7 +283,7 @@ if [ "$need_users" = 1 ]; then
   CHANGED_BROKER=1
   CHANGED_SERVICE=1
 else
-  say "unchanged broker users in $MOSQ_DIR/passwd (add machines: $SHARE/mosquitto/make-users.sh MACHINE)"
+  say "unchanged broker users in $MOSQ_DIR/passwd (add machines: $SHARE/mosquitto/make-users.sh --no-replay MACHINE)"
 fi
 # A test CA for a first install: a production box puts its plant's certificates there instead.
 if [ -f "$MOSQ_DIR/certs/server.crt" ] && [ -f "$MOSQ_DIR/certs/server.key" ]; then

@@ -79,3 +79,25 @@ def test_inputs_are_routed_by_kind_and_unwatched_machines_are_not_decoded(broker
     assert inputs[2].reason == "unknown machine 'lathe-1'"
     assert inputs[3].reason.startswith("payload is not JSON")
     assert "wrong topic depth for signal" in inputs[4].reason
+
+
+def test_the_errors_topic_echoes_a_bounded_part_of_a_bad_input(module_broker):
+    from daemon_support import Collector
+
+    from edge_monitor.service.config import ErrorsRate, OutputQos
+    from edge_monitor.service.outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox
+
+    topics = Topics("t-clip", "i1")
+    watcher = Collector(module_broker, [topics.errors], "collector-clip")
+    sender = Collector(module_broker, [], "outbox-clip")
+    try:
+        outbox = Outbox(sender.client, topics, OutputQos(), ErrorsRate())
+        assert outbox.error("t-clip/" + "x" * 60_000, "reason " + "y" * 5000)
+        assert watcher.wait(lambda: watcher.on("/errors"), 5)
+        body = watcher.on("/errors")[0][1]
+        assert len(body["topic"]) == MAX_TOPIC_ECHO and body["topic"].endswith("…")
+        assert len(body["reason"]) == MAX_REASON
+        assert len(json.dumps(body)) < 1000
+    finally:
+        watcher.close()
+        sender.close()

@@ -48,7 +48,7 @@ from .config import Config
 from .inbox import Connected, Handlers, Inbox, Received, Rejected
 from .logging import get_logger
 from .mqtt import BrokerError, connect, disconnect, make_client
-from .outbox import Outbox
+from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
 from .scoring import Scoring
 from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
@@ -266,7 +266,7 @@ class Monitor:
     def _report(self, topic: str, reason: str, event: str) -> None:
         """Log a problem and echo it on the errors topic, both within the errors rate limit."""
         if self.outbox.error(topic, reason):
-            self.log.warning(event, topic=topic, reason=reason)
+            self.log.warning(event, topic=clip(topic, MAX_TOPIC_ECHO), reason=clip(reason, MAX_REASON))
         else:
             self.counters.errors_suppressed += 1
 

@@ -19,6 +19,14 @@ from ..core.topics import Topics
 from .config import ErrorsRate, OutputQos
 
 
+MAX_TOPIC_ECHO = 200  # characters of a bad input's topic echoed on the errors topic and in the log
+MAX_REASON = 400
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Outbox:
     def __init__(self, client: paho.Client, topics: Topics, qos: OutputQos, errors: ErrorsRate) -> None:
         self.client, self.topics, self.qos = client, topics, qos
@@ -42,9 +50,10 @@ class Outbox:
         return self.client.publish(self.topics.status, encode(message), qos=self.qos.status, retain=message.retain)
 
     def error(self, topic: str, reason: str) -> bool:
-        """Echo a rejected input on the errors topic unless the rate limit holds it back (False)."""
+        """Echo a rejected input on the errors topic unless the rate limit holds it back (False).
+        The topic and the reason are cut short (a topic may be 64 KiB of anything)."""
         if not self._errors.allow(time.monotonic()):
             return False
-        message = ErrorMessage(topic=topic, reason=reason, ts=time.time())
+        message = ErrorMessage(topic=clip(topic, MAX_TOPIC_ECHO), reason=clip(reason, MAX_REASON), ts=time.time())
         self.client.publish(self.topics.errors, encode(message), qos=0, retain=message.retain)
         return True
