@@ -89,7 +89,9 @@ class Inbox:
         self.unwatched = unwatched  # why a machine's inputs are not ours (None: they are); thread-safe
         self.handlers = handlers
         self._queue: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
+        self.max_queued = max_queued
         self._room = threading.Semaphore(max_queued)  # inputs the queue may still take
+        self._full_since: float | None = None  # since when input waits at the broker (the queue is full)
         self._closed = threading.Event()
         self.connection = 0  # counts connections: deliveries say which one they came on
         self.waited = 0.0  # seconds the network thread waited for room (backpressure), in all
@@ -119,10 +121,13 @@ class Inbox:
     def qsize(self) -> int:
         return self._queue.qsize()
 
-    def oldest_age(self, now: float) -> float:
-        """Seconds the oldest queued input has waited (0 when none waits)."""
+    def lag(self, now: float) -> float:
+        """How far behind the monitor is, in seconds: the age of the oldest queued input, or, while
+        the queue is full and input waits at the broker, how long that has lasted (0: keeping up)."""
         with self._queue.mutex:
-            return max(0.0, now - self._queue.queue[0][0]) if self._queue.queue else 0.0
+            oldest = now - self._queue.queue[0][0] if self._queue.queue else 0.0
+        full = self._full_since
+        return max(0.0, oldest, 0.0 if full is None else now - full)
 
     def close(self) -> None:
         """Stop taking inputs (shutting down): a network thread waiting for room drops what it
@@ -131,8 +136,12 @@ class Inbox:
 
     def _put(self, handler: Callable, item: object, counts: bool = True) -> None:
         if counts:
+            if self._full_since is not None and self._queue.qsize() < self.max_queued // 2:
+                self._full_since = None  # caught up
             if not self._room.acquire(blocking=False):
                 started = time.monotonic()
+                if self._full_since is None:
+                    self._full_since = started
                 while not self._room.acquire(timeout=0.1):
                     if self._closed.is_set():
                         return

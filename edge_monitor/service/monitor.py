@@ -352,24 +352,26 @@ class Monitor:
     def _backlog(self) -> dict[str, float]:
         """How far behind the monitor is: the age of the oldest input waiting to be processed,
         inputs waiting, and inputs processed but not acknowledged yet."""
-        return {"lag_s": self.inbox.oldest_age(time.monotonic()), "queued": self.inbox.qsize(),
+        return {"lag_s": self.inbox.lag(time.monotonic()), "queued": self.inbox.qsize(),
                 "unacknowledged": self.checkpoints.unacknowledged}
 
     def _publish_status(self, state: str | None = None):
         state = state or self._state()
+        if state != self._shown and "offline" not in (state, self._shown):
+            getattr(self.log, "warning" if state == "degraded" else "info")(
+                "degraded" if state == "degraded" else "caught_up", **self._backlog())
         self._shown = state
         self.counters.outputs_dropped = self.outbox.dropped
         return self.outbox.status(self._status(state, counters=True))
 
     def _state(self) -> str:
-        behind = self.inbox.oldest_age(time.monotonic()) >= self.config.delivery.degraded_lag_s
+        behind = self.inbox.lag(time.monotonic()) >= self.config.delivery.degraded_lag_s
         return "degraded" if behind else "online"
 
     def _watch_backlog(self) -> None:
         """Publish the status as soon as the monitor falls behind or catches up."""
         state = self._state()
         if state != self._shown:
-            getattr(self.log, "warning" if state == "degraded" else "info")(state, **self._backlog())
             self._publish_status(state)
 
     def _refresh(self) -> None:

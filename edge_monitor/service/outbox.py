@@ -18,7 +18,6 @@ from ..core.ratelimit import TokenBucket
 from ..core.topics import Topics
 from .config import ErrorsRate, OutputQos
 
-
 MAX_TOPIC_ECHO = 200  # characters of a bad input's topic echoed on the errors topic and in the log
 MAX_REASON = 400
 
