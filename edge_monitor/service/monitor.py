@@ -314,9 +314,10 @@ class Monitor:
 
     # --------------------------------------------------------------------- checkpoints
 
-    def _checkpoint(self) -> None:
-        """Close an epoch: score what waits, then snapshot every machine (see :mod:`.checkpoint`)."""
-        if not self.checkpoints.open.acks or not self.checkpoints.can_close():
+    def _checkpoint(self, always: bool = False) -> None:
+        """Close an epoch: score what waits, then snapshot every machine (see :mod:`.checkpoint`).
+        Only when inputs wait for it, unless ``always`` (shutting down: the file is written)."""
+        if not (always or self.checkpoints.open.acks) or not self.checkpoints.can_close():
             return
         while len(self.scoring):
             self._score_ready(force=True)
@@ -393,7 +394,7 @@ class Monitor:
         self.inbox.close()
         self.log.info("stopping", pending=len(self.scoring), queued=self.inbox.qsize(),
                       unacknowledged=self.checkpoints.unacknowledged)
-        self._checkpoint()
+        self._checkpoint(always=True)
         until = time.monotonic() + PUBLISH_WAIT
         while self.checkpoints.waiting and time.monotonic() < until and self.client.is_connected():
             self._confirm()
