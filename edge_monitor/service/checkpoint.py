@@ -146,7 +146,17 @@ class Checkpoints:
         (OSError), nothing is acknowledged and the epochs wait for the next call."""
         done = Epoch()
         n = 0
-        while self.waiting and all(taken(i) is not False for i in self.waiting[0].outputs):
+        while self.waiting:
+            head = self.waiting[0]
+            # the broker acknowledges in order, mostly: drop what it has from the front, so that
+            # each loop turn looks at a few messages rather than the whole epoch's
+            outputs = head.outputs
+            i = 0
+            while i < len(outputs) and taken(outputs[i]) is not False:
+                i += 1
+            del outputs[:i]
+            if outputs:
+                break
             done = done.merge(self.waiting.popleft()) if n else self.waiting.popleft()
             n += 1
         progress = Progress()
@@ -156,8 +166,7 @@ class Checkpoints:
             try:
                 write(done.snapshot)
             except BaseException:
-                done.outputs = []  # confirmed already
-                self.waiting.appendleft(done)
+                self.waiting.appendleft(done)  # its outputs are confirmed already
                 raise
             progress.written = True
         for d in done.acks:

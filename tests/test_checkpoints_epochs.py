@@ -1,0 +1,44 @@
+"""The epochs of checkpoint-then-acknowledge, against a real broker: inputs are acknowledged only
+after the results of their epoch are with the broker and the snapshot is written; a snapshot that
+cannot be written holds every acknowledgement back; inputs of an earlier connection are forgotten."""
+
+from __future__ import annotations
+
+import time
+
+from daemon_support import Collector
+
+from edge_monitor.service.checkpoint import Checkpoints
+from edge_monitor.service.inbox import Delivery
+
+
+def test_acknowledged_after_results_and_snapshot(module_broker):
+    collector = Collector(module_broker, [], "epochs-1")
+    client = collector.client
+    checkpoints = Checkpoints(client)
+    sent = []
+    client.ack = lambda mid, qos: sent.append(mid)  # which packet ids it acknowledges, and when
+    checkpoints.applied(Delivery(11, 1, False, 1))
+    checkpoints.applied(Delivery(0, 0, False, 1))  # QoS 0: nothing to acknowledge
+    checkpoints.published([client.publish("t-epochs/a", b"x", qos=1) for _ in range(50)])
+    checkpoints.close("snapshot-1", time.monotonic())
+    checkpoints.applied(Delivery(12, 1, True, 0))  # came on an earlier connection
+    checkpoints.close("snapshot-2", time.monotonic())
+    written: list[str] = []
+
+    def fail(text):
+        raise OSError("disk full")
+
+    deadline = time.monotonic() + 5
+    while checkpoints.waiting and time.monotonic() < deadline:
+        try:
+            checkpoints.confirm(1, fail)
+        except OSError:
+            break
+        time.sleep(0.01)
+    assert sent == [] and checkpoints.unacknowledged == 2  # nothing acknowledged without the file
+    progress = checkpoints.confirm(1, written.append)
+    assert written == ["snapshot-2"]  # the newest confirmed snapshot only
+    assert sent == [11] and progress.acknowledged == 1 and progress.forgotten == 1
+    assert checkpoints.unacknowledged == 0 and not checkpoints.waiting
+    collector.close()
