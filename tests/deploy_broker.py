@@ -46,7 +46,8 @@ class DeployBroker(Broker):
     (e.g. a bridge); ``port`` is the loopback listener, ``tls_port`` the TLS one."""
 
     def __init__(self, workdir: Path, machines: tuple[str, ...], *, root: str = "mill",
-                 conf_d: dict[str, str] | None = None) -> None:
+                 conf_d: dict[str, str] | None = None, dashboards: tuple[str, ...] = (),
+                 extra_users: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.root = root
         self.tls_port = free_port()
@@ -56,10 +57,13 @@ class DeployBroker(Broker):
         self.conf_d = self.workdir / "conf.d"
         self.data = self.workdir / "data"
         self.ca_output = run_script("make-test-ca.sh", "--broker-group", "", str(self.certs))
+        boards = [arg for d in dashboards for arg in ("--dashboard", d)]
         self.users_output = run_script(
             "make-users.sh", "--confdir", str(self.etc), "--secrets", str(self.secrets), "--root", root,
-            "--broker-group", "", *machines,
+            "--broker-group", "", *boards, *machines,
         )
+        for user, role in (extra_users or {}).items():
+            self._add_user(user, role)
         self.conf_d.mkdir()
         self.data.mkdir()
         template = (DEPLOY / "edge-monitor.conf").read_text()
@@ -67,6 +71,24 @@ class DeployBroker(Broker):
         (self.conf_d / "edge-monitor.conf").write_text(self.rendered)
         for name, text in (conf_d or {}).items():
             (self.conf_d / name).write_text(text)
+
+    def _add_user(self, user: str, role: str) -> None:
+        """A test instrument: ``user`` with the rights of ``role`` (the broker takes a client's id
+        from its user name, so two connections with one role at once need two users)."""
+        password = f"{user}-secret"
+        self.password_file(user).write_text(password + "\n")
+        subprocess.run(["mosquitto_passwd", "-b", str(self.etc / "passwd"), user, password],
+                       check=True, capture_output=True, timeout=30)
+        acl = (self.etc / "acl").read_text().splitlines()
+        start = acl.index(f"user {role}")
+        rights = []
+        for line in acl[start + 1:]:
+            if line.startswith("user "):
+                break
+            if line.startswith("topic "):
+                rights.append(line)
+        with open(self.etc / "acl", "a") as f:
+            f.write("\n".join(["", f"user {user}", *rights]) + "\n")
 
     def _write_conf(self) -> None:
         # What Debian's main configuration holds, plus `user` (started as root, mosquitto would

@@ -14,6 +14,7 @@ import dataclasses
 import getpass
 import itertools
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -95,7 +96,9 @@ def edge(tmp_path_factory, central):
         "BOX": BOX, "ROOT": ROOT, "CENTRAL_HOST": "localhost", "CENTRAL_PORT": central.tls_port,
         "CENTRAL_CA": central.certs / "ca.crt", "CENTRAL_USER": CENTRAL_USER, "CENTRAL_PASSWORD": central.password,
     })
-    b = DeployBroker(tmp_path_factory.mktemp("edge-broker"), MACHINES, root=ROOT, conf_d={"bridge.conf": bridge})
+    # One connection per user (use_username_as_clientid): clients that run at once get users of their own.
+    b = DeployBroker(tmp_path_factory.mktemp("edge-broker"), MACHINES, root=ROOT, conf_d={"bridge.conf": bridge},
+                     dashboards=("observe", "late", "operator"), extra_users={"observe-monitor": "edge-monitor"})
     b.start()
     try:
         yield b
@@ -166,8 +169,8 @@ def mqtt311_client(broker: DeployBroker, user: str) -> paho.Client:
 def observers(edge):
     """Readers that together may read every topic under the root: the monitor's user (inputs,
     alarms, _monitor) and SCADA's over TLS (outputs)."""
-    inputs = Observer(edge.settings("edge-monitor", cid("observe-monitor")), [f"{ROOT}/#"])
-    outputs = Observer(edge.settings("scada", cid("observe-scada"), tls=True), [f"{ROOT}/#"])
+    inputs = Observer(edge.settings("observe-monitor", cid("observe-monitor")), [f"{ROOT}/#"])
+    outputs = Observer(edge.settings("scada-observe", cid("observe-scada"), tls=True), [f"{ROOT}/#"])
     try:
         yield inputs, outputs
     finally:
@@ -347,6 +350,28 @@ def test_tls_needs_the_ca_and_carries_credentials(edge):
             context.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
+def test_no_user_can_take_over_the_monitors_session(edge):
+    """The broker takes every client's id from its user name: a dashboard that asks for the
+    monitor's client id gets its own, and the monitor stays connected with its session."""
+    monitor = make_client(edge.settings("edge-monitor", "edge-monitor-edge-1", session_expiry=600), clean_start=False)
+    connect(monitor)
+    try:
+        intruder = Publisher5(edge.settings("scada", "edge-monitor-edge-1", tls=True))
+        try:
+            time.sleep(0.5)
+            assert monitor.is_connected()
+            log = edge.log.read_text()
+            assert re.search(r"as scada \(", log) and not re.search(r"as edge-monitor-edge-1 ", log)
+        finally:
+            intruder.close()
+        # a second connection of the monitor's own user takes the first one's place (one per user)
+        second = make_client(edge.settings("edge-monitor", "anything", session_expiry=600), clean_start=False)
+        assert connect(second).session_present  # the monitor's session, under its user name
+        disconnect(second)
+    finally:
+        disconnect(monitor)
+
+
 def test_the_monitor_session_keeps_more_than_the_default_1000_messages(edge):
     """Mosquitto's default queue (1000) would drop a third of these silently."""
     n = 1500
@@ -478,7 +503,7 @@ def test_the_monitor_works_end_to_end_under_the_acl(edge, model, tmp_path):
         assert daemon.events("rejected") == []
 
         # A dashboard that starts now gets the current state at once (retained).
-        late = Observer(dataclasses.replace(scada, client_id=cid("late-dashboard")), [f"{ROOT}/+/alarm"])
+        late = Observer(edge.settings("scada-late", cid("late-dashboard"), tls=True), [f"{ROOT}/+/alarm"])
         try:
             assert late.wait(lambda: late.messages)
             topic, body, retained = late.messages[0]
@@ -487,7 +512,7 @@ def test_the_monitor_works_end_to_end_under_the_acl(edge, model, tmp_path):
             late.close()
 
         # The shift lead changes the tool and resets from the dashboard, over TLS.
-        operator = Publisher5(dataclasses.replace(scada, client_id=cid("operator")))
+        operator = Publisher5(edge.settings("scada-operator", cid("operator"), tls=True))
         try:
             assert operator.publish(f"{ROOT}/mill-02/cmd", b'{"cmd": "reset", "by": "shift-lead"}') == "Success"
         finally:

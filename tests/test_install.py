@@ -221,8 +221,8 @@ def test_the_installed_daemon_runs_with_the_installed_broker(installed, ports, t
     try:
         ready = listener.wait_for("READY=1", 90)
         assert ready is not None, f"no READY=1 within 90 s:\n{log.read_text()[-3000:]}{broker.log_tail()}"
-        # it signed in with the installed credentials on the installed listener
-        assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as edge-monitor-edge-1 .*u'edge-monitor'",
+        # it signed in with the installed credentials on the installed listener (its client id is its user)
+        assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as edge-monitor .*u'edge-monitor'",
                          broker.log.read_text())
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, log.read_text()[-3000:]

@@ -3,8 +3,10 @@
 #
 #   make-users.sh [options] [MACHINE ...]
 #
-# Users: edge-monitor (the monitor), scada (dashboards), replay (demo only; see --no-replay) and
-# daq-<MACHINE> for each machine's data acquisition. Each user's password is generated once and
+# Users: edge-monitor (the monitor), scada (a dashboard), scada-<NAME> for each further dashboard
+# (--dashboard), replay (demo only; see --no-replay) and daq-<MACHINE> for each machine's data
+# acquisition. The broker takes each client's id from its user name (use_username_as_clientid):
+# one connection per user at a time, so every dashboard needs its own user. Each user's password is generated once and
 # kept in SECRETS/<user>.password (one line, mode 0600: readable by its owner only); the monitor's
 # is the file that config.yaml's broker.password_file names. From those files the script writes
 # CONFDIR/passwd (hashed with mosquitto_passwd) and CONFDIR/acl (the acl template next to this
@@ -21,6 +23,8 @@
 #   --root ROOT          topic root, the monitor's topic_root (default mill)
 #   --no-replay          no demo user: deletes `replay` if present (production boxes)
 #   --remove MACHINE     delete daq-MACHINE and its ACL block (its password file too); repeatable
+#   --dashboard NAME     a further dashboard user scada-NAME with the rights of scada; repeatable
+#   --remove-dashboard NAME  delete scada-NAME (its password file too); repeatable
 #   --monitor-owner U[:G]  chown the monitor's password file to the service user
 #   --broker-group G     group that may read passwd and acl (mode 0640). Default: mosquitto when
 #                        that group exists and the script runs as root (the broker drops to that
@@ -37,6 +41,8 @@ MONITOR_OWNER=
 BROKER_GROUP=auto
 MACHINES=()
 REMOVE=()
+DASHBOARDS=()
+REMOVE_DASHBOARDS=()
 
 die() { echo "make-users.sh: $*" >&2; exit 2; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -48,6 +54,8 @@ while [ $# -gt 0 ]; do
     --root) ROOT=${2:?--root needs a topic root}; shift 2 ;;
     --no-replay) REPLAY=0; shift ;;
     --remove) REMOVE+=("${2:?--remove needs a machine id}"); shift 2 ;;
+    --dashboard) DASHBOARDS+=("${2:?--dashboard needs a name}"); shift 2 ;;
+    --remove-dashboard) REMOVE_DASHBOARDS+=("${2:?--remove-dashboard needs a name}"); shift 2 ;;
     --monitor-owner) MONITOR_OWNER=${2:?--monitor-owner needs USER or USER:GROUP}; shift 2 ;;
     --broker-group) BROKER_GROUP=${2?--broker-group needs a group (or '' for none)}; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -63,6 +71,9 @@ command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd not found: insta
 valid_machine() { [[ $1 =~ ^[A-Za-z0-9_-]{1,64}$ && $1 != _monitor ]]; }
 for m in "${MACHINES[@]}" "${REMOVE[@]}"; do
   valid_machine "$m" || die "machine id '$m' is not 1-64 characters of A-Z a-z 0-9 _ - (and not _monitor)"
+done
+for d in "${DASHBOARDS[@]}" "${REMOVE_DASHBOARDS[@]}"; do
+  [[ $d =~ ^[A-Za-z0-9_-]{1,57}$ ]] || die "dashboard name '$d' is not 1-57 characters of A-Z a-z 0-9 _ -"
 done
 [[ -n $ROOT && $ROOT != */ && $ROOT != /* && $ROOT != *//* && $ROOT != *[+#]* && $ROOT != *[[:space:]]* ]] ||
   die "topic root '$ROOT' must be levels separated by '/', without '+', '#', spaces or empty levels"
@@ -82,21 +93,27 @@ umask 077
 WORK=$(mktemp -d "$CONFDIR/.make-users.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-managed() { [[ $1 == edge-monitor || $1 == scada || $1 == replay || $1 == daq-* ]]; }
+managed() { [[ $1 == edge-monitor || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
 in_list() { local x=$1; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
 
 # Machines: those of the current password file, plus the arguments, minus --remove; sorted.
 if [ -f "$PASSWD" ]; then
   while IFS=: read -r user _; do
     if [[ $user == daq-* ]] && valid_machine "${user#daq-}"; then MACHINES+=("${user#daq-}"); fi
+    if [[ $user == scada-* ]]; then DASHBOARDS+=("${user#scada-}"); fi
   done < "$PASSWD"
 fi
+BOARDS=()
+while IFS= read -r d; do
+  if [ -n "$d" ] && ! in_list "$d" "${REMOVE_DASHBOARDS[@]}"; then BOARDS+=("$d"); fi
+done < <(printf '%s\n' "${DASHBOARDS[@]}" | LC_ALL=C sort -u)
 DAQ=()
 while IFS= read -r m; do
   if [ -n "$m" ] && ! in_list "$m" "${REMOVE[@]}"; then DAQ+=("$m"); fi
 done < <(printf '%s\n' "${MACHINES[@]}" | LC_ALL=C sort -u)
 
 USERS=(edge-monitor scada)
+for d in "${BOARDS[@]}"; do USERS+=("scada-$d"); done
 [ "$REPLAY" = 1 ] && USERS+=(replay)
 for m in "${DAQ[@]}"; do USERS+=("daq-$m"); done
 
@@ -149,6 +166,11 @@ root_sed=$(printf '%s' "$ROOT" | sed 's/[&|\\]/\\&/g')  # & | \ are special in a
   for m in "${DAQ[@]}"; do
     printf '\nuser daq-%s\ntopic write %s/%s/cut\ntopic write %s/%s/signal/#\n' "$m" "$ROOT" "$m" "$ROOT" "$m"
   done
+  # Further dashboards: the rights of the template's `user scada` block, line for line.
+  for d in "${BOARDS[@]}"; do
+    printf '\nuser scada-%s\n' "$d"
+    sed -n '/^user scada$/,/^$/{/^topic /p}' "$TEMPLATE" | sed "s|@ROOT@|$root_sed|g"
+  done
 } > "$WORK/acl"
 
 for f in passwd acl; do
@@ -164,6 +186,9 @@ if [ -n "$MONITOR_OWNER" ]; then
   chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password"
 fi
 
-echo "wrote $PASSWD (${#USERS[@]} users of this script) and $ACL (${#DAQ[@]} machine(s): ${DAQ[*]:-none})"
+boards=scada
+for d in "${BOARDS[@]}"; do boards+=" scada-$d"; done
+echo "wrote $PASSWD (${#USERS[@]} users of this script) and $ACL (${#DAQ[@]} machine(s): ${DAQ[*]:-none};" \
+  "dashboard users: $boards)"
 echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password"
 echo "apply to a running broker: systemctl reload mosquitto"

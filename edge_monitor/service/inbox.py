@@ -95,7 +95,10 @@ class Inbox:
         self._closed = threading.Event()
         self.connection = 0  # counts connections: deliveries say which one they came on
         self.waited = 0.0  # seconds the network thread waited for room (backpressure), in all
-        self.last_echo = time.monotonic()  # when the network thread last delivered our own ping
+        # When the network thread last delivered anything (an input, or our own ping): a backlog
+        # can hold the ping back for minutes behind inputs (Mosquitto 2.0.11 sends far more than
+        # the receive maximum), but then inputs keep coming.
+        self.last_delivery = time.monotonic()
         for kind, topic_filter in topics.inputs.items():
             client.message_callback_add(topic_filter, self._receiver(kind))
         client.message_callback_add(topics.ping, self._on_ping)
@@ -106,7 +109,7 @@ class Inbox:
         # Inputs are never retained; a retained one must not be replayed at every resubscribe.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         self.connection += 1  # before any message of this connection is queued
-        self.last_echo = time.monotonic()
+        self.last_delivery = time.monotonic()
         client.subscribe([(f, options) for f in self.topics.inputs.values()] + [(self.topics.ping, 0)])
         self._put(self.handlers.connected, Connected(session_present), counts=False)
 
@@ -156,7 +159,7 @@ class Inbox:
         self._queue.put((time.monotonic(), call))
 
     def _on_ping(self, client, userdata, message) -> None:  # paho's network thread
-        self.last_echo = time.monotonic()
+        self.last_delivery = time.monotonic()
 
     def _receiver(self, kind: str) -> Callable:
         parse = PAYLOAD_PARSERS[kind]
@@ -164,7 +167,7 @@ class Inbox:
         def on_message(client, userdata, message) -> None:  # paho's network thread
             topic = message.topic
             delivery = Delivery(message.mid if message.qos else 0, message.qos, bool(message.dup), self.connection)
-            now = time.monotonic()
+            now = self.last_delivery = time.monotonic()
             if topic == self.topics.sync:  # R/_monitor/cut/sync matches R/+/cut/#: ours, not an input
                 acknowledge(client, message)
                 return

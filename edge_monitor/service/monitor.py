@@ -297,10 +297,10 @@ class Monitor:
         if now - self._pinged >= PING_EVERY:
             self.client.publish(self.topics.ping, b"", qos=0)
             self._pinged = now
-        silent = now - max(self.inbox.last_echo, self._connected_at)
+        silent = now - max(self.inbox.last_delivery, self._connected_at)
         if silent > self.config.delivery.stall_timeout_s:
-            raise NetworkStalled(f"connected, but the monitor's own ping has not come back for {silent:.0f} s: "
-                                 "the MQTT network thread is stuck")
+            raise NetworkStalled(f"connected, but nothing has come in for {silent:.0f} s, not even the monitor's "
+                                 "own ping: the MQTT network thread is stuck")
 
     def _expire(self) -> None:
         """Close cuts whose input stopped; let idle machines leave memory."""
