@@ -100,6 +100,8 @@ def test_a_snapshot_that_does_not_fit_is_refused_with_the_field_named(cuts):
         ("scores", lambda s: s.__setitem__("scores", np.zeros(1))),
         ("windower.detector.means", lambda s: s["windower"]["detector"].__setitem__("means", "x")),
         ("disagree", lambda s: s["windower"].__setitem__("buffer_start", 5)),
+        ("finished", lambda s: s["windower"]["detector"].__setitem__("finished", True)),
+        ("last_reset", lambda s: s.__setitem__("last_reset", 10**400)),
     ]
     for name, spoil in broken:
         bad = copy.deepcopy(state)

@@ -4,6 +4,7 @@ cannot be written holds every acknowledgement back; inputs of an earlier connect
 
 from __future__ import annotations
 
+import threading
 import time
 
 from daemon_support import Collector
@@ -32,12 +33,12 @@ def test_acknowledged_after_results_and_snapshot(module_broker):
     deadline = time.monotonic() + 5
     while checkpoints.waiting and time.monotonic() < deadline:
         try:
-            checkpoints.confirm(1, fail)
+            checkpoints.confirm(lambda: 1, threading.Lock(), fail)
         except OSError:
             break
         time.sleep(0.01)
     assert sent == [] and checkpoints.unacknowledged == 2  # nothing acknowledged without the file
-    progress = checkpoints.confirm(1, written.append)
+    progress = checkpoints.confirm(lambda: 1, threading.Lock(), written.append)
     assert written == ["snapshot-2"]  # the newest confirmed snapshot only
     assert sent == [11] and progress.acknowledged == 1 and progress.forgotten == 1
     assert checkpoints.unacknowledged == 0 and not checkpoints.waiting

@@ -35,7 +35,7 @@ def test_shipped_config_is_a_working_default_for_a_local_broker():
     assert config.topic_root == "mill" and config.machines == ("*",)
     assert config.alarm == AlarmPolicy() and config.limits == Limits()
     assert (config.batching.max_batch, config.batching.max_wait_ms) == (256, 50.0)
-    assert (config.qos.score, config.qos.alarm, config.qos.summary, config.qos.status) == (1, 1, 1, 1)
+    assert (config.qos.score, config.qos.alarm, config.qos.summary, config.qos.status) == (1, 1, 1, 0)
     assert config.state_file == REPO / "runs/monitor/alarm-state.json"
     assert config.logging.format in ("auto", "json", "console")
 

@@ -240,3 +240,7 @@ def test_a_retained_sensor_fault_is_not_a_wear_state():
     assert trackers["m1"].state.label == "normal" and republish == ["m1"]
     trackers, republish = restore_alarm_states({"m1": {"state": "alarm", "since": 5.0}}, fault, *args, checkpoint=True)
     assert trackers["m1"].state.label == "alarm" and republish == ["m1"]
+    # no state file: the message carries the wear state underneath, and an alarm stays an alarm
+    worn = {"m1": AlarmMessage("m1", "sensor_fault", 9.0, "c", None, None, "model", wear="alarm")}
+    trackers, republish = restore_alarm_states({}, worn, *args)
+    assert trackers["m1"].state.label == "alarm" and republish == ["m1"]

@@ -343,7 +343,8 @@ def test_windows_that_keep_scoring_non_finite_show_a_sensor_fault(cuts):
     assert {s.level for s in scores[13:23]} == {"sensor_fault"}
     assert {s.level for s in scores[23:]} == {"normal"}  # the fourth finite window in a row clears it
     alarms = [o.message for o in outputs if isinstance(o.message, AlarmMessage)]
-    assert [(a.state, a.score) for a in alarms] == [("sensor_fault", None), ("normal", None)]
+    assert [(a.state, a.score, a.wear) for a in alarms] == [("sensor_fault", None, "normal"), ("normal", None, None)]
+    assert not p.idle or p.stream.is_open or p.level != "sensor_fault"  # a fault keeps the pipeline in memory
     summary = outputs[-1].message
     assert isinstance(summary, SummaryMessage) and summary.windows == n
 

@@ -70,7 +70,7 @@ def test_the_intact_checkpoint_resumes_every_open_cut(tmp_path, checkpoint_text)
     assert fleet.states()["mill-03"] == "alarm"
 
 
-RANDOM_VALUES = [None, True, 0, -1, 2**70, 1e308, float("nan"), "", "x" * 100, [], {}, [1, "a"], {"a": {}},
+RANDOM_VALUES = [None, True, 0, -1, 2**70, 10**400, 1e308, float("nan"), "", "x" * 100, [], {}, [1, "a"], {"a": {}},
                  {"array": "float64", "shape": [3], "data": "AAAA"}, {"array": "object", "shape": [], "data": ""}]
 
 

@@ -63,7 +63,7 @@ class Fleet:
                 pipe = MachinePipeline(machine, self.spec, tracker)
                 pipe.restore(state)
                 pipe.last_input = now  # the cut's timeout counts from the restart
-            except (SnapshotError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            except (SnapshotError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
                 # SnapshotError names the field; anything else is a snapshot its checks let through
                 problems.append((machine, f"{type(exc).__name__}: {exc}"[:300]))
                 continue
@@ -151,6 +151,10 @@ class Fleet:
         snapshots = self.snapshots()
         out = []
         for machine in sorted(snapshots if machines is None else set(machines) & set(snapshots)):
+            pipe = self._pipelines.get(machine)
+            if pipe is not None:
+                out.append(Output(machine, pipe.shown_alarm()))
+                continue
             s = snapshots[machine]
             message = AlarmMessage(machine=machine, state=str(s.get("state")), since=s.get("since"),
                                    cut=s.get("cut"), score=s.get("score"), threshold=s.get("threshold"),

@@ -16,7 +16,7 @@ from typing import Any, Union
 import numpy as np
 
 from .channels import MATERIALS
-from .outbound import LEVELS, AlarmMessage
+from .outbound import LEVELS, SENSOR_FAULT, AlarmMessage
 from .spec import Spec, setting
 from .topics import ProtocolError, machine_id_problem, show
 
@@ -311,6 +311,9 @@ def parse_alarm(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> AlarmMessage
         raise ProtocolError(f"alarm state must be one of {', '.join(LEVELS)}, got {show(state)}")
     if cut is not None and type(cut) is not str:
         raise ProtocolError(f"alarm cut must be a string or null, got {_json_type(cut)}")
+    wear = obj.get("wear")
+    if wear is not None and (wear not in LEVELS or wear == SENSOR_FAULT):
+        raise ProtocolError(f"alarm wear must be a wear state, got {show(wear)}")
     return AlarmMessage(
         machine=machine,
         state=state,
@@ -319,6 +322,7 @@ def parse_alarm(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> AlarmMessage
         score=optional_number("score"),
         threshold=optional_number("threshold"),
         model=model if type(model) is str else "",
+        wear=wear,
     )
 
 

@@ -64,10 +64,11 @@ class AlarmMessage:
     score: float | None
     threshold: float | None
     model: str
+    wear: str | None = None  # with sensor_fault: the wear state underneath (normal, warning, alarm)
 
     def to_dict(self) -> dict:
         _check_level(self.state)
-        return {
+        out = {
             "machine": self.machine,
             "state": self.state,
             "since": finite(self.since),
@@ -76,6 +77,9 @@ class AlarmMessage:
             "threshold": finite(self.threshold),
             "model": self.model,
         }
+        if self.wear is not None:
+            out["wear"] = self.wear
+        return out
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,8 @@ class MachinePipeline:
         self.last_input = 0.0  # the caller's clock at the last input (not checkpointed: a restart restarts it)
         self._fault = False  # sensor_fault shown: the windows keep scoring non-finite
         self._run = 0  # consecutive windows against the shown fault state (non-finite, or finite in a fault)
+        self._fault_since: float | None = None  # the window that raised the fault
+        self._fault_cut: str | None = None
         self._last_reset: float | None = None  # when (the caller's clock)
 
     @property
@@ -223,8 +225,9 @@ class MachinePipeline:
 
     @property
     def idle(self) -> bool:
-        """No cut open and nothing being scored: the pipeline may leave memory (its tracker stays)."""
-        return not self.stream.is_open and not self._outstanding
+        """No cut open, nothing being scored and no sensor fault shown: the pipeline may leave
+        memory (its tracker stays; a fault must be cleared by its own windows)."""
+        return not self.stream.is_open and not self._outstanding and not self._fault
 
     def _command(self, msg: Command, now: float, step: Step) -> None:
         if msg.id is not None and msg.id in self._commands:
@@ -353,7 +356,6 @@ class MachinePipeline:
             "counted": [self._counted_dup, self._counted_gap],
             "commands": list(self._commands),
             "last_reset": self._last_reset,
-            "fault": [self._fault, self._run],
         }
 
     def restore(self, state: object) -> None:
@@ -385,19 +387,17 @@ class MachinePipeline:
         if scores.size != emitted:
             raise SnapshotError(f"{where}: {scores.size} scores for {emitted} windows")
         commands = snap.texts(state, "commands", where)
-        fault = snap.mapping(state, where).get("fault")
-        if not isinstance(fault, list) or len(fault) != 2 or type(fault[0]) is not bool or type(fault[1]) is not int:
-            raise SnapshotError(f"{where}.fault: expected [shown, run]")
         last_reset = snap.mapping(state, where).get("last_reset")
         if last_reset is not None:
             last_reset = snap.number(state, "last_reset", where)
         fresh = MachineStream(self.spec.limits)
         fresh.restore(stream_state, current, where + ".stream")
+        if windower is not None and windower.finished:
+            raise SnapshotError(f"{where}.windower.detector: finished, but the cut is open")
         if windower is not None and fresh.assembler is not None and windower.pushed != fresh.assembler.emitted:
             raise SnapshotError(f"{where}: the windower has {windower.pushed} samples, the frames {fresh.assembler.emitted}")
         self._commands.extend(commands[-REMEMBER_COMMANDS:])
         self._last_reset = last_reset
-        self._fault, self._run = fault[0], max(0, fault[1])
         self.stream = fresh
         if current is None:
             return
@@ -435,6 +435,14 @@ class MachinePipeline:
         self._drain(step)
         return step
 
+    def shown_alarm(self) -> AlarmMessage:
+        """The alarm message for what the machine's level is now (the retained topic's content)."""
+        t = self.tracker
+        if self._fault:
+            return AlarmMessage(self.machine, SENSOR_FAULT, self._fault_since, self._fault_cut, None, None,
+                                self.spec.model_id, wear=t.state.label)
+        return AlarmMessage(self.machine, t.state.label, t.since, t.cut, t.score, t.threshold, self.spec.model_id)
+
     def _follow_fault(self, finite: bool, cut: str, offset: int, ts: float, step: Step) -> str:
         """One window's score on the way to or from sensor_fault; the level to show with it."""
         if not finite:
@@ -444,13 +452,10 @@ class MachinePipeline:
         self._run = self._run + 1 if finite == self._fault else 0
         if self._run >= FAULT_WINDOWS:
             self._fault, self._run = not self._fault, 0
-            t = self.tracker
-            if self._fault:
-                alarm = AlarmMessage(self.machine, SENSOR_FAULT, ts, cut, None, None, self.spec.model_id)
-            else:  # back to the wear state, as it stands
-                alarm = AlarmMessage(self.machine, t.state.label, t.since, t.cut, t.score, t.threshold,
-                                     self.spec.model_id)
-            step.outputs.append(Output(self.machine, alarm))
+            self._fault_since, self._fault_cut = ts, cut
+            # sensor_fault with the wear state underneath (for a monitor that restarts from this
+            # message), or back to the wear state as it stands
+            step.outputs.append(Output(self.machine, self.shown_alarm()))
             step.events.append(Event("sensor_fault" if self._fault else "sensor_fault_cleared",
                                      {"cut": cut, "offset": offset}, "warning"))
             step.alarm_changed = True

@@ -50,9 +50,13 @@ def number(state: Any, key: str, where: str, finite: bool = True) -> float:
     value = _get(state, key, where)
     if isinstance(value, (np.floating, np.integer)):
         value = float(value)
-    if type(value) not in (int, float) or (finite and not math.isfinite(value)):
-        raise SnapshotError(f"{where}.{key}: expected a {'finite ' if finite else ''}number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if type(value) in (int, float) else None
+    except OverflowError:  # an integer too large for a float
+        number = None
+    if number is None or (finite and not math.isfinite(number)):
+        raise SnapshotError(f"{where}.{key}: expected a {'finite ' if finite else ''}number, got {str(value)[:40]}")
+    return number
 
 
 def boolean(state: Any, key: str, where: str) -> bool:

@@ -80,6 +80,10 @@ class CutWindower:
         """Frames pushed so far."""
         return self._detector.pushed
 
+    @property
+    def finished(self) -> bool:
+        return self._detector.finished
+
     def push(self, frames: np.ndarray) -> Windows:
         frames = np.asarray(frames, dtype=np.float64)
         if frames.ndim != 2 or frames.shape[1] != self.n_channels:
@@ -138,8 +142,11 @@ class CutWindower:
         w.stable_span = span
         w._detector = StableRegionDetector.from_state(stable, snap.section(state, "detector", where),
                                                       where + ".detector")
-        if w._buffer_start + w._buffer.shape[0] != w._detector.pushed or (
-            w._segment_start is not None and not w._buffer_start <= w._next_start
+        decided_end = w._detector.decided * stable.block
+        segment = w._segment_start
+        if w._buffer_start + w._buffer.shape[0] != w._detector.pushed or w._segment_stop > decided_end or (
+            segment is not None
+            and not (segment <= w._next_start and w._buffer_start <= w._next_start <= w._segment_stop)
         ):
             raise SnapshotError(f"{where}: the buffered samples and the window positions disagree")
         return w

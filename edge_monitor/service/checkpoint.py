@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -80,8 +81,9 @@ def _array(value: dict, where: str) -> np.ndarray:
 
 def taken(info: paho.MQTTMessageInfo) -> bool | None:
     """Whether the broker has taken a published message: True (QoS 1: acknowledged; QoS 0:
-    written to the socket), False (not yet), None (never will be: paho dropped it)."""
-    if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+    written to the socket), False (not yet), None (never will be: paho dropped it, or a QoS 0
+    message was lost with the connection)."""
+    if info.rc in (paho.MQTT_ERR_QUEUE_SIZE, paho.MQTT_ERR_CONN_LOST):
         return None
     # paho's is_published() raises for a QoS 1 message published while disconnected, which paho
     # keeps and sends after reconnecting; its private flag says what we need.
@@ -118,6 +120,7 @@ class Checkpoints:
         self.client = client
         self.open = Epoch()
         self.waiting: deque[Epoch] = deque()
+        self.dropped = 0  # results paho dropped or lost with a connection (QoS 0)
 
     @property
     def unacknowledged(self) -> int:
@@ -140,10 +143,11 @@ class Checkpoints:
         self.waiting.append(self.open)
         self.open = Epoch()
 
-    def confirm(self, connection: int, write) -> Progress:
+    def confirm(self, connection: Callable[[], int], lock: threading.Lock, write) -> Progress:
         """Write the newest epoch the broker has confirmed with ``write(snapshot)`` and acknowledge
-        the inputs of every confirmed epoch that came on ``connection``. When ``write`` raises
-        (OSError), nothing is acknowledged and the epochs wait for the next call."""
+        the inputs of every confirmed epoch that came on the current ``connection()``; ``lock`` is
+        held while acknowledging, so that the connection cannot change meanwhile. When ``write``
+        raises (OSError), nothing is acknowledged and the epochs wait for the next call."""
         done = Epoch()
         n = 0
         while self.waiting:
@@ -152,7 +156,8 @@ class Checkpoints:
             # each loop turn looks at a few messages rather than the whole epoch's
             outputs = head.outputs
             i = 0
-            while i < len(outputs) and taken(outputs[i]) is not False:
+            while i < len(outputs) and (state := taken(outputs[i])) is not False:
+                self.dropped += state is None
                 i += 1
             del outputs[:i]
             if outputs:
@@ -169,12 +174,14 @@ class Checkpoints:
                 self.waiting.appendleft(done)  # its outputs are confirmed already
                 raise
             progress.written = True
-        for d in done.acks:
-            if d.connection == connection:
-                self.client.ack(d.mid, d.qos)
-                progress.acknowledged += 1
-            else:
-                progress.forgotten += 1
+        with lock:
+            current = connection() if self.client.is_connected() else None
+            for d in done.acks:
+                if d.connection == current:
+                    self.client.ack(d.mid, d.qos)
+                    progress.acknowledged += 1
+                else:  # the broker sends it again on the connection after
+                    progress.forgotten += 1
         return progress
 
     def oldest_unacknowledged(self, now: float) -> float:

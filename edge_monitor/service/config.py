@@ -98,7 +98,9 @@ class OutputQos(Spec):
     score: int = setting(1, low=0, high=2)
     alarm: int = setting(1, low=0, high=2)
     summary: int = setting(1, low=0, high=2)
-    status: int = setting(1, low=0, high=2)
+    # 0: published at once, also when QoS 1 results wait for the broker's acknowledgements behind a
+    # backlog (the status must say degraded then); retained and refreshed, and the will is QoS 1
+    status: int = setting(0, low=0, high=2)
 
 
 @dataclass(frozen=True)

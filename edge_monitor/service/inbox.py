@@ -93,7 +93,8 @@ class Inbox:
         self._room = threading.Semaphore(max_queued)  # inputs the queue may still take
         self._full_since: float | None = None  # since when input waits at the broker (the queue is full)
         self._closed = threading.Event()
-        self.connection = 0  # counts connections: deliveries say which one they came on
+        self.connection = 0  # counts connections (and losses of one): deliveries say which one they came on
+        self.ack_lock = threading.Lock()  # held while acknowledging, and while the connection changes
         self.waited = 0.0  # seconds the network thread waited for room (backpressure), in all
         # When the network thread last delivered anything (an input, or our own ping): a backlog
         # can hold the ping back for minutes behind inputs (Mosquitto 2.0.11 sends far more than
@@ -108,7 +109,8 @@ class Inbox:
         """On every (re)connection: subscribe to the inputs (QoS 1)."""
         # Inputs are never retained; a retained one must not be replayed at every resubscribe.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        self.connection += 1  # before any message of this connection is queued
+        with self.ack_lock:
+            self.connection += 1  # before any message of this connection is queued
         self.last_delivery = time.monotonic()
         client.subscribe([(f, options) for f in self.topics.inputs.values()] + [(self.topics.ping, 0)])
         self._put(self.handlers.connected, Connected(session_present), counts=False)
@@ -124,11 +126,19 @@ class Inbox:
     def qsize(self) -> int:
         return self._queue.qsize()
 
+    def disconnected(self) -> None:
+        """The connection is lost (paho's network thread): packet ids of inputs received on it mean
+        nothing any more; no acknowledgement of them may go out on the next one."""
+        with self.ack_lock:
+            self.connection += 1
+
     def lag(self, now: float) -> float:
         """How far behind the monitor is, in seconds: the age of the oldest queued input, or, while
         the queue is full and input waits at the broker, how long that has lasted (0: keeping up)."""
         with self._queue.mutex:
             oldest = now - self._queue.queue[0][0] if self._queue.queue else 0.0
+            if not self._queue.queue:
+                self._full_since = None  # drained: nothing waits for room
         full = self._full_since
         return max(0.0, oldest, 0.0 if full is None else now - full)
 

@@ -132,6 +132,7 @@ class Monitor:
             self.inbox.subscribe(client, bool(flags.session_present))
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.inbox.disconnected()
         if not self._stop.is_set():
             self.log.warning("broker_disconnected", reason=str(reason), reconnect="automatic, with back-off")
             systemd.status(f"broker {self.config.broker.address} disconnected ({reason}), reconnecting")
@@ -316,8 +317,9 @@ class Monitor:
 
     def _checkpoint(self, always: bool = False) -> None:
         """Close an epoch: score what waits, then snapshot every machine (see :mod:`.checkpoint`).
-        Only when inputs wait for it, unless ``always`` (shutting down: the file is written)."""
-        if not (always or self.checkpoints.open.acks) or not self.checkpoints.can_close():
+        Only when something changed since the last one, unless ``always`` (shutting down)."""
+        open_epoch = self.checkpoints.open
+        if not (always or open_epoch.acks or open_epoch.outputs or self._touched) or not self.checkpoints.can_close():
             return
         while len(self.scoring):
             self._score_ready(force=True)
@@ -335,7 +337,8 @@ class Monitor:
         if not self.checkpoints.waiting:
             return
         try:
-            progress = self.checkpoints.confirm(self.inbox.connection, self.state_file.write)
+            progress = self.checkpoints.confirm(lambda: self.inbox.connection, self.inbox.ack_lock,
+                                                self.state_file.write)
         except (OSError, ValueError) as exc:
             self.counters.checkpoints_failed += 1
             self.log.error("state_file_not_written", path=str(self.state_file.path), reason=str(exc),
@@ -362,7 +365,7 @@ class Monitor:
             getattr(self.log, "warning" if state == "degraded" else "info")(
                 "degraded" if state == "degraded" else "caught_up", **self._backlog())
         self._shown = state
-        self.counters.outputs_dropped = self.outbox.dropped
+        self.counters.outputs_dropped = self.outbox.dropped + self.checkpoints.dropped
         return self.outbox.status(self._status(state, counters=True))
 
     def _state(self) -> str:

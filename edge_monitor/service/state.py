@@ -56,7 +56,10 @@ def choose_alarm_state(saved: dict | None, retained: AlarmMessage | None,
     shown = retained.state if retained is not None else "normal"
 
     def when(value: Any) -> float:
-        return float(value) if type(value) in (int, float) and math.isfinite(value) else float("-inf")
+        try:
+            return float(value) if type(value) in (int, float) and math.isfinite(value) else float("-inf")
+        except OverflowError:  # an integer too large for a float
+            return float("-inf")
 
     if retained is None:
         chosen = saved
@@ -96,23 +99,23 @@ def restore_alarm_states(
             continue
         shown = retained.get(machine)
         if shown is not None and shown.state == SENSOR_FAULT:
-            # not a wear state: the machine resumes in the one it has; the fault, if it lasts, is
-            # detected again from its windows
-            saved.setdefault(machine, {"state": "normal", "since": None})
-            retained = {m: r for m, r in retained.items() if m != machine}
+            # Not a wear state: the machine resumes in the wear state underneath (the message
+            # carries it; a state file wins as usual) and shows that; a fault that lasts is
+            # detected again from its windows.
+            retained[machine] = AlarmMessage(machine, shown.wear or "normal", None, None, None, None, shown.model)
             republish.append(machine)
         try:
             chosen, stale = choose_alarm_state(saved.get(machine), retained.get(machine), checkpoint)
             if chosen is None:
                 continue
             trackers[machine] = AlarmTracker.from_dict(policy, thresholds, chosen)
-        except (ValueError, TypeError, AttributeError) as exc:
-            warn("alarm_state_ignored", machine=machine, reason=str(exc))
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            warn("alarm_state_ignored", machine=machine, reason=str(exc)[:300])
             fallback = retained.get(machine)  # the state file's snapshot is unusable: what dashboards show
             if fallback is not None:
                 try:
                     trackers[machine] = AlarmTracker.from_dict(policy, thresholds, fallback.to_dict())
-                except ValueError:
+                except (ValueError, OverflowError):
                     pass
             continue
         if stale and machine not in republish:  # e.g. a reset whose retained "normal" never reached the broker
@@ -187,7 +190,7 @@ class StateFile:
             for machine, state in streams.items():
                 try:
                     saved.streams[str(machine)] = decode_arrays(state, f"machine {machine}")
-                except (SnapshotError, RecursionError, ValueError, TypeError) as exc:
+                except (SnapshotError, RecursionError, ValueError, TypeError, OverflowError) as exc:
                     saved.problems.append(f"state file {self.path}: open cut of {str(machine)[:64]!r} "
                                           f"ignored ({exc})")
         return saved
