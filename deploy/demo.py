@@ -158,7 +158,9 @@ class CompletionClock:
 def write_monitor_config(path: Path, broker, bundle: Path, workdir: Path) -> None:
     config = {
         "broker": {"host": "127.0.0.1", "port": broker.port, "username": "edge-monitor",
-                   "password_file": str(broker.password_file("edge-monitor"))},
+                   "password_file": str(broker.password_file("edge-monitor")),
+                   "output_username": "edge-monitor-out",
+                   "output_password_file": str(broker.password_file("edge-monitor-out"))},
         "topic_root": ROOT,
         "instance": "demo",
         "machines": "*",

@@ -304,6 +304,8 @@ else
   port=$BROKER_PORT
   username=edge-monitor
   password_file=secrets/edge-monitor.password
+  output_username=edge-monitor-out
+  output_password_file=secrets/edge-monitor-out.password
 topic_root=$ROOT
 bundle=$STATE/bundle
 state_file=$STATE/alarm-state.json"

@@ -47,7 +47,7 @@ class DeployBroker(Broker):
 
     def __init__(self, workdir: Path, machines: tuple[str, ...], *, root: str = "mill",
                  conf_d: dict[str, str] | None = None, dashboards: tuple[str, ...] = (),
-                 extra_users: dict[str, str] | None = None) -> None:
+                 extra_users: dict[str, str | tuple[str, ...]] | None = None) -> None:
         super().__init__(workdir)
         self.root = root
         self.tls_port = free_port()
@@ -72,21 +72,21 @@ class DeployBroker(Broker):
         for name, text in (conf_d or {}).items():
             (self.conf_d / name).write_text(text)
 
-    def _add_user(self, user: str, role: str) -> None:
-        """A test instrument: ``user`` with the rights of ``role`` (the broker takes a client's id
+    def _add_user(self, user: str, roles: str | tuple[str, ...]) -> None:
+        """A test instrument: ``user`` with the rights of ``roles`` (the broker takes a client's id
         from its user name, so two connections with one role at once need two users)."""
         password = f"{user}-secret"
         self.password_file(user).write_text(password + "\n")
         subprocess.run(["mosquitto_passwd", "-b", str(self.etc / "passwd"), user, password],
                        check=True, capture_output=True, timeout=30)
         acl = (self.etc / "acl").read_text().splitlines()
-        start = acl.index(f"user {role}")
         rights = []
-        for line in acl[start + 1:]:
-            if line.startswith("user "):
-                break
-            if line.startswith("topic "):
-                rights.append(line)
+        for role in (roles,) if isinstance(roles, str) else roles:
+            for line in acl[acl.index(f"user {role}") + 1:]:
+                if line.startswith("user "):
+                    break
+                if line.startswith("topic "):
+                    rights.append(line)
         with open(self.etc / "acl", "a") as f:
             f.write("\n".join(["", f"user {user}", *rights]) + "\n")
 

@@ -98,7 +98,7 @@ def edge(tmp_path_factory, central):
     })
     # One connection per user (use_username_as_clientid): clients that run at once get users of their own.
     b = DeployBroker(tmp_path_factory.mktemp("edge-broker"), MACHINES, root=ROOT, conf_d={"bridge.conf": bridge},
-                     dashboards=("observe", "late", "operator"), extra_users={"observe-monitor": "edge-monitor"})
+                     dashboards=("observe", "late", "operator"), extra_users={"observe-monitor": ("edge-monitor", "edge-monitor-out")})
     b.start()
     try:
         yield b
@@ -249,7 +249,7 @@ def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt5(edge, 
         assert daq.publish(f"{ROOT}/mill-01/cut", b'"sentinel-5"') == "Success"
     finally:
         daq.close()
-    settle(observers, b'"sentinel-5"', edge.settings("edge-monitor", cid("monitor")))
+    settle(observers, b'"sentinel-5"', edge.settings("edge-monitor-out", cid("monitor")))
     inputs, outputs = observers
     assert inputs.got(b'"own-signal-5"') == [f"{ROOT}/mill-01/signal/smcAC"]
     for i in range(len(DAQ_DENIED)):
@@ -259,7 +259,7 @@ def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt5(edge, 
     # No retained alarm was planted for a later subscriber either. (The broker sends a new
     # subscription's retained messages before anything published after it: the monitor's trick.)
     sync = f"{ROOT}/_monitor/test/sync"
-    late = Observer(edge.settings("edge-monitor", cid("late")), [f"{ROOT}/+/alarm", sync])
+    late = Observer(edge.settings("edge-monitor-out", cid("late")), [f"{ROOT}/+/alarm", sync])
     try:
         late.client.publish(sync, b"done", qos=1)
         assert late.wait(lambda: late.got(b"done"))
@@ -281,7 +281,7 @@ def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt311(edge
     finally:
         daq.disconnect()
         daq.loop_stop()
-    settle(observers, b'"sentinel-3"', edge.settings("edge-monitor", cid("monitor")))
+    settle(observers, b'"sentinel-3"', edge.settings("edge-monitor-out", cid("monitor")))
     inputs, outputs = observers
     leaked = [t for t, p in inputs.raw + outputs.raw if p.startswith(b'"denied')]
     assert leaked == []
@@ -301,7 +301,7 @@ def test_scada_may_send_commands_but_publish_nothing_else(edge, observers):
         assert daq.publish(f"{ROOT}/mill-01/cut", b'"sentinel-scada"') == "Success"
     finally:
         daq.close()
-    settle(observers, b'"sentinel-scada"', edge.settings("edge-monitor", cid("monitor")))
+    settle(observers, b'"sentinel-scada"', edge.settings("edge-monitor-out", cid("monitor")))
     inputs, outputs = observers
     assert inputs.got(b'"scada-cmd"') == [f"{ROOT}/mill-01/cmd"]
     leaked = [t for t, p in inputs.raw + outputs.raw if p.startswith(b'"scada-denied')]
@@ -415,7 +415,7 @@ def test_bridge_forwards_outputs_out_and_commands_in_only(edge, central, observe
     try:
         state = f"edge/{BOX}/_bridge/state"
         assert out.wait(lambda: out.on(state)), f"the bridge never connected{edge.log_tail()}"
-        monitor = Publisher5(edge.settings("edge-monitor", cid("monitor")))
+        monitor = Publisher5(edge.settings("edge-monitor-out", cid("monitor")))
         inputs_publisher = Publisher5(edge.settings("replay", cid("replay")))
         try:
             assert inputs_publisher.publish(f"{ROOT}/{m}/signal/smcAC", b'"raw-signal"') == "Success"
@@ -454,7 +454,7 @@ def test_bridge_forwards_outputs_out_and_commands_in_only(edge, central, observe
         assert not inputs.got(b'"injected-alarm"') and not inputs.got(b'"injected-signal"')
     finally:
         out.close()
-        clear = Publisher5(edge.settings("edge-monitor", cid("clear")))  # an empty retained message
+        clear = Publisher5(edge.settings("edge-monitor-out", cid("clear")))  # an empty retained message
         try:
             for topic in (f"{ROOT}/{m}/alarm", f"{ROOT}/_monitor/{BOX}/status"):
                 clear.publish(topic, b"", retain=True)
@@ -481,6 +481,8 @@ def test_the_monitor_works_end_to_end_under_the_acl(edge, model, tmp_path):
     config = (
         "broker:\n  username: edge-monitor\n"
         f"  password_file: {edge.password_file('edge-monitor')}\n"
+        "  output_username: edge-monitor-out\n"
+        f"  output_password_file: {edge.password_file('edge-monitor-out')}\n"
         f"state_file: {tmp_path / 'state.json'}\nstatus_interval_s: 1\n"
     )
     daemon = Daemon(tmp_path, edge, model.bundle, ROOT, instance, config).start()

@@ -130,6 +130,8 @@ def test_the_tree_has_everything_where_the_service_looks(installed, model, ports
     assert (config.broker.host, config.broker.port) == ("127.0.0.1", ports[0])
     assert config.broker.username == "edge-monitor"
     assert config.broker.password_file == prefix / "etc/edge-monitor/secrets/edge-monitor.password"
+    assert config.broker.output_username == "edge-monitor-out"
+    assert config.broker.output_password_file == prefix / "etc/edge-monitor/secrets/edge-monitor-out.password"
     broker_conf = (prefix / "etc/mosquitto/conf.d/edge-monitor.conf").read_text()
     assert f"listener {ports[0]} 127.0.0.1" in broker_conf
     assert f"password_file {prefix}/etc/mosquitto/edge-monitor/passwd" in broker_conf
@@ -222,8 +224,10 @@ def test_the_installed_daemon_runs_with_the_installed_broker(installed, ports, t
         ready = listener.wait_for("READY=1", 90)
         assert ready is not None, f"no READY=1 within 90 s:\n{log.read_text()[-3000:]}{broker.log_tail()}"
         # it signed in with the installed credentials on the installed listener (its client id is its user)
-        assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as edge-monitor .*u'edge-monitor'",
-                         broker.log.read_text())
+        log_text = broker.log.read_text()
+        assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as edge-monitor .*u'edge-monitor'", log_text)
+        assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as edge-monitor-out .*u'edge-monitor-out'",
+                         log_text)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, log.read_text()[-3000:]
         assert (prefix / "var/lib/edge-monitor/alarm-state.json").is_file()

@@ -48,12 +48,15 @@ def test_a_stuck_network_thread_stops_the_monitor(broker, model):
         assert time.monotonic() - started < 10
     finally:
         release.set()
-        monitor.client.disconnect()
-        monitor.client.loop_stop()
+        for client in (monitor.client, monitor.out):
+            client.disconnect()
+            client.loop_stop()
 
 
 def test_a_dead_network_thread_stops_the_monitor(broker, model):
     monitor = monitor_for(broker, model, "w2")
-    monitor.client.loop_stop()  # the thread ends, as if it had died
+    monitor.client.loop_stop()  # the input connection's thread ends, as if it had died
     with pytest.raises(NetworkStalled, match="network thread is not running"):
         monitor.run()
+    monitor.out.disconnect()
+    monitor.out.loop_stop()

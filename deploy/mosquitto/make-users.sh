@@ -3,7 +3,7 @@
 #
 #   make-users.sh [options] [MACHINE ...]
 #
-# Users: edge-monitor (the monitor), scada (a dashboard), scada-<NAME> for each further dashboard
+# Users: edge-monitor and edge-monitor-out (the monitor's input and output connections), scada (a dashboard), scada-<NAME> for each further dashboard
 # (--dashboard), replay (demo only; see --no-replay) and daq-<MACHINE> for each machine's data
 # acquisition. The broker takes each client's id from its user name (use_username_as_clientid):
 # one connection per user at a time, so every dashboard needs its own user. Each user's password is generated once and
@@ -93,7 +93,7 @@ umask 077
 WORK=$(mktemp -d "$CONFDIR/.make-users.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-managed() { [[ $1 == edge-monitor || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
+managed() { [[ $1 == edge-monitor || $1 == edge-monitor-out || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
 in_list() { local x=$1; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
 
 # Machines: those of the current password file, plus the arguments, minus --remove; sorted.
@@ -112,7 +112,7 @@ while IFS= read -r m; do
   if [ -n "$m" ] && ! in_list "$m" "${REMOVE[@]}"; then DAQ+=("$m"); fi
 done < <(printf '%s\n' "${MACHINES[@]}" | LC_ALL=C sort -u)
 
-USERS=(edge-monitor scada)
+USERS=(edge-monitor edge-monitor-out scada)
 for d in "${BOARDS[@]}"; do USERS+=("scada-$d"); done
 [ "$REPLAY" = 1 ] && USERS+=(replay)
 for m in "${DAQ[@]}"; do USERS+=("daq-$m"); done
@@ -183,12 +183,13 @@ for f in passwd acl; do
   mv "$WORK/$f" "$CONFDIR/$f"  # atomic: the broker never reads a half-written file
 done
 if [ -n "$MONITOR_OWNER" ]; then
-  chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password"
+  chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password" "$SECRETS/edge-monitor-out.password"
 fi
 
 boards=scada
 for d in "${BOARDS[@]}"; do boards+=" scada-$d"; done
 echo "wrote $PASSWD (${#USERS[@]} users of this script) and $ACL (${#DAQ[@]} machine(s): ${DAQ[*]:-none};" \
   "dashboard users: $boards)"
-echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password"
+echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password,"
+echo "  broker.output_username: edge-monitor-out, broker.output_password_file: $SECRETS/edge-monitor-out.password"
 echo "apply to a running broker: systemctl reload mosquitto"

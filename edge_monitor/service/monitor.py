@@ -1,7 +1,14 @@
 """The streaming monitor daemon: the imperative shell around the per-machine pipelines.
 
-Threads: paho's network thread only routes and parses each input (:mod:`.inbox`) and queues it;
-it never waits for scoring. The main thread runs :meth:`Monitor.run`: it applies each input to its
+Two MQTT connections: one takes the inputs (persistent session, acknowledged by hand), the other
+publishes the results. Mosquitto 2.0.11 sends a subscriber far more than its receive maximum
+after each acknowledgement (measured: each PUBACK releases up to that many more), so a backlog
+fills the input connection; on one connection, the broker's acknowledgements of the monitor's
+QoS 1 results queued behind it, and the results (and the checkpoints waiting for them) were held
+back for as long as the backlog lasted. On their own connection they go out at once.
+
+Threads: paho's network thread of the input connection only routes and parses each input
+(:mod:`.inbox`) and queues it; it never waits for scoring. The main thread runs :meth:`Monitor.run`: it applies each input to its
 machine's pipeline (:mod:`~edge_monitor.core.fleet`), batches the windows of all machines and
 scores them with the bundle's one scoring call (:mod:`.scoring`), hands the scores back to the
 pipelines and publishes what they return (:mod:`.outbox`).
@@ -113,9 +120,13 @@ class Monitor:
         self._connected_at = time.monotonic()
         will = (self.topics.status, encode(self._status("offline")), 1, True)
         delivery = config.delivery
-        self.client = make_client(config.broker, will=will, clean_start=False, manual_ack=True,
+        # inputs: a persistent session, acknowledged once checkpointed
+        self.client = make_client(config.broker, clean_start=False, manual_ack=True,
                                   receive_maximum=delivery.receive_maximum)
-        self.outbox = Outbox(self.client, self.topics, config.qos, config.errors)
+        # results, status (and its will), the retained alarms read back at start, the ping
+        self.out = make_client(config.broker.for_outputs(), will=will, clean_start=True)
+        self.outbox = Outbox(self.out, self.topics, config.qos, config.errors)
+        self._out_reconnected = threading.Event()
         self.inbox = Inbox(self.client, self.topics, config.limits, self.fleet.unwatched,
                            Handlers(self._on_input, self._on_rejected, self._on_connected),
                            max_queued=delivery.max_queued_inputs)
@@ -124,6 +135,8 @@ class Monitor:
         self._stream_texts: dict[str, str] = {}  # each machine's open cut as JSON, at the last checkpoint
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.out.on_connect = self._on_out_connect
+        self.out.on_disconnect = self._on_disconnect
 
     # --------------------------------------------------------------------- network thread
 
@@ -131,10 +144,17 @@ class Monitor:
         if not reason.is_failure:
             self.inbox.subscribe(client, bool(flags.session_present))
 
+    def _on_out_connect(self, client, userdata, flags, reason, properties) -> None:
+        if not reason.is_failure:
+            self._out_reconnected.set()  # the main loop publishes the status again (the will may have fired)
+
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        self.inbox.disconnected()
+        which = "inputs" if client is self.client else "outputs"
+        if client is self.client:
+            self.inbox.disconnected()
         if not self._stop.is_set():
-            self.log.warning("broker_disconnected", reason=str(reason), reconnect="automatic, with back-off")
+            self.log.warning("broker_disconnected", connection=which, reason=str(reason),
+                             reconnect="automatic, with back-off")
             systemd.status(f"broker {self.config.broker.address} disconnected ({reason}), reconnecting")
 
     # --------------------------------------------------------------------- start-up
@@ -145,9 +165,11 @@ class Monitor:
     def start(self) -> None:
         """Connect, read back the alarm states and come online. Raises :class:`StartupError`."""
         try:
+            connect(self.out)  # first: its will says offline if the monitor dies from here on
             connect(self.client)
         except BrokerError as exc:
             raise StartupError(str(exc)) from None
+        self._out_reconnected.clear()
         self.log.info("connected", broker=self.config.broker.address, client_id=self.config.broker.client_id)
         self._restore()
         self._publish_status()
@@ -156,7 +178,7 @@ class Monitor:
 
     def _restore(self) -> None:
         """The alarm states (state file and retained topic) and the open cuts of the checkpoint."""
-        retained = read_retained_alarms(self.client, self.topics, self.config.limits, self.log.warning)
+        retained = read_retained_alarms(self.out, self.topics, self.config.limits, self.log.warning)
         saved = self.state_file.read(self.model_id)
         for problem in saved.problems:
             self.log.warning("state_file_ignored", reason=problem)
@@ -200,6 +222,9 @@ class Monitor:
                 self._watch_backlog()
                 next_checkpoint = now + checkpoint_every
             self._confirm()
+            if self._out_reconnected.is_set():
+                self._out_reconnected.clear()
+                self._publish_status()
             if now >= next_status:
                 self._refresh()
                 next_status = time.monotonic() + status_every
@@ -290,13 +315,14 @@ class Monitor:
     def _check_network(self, now: float) -> None:
         """Raise :class:`NetworkStalled` when paho's network thread died, or when connected but
         its own ping has not come back for ``delivery.stall_timeout_s``."""
-        thread = getattr(self.client, "_thread", None)  # paho keeps its loop thread private
-        if thread is None or not thread.is_alive():
-            raise NetworkStalled("the MQTT network thread is not running")
-        if not self.client.is_connected():
+        for client in (self.client, self.out):
+            thread = getattr(client, "_thread", None)  # paho keeps its loop thread private
+            if thread is None or not thread.is_alive():
+                raise NetworkStalled("an MQTT network thread is not running")
+        if not (self.client.is_connected() and self.out.is_connected()):
             return  # paho reconnects by itself; the will says offline meanwhile
-        if now - self._pinged >= PING_EVERY:
-            self.client.publish(self.topics.ping, b"", qos=0)
+        if now - self._pinged >= PING_EVERY:  # out on one connection, back on the other
+            self.out.publish(self.topics.ping, b"", qos=0)
             self._pinged = now
         silent = now - max(self.inbox.last_delivery, self._connected_at)
         if silent > self.config.delivery.stall_timeout_s:
@@ -386,7 +412,7 @@ class Monitor:
         systemd.status(self._status_text(latency.get("latency_ms_p50")))
 
     def _status_text(self, latency_p50: float | None = None) -> str:
-        return status_text(self.client.is_connected(), len(self.fleet), self.counters, self.fleet.states(),
+        return status_text(self.client.is_connected() and self.out.is_connected(), len(self.fleet), self.counters, self.fleet.states(),
                            latency_p50)
 
     # --------------------------------------------------------------------- shutdown
@@ -399,7 +425,7 @@ class Monitor:
                       unacknowledged=self.checkpoints.unacknowledged)
         self._checkpoint(always=True)
         until = time.monotonic() + PUBLISH_WAIT
-        while self.checkpoints.waiting and time.monotonic() < until and self.client.is_connected():
+        while self.checkpoints.waiting and time.monotonic() < until and self.out.is_connected():
             self._confirm()
             time.sleep(0.01)
         info = self._publish_status("offline")
@@ -408,6 +434,7 @@ class Monitor:
         except (RuntimeError, ValueError):  # not connected: the will says offline instead
             pass
         disconnect(self.client)
+        disconnect(self.out)
         self.log.info("stopped", **asdict(self.counters))
 
 

@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -48,6 +48,10 @@ class BrokerSettings(Spec):
     username: str | None = setting(None, parse=parsers.user_name)
     # the password is kept out of the config: one line in a file
     password_file: Path | None = setting(None, parse=parsers.existing_file, requires="username")
+    # The monitor's results go out on a second connection (see service/monitor.py); on a broker
+    # that takes client ids from user names it needs a user of its own. None: the same user.
+    output_username: str | None = setting(None, parse=parsers.user_name)
+    output_password_file: Path | None = setting(None, parse=parsers.existing_file, requires="output_username")
     tls: TlsSettings | None = None  # None: plain TCP
     keepalive: int = setting(30, low=5, high=65535)  # seconds
     session_expiry: int = setting(3600, low=1, high=2**32 - 1, why=(
@@ -58,6 +62,14 @@ class BrokerSettings(Spec):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def for_outputs(self) -> "BrokerSettings":
+        """How the monitor's output connection logs in: ``output_username`` if set, else the
+        same user; its own client id (``<client_id>-out``)."""
+        if self.output_username is None:
+            return replace(self, client_id=f"{self.client_id}-out")
+        return replace(self, client_id=f"{self.client_id}-out", username=self.output_username,
+                       password_file=self.output_password_file)
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
