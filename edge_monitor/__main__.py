@@ -51,8 +51,8 @@ def _fail(message: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from .service.config import ConfigError, load_config
+    from .service.daemon import StartupError, run
     from .service.logging import configure_logging
-    from .service.monitor import StartupError, run
 
     overrides = {"broker": args.broker, "bundle": args.bundle, "root": args.root, "instance": args.instance}
     try:

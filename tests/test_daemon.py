@@ -106,7 +106,7 @@ def test_evaluate_tool_life_agrees_with_the_daemon(run, model):
     rule: the daemon's first warning and first alarm per machine, and each cut's level, match it."""
     from edge_monitor.core.alarm import AlarmPolicy
     from edge_monitor.core.channels import SAMPLE_RATE_HZ
-    from edge_monitor.core.pipeline import PipelineSpec
+    from edge_monitor.core.steps import PipelineSpec
     from edge_monitor.model.bundle import load_bundle
     from training.dataset import prepare_windows
     from training.toollife import replay_tools

@@ -13,8 +13,8 @@ from edge_monitor.core.channels import SAMPLE_RATE_HZ
 from edge_monitor.core.fleet import Fleet
 from edge_monitor.core.inbound import Limits
 from edge_monitor.core.outbound import AlarmMessage
-from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.steps import PipelineSpec
 from edge_monitor.core.windowing import WindowSpec
 from edge_monitor.service.state import restore_alarm_states
 

@@ -13,9 +13,10 @@ from edge_monitor.core.calibration import GLOBAL, regime_key
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
 from edge_monitor.core.inbound import Command, CutEnd, CutParams, CutStart, SignalChunk
 from edge_monitor.core.outbound import AlarmMessage, ScoreMessage, SummaryMessage
-from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, WindowBatch
+from edge_monitor.core.pipeline import MachinePipeline
 from edge_monitor.core.scores import WindowScores
 from edge_monitor.core.stable_region import StableRegionSpec
+from edge_monitor.core.steps import PipelineSpec, WindowBatch
 from edge_monitor.core.topics import ProtocolError
 from edge_monitor.core.windowing import WindowSpec, cut_windows
 

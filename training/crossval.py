@@ -29,8 +29,8 @@ import numpy as np
 from edge_monitor.archive.mill import Archive, read_archive
 from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.core.channels import SAMPLE_RATE_HZ
-from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.scores import WindowScores
+from edge_monitor.core.steps import PipelineSpec
 
 from .dataset import WindowSet, prepare_windows
 from .fit import PRESETS, describe_archive

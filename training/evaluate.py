@@ -24,8 +24,8 @@ import numpy as np
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.core.channels import SAMPLE_RATE_HZ
-from edge_monitor.core.pipeline import PipelineSpec
 from edge_monitor.core.scores import WindowScores
+from edge_monitor.core.steps import PipelineSpec
 from edge_monitor.model.bundle import BundleMeta, load_bundle
 
 from .dataset import WindowSet, prepare_windows

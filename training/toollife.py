@@ -25,8 +25,9 @@ from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Level, Thresholds
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
 from edge_monitor.core.inbound import CutEnd, CutStart, SignalChunk
 from edge_monitor.core.outbound import AlarmMessage, SummaryMessage
-from edge_monitor.core.pipeline import MachinePipeline, PipelineSpec, Step, WindowBatch
+from edge_monitor.core.pipeline import MachinePipeline
 from edge_monitor.core.scores import WindowScores
+from edge_monitor.core.steps import PipelineSpec, Step, WindowBatch
 
 from .wear import CLASS_NAMES, DEGRADED, FAILED, HEALTHY
 

@@ -13,8 +13,9 @@ from typing import Callable, Iterable, Mapping
 from .alarm import AlarmTracker
 from .inbound import Command, CutStart, InboundMessage, SignalChunk
 from .outbound import AlarmMessage
-from .pipeline import MachinePipeline, Output, PipelineSpec, Step
+from .pipeline import MachinePipeline
 from .snapshot import SnapshotError
+from .steps import Output, PipelineSpec, Step
 
 
 class Fleet:

@@ -24,106 +24,36 @@ import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from . import snapshot as snap
-from .alarm import AlarmPolicy, AlarmTracker, Level, Thresholds, Transition
+from .alarm import AlarmTracker, Level, Transition
 from .calibration import GLOBAL, regime_key
 from .channels import CHANNELS
+from .fault import SensorFault
 from .frames import FinishResult, MachineStream
 from .inbound import (
-    DEFAULT_LIMITS,
     Command,
     CutEnd,
     CutStart,
     InboundMessage,
-    Limits,
     SignalChunk,
     parse_cut_event,
 )
 from .outbound import (
     SENSOR_FAULT,
     AlarmMessage,
-    MachineOutput,
     ScoreMessage,
     SummaryMessage,
 )
 from .scores import WindowScores
 from .snapshot import SnapshotError
-from .stable_region import StableRegionSpec
+from .steps import Event, Output, PipelineSpec, Step, WindowBatch
 from .topics import ProtocolError
-from .windowing import CutWindower, Windows, WindowSpec
+from .windowing import CutWindower, Windows
 
 REMEMBER_COMMANDS = 64  # command ids kept per machine to refuse a repeat
-FAULT_WINDOWS = 4  # consecutive windows scoring non-finite (or finite again) that raise (or clear) sensor_fault
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What every machine's pipeline shares: the bundle's specs and the daemon's policies."""
-
-    window: WindowSpec
-    stable: StableRegionSpec
-    fs: float  # the model's sample rate, Hz: a cut at another rate is refused
-    thresholds: Thresholds
-    policy: AlarmPolicy
-    model_id: str
-    limits: Limits = DEFAULT_LIMITS
-
-
-@dataclass(frozen=True, eq=False)
-class WindowBatch:
-    """Consecutive windows of one cut of one machine, waiting to be scored."""
-
-    machine: str
-    cut: str
-    regime: str  # the cut's operating regime (calibration.regime_key): which healthy reference scores it
-    offsets: np.ndarray  # (n,) first sample of each window in the cut
-    ts: np.ndarray  # (n,) when that sample was taken: the cut's start ts + offset / fs
-    data: np.ndarray  # (n, length, channels) raw float64 signal values
-
-    def __len__(self) -> int:
-        return int(self.offsets.size)
-
-    def split(self, n: int) -> tuple["WindowBatch", "WindowBatch"]:
-        """The first ``n`` windows and the rest."""
-        cut = slice(None, n), slice(n, None)
-        return tuple(  # type: ignore[return-value]
-            WindowBatch(self.machine, self.cut, self.regime, self.offsets[s], self.ts[s], self.data[s]) for s in cut
-        )
-
-
-@dataclass(frozen=True)
-class Output:
-    """A message to publish on one of the machine's topics (the message knows its topic leaf)."""
-
-    machine: str
-    message: MachineOutput
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something worth a log line: its name, fields and level."""
-
-    name: str
-    fields: dict[str, Any]
-    level: str = "info"
-
-
-@dataclass
-class Step:
-    """What one inbound message (or one scored batch) did to the pipeline."""
-
-    windows: list[WindowBatch] = field(default_factory=list)  # to score, in order
-    outputs: list[Output] = field(default_factory=list)  # to publish now, in order
-    duplicate_samples: int = 0
-    gap_samples: int = 0
-    events: list[Event] = field(default_factory=list)
-    alarm_changed: bool = False  # the alarm state changed (persist it)
-    faults: list[str] = field(default_factory=list)  # problems to report on the errors topic
-    nonfinite_scores: int = 0
 
 
 @dataclass
@@ -170,10 +100,7 @@ class MachinePipeline:
         self._records: dict[str, _CutRecord] = {}  # cuts not summarised yet, by id
         self._commands: deque[str] = deque(maxlen=REMEMBER_COMMANDS)  # ids of the commands applied
         self.last_input = 0.0  # the caller's clock at the last input (not checkpointed: a restart restarts it)
-        self._fault = False  # sensor_fault shown: the windows keep scoring non-finite
-        self._run = 0  # consecutive windows against the shown fault state (non-finite, or finite in a fault)
-        self._fault_since: float | None = None  # the window that raised the fault
-        self._fault_cut: str | None = None
+        self.fault = SensorFault()  # the windows keep scoring non-finite
         self._last_reset: float | None = None  # when (the caller's clock)
 
     @property
@@ -183,7 +110,7 @@ class MachinePipeline:
     @property
     def level(self) -> str:
         """What SCADA sees: the wear state, or sensor_fault."""
-        return SENSOR_FAULT if self._fault else self.tracker.state.label
+        return SENSOR_FAULT if self.fault.shown else self.tracker.state.label
 
     @property
     def outstanding_windows(self) -> int:
@@ -227,7 +154,7 @@ class MachinePipeline:
     def idle(self) -> bool:
         """No cut open, nothing being scored and no sensor fault shown: the pipeline may leave
         memory (its tracker stays; a fault must be cleared by its own windows)."""
-        return not self.stream.is_open and not self._outstanding and not self._fault
+        return not self.stream.is_open and not self._outstanding and not self.fault.shown
 
     def _command(self, msg: Command, now: float, step: Step) -> None:
         if msg.id is not None and msg.id in self._commands:
@@ -420,7 +347,7 @@ class MachinePipeline:
         recon, kl, channels = scores.recon.tolist(), scores.kl.tolist(), scores.channels.tolist()
         step = Step()
         finite = np.isfinite(values)
-        calm = finite.all() and not self._fault and not self._run  # the usual case: no fault to follow
+        calm = finite.all() and self.fault.quiet  # the usual case: no fault to follow
         level = self.level  # the wear state is decided per cut: the same for all of a cut's windows
         for i, (value, offset, ts, r, k, c) in enumerate(zip(values.tolist(), batch.offsets.tolist(),
                                                              batch.ts.tolist(), recon, kl, channels)):
@@ -438,8 +365,8 @@ class MachinePipeline:
     def shown_alarm(self) -> AlarmMessage:
         """The alarm message for what the machine's level is now (the retained topic's content)."""
         t = self.tracker
-        if self._fault:
-            return AlarmMessage(self.machine, SENSOR_FAULT, self._fault_since, self._fault_cut, None, None,
+        if self.fault.shown:
+            return AlarmMessage(self.machine, SENSOR_FAULT, self.fault.since, self.fault.cut, None, None,
                                 self.spec.model_id, wear=t.state.label)
         return AlarmMessage(self.machine, t.state.label, t.since, t.cut, t.score, t.threshold, self.spec.model_id)
 
@@ -449,14 +376,11 @@ class MachinePipeline:
             step.nonfinite_scores += 1
             step.faults.append(f"cut {cut!r} window at offset {offset} scored non-finite: a sensor value out of "
                                "range? (the window cannot count towards the alarm)")
-        self._run = self._run + 1 if finite == self._fault else 0
-        if self._run >= FAULT_WINDOWS:
-            self._fault, self._run = not self._fault, 0
-            self._fault_since, self._fault_cut = ts, cut
+        if self.fault.follow(finite, cut, ts):
             # sensor_fault with the wear state underneath (for a monitor that restarts from this
             # message), or back to the wear state as it stands
             step.outputs.append(Output(self.machine, self.shown_alarm()))
-            step.events.append(Event("sensor_fault" if self._fault else "sensor_fault_cleared",
+            step.events.append(Event("sensor_fault" if self.fault.shown else "sensor_fault_cleared",
                                      {"cut": cut, "offset": offset}, "warning"))
             step.alarm_changed = True
         return self.level
@@ -523,7 +447,7 @@ class MachinePipeline:
             machine=self.machine, state=t.new.label, since=t.since, cut=t.cut, score=t.score,
             threshold=t.threshold, model=self.spec.model_id,
         )
-        if not self._fault:  # in a sensor fault the alarm topic keeps showing it; the state follows it
+        if not self.fault.shown:  # in a sensor fault the alarm topic keeps showing it; the state follows it
             step.outputs.append(Output(self.machine, alarm))
         step.events.append(Event("alarm", {"state": alarm.state, "cut": alarm.cut, "score": alarm.score,
                                            "threshold": alarm.threshold}, "warning"))

@@ -35,19 +35,17 @@ gets the service restarted; ``STOPPING=1`` when shutdown begins.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..core.alarm import AlarmPolicy
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
 from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
-from ..core.pipeline import PipelineSpec, Step
+from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics
 from . import systemd
 from .checkpoint import Checkpoints, encode_arrays
@@ -77,20 +75,6 @@ class NetworkStalled(RuntimeError):
 
 
 PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the broker
-
-
-def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:
-    """What in the running alarm policy differs from the one the bundle's thresholds were chosen
-    for (the thresholds are figures of that rule); None when nothing does or the bundle does not say."""
-    if not isinstance(chosen_for, dict):
-        return None
-    keys = ("persist_cuts", "reference_cuts", "min_windows")
-    differ = [f"alarm.{k}: {getattr(running, k)} (chosen for {chosen_for[k]})"
-              for k in keys if k in chosen_for and chosen_for[k] != getattr(running, k)]
-    if not differ:
-        return None
-    return ("the bundle's thresholds were chosen for another alarm rule than config.yaml sets: "
-            + ", ".join(differ) + "; alarms may come too early or too late")
 
 
 class Monitor:
@@ -436,50 +420,3 @@ class Monitor:
         disconnect(self.client)
         disconnect(self.out)
         self.log.info("stopped", **asdict(self.counters))
-
-
-# ------------------------------------------------------------------------------ entry point
-
-
-def run(config: Config) -> int:
-    """Start the daemon for ``config`` and run it until SIGTERM/SIGINT; returns the exit code.
-    Start-up problems raise :class:`StartupError`."""
-    log = get_logger().bind(instance=config.instance)
-    systemd.status("loading TensorFlow and the model")
-    from ..model.device import DeviceError, select_device
-
-    try:
-        device = select_device(config.device)
-    except (DeviceError, ValueError) as exc:
-        raise StartupError(str(exc)) from None
-    log.info("device", requested=config.device, device=device)
-
-    from ..model.bundle import BundleError, load_bundle
-
-    try:
-        bundle = load_bundle(config.bundle)
-    except BundleError as exc:
-        raise StartupError(str(exc)) from None
-    th = bundle.meta.thresholds
-    log.info("bundle", path=str(config.bundle), model=bundle.meta.model_id, score=th.score,
-             warning=th.warning, alarm=th.alarm)
-    mismatch = policy_mismatch(bundle.meta.training.get("alarm_policy"), config.alarm)
-    if mismatch:
-        log.warning("alarm_policy_differs", detail=mismatch)
-    try:
-        monitor = Monitor(config, bundle, "cpu" if device == "cpu" else "gpu")
-    except BrokerError as exc:  # a TLS or password file that cannot be used
-        raise StartupError(str(exc)) from None
-    monitor.warm_up()
-    # From here a stop request is honoured gracefully, also one that comes right after READY=1.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: monitor.stop())
-    systemd.status(f"connecting to the broker {config.broker.address}")
-    monitor.start()
-    try:
-        monitor.run()
-    except NetworkStalled as exc:
-        log.error("network_stalled", reason=str(exc), exit_code=1)
-        systemd.status(f"exiting: {exc}")
-        return 1
-    return 0

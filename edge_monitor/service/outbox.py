@@ -13,8 +13,8 @@ import time
 import paho.mqtt.client as paho
 
 from ..core.outbound import ErrorMessage, StatusMessage, encode
-from ..core.pipeline import Output
 from ..core.ratelimit import TokenBucket
+from ..core.steps import Output
 from ..core.topics import Topics
 from .config import ErrorsRate, OutputQos
 

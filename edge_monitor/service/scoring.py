@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from ..core.batching import Batcher
-from ..core.pipeline import WindowBatch
 from ..core.scores import WindowScores
+from ..core.steps import WindowBatch
 from .config import Batching
 from .status import Counters
 
