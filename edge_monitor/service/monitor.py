@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
-from ..core.inbound import Command
+from ..core.inbound import Command, SignalChunk
 from ..core.outbound import StatusMessage, encode
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics
@@ -99,6 +99,7 @@ class Monitor:
         self.watchdog = systemd.WatchdogPinger(systemd.watchdog_interval())
         self._stop = threading.Event()
         self._shown = "online"  # the state the status topic shows
+        self._freshest: float | None = None  # age of the freshest data applied since the last look
         self._connections = 0  # connections the main loop has seen
         self._pinged = 0.0  # monotonic time of the last ping to itself
         self._connected_at = time.monotonic()
@@ -246,10 +247,23 @@ class Monitor:
             self._reject(item.topic, exc.reason)
             return
         self._touched.add(machine)
+        self._note_age(machine, item.message)
         if step.duplicate_samples:
             self.log.debug("duplicate", machine=machine, topic=item.topic, samples=step.duplicate_samples)
         self.scoring.add(step.windows, item.received)
         self._apply(machine, step)
+
+    def _note_age(self, machine: str, message: object) -> None:
+        """How old the data of the input just applied is: when its last sample was taken (the cut's
+        start ts + offset / fs) to now. The freshest since the last look counts: a machine whose
+        clock runs behind cannot make the monitor look late while others' data is fresh."""
+        if not isinstance(message, SignalChunk):
+            return
+        cut = self.fleet[machine].stream.current
+        if cut is None:
+            return
+        age = time.time() - (cut.ts + (message.offset + message.samples.size) / cut.fs)
+        self._freshest = age if self._freshest is None else min(self._freshest, age)
 
     def _on_rejected(self, item: Rejected) -> None:
         self.counters.messages_in += 1
@@ -364,10 +378,16 @@ class Monitor:
                              backlog=self._backlog() if counters else None)
 
     def _backlog(self) -> dict[str, float]:
-        """How far behind the monitor is: the age of the oldest input waiting to be processed,
-        inputs waiting, and inputs processed but not acknowledged yet."""
-        return {"lag_s": self.inbox.lag(time.monotonic()), "queued": self.inbox.qsize(),
-                "unacknowledged": self.checkpoints.unacknowledged}
+        """How far behind the monitor is (:meth:`_lag`), inputs waiting in the monitor, and inputs
+        processed but not acknowledged yet."""
+        return {"lag_s": self._lag(), "queued": self.inbox.qsize(), "unacknowledged": self.checkpoints.unacknowledged}
+
+    def _lag(self) -> float:
+        """Seconds behind: how long input has waited in (or, the inbox full, for) the monitor, or
+        the age of the freshest data applied lately (inputs that waited at the broker are old;
+        this assumes the machines' clocks are set, as their timestamps are)."""
+        data_age = max(0.0, self._freshest) if self._freshest is not None else 0.0
+        return max(self.inbox.lag(time.monotonic()), data_age)
 
     def _publish_status(self, state: str | None = None):
         state = state or self._state()
@@ -379,14 +399,14 @@ class Monitor:
         return self.outbox.status(self._status(state, counters=True))
 
     def _state(self) -> str:
-        behind = self.inbox.lag(time.monotonic()) >= self.config.delivery.degraded_lag_s
-        return "degraded" if behind else "online"
+        return "degraded" if self._lag() >= self.config.delivery.degraded_lag_s else "online"
 
     def _watch_backlog(self) -> None:
         """Publish the status as soon as the monitor falls behind or catches up."""
         state = self._state()
         if state != self._shown:
             self._publish_status(state)
+        self._freshest = None  # a new look: only data applied from now on
 
     def _refresh(self) -> None:
         self._publish_status()
