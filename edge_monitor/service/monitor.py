@@ -263,6 +263,8 @@ class Monitor:
         if cut is None:
             return
         age = time.time() - (cut.ts + (message.offset + message.samples.size) / cut.fs)
+        if age > self.config.broker.session_expiry:
+            return  # older than the broker keeps input: a clock that is not set (or a test's), not a lag
         self._freshest = age if self._freshest is None else min(self._freshest, age)
 
     def _on_rejected(self, item: Rejected) -> None:
