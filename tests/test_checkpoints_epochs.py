@@ -22,9 +22,9 @@ def test_acknowledged_after_results_and_snapshot(module_broker):
     checkpoints.applied(Delivery(11, 1, False, 1))
     checkpoints.applied(Delivery(0, 0, False, 1))  # QoS 0: nothing to acknowledge
     checkpoints.published([client.publish("t-epochs/a", b"x", qos=1) for _ in range(50)])
-    checkpoints.close("snapshot-1", time.monotonic())
+    checkpoints.close("snapshot-1")
     checkpoints.applied(Delivery(12, 1, True, 0))  # came on an earlier connection
-    checkpoints.close("snapshot-2", time.monotonic())
+    checkpoints.close("snapshot-2")
     written: list[str] = []
 
     def fail(text):

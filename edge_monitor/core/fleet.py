@@ -58,10 +58,8 @@ class Fleet:
             if machine in self._pipelines or len(self._pipelines) >= self.spec.limits.max_machines:
                 problems.append((machine, "more open cuts than limits.max_machines"))
                 continue
-            snapshot = self._restored.get(machine)
             try:
-                tracker = AlarmTracker.from_dict(self.spec.policy, self.spec.thresholds, snapshot) if snapshot else None
-                pipe = MachinePipeline(machine, self.spec, tracker)
+                pipe = self._new_pipeline(machine)
                 pipe.restore(state)
                 pipe.last_input = now  # the cut's timeout counts from the restart
             except (SnapshotError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
@@ -110,9 +108,7 @@ class Fleet:
         cut start): it holds nothing."""
         pipe = self._pipelines.get(machine)
         if pipe is not None and pipe.idle:
-            del self._pipelines[machine]
-            if machine in self._had_snapshot:  # its alarm state was known: it stays known
-                self._restored[machine] = pipe.tracker.to_dict()
+            self._leave(machine, keep_state=machine in self._had_snapshot)  # a known state stays known
 
     def expire(self, now: float) -> list[tuple[str, Step]]:
         """Close the cuts with no input for ``limits.cut_timeout_s`` (aborted, with their summary),
@@ -125,20 +121,29 @@ class Fleet:
             if pipe.stream.is_open and quiet >= limits.cut_timeout_s:
                 steps.append((machine, pipe.abort(f"no input for {quiet:.0f} s (limits.cut_timeout_s)")))
             elif pipe.idle and quiet >= limits.idle_machine_s:
-                self._restored[machine] = pipe.tracker.to_dict()
-                del self._pipelines[machine]
+                self._leave(machine, keep_state=True)
         return steps
 
     def pipeline(self, machine: str) -> MachinePipeline:
         """The pipeline of ``machine``, created (from its restored alarm state, if any) on first use."""
         pipe = self._pipelines.get(machine)
         if pipe is None:
-            snapshot = self._restored.pop(machine, None)
-            tracker = AlarmTracker.from_dict(self.spec.policy, self.spec.thresholds, snapshot) if snapshot else None
-            if snapshot:
+            pipe = self._pipelines[machine] = self._new_pipeline(machine)
+            if self._restored.pop(machine, None):
                 self._had_snapshot.add(machine)
-            pipe = self._pipelines[machine] = MachinePipeline(machine, self.spec, tracker)
         return pipe
+
+    def _new_pipeline(self, machine: str) -> MachinePipeline:
+        """A pipeline for ``machine``, with its restored alarm state if it has one (not yet tracked)."""
+        snapshot = self._restored.get(machine)
+        tracker = AlarmTracker.from_dict(self.spec.policy, self.spec.thresholds, snapshot) if snapshot else None
+        return MachinePipeline(machine, self.spec, tracker)
+
+    def _leave(self, machine: str, keep_state: bool) -> None:
+        """The pipeline of ``machine`` leaves memory; with ``keep_state`` its alarm state stays, as a snapshot."""
+        pipe = self._pipelines.pop(machine)
+        if keep_state:
+            self._restored[machine] = pipe.tracker.to_dict()
 
     def snapshots(self) -> dict[str, dict]:
         """Every machine's alarm state as a snapshot (``AlarmTracker.to_dict``), restored or live."""

@@ -76,6 +76,6 @@ class Step:
     duplicate_samples: int = 0
     gap_samples: int = 0
     events: list[Event] = field(default_factory=list)
-    alarm_changed: bool = False  # the alarm state changed (persist it)
+    alarm_changed: bool = False  # what the alarm topic shows changed
     faults: list[str] = field(default_factory=list)  # problems to report on the errors topic
     nonfinite_scores: int = 0

@@ -98,10 +98,9 @@ class Epoch:
     acks: list[Delivery] = field(default_factory=list)
     outputs: list[paho.MQTTMessageInfo] = field(default_factory=list)
     snapshot: str | None = None
-    closed_at: float = 0.0  # monotonic
 
     def merge(self, later: "Epoch") -> "Epoch":
-        return Epoch(self.acks + later.acks, self.outputs + later.outputs, later.snapshot, later.closed_at)
+        return Epoch(self.acks + later.acks, self.outputs + later.outputs, later.snapshot)
 
 
 @dataclass
@@ -109,7 +108,6 @@ class Progress:
     """What :meth:`Checkpoints.confirm` did."""
 
     acknowledged: int = 0
-    written: bool = False
     forgotten: int = 0  # inputs of an earlier connection: the broker sends them again
 
 
@@ -137,9 +135,9 @@ class Checkpoints:
     def can_close(self) -> bool:
         return len(self.waiting) < MAX_UNCONFIRMED
 
-    def close(self, snapshot: str | None, now: float) -> None:
+    def close(self, snapshot: str | None) -> None:
         """Close the open epoch with ``snapshot``, taken after every window of it was scored."""
-        self.open.snapshot, self.open.closed_at = snapshot, now
+        self.open.snapshot = snapshot
         self.waiting.append(self.open)
         self.open = Epoch()
 
@@ -173,7 +171,6 @@ class Checkpoints:
             except BaseException:
                 self.waiting.appendleft(done)  # its outputs are confirmed already
                 raise
-            progress.written = True
         with lock:
             current = connection() if self.client.is_connected() else None
             for d in done.acks:
@@ -183,7 +180,3 @@ class Checkpoints:
                 else:  # the broker sends it again on the connection after
                     progress.forgotten += 1
         return progress
-
-    def oldest_unacknowledged(self, now: float) -> float:
-        """Seconds since the oldest closed epoch waiting for the broker was closed (0: none)."""
-        return now - self.waiting[0].closed_at if self.waiting else 0.0

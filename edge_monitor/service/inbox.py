@@ -62,7 +62,6 @@ class Received:
 class Rejected:
     topic: str
     reason: str
-    received: float = 0.0
     delivery: Delivery = NO_DELIVERY
 
 
@@ -95,7 +94,6 @@ class Inbox:
         self._closed = threading.Event()
         self.connection = 0  # counts connections (and losses of one): deliveries say which one they came on
         self.ack_lock = threading.Lock()  # held while acknowledging, and while the connection changes
-        self.waited = 0.0  # seconds the network thread waited for room (backpressure), in all
         # When the network thread last delivered anything (an input, or our own ping): a backlog
         # can hold the ping back for minutes behind inputs (Mosquitto 2.0.11 sends far more than
         # the receive maximum), but then inputs keep coming.
@@ -152,13 +150,11 @@ class Inbox:
             if self._full_since is not None and self._queue.qsize() < self.max_queued // 2:
                 self._full_since = None  # caught up
             if not self._room.acquire(blocking=False):
-                started = time.monotonic()
                 if self._full_since is None:
-                    self._full_since = started
+                    self._full_since = time.monotonic()
                 while not self._room.acquire(timeout=0.1):
                     if self._closed.is_set():
                         return
-                self.waited += time.monotonic() - started
 
             def call() -> None:
                 self._room.release()
@@ -188,7 +184,7 @@ class Inbox:
                     raise ProtocolError(problem)
                 inbound = Received(topic, where, parse(message.payload, self.limits), now, delivery)
             except ProtocolError as exc:
-                self._put(self.handlers.rejected, Rejected(topic, exc.reason, now, delivery))
+                self._put(self.handlers.rejected, Rejected(topic, exc.reason, delivery))
                 return
             self._put(self.handlers.received, inbound)
 

@@ -353,9 +353,9 @@ class Monitor:
         if self.state_file.path is not None:
             for machine, state in self.fleet.streams(self._touched).items():
                 self._stream_texts[machine] = json.dumps(encode_arrays(state), separators=(",", ":"))
-            self._touched.clear()
             snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id)
-        self.checkpoints.close(snapshot, time.monotonic())
+        self._touched.clear()
+        self.checkpoints.close(snapshot)
         self.counters.checkpoints += 1
 
     def _confirm(self) -> None:
