@@ -11,17 +11,11 @@ import pytest
 from edge_monitor.archive.publisher import Publisher
 from edge_monitor.core.inbound import DEFAULT_LIMITS, CutStart, SignalChunk
 from edge_monitor.core.topics import Topics
-from edge_monitor.service.inbox import Connected, Handlers, Inbox, Received, Rejected
+from edge_monitor.service.inbox import Connected, Inbox, Received, Rejected
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 from edge_monitor.service.state import read_retained_alarms
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.items: list = []
-        self.handlers = Handlers(self.items.append, self.items.append, self.items.append)
 
 
 def unwatched(machine: str) -> str | None:
@@ -29,29 +23,27 @@ def unwatched(machine: str) -> str | None:
 
 
 def start_inbox(broker, root: str, instance: str):
-    recorder = Recorder()
     client = make_client(BrokerSettings(broker.host, broker.port, f"inbox-{instance}"), clean_start=True)
     topics = Topics(root, instance)
-    inbox = Inbox(client, topics, DEFAULT_LIMITS, unwatched, recorder.handlers)
+    inbox = Inbox(client, topics, DEFAULT_LIMITS, unwatched)
     client.on_connect = lambda c, u, flags, reason, p: inbox.subscribe(c, bool(flags.session_present))
     connect(client)
-    return client, topics, inbox, recorder
+    return client, topics, inbox
 
 
-def drain(inbox: Inbox, recorder: Recorder, n: int, timeout: float = 10.0) -> list:
+def drain(inbox: Inbox, n: int, timeout: float = 10.0) -> list:
+    items: list = []
     deadline = time.monotonic() + timeout
-    while len(recorder.items) < n and time.monotonic() < deadline:
-        call = inbox.get(0.1)
-        if call is not None:
-            call()
-    while (call := inbox.get(0.3)) is not None:  # anything beyond the n expected
-        call()
-    return recorder.items
+    while len(items) < n and time.monotonic() < deadline:
+        items += inbox.take(0.1)
+    while more := inbox.take(0.3):  # anything beyond the n expected
+        items += more
+    return items
 
 
 @pytest.mark.parametrize("instance", ["edge-1", "cut", "signal", "cmd"])
 def test_inputs_are_routed_by_kind_and_unwatched_machines_are_not_decoded(broker, instance):
-    client, topics, inbox, recorder = start_inbox(broker, "plant", instance)
+    client, topics, inbox = start_inbox(broker, "plant", instance)
     try:
         assert read_retained_alarms(client, topics, DEFAULT_LIMITS, lambda *a, **k: None) == {}
         pub = make_client(BrokerSettings(broker.host, broker.port, f"pub-{instance}"), clean_start=True)
@@ -66,7 +58,7 @@ def test_inputs_are_routed_by_kind_and_unwatched_machines_are_not_decoded(broker
         publisher.publish("plant/mill-01/signal", chunk)  # wrong depth under a known kind
         assert publisher.wait_all(10)
         disconnect(pub)
-        items = drain(inbox, recorder, 6)
+        items = drain(inbox, 6)
     finally:
         disconnect(client)
     # the read-back's sync message (plant/_monitor/<instance>/sync) is never taken for an input,

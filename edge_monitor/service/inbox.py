@@ -1,11 +1,18 @@
-"""The inbox: inputs from paho's network thread, handed to the main loop as calls to make.
+"""The inbox: inputs from paho's network thread, handed to the main loop in batches.
 
 paho routes each message by its subscription filter (``message_callback_add``): one callback per
 input kind, so the topic is parsed once and the payload decoded by that kind's parser. The network
 thread never waits for scoring: it checks the topic, drops the inputs of machines this monitor does
-not watch before decoding their payload, parses, and puts a call on the queue (``Received``,
-``Rejected`` or ``Connected`` for the main loop's handlers). The main loop runs the calls in
-arrival order, so each machine's inputs are applied in the order the broker delivered them.
+not watch before decoding their payload, parses, and appends the result (``Received``,
+``Rejected`` or ``Connected``) to the queue. The main loop takes everything queued at once
+(:meth:`Inbox.take`) and applies it in arrival order, so each machine's inputs are applied in the
+order the broker delivered them.
+
+Why batches: handing over one message at a time cost a lock, a semaphore and a thread wake-up per
+message, more than the pipeline's own work (docs/performance.md). Now the network thread wakes the
+main loop only when it sleeps, and the main loop, once woken, lets a few milliseconds of input
+gather (``GATHER``) before it takes the lot: latency grows by at most that, and the per-message
+cost of the hand-over all but disappears.
 
 Inputs are acknowledged by the main loop, not here (``manual_ack``): each item carries its
 :class:`Delivery` (packet id, QoS, whether the broker marked it a redelivery, and the connection
@@ -20,11 +27,11 @@ acknowledgement.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -33,8 +40,11 @@ from ..core.inbound import PAYLOAD_PARSERS, InboundMessage, Limits
 from ..core.topics import InboundTopic, ProtocolError, Topics
 from .mqtt import acknowledge
 
+GATHER = 0.005  # seconds the woken main loop lets input gather before it takes the batch
+MAX_TAKE = 2000  # items per take: the loop still turns (scores, checkpoints) during a backlog
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """How an input came: what acknowledging it takes, and whether it may be a duplicate."""
 
@@ -47,7 +57,7 @@ class Delivery:
 NO_DELIVERY = Delivery(0, 0, False, 0)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Received:
     """A valid input of a watched machine."""
 
@@ -58,40 +68,37 @@ class Received:
     delivery: Delivery = NO_DELIVERY
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejected:
     topic: str
     reason: str
     delivery: Delivery = NO_DELIVERY
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Connected:
     session_present: bool
 
 
-@dataclass(frozen=True)
-class Handlers:
-    """What the main loop does with each kind of inbox item."""
-
-    received: Callable[[Received], None]
-    rejected: Callable[[Rejected], None]
-    connected: Callable[[Connected], None]
+Item = Union[Received, Rejected, Connected]
 
 
 class Inbox:
     """Subscribes ``client`` to the inputs under ``topics`` and queues them for the main loop."""
 
     def __init__(self, client: paho.Client, topics: Topics, limits: Limits,
-                 unwatched: Callable[[str], str | None], handlers: Handlers, max_queued: int = 10_000) -> None:
+                 unwatched: Callable[[str], str | None], max_queued: int = 10_000) -> None:
         self.topics, self.limits = topics, limits
         self.unwatched = unwatched  # why a machine's inputs are not ours (None: they are); thread-safe
-        self.handlers = handlers
-        self._queue: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
         self.max_queued = max_queued
-        self._room = threading.Semaphore(max_queued)  # inputs the queue may still take
+        self._items: deque[tuple[float, Item]] = deque()  # (monotonic time queued, item)
+        self._inputs = 0  # inputs in _items (Connected does not count against max_queued)
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # the main loop sleeps on it
+        self._room = threading.Condition(self._lock)  # the network thread waits on it when full
+        self._sleeping = False  # the main loop waits for input: wake it
         self._full_since: float | None = None  # since when input waits at the broker (the queue is full)
-        self._closed = threading.Event()
+        self._closed = False
         self.connection = 0  # counts connections (and losses of one): deliveries say which one they came on
         self.ack_lock = threading.Lock()  # held while acknowledging, and while the connection changes
         # When the network thread last delivered anything (an input, or our own ping): a backlog
@@ -111,18 +118,37 @@ class Inbox:
             self.connection += 1  # before any message of this connection is queued
         self.last_delivery = time.monotonic()
         client.subscribe([(f, options) for f in self.topics.inputs.values()] + [(self.topics.ping, 0)])
-        self._put(self.handlers.connected, Connected(session_present), counts=False)
+        self._put(Connected(session_present), counts=False)
 
-    def get(self, timeout: float) -> Callable[[], None] | None:
-        """The next call for the main loop, or None after ``timeout`` seconds."""
-        try:
-            _, call = self._queue.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
-        return call
+    def take(self, timeout: float) -> list[Item]:
+        """Everything queued (at most ``MAX_TAKE`` items), in arrival order; when nothing is, wait
+        up to ``timeout`` seconds for input and let it gather for ``GATHER`` seconds first."""
+        with self._lock:
+            if not self._items:
+                if timeout <= 0:
+                    return []
+                self._sleeping = True
+                self._arrived.wait(timeout)
+                self._sleeping = False
+                if not self._items:
+                    return []
+                woken = True
+            else:
+                woken = False
+        if woken:
+            time.sleep(GATHER)
+        with self._lock:
+            n = min(len(self._items), MAX_TAKE)
+            taken = [self._items.popleft()[1] for _ in range(n)]
+            inputs = sum(type(item) is not Connected for item in taken)
+            full = self._inputs >= self.max_queued
+            self._inputs -= inputs
+            if full and inputs:
+                self._room.notify_all()
+        return taken
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
 
     def disconnected(self) -> None:
         """The connection is lost (paho's network thread): packet ids of inputs received on it mean
@@ -133,60 +159,63 @@ class Inbox:
     def lag(self, now: float) -> float:
         """How far behind the monitor is, in seconds: the age of the oldest queued input, or, while
         the queue is full and input waits at the broker, how long that has lasted (0: keeping up)."""
-        with self._queue.mutex:
-            oldest = now - self._queue.queue[0][0] if self._queue.queue else 0.0
-            if not self._queue.queue:
+        with self._lock:
+            oldest = now - self._items[0][0] if self._items else 0.0
+            if not self._items:
                 self._full_since = None  # drained: nothing waits for room
-        full = self._full_since
+            full = self._full_since
         return max(0.0, oldest, 0.0 if full is None else now - full)
 
     def close(self) -> None:
         """Stop taking inputs (shutting down): a network thread waiting for room drops what it
         holds, unacknowledged, so the broker sends it again to the next session."""
-        self._closed.set()
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
 
-    def _put(self, handler: Callable, item: object, counts: bool = True) -> None:
-        if counts:
-            if self._full_since is not None and self._queue.qsize() < self.max_queued // 2:
-                self._full_since = None  # caught up
-            if not self._room.acquire(blocking=False):
-                if self._full_since is None:
-                    self._full_since = time.monotonic()
-                while not self._room.acquire(timeout=0.1):
-                    if self._closed.is_set():
-                        return
-
-            def call() -> None:
-                self._room.release()
-                handler(item)
-        else:
-            def call() -> None:
-                handler(item)
-        self._queue.put((time.monotonic(), call))
+    def _put(self, item: Item, counts: bool = True) -> None:  # paho's network thread
+        with self._lock:
+            if counts:
+                if self._full_since is not None and self._inputs < self.max_queued // 2:
+                    self._full_since = None  # caught up
+                if self._inputs >= self.max_queued:
+                    if self._full_since is None:
+                        self._full_since = time.monotonic()
+                    while self._inputs >= self.max_queued:
+                        if self._closed:
+                            return
+                        self._room.wait(0.1)
+                self._inputs += 1
+            self._items.append((time.monotonic(), item))
+            if self._sleeping:
+                self._sleeping = False  # one wake-up per sleep
+                self._arrived.notify()
 
     def _on_ping(self, client, userdata, message) -> None:  # paho's network thread
         self.last_delivery = time.monotonic()
 
     def _receiver(self, kind: str) -> Callable:
         parse = PAYLOAD_PARSERS[kind]
+        topics, limits, unwatched = self.topics, self.limits, self.unwatched
 
         def on_message(client, userdata, message) -> None:  # paho's network thread
             topic = message.topic
-            delivery = Delivery(message.mid if message.qos else 0, message.qos, bool(message.dup), self.connection)
+            qos = message.qos
+            delivery = Delivery(message.mid if qos else 0, qos, bool(message.dup), self.connection)
             now = self.last_delivery = time.monotonic()
-            if topic == self.topics.sync:  # R/_monitor/cut/sync matches R/+/cut/#: ours, not an input
+            if topic == topics.sync:  # R/_monitor/cut/sync matches R/+/cut/#: ours, not an input
                 acknowledge(client, message)
                 return
             try:
-                where = self.topics.parse(topic)
-                problem = self.unwatched(where.machine)  # before the payload is decoded
+                where = topics.parse(topic)
+                problem = unwatched(where.machine)  # before the payload is decoded
                 if problem:
                     raise ProtocolError(problem)
-                inbound = Received(topic, where, parse(message.payload, self.limits), now, delivery)
+                item = Received(topic, where, parse(message.payload, limits), now, delivery)
             except ProtocolError as exc:
-                self._put(self.handlers.rejected, Rejected(topic, exc.reason, delivery))
+                self._put(Rejected(topic, exc.reason, delivery))
                 return
-            self._put(self.handlers.received, inbound)
+            self._put(item)
 
         return on_message
 

@@ -8,10 +8,11 @@ QoS 1 results queued behind it, and the results (and the checkpoints waiting for
 back for as long as the backlog lasted. On their own connection they go out at once.
 
 Threads: paho's network thread of the input connection only routes and parses each input
-(:mod:`.inbox`) and queues it; it never waits for scoring. The main thread runs :meth:`Monitor.run`: it applies each input to its
-machine's pipeline (:mod:`~edge_monitor.core.fleet`), batches the windows of all machines and
-scores them with the bundle's one scoring call (:mod:`.scoring`), hands the scores back to the
-pipelines and publishes what they return (:mod:`.outbox`).
+(:mod:`.inbox`) and queues it; it never waits for scoring. The main thread runs :meth:`Monitor.run`:
+each turn it takes everything queued, applies each input to its machine's pipeline
+(:mod:`~edge_monitor.core.fleet`), batches the windows of all machines and scores them with the
+bundle's one scoring call (:mod:`.scoring`), hands the scores back to the pipelines and publishes
+what they return (:mod:`.outbox`).
 
 Start-up order: device, bundle (and one warm-up batch, so the first real window does not pay for
 tracing), broker, the alarm states read back (:mod:`.state`), then ``online``.
@@ -50,7 +51,7 @@ from ..core.topics import ProtocolError, StaleInput, Topics
 from . import systemd
 from .checkpoint import Checkpoints, encode_arrays
 from .config import Config
-from .inbox import Connected, Handlers, Inbox, Received, Rejected
+from .inbox import Connected, Inbox, Received, Rejected
 from .logging import get_logger
 from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
@@ -113,7 +114,6 @@ class Monitor:
         self.outbox = Outbox(self.out, self.topics, config.qos, config.errors)
         self._out_reconnected = threading.Event()
         self.inbox = Inbox(self.client, self.topics, config.limits, self.fleet.unwatched,
-                           Handlers(self._on_input, self._on_rejected, self._on_connected),
                            max_queued=delivery.max_queued_inputs)
         self.checkpoints = Checkpoints(self.client)
         self._touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
@@ -195,9 +195,13 @@ class Monitor:
             deadline = self.scoring.deadline()
             wait = min(IDLE_WAKE, next_status - now, next_checkpoint - now,
                        IDLE_WAKE if deadline is None else deadline - now)
-            call = self.inbox.get(timeout=wait)
-            if call is not None:
-                call()
+            for item in self.inbox.take(timeout=wait):
+                if type(item) is Received:
+                    self._on_input(item)
+                elif type(item) is Rejected:
+                    self._on_rejected(item)
+                else:
+                    self._on_connected(item)
             self._score_ready()
             now = time.monotonic()
             if now >= next_checkpoint:
