@@ -463,3 +463,79 @@ def test_encode_summary_status_error():
     assert json.loads(outbound.encode(err)) == {"topic": "mill/m1/signal/x", "reason": "unknown channel 'x'", "ts": 3.0}
     # Whatever a client put in a topic, the error message is valid JSON.
     assert json.loads(outbound.encode(outbound.ErrorMessage("mill/\udcff/\u00e9", "r", 0.0)))["topic"] == "mill/\udcff/\u00e9"
+
+
+# ------------------------------------------------------------------ the fast parser and the strict one
+
+
+def _outcome(parse, payload):
+    try:
+        return ("ok", parse(payload))
+    except ProtocolError as exc:
+        return ("refused", exc.reason)
+
+
+def _payloads(rng):
+    """Payloads near the edges of what the two parsers agree on."""
+    fixed = [
+        b'{"cut":"c1","offset":0,"samples":[1.0,2,3.5]}',
+        b'{"cut":"c1","cut":"c2","offset":0,"samples":[1.0]}',  # a repeated key
+        b'{"cut" : "c1","offset":0,"samples":[1.0]}',  # a space before the colon
+        b'{"cut":"a\\":","offset":0,"samples":[1.0]}',  # ": inside a string
+        b'{"cut":"c1","offset":0,"samples":[NaN]}',
+        b'{"cut":"c1","offset":0,"samples":[1e999]}',
+        b'{"cut":"c1","offset":123456789012345678901234567890,"samples":[1.0]}',
+        b'{"cut":"c1","offset":0,"samples":[{"a":1,"a":2}]}',  # a repeated key, nested in a list
+        b'{"cut":"c1","offset":0,"samples":[1.0],"x":{"y":{"z":1,"z":2}}}',
+        b'{"event":"start","cut":"c1","ts":1.5,"fs":250,"params":{"doc":1.5,"feed":0.5,"material":"cast_iron"}}',
+        b'{"cut":"\xc3\xa9","offset":0,"samples":[1]}',
+        b'{"cut":"\xff","offset":0,"samples":[1]}',  # not UTF-8
+        b'{"cut":"\\ud800","offset":0,"samples":[1]}',  # a lone surrogate
+        b'[1,2,3]', b'"text"', b'{}', b'{"a":true,"b":null,"c":false}',
+        b'{"a":' + b"[" * 990 + b"]" * 990 + b"}",  # deep: orjson takes it, the key count must not crash
+        b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"cut":"c1","offset":-0.0,"samples":[-0.0,1E3,1e-7,0.1]}',
+        b'{"cut":"c1","offset":0,"samples":[123456789012345678901234567890, 1]}',
+        b'{"cut":"c1","offset":1e19,"samples":[1]}', b'{"a":{"b":-99999999999999999999}}',
+    ]
+    yield from fixed
+    for _ in range(400):  # random mutations of a valid chunk: byte flips, cuts, doubled keys
+        base = bytearray(json.dumps({"cut": "c1", "offset": int(rng.integers(0, 10**6)),
+                                     "samples": (rng.normal(size=int(rng.integers(1, 8))) * 10).tolist()}).encode())
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            base[int(rng.integers(0, len(base)))] = int(rng.integers(0, 256))
+        elif kind == 1:
+            base = base[: int(rng.integers(1, len(base)))]
+        elif kind == 2:
+            base = base.replace(b'"offset"', b'"offset": 1, "offset"', 1)
+        else:  # a long integer somewhere
+            at = int(rng.integers(0, len(base)))
+            base = base[:at] + str(int(rng.integers(1, 9)) * 10 ** int(rng.integers(15, 25))).encode() + base[at:]
+        yield bytes(base)
+
+
+def _as_floats(value, in_array=False):
+    """Numbers in arrays as float64 (as the protocol takes them); elsewhere exactly as parsed."""
+    if isinstance(value, dict):
+        return {k: _as_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_floats(v, True) for v in value]
+    if in_array and type(value) in (int, float):
+        return ("number", float(value))
+    return (type(value).__name__, value)
+
+
+def test_the_fast_json_parser_takes_exactly_what_the_strict_one_takes():
+    """orjson is used only where it provably parses as the strict path does: same objects, and
+    every refusal (repeated keys above all) with the strict path's reason."""
+    from edge_monitor.core.inbound import _strict_object, decode_object
+
+    rng = np.random.default_rng(7)
+    for payload in _payloads(rng):
+        fast, strict = _outcome(decode_object, payload), _outcome(_strict_object, payload)
+        assert fast[0] == strict[0], payload[:80]
+        if fast[0] == "ok":
+            assert _as_floats(fast[1]) == _as_floats(strict[1]), payload[:80]
+        else:
+            assert fast[1] == strict[1]

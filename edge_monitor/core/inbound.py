@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
+import orjson
 
 from .channels import MATERIALS
 from .outbound import LEVELS, SENSOR_FAULT, AlarmMessage
@@ -154,7 +155,16 @@ PAYLOAD_PARSERS = {"cut": parse_cut_event, "signal": parse_signal, "cmd": parse_
 
 def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
     """A JSON object from raw payload bytes: size checked before decoding, strict UTF-8, no NaN or
-    Infinity literals, no duplicate keys."""
+    Infinity literals, no duplicate keys.
+
+    Two parsers, one outcome. orjson parses a chunk of 64 samples about 8 times faster than the
+    standard library (whose float parsing was the largest cost of an input message, see
+    docs/performance.md), but it keeps the last of repeated keys. So its result is taken only when
+    the payload provably has none: every key's closing quote is followed by its colon, and the
+    count of ``":`` in the bytes equals the count of keys parsed (a repeated key, or ``":``
+    inside a string, makes them differ), and no object holds an integer beyond 64 bits (see
+    :func:`_keys`). Anything else (a repeated key, NaN, a space before a colon, bad UTF-8) goes
+    to the standard library's strict parse, which accepts or names the problem as before."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     size = memoryview(payload).nbytes
@@ -162,6 +172,50 @@ def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
         raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
     if size == 0:
         raise ProtocolError("payload is empty")
+    try:
+        fast = orjson.loads(payload)
+        if type(fast) is dict and _keys(fast) == bytes(payload).count(b'":'):
+            return fast
+    except (orjson.JSONDecodeError, RecursionError):
+        pass
+    return _strict_object(payload)
+
+
+def _keys(value: Any) -> int:
+    """Keys in all objects of a parsed JSON value; -1 when an object holds a whole number of 2**63
+    or more as a float (it may have been an integer literal, which orjson makes a float: only the
+    strict parser keeps it an integer, and an offset must be refused as absurd, not as fractional).
+    In arrays such numbers are left as floats: the protocol's arrays are of samples, taken as
+    float64 either way."""
+    if type(value) is dict:
+        n = len(value)
+        for v in value.values():
+            kind = type(v)
+            if kind is float and abs(v) >= _LONG and v.is_integer():
+                return -1
+            if kind is dict or kind is list:
+                inner = _keys(v)
+                if inner < 0:
+                    return -1
+                n += inner
+        return n
+    if type(value) is list and not set(map(type, value)) <= _SCALARS:
+        n = 0
+        for v in value:
+            if type(v) is dict or type(v) is list:
+                inner = _keys(v)
+                if inner < 0:
+                    return -1
+                n += inner
+        return n
+    return 0
+
+
+_SCALARS = {float, int, str, bool, type(None)}
+_LONG = 2.0**63
+
+
+def _strict_object(payload: bytes) -> dict:
     try:
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError as exc:
