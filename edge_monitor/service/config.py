@@ -14,6 +14,7 @@ working directory, as usual. Command-line overrides (``--broker HOST:PORT``, ``-
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,7 +142,12 @@ class Config(Spec):
 
     def monitors(self, machine: str) -> bool:
         """Whether ``machine`` is one this monitor watches."""
-        return any(fnmatch.fnmatchcase(machine, pattern) for pattern in self.machines)
+        return _watches(self.machines, machine)
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every input; bounded, since ids come off the wire
+def _watches(patterns: tuple[str, ...], machine: str) -> bool:
+    return any(fnmatch.fnmatchcase(machine, pattern) for pattern in patterns)
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
