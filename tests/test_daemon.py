@@ -219,3 +219,29 @@ def test_log_format_follows_the_terminal_and_the_service_manager(monkeypatch, tm
         assert record["level"] == "warning" and "timestamp" in record
     finally:
         configure_logging("console", "info", sys.stderr)
+
+
+def test_compact_float32_chunks_are_scored_like_json_ones(module_broker, model, tmp_path):
+    """The same cuts replayed with the compact encoding (docs/protocol.md): the same windows, and
+    scores equal to the offline scorer's within float32's rounding of the samples."""
+    root = "t-daemon-f32"
+    collector = Collector(module_broker, [f"{root}/#"], "collector-daemon-f32")
+    daemon = Daemon(tmp_path, module_broker, model.bundle, root, "d-f32",
+                    'machines: "mill-*"\nstatus_interval_s: 1\n').start()
+    try:
+        daemon.wait_online(collector)
+        replay = replay_cli(module_broker, model.archive_path, root, "--encoding", "f32", "--chunk", "64")
+        assert replay.returncode == 0, replay.stderr
+        n_cuts = len(model.archive.cuts)
+        if not collector.wait(lambda: len(collector.on("/summary")) >= n_cuts, 60):
+            daemon.fail(f"expected {n_cuts} summaries, got {len(collector.on('/summary'))}")
+    finally:
+        daemon.kill()
+        collector.close()
+    seen = collections.Counter((b["cut"], b["offset"]) for _, b in collector.on("/score"))
+    assert set(seen) == set(model.offline) and max(seen.values()) == 1
+    assert not collector.on("/errors")
+    for _, body in collector.on("/score"):
+        recon, kl, _ = model.offline[(body["cut"], body["offset"])]
+        assert body["recon"] == pytest.approx(recon, rel=1e-3, abs=1e-5)
+        assert body["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-4)

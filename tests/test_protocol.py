@@ -539,3 +539,52 @@ def test_the_fast_json_parser_takes_exactly_what_the_strict_one_takes():
             assert _as_floats(fast[1]) == _as_floats(strict[1]), payload[:80]
         else:
             assert fast[1] == strict[1]
+
+
+# ------------------------------------------------------------------ the compact encoding of a chunk
+
+F32 = inbound.F32_CONTENT_TYPE
+
+
+def test_a_compact_chunk_reads_as_its_json_twin_rounded_to_float32():
+    x = np.random.default_rng(3).normal(size=64) * 5
+    chunk_msg = inbound.SignalChunk("c13-r04", 4096, x)
+    compact = inbound.parse_signal(chunk_msg.to_f32(), content_type=F32)
+    assert (compact.cut, compact.offset) == ("c13-r04", 4096)
+    assert compact.samples.dtype == np.float64 and not compact.samples.flags.writeable
+    np.testing.assert_array_equal(compact.samples, x.astype(np.float32).astype(np.float64))
+    assert len(chunk_msg.to_f32()) == 5 + 7 + 4 * 64  # against ~1.3 kB of JSON
+    # JSON stays the default, with or without its content type
+    assert inbound.parse_signal(outbound.encode(chunk_msg), content_type="application/json").offset == 4096
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"", "compact chunk of 0 bytes is shorter than its 5-byte header"),
+    (b"\x00\x00\x00\x00\x09c1", "compact chunk: its cut id of 9 bytes runs past the payload's end"),
+    (b"\x00\x00\x00\x00\x02c1", "samples is empty"),
+    (b"\x00\x00\x00\x00\x02c1\x00\x00\x80", "compact chunk: 3 bytes of samples is not a whole number of float32 values"),
+    (b"\x00\x00\x00\x00\x02c\xff\x00\x00\x80\x3f", "compact chunk: the cut id is not ASCII"),
+    (b"\x00\x00\x00\x00\x02c!\x00\x00\x80\x3f", "cut id 'c!' is not 1-64 characters of A-Z a-z 0-9 _ . : + -"),
+    (b"\x00\x00\x00\x00\x00\x00\x00\x80\x3f", "cut id '' is not 1-64 characters of A-Z a-z 0-9 _ . : + -"),
+    (b"\x00\x00\x00\x00\x02c1\x00\x00\x80\x3f\x00\x00\xc0\x7f", "samples[1] is not a finite number"),
+    (b"\xff\xff\xff\xff\x02c1\x00\x00\x80\x3f", "offset 4294967295 is absurd"),
+])
+def test_a_bad_compact_chunk_is_refused_with_what_to_fix(payload, reason):
+    with pytest.raises(ProtocolError) as err:
+        inbound.parse_signal(payload, content_type=F32)
+    assert err.value.reason.startswith(reason)
+
+
+def test_a_compact_chunk_obeys_the_same_limits():
+    limits = inbound.Limits(max_chunk=8, max_payload_bytes=100)
+    with pytest.raises(ProtocolError, match="over the limit of 8 per chunk"):
+        inbound.parse_signal(inbound.SignalChunk("c", 0, np.ones(9)).to_f32(), limits, F32)
+    with pytest.raises(ProtocolError, match="over the limit of 100 bytes"):
+        inbound.parse_signal(b"\x00" * 101, limits, F32)
+
+
+def test_content_types_the_monitor_does_not_read_are_refused_by_name():
+    with pytest.raises(ProtocolError, match="content type 'text/csv' is not one the monitor reads"):
+        inbound.parse_signal(b"1,2,3", content_type="text/csv")
+    with pytest.raises(ProtocolError, match="only a signal chunk may be"):
+        inbound.parse_cut_event(b'{"event":"end","cut":"c","ts":1,"samples":3}', content_type=F32)

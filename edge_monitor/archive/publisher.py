@@ -10,6 +10,8 @@ import threading
 import time
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 MAX_UNACKED = 100  # QoS 1 messages published and not yet acknowledged
 Message = tuple[str, bytes]  # (topic, payload)
@@ -43,15 +45,21 @@ class Publisher:
         with self._cond:
             return len(self._pending)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                content_type: str | None = None) -> int:
         """Publish once fewer than ``max_unacked`` messages are pending; returns the message id.
-        While the connection is down the message waits in paho and is sent after reconnecting."""
+        While the connection is down the message waits in paho and is sent after reconnecting.
+        ``content_type``: the MQTT 5 content type (the compact encoding of a chunk has one)."""
         if qos not in (1, 2):
             raise ValueError("Publisher is for QoS 1 or 2 (it waits for acknowledgements); use client.publish for QoS 0")
         with self._cond:
             while len(self._pending) >= self.max_unacked:
                 self._cond.wait(0.5)
-        info = self.client.publish(topic, payload, qos, retain)
+        properties = None
+        if content_type is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ContentType = content_type
+        info = self.client.publish(topic, payload, qos, retain, properties)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: queued for later
             raise PublishError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
         with self._cond:

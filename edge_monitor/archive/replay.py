@@ -38,6 +38,7 @@ import paho.mqtt.client as paho
 from ..core.channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
 from ..core.inbound import (
     DEFAULT_LIMITS,
+    F32_CONTENT_TYPE,
     Command,
     CutEnd,
     CutParams,
@@ -52,6 +53,14 @@ from .publisher import MAX_UNACKED, Message, Publisher
 
 DEFAULT_CHUNK = 250  # samples: 1 s of signal at 250 Hz
 RESET_BY = "replay"
+# How signal chunks are encoded: JSON, or compact float32 (docs/protocol.md), with the MQTT 5
+# content type that says so.
+CHUNK_CONTENT_TYPES: dict[str, str | None] = {"json": None, "f32": F32_CONTENT_TYPE}
+ENCODINGS = tuple(CHUNK_CONTENT_TYPES)
+
+
+def chunk_payload(chunk: SignalChunk, encoding: str) -> bytes:
+    return chunk.to_f32() if encoding == "f32" else encode(chunk)
 
 
 def machine_ids(n: int) -> list[str]:
@@ -81,7 +90,7 @@ def cut_messages(
     fs: float = SAMPLE_RATE_HZ,
     ts: float | None = None,
 ) -> list[Message]:
-    """Every message of one cut in publishing order: start, chunks (channels in turn), end."""
+    """Every message of one cut in publishing order: start, chunks (channels in turn), end (JSON)."""
     cut_id = cut_id or cut.cut_id
     ts = time.time() if ts is None else ts
     n = cut.n_samples
@@ -171,11 +180,14 @@ class ReplayEvent:
     cut_id: str = field(compare=False, default="")
     samples: int = field(compare=False, default=0)
     end: int = field(compare=False, default=0)  # cut offset just past the chunk's samples (chunk, end)
+    content_type: str | None = field(compare=False, default=None)  # MQTT 5 content type (compact chunks)
 
 
 def _machine_events(
-    root: str, machine: str, jobs: Sequence[ReplayJob], chunk: int, fs: float, loop: bool, seq: Iterator[int]
+    root: str, machine: str, jobs: Sequence[ReplayJob], chunk: int, fs: float, loop: bool, seq: Iterator[int],
+    encoding: str = "json",
 ) -> Iterator[ReplayEvent]:
+    content_type = CHUNK_CONTENT_TYPES[encoding]
     t = 0.0
     for p in itertools.count(1) if loop else (1,):
         for job in jobs:
@@ -193,8 +205,9 @@ def _machine_events(
                 for c, name in enumerate(CHANNELS):
                     yield ReplayEvent(
                         t + last / fs, next(seq), machine, "chunk", signal_topic(root, machine, name),
-                        lambda i=cut_id, f=first, l=last, c=c, s=cut.signals: encode(SignalChunk(i, f, s[f:l, c])),
-                        job, cut_id, last - first, last,
+                        lambda i=cut_id, f=first, l=last, c=c, s=cut.signals:
+                            chunk_payload(SignalChunk(i, f, s[f:l, c]), encoding),
+                        job, cut_id, last - first, last, content_type,
                     )
             t += n / fs
             yield ReplayEvent(
@@ -214,6 +227,7 @@ def replay(
     loop: bool = False,
     stop: threading.Event | None = None,
     on_event: Callable[[ReplayEvent, ReplayStats], None] | None = None,
+    encoding: str = "json",
 ) -> ReplayStats:
     """Publish ``plan`` (machine -> jobs) interleaved in signal time, paced by ``speed`` (0 or
     infinity: as fast as acknowledgements allow). Returns when every message is acknowledged,
@@ -227,7 +241,9 @@ def replay(
     stop = stop or threading.Event()
     stats = ReplayStats(machines={m: MachineProgress(m) for m in plan})
     seq = itertools.count()
-    streams = {m: _machine_events(root, m, jobs, chunk, fs, loop, seq) for m, jobs in plan.items()}
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    streams = {m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding) for m, jobs in plan.items()}
     heap = [e for e in (next(s, None) for s in streams.values()) if e is not None]
     heapq.heapify(heap)
     started = time.monotonic()
@@ -237,7 +253,7 @@ def replay(
             delay = started + event.due / speed - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 break
-        publisher.publish(event.topic, event.payload())
+        publisher.publish(event.topic, event.payload(), content_type=event.content_type)
         _count(stats, event)
         stats.seconds = time.monotonic() - started
         if on_event is not None:

@@ -25,6 +25,7 @@ from .mill import Archive, ArchiveError, read_archive
 from .publisher import Publisher
 from .replay import (
     DEFAULT_CHUNK,
+    ENCODINGS,
     MachineProgress,
     ReplayEvent,
     ReplayStats,
@@ -103,6 +104,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk", type=int, default=DEFAULT_CHUNK,
         help="samples per signal message (default %(default)s = 1 s at 250 Hz)",
     )
+    parser.add_argument(
+        "--encoding", choices=ENCODINGS, default="json",
+        help="signal chunks as JSON (default) or f32: compact float32 with an MQTT 5 content type",
+    )
     parser.add_argument("--username", default=None, help="broker user (a broker without anonymous access)")
     parser.add_argument(
         "--password-file", type=Path, default=None, help="file whose first line is that user's password"
@@ -173,7 +178,7 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         replay(
             Publisher(client), args.root, plan, speed=args.speed, chunk=args.chunk, loop=args.loop,
-            stop=stop, on_event=progress,
+            stop=stop, on_event=progress, encoding=args.encoding,
         )
     except KeyboardInterrupt:
         stop.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -87,6 +88,12 @@ class SignalChunk:
     def to_dict(self) -> dict:
         return {"cut": self.cut, "offset": int(self.offset), "samples": np.asarray(self.samples, np.float64).tolist()}
 
+    def to_f32(self) -> bytes:
+        """The compact encoding (content type :data:`F32_CONTENT_TYPE`, docs/protocol.md)."""
+        cut = self.cut.encode("ascii")
+        samples = np.asarray(self.samples, dtype="<f4")
+        return _F32_HEADER.pack(int(self.offset), len(cut)) + cut + samples.tobytes()
+
 
 @dataclass(frozen=True)
 class Command:
@@ -104,8 +111,15 @@ class Command:
 InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
 
 
-def parse_cut_event(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> CutStart | CutEnd:
-    obj = decode_object(payload, limits)
+#: MQTT 5 content type of the compact encoding of a signal chunk: offset (uint32), cut id length
+#: (uint8), the cut id (ASCII), then the samples as float32, all little-endian (docs/protocol.md).
+F32_CONTENT_TYPE = "application/vnd.edge-monitor.chunk+f32le"
+JSON_CONTENT_TYPE = "application/json"
+_F32_HEADER = struct.Struct("<IB")
+
+
+def parse_cut_event(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> CutStart | CutEnd:
+    obj = decode_object(payload, limits, content_type)
     event = _get(obj, "event")
     if event == "start":
         return CutStart(
@@ -122,11 +136,15 @@ def parse_cut_event(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> CutStart
     raise ProtocolError(f"event must be \"start\" or \"end\", got {show(event)}")
 
 
-def parse_signal(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> SignalChunk:
-    obj = decode_object(payload, limits)
-    cut = _cut_id(obj)
-    offset = _integer(_get(obj, "offset"), "offset")
-    samples = _samples(_get(obj, "samples"), limits)
+def parse_signal(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> SignalChunk:
+    """A chunk in JSON or, with the MQTT 5 content type :data:`F32_CONTENT_TYPE`, compact."""
+    if content_type == F32_CONTENT_TYPE:
+        cut, offset, samples = _f32_chunk(payload, limits)
+    else:
+        obj = decode_object(payload, limits, content_type)
+        cut = _cut_id(obj)
+        offset = _integer(_get(obj, "offset"), "offset")
+        samples = _samples(_get(obj, "samples"), limits)
     if offset + samples.size > limits.max_cut_samples:
         raise ProtocolError(
             f"offset {offset} is absurd: the chunk would end past the limit of {limits.max_cut_samples} samples per cut"
@@ -134,8 +152,8 @@ def parse_signal(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> SignalChunk
     return SignalChunk(cut, offset, samples)
 
 
-def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Command:
-    obj = decode_object(payload, limits)
+def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> Command:
+    obj = decode_object(payload, limits, content_type)
     cmd = _get(obj, "cmd")
     if cmd != "reset":
         raise ProtocolError(f"unknown cmd {show(cmd)}; expected \"reset\"")
@@ -149,11 +167,44 @@ def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Command:
     return Command(cmd, by, command_id)
 
 
-#: The payload parser of each input kind (the topic level after the machine id).
+#: The payload parser of each input kind (the topic level after the machine id); each takes the
+#: payload, the limits and the message's MQTT 5 content type (None when it has none).
 PAYLOAD_PARSERS = {"cut": parse_cut_event, "signal": parse_signal, "cmd": parse_command}
 
 
-def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
+def _f32_chunk(payload: bytes, limits: Limits) -> tuple[str, int, np.ndarray]:
+    """Cut id, offset and samples of a compact chunk, checked as strictly as the JSON one."""
+    size = memoryview(payload).nbytes
+    if size > limits.max_payload_bytes:
+        raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
+    if size < _F32_HEADER.size:
+        raise ProtocolError(f"compact chunk of {size} bytes is shorter than its {_F32_HEADER.size}-byte header")
+    offset, n_cut = _F32_HEADER.unpack_from(payload)
+    body = size - _F32_HEADER.size - n_cut
+    if body < 0:
+        raise ProtocolError(f"compact chunk: its cut id of {n_cut} bytes runs past the payload's end")
+    try:
+        cut = bytes(payload[_F32_HEADER.size:_F32_HEADER.size + n_cut]).decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("compact chunk: the cut id is not ASCII") from None
+    if not CUT_ID.fullmatch(cut):
+        raise ProtocolError(f"cut id {show(cut)} is not 1-64 characters of A-Z a-z 0-9 _ . : + -")
+    if body % 4:
+        raise ProtocolError(f"compact chunk: {body} bytes of samples is not a whole number of float32 values")
+    n = body // 4
+    if n == 0:
+        raise ProtocolError("samples is empty")
+    if n > limits.max_chunk:
+        raise ProtocolError(f"samples has {n} values, over the limit of {limits.max_chunk} per chunk")
+    samples = np.frombuffer(payload, dtype="<f4", offset=size - body).astype(np.float64)
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise ProtocolError(f"samples[{int(np.argmin(finite))}] is not a finite number")
+    samples.setflags(write=False)
+    return cut, offset, samples
+
+
+def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> dict:
     """A JSON object from raw payload bytes: size checked before decoding, strict UTF-8, no NaN or
     Infinity literals, no duplicate keys.
 
@@ -167,6 +218,10 @@ def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
     to the standard library's strict parse, which accepts or names the problem as before."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+    if content_type is not None and content_type != JSON_CONTENT_TYPE:
+        compact = f" (only a signal chunk may be {F32_CONTENT_TYPE})" if content_type == F32_CONTENT_TYPE else ""
+        raise ProtocolError(f"content type {show(content_type)} is not one the monitor reads here{compact}; "
+                            f"send JSON, with no content type or {JSON_CONTENT_TYPE}")
     size = memoryview(payload).nbytes
     if size > limits.max_payload_bytes:
         raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")

@@ -211,7 +211,8 @@ class Inbox:
                 problem = unwatched(where.machine)  # before the payload is decoded
                 if problem:
                     raise ProtocolError(problem)
-                item = Received(topic, where, parse(message.payload, limits), now, delivery)
+                content_type = getattr(message.properties, "ContentType", None)  # MQTT 5 only
+                item = Received(topic, where, parse(message.payload, limits, content_type), now, delivery)
             except ProtocolError as exc:
                 self._put(Rejected(topic, exc.reason, delivery))
                 return
