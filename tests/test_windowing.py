@@ -8,6 +8,7 @@ import pytest
 from edge_monitor.core.stable_region import (
     StableRegionDetector,
     StableRegionSpec,
+    stable_blocks,
     stable_segments,
 )
 from edge_monitor.core.windowing import CutWindower, Windows, WindowSpec, cut_windows
@@ -79,15 +80,38 @@ def test_windows_are_stride_apart_inside_segments_and_copy_the_signal():
         np.testing.assert_array_equal(data, x[s : s + 64])
 
 
-def test_look_ahead_is_bounded():
-    """A block is decided once half_width blocks after it have arrived, not at the cut's end."""
+@pytest.mark.parametrize("lookahead", [0, 1, 2, 3, 5])
+def test_look_ahead_is_bounded(lookahead):
+    """A block is decided once ``lookahead`` blocks after it have arrived, not at the cut's end."""
+    spec = StableRegionSpec(lookahead=lookahead)
+    assert spec.lookahead_samples == lookahead * spec.block
     x = make_cut(exit_=20_000)
-    det = StableRegionDetector(SPEC)
+    det = StableRegionDetector(spec)
     det.push(x[:5000, 1])
-    assert det.decided == 5000 // SPEC.block - SPEC.half_width
-    windower = CutWindower(WIN, SPEC)
+    assert det.decided == 5000 // spec.block - lookahead
+    windower = CutWindower(WIN, spec)
     got = windower.push(x[:5000])
-    assert len(got) and got.starts[-1] + WIN.length <= 5000 - SPEC.lookahead_samples
+    assert len(got) and got.starts[-1] + WIN.length <= 5000 - spec.lookahead_samples
+    assert got.starts[-1] + WIN.length > 5000 - spec.lookahead_samples - spec.block, "and no later"
+
+
+def test_the_neighbourhood_takes_half_width_blocks_before_and_lookahead_after():
+    """A lone spike in the load: block i is unstable exactly when the spike lies within
+    i - half_width .. i + lookahead."""
+    x = make_cut(entry=500, exit_=20_000, ramp=50)
+    spike = 60  # block
+    x[spike * 64 : (spike + 1) * 64, 1] *= 3
+    for h, a in [(3, 3), (3, 1), (1, 3), (2, 0), (0, 2)]:
+        stable = stable_blocks(x[:, 1], StableRegionSpec(half_width=h, lookahead=a))
+        unstable = np.flatnonzero(~stable[40:80]) + 40
+        np.testing.assert_array_equal(unstable, np.arange(spike - a, spike + h + 1), err_msg=f"{h=} {a=}")
+
+
+def test_a_spec_without_lookahead_takes_the_default():
+    assert StableRegionSpec.from_dict({"half_width": 2}).lookahead == StableRegionSpec().lookahead
+    assert StableRegionSpec.from_dict({"half_width": 2, "lookahead": 1}).lookahead == 1
+    with pytest.raises(ValueError, match="stable_region.lookahead"):
+        StableRegionSpec(lookahead=-1)
 
 
 def test_windowing_memory_stays_bounded_on_a_long_cut():

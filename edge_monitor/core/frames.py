@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, replace
+from math import isnan
 
 import numpy as np
 
@@ -106,14 +107,18 @@ class CutAssembler:
         self.cut = cut
         self.max_lead = int(max_lead)
         self.max_cut_samples = int(max_cut_samples)
-        self._emitted = 0  # rows [0, _emitted) handed out; _buf[0] is row _emitted
+        self._emitted = 0  # rows [0, _emitted) handed out; _buf[_base] is row _emitted
+        # Rows held are _buf[_base : _base + _touched]; every other row of _buf is NaN. Releasing
+        # moves _base on; the rows held move to the front only when a chunk would not fit behind.
         self._buf = np.full((1024, N_CHANNELS), np.nan)
-        self._touched = 0  # rows of _buf that may hold data (the rest is NaN)
-        self._expected = np.zeros(N_CHANNELS, np.int64)  # next offset per channel
-        self._real_end = np.zeros(N_CHANNELS, np.int64)  # end of the last sample received per channel
-        self._dup = np.zeros(N_CHANNELS, np.int64)
-        self._gap = np.zeros(N_CHANNELS, np.int64)
-        self._lagged = np.zeros(N_CHANNELS, np.int64)
+        self._base = 0
+        self._touched = 0  # rows held that may hold data (the rest is NaN)
+        # Per channel, in CHANNELS order (plain ints: a handful of them change per chunk).
+        self._expected = [0] * N_CHANNELS  # next offset
+        self._real_end = [0] * N_CHANNELS  # end of the last sample received
+        self._dup = [0] * N_CHANNELS
+        self._gap = [0] * N_CHANNELS
+        self._lagged = [0] * N_CHANNELS
         self._lost_rows = 0
         self.finished = False
 
@@ -130,22 +135,24 @@ class CutAssembler:
     @property
     def received_end(self) -> int:
         """Furthest offset any channel has delivered a sample up to (exclusive)."""
-        return int(self._real_end.max())
+        return max(self._real_end)
 
     def add(self, channel: str, offset: int, samples: np.ndarray) -> AddResult:
         if self.finished:
             raise RuntimeError("add after finish")
         c = channel_index(channel)
         samples = np.asarray(samples, dtype=np.float64).reshape(-1)
-        n, end = samples.size, int(offset) + samples.size
+        offset = int(offset)
+        n = samples.size
+        end = offset + n
         if offset < 0 or end > self.max_cut_samples:
             raise ProtocolError(f"chunk [{offset}, {end}) lies outside a cut of at most {self.max_cut_samples} samples")
-        expected = int(self._expected[c])
-        if end <= expected:
+        expected = self._expected
+        if end <= expected[c]:
             self._dup[c] += n
             return AddResult(self._emitted, (), n, 0)
-        skip = max(0, expected - offset)  # overlap with what this channel already has
-        gap = max(0, offset - expected)
+        skip = max(0, expected[c] - offset)  # overlap with what this channel already has
+        gap = max(0, offset - expected[c])
         self._dup[c] += skip
         self._gap[c] += gap
         first = offset + skip
@@ -153,16 +160,17 @@ class CutAssembler:
         # Rows below `first` will get nothing more from this channel: release what that allows
         # (with the lead rule up to where this chunk ends) before making room, so that the buffer
         # never spans a jump: it holds at most max(max_lead, chunk) rows whatever the offset.
-        self._expected[c] = first
-        leader = max(int(self._expected.max()), end)
+        expected[c] = first
+        leader = max(max(expected), end)
         gap += self._raise_laggards(min(first, leader - self.max_lead))
-        parts = self._release(int(self._expected.min()))
+        parts = self._release(min(expected))
         self._reserve(end)
-        self._buf[first - self._emitted : end - self._emitted, c] = samples[skip:]
-        self._expected[c] = end
+        at = self._base - self._emitted  # _buf row of cut offset 0
+        self._buf[first + at : end + at, c] = samples[skip:] if skip else samples
+        expected[c] = end
         self._real_end[c] = end
-        gap += self._raise_laggards(int(self._expected.max()) - self.max_lead)
-        parts += self._release(int(self._expected.min()))
+        gap += self._raise_laggards(max(expected) - self.max_lead)
+        parts += self._release(min(expected))
         return AddResult(start, tuple(parts), skip, gap)
 
     def finish(self, total: int) -> FinishResult:
@@ -174,19 +182,20 @@ class CutAssembler:
         if not 0 <= total <= self.max_cut_samples:
             raise ProtocolError(f"cut length {total} is outside 0..{self.max_cut_samples} samples")
         self.finished = True
-        missing = np.maximum(total - self._expected, 0)
-        self._gap += missing
-        extra = np.maximum(self._real_end - total, 0)
+        total = int(total)
+        self._gap = [g + max(total - e, 0) for g, e in zip(self._gap, self._expected)]
+        extra = [max(r - total, 0) for r in self._real_end]
         rows_past_end = max(0, self._emitted - total)
         start = min(self._emitted, total)
         parts = self._release(total)
         self._buf = _no_frames()  # free the buffer: a finished cut holds no samples
+        self._base = self._touched = 0
         names = CHANNELS
         stats = CutStats(
-            duplicate_samples=dict(zip(names, self._dup.tolist())),
-            gap_samples=dict(zip(names, self._gap.tolist())),
-            lagged_samples=dict(zip(names, self._lagged.tolist())),
-            extra_samples=dict(zip(names, extra.tolist())),
+            duplicate_samples=dict(zip(names, self._dup)),
+            gap_samples=dict(zip(names, self._gap)),
+            lagged_samples=dict(zip(names, self._lagged)),
+            extra_samples=dict(zip(names, extra)),
             lost_rows=self._lost_rows,
             rows_past_end=rows_past_end,
         )
@@ -199,12 +208,12 @@ class CutAssembler:
         return {
             "max_lead": self.max_lead,
             "emitted": self._emitted,
-            "rows": self._buf[: self._touched].copy(),
-            "expected": self._expected.copy(),
-            "real_end": self._real_end.copy(),
-            "duplicate": self._dup.copy(),
-            "gap": self._gap.copy(),
-            "lagged": self._lagged.copy(),
+            "rows": self._buf[self._base : self._base + self._touched].copy(),
+            "expected": np.array(self._expected, dtype=np.int64),
+            "real_end": np.array(self._real_end, dtype=np.int64),
+            "duplicate": np.array(self._dup, dtype=np.int64),
+            "gap": np.array(self._gap, dtype=np.int64),
+            "lagged": np.array(self._lagged, dtype=np.int64),
             "lost_rows": self._lost_rows,
         }
 
@@ -219,10 +228,10 @@ class CutAssembler:
             values = snap.array(state, key, where, np.int64, 1)
             if values.shape != (N_CHANNELS,) or (values < 0).any():
                 raise SnapshotError(f"{where}.{key}: expected {N_CHANNELS} counts >= 0")
-            per_channel[key] = values
+            per_channel[key] = values.tolist()
         expected = per_channel["expected"]
-        if (expected < a._emitted).any() or expected.max() > max_cut_samples or (
-            a._emitted + rows.shape[0] < per_channel["real_end"].max()
+        if min(expected) < a._emitted or max(expected) > max_cut_samples or (
+            a._emitted + rows.shape[0] < max(per_channel["real_end"])
         ):
             raise SnapshotError(f"{where}: the channels' positions and the rows held disagree")
         a._buf = np.full((max(1024, rows.shape[0]), N_CHANNELS), np.nan)
@@ -235,21 +244,34 @@ class CutAssembler:
 
     def _raise_laggards(self, floor: int) -> int:
         """The max-lead rule: channels behind ``floor`` are declared lost up to it."""
-        lag = np.maximum(floor - self._expected, 0)
-        if not lag.any():
+        expected = self._expected
+        if min(expected) >= floor:
             return 0
         # The laggards' rows up to the floor stay NaN in the buffer; count them as lost.
-        self._gap += lag
-        self._lagged += lag
-        self._expected = np.maximum(self._expected, floor)
-        return int(lag.sum())
+        lost = 0
+        for c, e in enumerate(expected):
+            if e < floor:
+                self._gap[c] += floor - e
+                self._lagged[c] += floor - e
+                expected[c] = floor
+                lost += floor - e
+        return lost
 
     def _reserve(self, end: int) -> None:
+        """Room in the buffer for the rows up to ``end``."""
         rows = end - self._emitted
-        if rows > self._buf.shape[0]:
-            grown = np.full((max(rows, 2 * self._buf.shape[0]), N_CHANNELS), np.nan)
-            grown[: self._touched] = self._buf[: self._touched]
-            self._buf = grown
+        size = self._buf.shape[0]
+        if self._base + rows > size:
+            held = self._buf[self._base : self._base + self._touched]
+            if rows > size:
+                grown = np.full((max(rows, 2 * size), N_CHANNELS), np.nan)
+                grown[: self._touched] = held
+                self._buf = grown
+            else:  # to the front; what they leave behind is NaN again
+                moved = held.copy()
+                held[:] = np.nan
+                self._buf[: self._touched] = moved
+            self._base = 0
         self._touched = max(self._touched, rows)
 
     def _release(self, ready: int) -> list:
@@ -261,15 +283,16 @@ class CutAssembler:
         parts: list = []
         held = min(k, self._touched)
         if held:
-            frames = self._buf[:held].copy()
-            lost = np.isnan(frames).any(axis=1)
-            if lost.any():
+            base = self._base
+            rows = self._buf[base : base + held]
+            frames = rows.copy()
+            rows[:] = np.nan  # the buffer's invariant: only rows held hold data
+            if isnan(frames.sum()):  # some row misses a channel (NaN propagates into the sum)
+                lost = np.isnan(frames).any(axis=1)
                 frames[lost] = np.nan
                 self._lost_rows += int(lost.sum())
-            keep = self._touched - held
-            self._buf[:keep] = self._buf[held : held + keep]  # numpy copes with the overlap
-            self._buf[keep : self._touched] = np.nan
-            self._touched = keep
+            self._touched -= held
+            self._base = base + held if self._touched else 0
             parts.append(frames)
         if k > held:
             self._lost_rows += k - held

@@ -10,17 +10,22 @@ default), aligned to the start of the cut:
 1. The *air level* is taken from the first ``baseline_blocks`` blocks (the tool is in the air
    when a cut starts): the mean and standard deviation of those samples.
 2. The *load* of a block is the distance of its mean from the air level.
-3. Block ``i`` is stable when, over its neighbourhood of blocks ``i - half_width .. i + half_width``
+3. Block ``i`` is stable when, over its neighbourhood of blocks ``i - half_width .. i + lookahead``
    (cut short at the ends of the cut), the median load is above ``min_load_sigmas`` times the air
    noise, and no block's load deviates from that median by more than ``tolerance`` times it.
    The level criterion rejects the air; the variation criterion rejects entry, exit and anything
-   else that is not steady.
+   else that is not steady: the blocks before a block catch the entry behind it, the blocks after
+   it an exit ahead of it.
 
-A block is decided as soon as the ``half_width`` blocks after it have arrived, so the look-ahead is
-bounded (``half_width * block`` samples); blocks near the end of a cut are decided when the cut
-ends, with their neighbourhood cut short. The decision of a block depends only on the samples and
-on where the cut ends, never on how the samples were chunked: pushing a cut in one piece (offline,
-for training) and in chunks of any size (live) gives exactly the same blocks.
+The *look-ahead* is the latency the detector adds: a block is decided as soon as the
+``lookahead`` blocks after it have arrived (``lookahead_samples``; 3 blocks of 64 samples, 768 ms
+at 250 Hz, by default); blocks near the end of a cut are decided when the cut ends, with their
+neighbourhood cut short. The decision of a block depends only on the samples and on where the cut
+ends, never on how the samples were chunked: pushing a cut in one piece (offline, for training)
+and in chunks of any size (live) gives exactly the same blocks. Bundles written before the
+look-ahead was a setting (bundle format 1) had the symmetric neighbourhood: they read as
+``lookahead = half_width``. ``python -m training lookahead-study`` measures the choice against the
+synthetic archives' truth (``docs/training.md``).
 
 Non-finite samples (the daemon marks samples lost in a transport gap as NaN) make their block
 unknown, and no block whose neighbourhood holds an unknown block is stable.
@@ -28,16 +33,18 @@ unknown, and no block whose neighbourhood holds an unknown block is stable.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
+from math import isfinite
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from . import snapshot as snap
 from .channels import CHANNELS
 from .snapshot import SnapshotError
 from .spec import Spec, setting
+
+_NO_SAMPLES = np.empty(0)
+_NO_SAMPLES.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -46,13 +53,15 @@ class StableRegionSpec(Spec):
     channel: str = setting("smcDC", choices=CHANNELS)
     block: int = setting(64, low=1)  # samples
     baseline_blocks: int = setting(8, low=1)
-    half_width: int = setting(3, low=0)  # blocks
+    half_width: int = setting(3, low=0)  # blocks before a block that its neighbourhood takes
+    lookahead: int = setting(3, low=0)  # blocks after it: how long a block waits to be decided
     tolerance: float = setting(0.25, above=0.0)
     min_load_sigmas: float = setting(3.0, low=0.0)
 
     @property
     def lookahead_samples(self) -> int:
-        return self.half_width * self.block
+        """Samples that must follow a block before it is decided (the latency the detector adds)."""
+        return self.lookahead * self.block
 
 
 class StableRegionDetector:
@@ -63,7 +72,7 @@ class StableRegionDetector:
 
     def __init__(self, spec: StableRegionSpec) -> None:
         self.spec = spec
-        self._partial = np.empty(0)  # samples of the block being filled
+        self._partial = _NO_SAMPLES  # samples of the block being filled
         self._means: list[float] = []  # block means (NaN: block held non-finite samples)
         self._baseline_samples: list[np.ndarray] = []
         self._air: tuple[float, float] | None = None  # air level mean, noise std
@@ -90,11 +99,14 @@ class StableRegionDetector:
         n_full = data.size // b
         if n_full:
             blocks = data[: n_full * b].reshape(n_full, b)
-            self._means.extend(blocks.mean(axis=1).tolist())  # NaN propagates
-            missing = self.spec.baseline_blocks - len(self._baseline_samples)
-            if self._air is None and missing > 0:
-                self._baseline_samples.extend(blocks[:missing])
-        self._partial = data[n_full * b :].copy()
+            # blocks.mean(axis=1) without its overhead: the same sum, divided the same way
+            self._means.extend((np.add.reduce(blocks, axis=1) / b).tolist())  # NaN propagates
+            if self._air is None:
+                missing = self.spec.baseline_blocks - len(self._baseline_samples)
+                if missing > 0:
+                    self._baseline_samples.extend(np.array(blocks[:missing]))
+        rest = data.size - n_full * b
+        self._partial = data[n_full * b :].copy() if rest else _NO_SAMPLES
         if self._air is None and len(self._baseline_samples) >= self.spec.baseline_blocks:
             self._set_air()
         return self._decide(final=False)
@@ -157,38 +169,44 @@ class StableRegionDetector:
         self._baseline_samples = []
 
     def _decide(self, final: bool) -> int:
+        # Block by block in plain floats: usually one block is decided per call, and its
+        # neighbourhood is a handful of blocks. The arithmetic is numpy's (tests/reference_core.py
+        # holds the vectorised original): the median of k values is the mean of the sorted values
+        # at (k - 1) // 2 and k // 2, computed as (low + high) / 2 also when they are the same.
         if self._air is None:
             return 0
-        h = self.spec.half_width
-        n_blocks = len(self._means)
-        first = self.decided
-        last = n_blocks if final else n_blocks - h  # exclusive
+        spec = self.spec
+        h, ahead = spec.half_width, spec.lookahead
+        means = self._means
+        n_blocks = len(means)
+        first = len(self.stable)
+        last = n_blocks if final else n_blocks - ahead  # exclusive
         if last <= first:
             return 0
         air_mean, air_std = self._air
+        threshold = spec.min_load_sigmas * air_std
+        tolerance = spec.tolerance
         lo = max(0, first - h)
-        loads = np.abs(np.asarray(self._means[lo:n_blocks]) - air_mean)
-        # Pad both sides with "outside the cut" markers so every block has a full neighbourhood;
-        # padding is ignored, a NaN load inside the cut (a gap) makes the neighbourhood unknown.
-        values = np.pad(loads, h, constant_values=np.nan)
-        inside = np.pad(np.ones(loads.size, bool), h, constant_values=False)
-        rows = slice(first - lo, last - lo)
-        v = sliding_window_view(values, 2 * h + 1)[rows]
-        m = sliding_window_view(inside, 2 * h + 1)[rows]
-        unknown = (m & np.isnan(v)).any(axis=1)
-        with warnings.catch_warnings():  # all-NaN rows are expected at gaps; they come out unstable
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(v, axis=1)
-            spread = np.nanmax(np.abs(v - median[:, None]), axis=1)
-            threshold = self.spec.min_load_sigmas * air_std
-            ok = (
-                ~unknown
-                & np.isfinite(median)
-                & (median > threshold)
-                & (median > 0)
-                & (spread <= self.spec.tolerance * median)
+        loads = [abs(m - air_mean) for m in means[lo : min(n_blocks, last + ahead)]]
+        # A non-finite load (NaN: a gap, or no air level; inf) makes a neighbourhood unstable: NaN
+        # makes it unknown, and an infinite load or median fails the variation or finite test.
+        finite = [isfinite(v) for v in loads]
+        stable = self.stable
+        for i in range(first, last):
+            j0 = max(0, i - h) - lo
+            j1 = min(n_blocks, i + ahead + 1) - lo
+            if not all(finite[j0:j1]):
+                stable.append(False)
+                continue
+            near = sorted(loads[j0:j1])
+            k = len(near)
+            median = (near[(k - 1) // 2] + near[k // 2]) / 2
+            stable.append(
+                median > threshold
+                and median > 0
+                and isfinite(median)
+                and max(abs(near[-1] - median), abs(near[0] - median)) <= tolerance * median
             )
-        self.stable.extend(bool(s) for s in ok)
         return last - first
 
 

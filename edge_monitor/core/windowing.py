@@ -11,6 +11,7 @@ a window is kept only when it lies wholly inside the segment.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -63,8 +64,12 @@ class CutWindower:
     stable: StableRegionSpec
     n_channels: int = len(CHANNELS)
     _detector: StableRegionDetector = field(init=False)
-    _buffer: np.ndarray = field(init=False)
-    _buffer_start: int = field(init=False, default=0)  # cut offset of _buffer[0]
+    # The rows a future window can still use are _store[_lo:_hi] (see _buffer): appended in place,
+    # dropped by moving _lo, moved to the front only when the store is full.
+    _store: np.ndarray = field(init=False)
+    _lo: int = field(init=False, default=0)
+    _hi: int = field(init=False, default=0)
+    _buffer_start: int = field(init=False, default=0)  # cut offset of _store[_lo]
     _segment_start: int | None = field(init=False, default=None)
     _segment_stop: int = field(init=False, default=0)
     _next_start: int = field(init=False, default=0)  # next window start in the open segment
@@ -73,7 +78,14 @@ class CutWindower:
     def __post_init__(self) -> None:
         self._detector = StableRegionDetector(self.stable)
         self._channel = channel_index(self.stable.channel)
-        self._buffer = np.empty((0, self.n_channels))
+        # What a future window may still need: a window, the blocks waiting for their decision, a chunk.
+        self._capacity = max(512, 2 * (self.window.length + (self.stable.lookahead + 1) * self.stable.block))
+        self._store = np.empty((self._capacity, self.n_channels))
+
+    @property
+    def _buffer(self) -> np.ndarray:
+        """The rows held, from cut offset ``_buffer_start`` on (a view)."""
+        return self._store[self._lo : self._hi]
 
     @property
     def pushed(self) -> int:
@@ -88,7 +100,7 @@ class CutWindower:
         frames = np.asarray(frames, dtype=np.float64)
         if frames.ndim != 2 or frames.shape[1] != self.n_channels:
             raise ValueError(f"frames must have shape (k, {self.n_channels}), got {frames.shape}")
-        self._buffer = np.concatenate((self._buffer, frames)) if self._buffer.size else frames
+        self._append(frames)
         first = self._detector.decided
         self._detector.push(frames[:, self._channel])
         return self._collect(first)
@@ -96,6 +108,10 @@ class CutWindower:
     def feed(self, parts: tuple) -> Windows:
         """Push rows given as parts (``frames.AddResult.parts``: arrays, and counts of lost rows,
         which are pushed as NaN a slice at a time so that memory stays bounded)."""
+        if not parts:
+            return Windows.empty(self.window.length, self.n_channels)
+        if len(parts) == 1 and isinstance(parts[0], np.ndarray):
+            return self.push(parts[0])
         out = []
         for part in parts:
             if isinstance(part, np.ndarray):
@@ -109,7 +125,8 @@ class CutWindower:
         first = self._detector.decided
         self._detector.finish()
         out = self._collect(first)
-        self._buffer = np.empty((0, self.n_channels))
+        self._store = np.empty((0, self.n_channels))
+        self._lo = self._hi = 0
         return out
 
     def to_state(self) -> dict:
@@ -129,7 +146,7 @@ class CutWindower:
                    where: str = "windower", n_channels: int = len(CHANNELS)) -> "CutWindower":
         """The windower of :meth:`to_state`; :class:`~.snapshot.SnapshotError` when it does not fit."""
         w = cls(window, stable, n_channels)
-        w._buffer = snap.array(state, "buffer", where, np.float64, 2, cols=n_channels)
+        w._append(snap.array(state, "buffer", where, np.float64, 2, cols=n_channels))
         w._buffer_start = snap.integer(state, "buffer_start", where)
         w._segment_start = snap.optional_integer(state, "segment_start", where)
         w._segment_stop = snap.integer(state, "segment_stop", where)
@@ -144,19 +161,37 @@ class CutWindower:
                                                       where + ".detector")
         decided_end = w._detector.decided * stable.block
         segment = w._segment_start
-        if w._buffer_start + w._buffer.shape[0] != w._detector.pushed or w._segment_stop > decided_end or (
+        if w._buffer_start + w._hi - w._lo != w._detector.pushed or w._segment_stop > decided_end or (
             segment is not None
-            and not (segment <= w._next_start and w._buffer_start <= w._next_start <= w._segment_stop)
+            and not (segment <= w._next_start and w._buffer_start <= w._next_start
+                     <= w._segment_stop + max(0, window.stride - window.length))
         ):
             raise SnapshotError(f"{where}: the buffered samples and the window positions disagree")
         return w
 
+    def _append(self, frames: np.ndarray) -> None:
+        k = frames.shape[0]
+        if self._hi + k > self._store.shape[0]:
+            held = self._hi - self._lo
+            if held + k > self._store.shape[0]:
+                store = np.empty((max(held + k, 2 * self._store.shape[0], self._capacity), self.n_channels))
+            else:
+                store = self._store  # move the rows held to the front (numpy copes with the overlap)
+            store[:held] = self._store[self._lo : self._hi]
+            self._store, self._lo, self._hi = store, 0, held
+        self._store[self._hi : self._hi + k] = frames
+        self._hi += k
+
     def _collect(self, first_block: int) -> Windows:
+        decided = self._detector.decided
+        if first_block == decided:  # nothing new decided: nothing to cut, nothing to drop
+            return Windows.empty(self.window.length, self.n_channels)
         b = self.stable.block
         length, stride = self.window.length, self.window.stride
+        stable = self._detector.stable
         starts: list[int] = []
-        for i in range(first_block, self._detector.decided):
-            if self._detector.stable[i]:
+        for i in range(first_block, decided):
+            if stable[i]:
                 if self._segment_start is None:
                     self._segment_start = i * b
                     self._next_start = i * b
@@ -176,18 +211,25 @@ class CutWindower:
         length = self.window.length
         if not starts:
             return Windows.empty(length, self.n_channels)
-        idx = np.asarray(starts, dtype=np.int64)
-        rel = idx - self._buffer_start
-        data = self._buffer[rel[:, None] + np.arange(length)[None, :]]
-        return Windows(idx, data)
+        at = self._lo - self._buffer_start  # _store row of cut offset 0
+        first = starts[0] + at
+        if all(b - a == length for a, b in pairwise(starts)):  # back to back: one block of rows
+            data = self._store[first : first + len(starts) * length].reshape(len(starts), length, -1).copy()
+        else:
+            rows = np.asarray(starts, dtype=np.int64)[:, None] + (at + np.arange(length))[None, :]
+            data = self._store[rows]
+        return Windows(np.asarray(starts, dtype=np.int64), data)
 
     def _trim(self) -> None:
         # Keep only samples a future window can still use: from the next window start of the open
-        # segment, or else from the first undecided block.
-        keep = self._next_start if self._segment_start is not None else self._detector.decided * self.stable.block
+        # segment, or else from the first undecided block (where a new segment may start: with a
+        # stride longer than the window, the next start can lie beyond it).
+        keep = self._detector.decided * self.stable.block
+        if self._segment_start is not None:
+            keep = min(keep, self._next_start)
         drop = keep - self._buffer_start
         if drop > 0:
-            self._buffer = self._buffer[drop:]
+            self._lo += drop
             self._buffer_start = keep
 
 
