@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"monitor: model {meta.model_id} (alarms on {meta.thresholds.score}); log {log.name}")
 
-        clock = CompletionClock(meta.window.length, meta.stable_region.block, meta.stable_region.half_width)
+        clock = CompletionClock(meta.window.length, meta.stable_region.block, meta.stable_region.lookahead)
         scada = broker.settings("scada", "demo-scada", tls=True)  # dashboards connect over TLS
         dashboard = Dashboard(scada, list(plan), clock)
         for machine, jobs in plan.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -233,6 +234,64 @@ def test_missing_key(copy):
     del data["thresholds"]
     (copy / "bundle.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="bundle.json lacks key\\(s\\) thresholds"):
+        read_bundle_meta(copy)
+
+
+# --- format 1: before the stable-region look-ahead was a setting -----------------------------------
+
+
+def as_format_1(path: Path, half_width: int = 2) -> dict:
+    """Rewrite a bundle as a format 1 bundle was written: no ``stable_region.lookahead``, and the
+    model id over exactly that file (the hash as format 1 computed it, written out here)."""
+    data = json.loads((path / "bundle.json").read_text())
+    data["format"] = 1
+    data["stable_region"] = {**data["stable_region"], "half_width": half_width}
+    del data["stable_region"]["lookahead"]
+    content = {k: v for k, v in data.items() if k not in ("model_id", "created")}
+    digest = hashlib.sha256((path / "model.keras").read_bytes())
+    digest.update(json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+    data["model_id"] = digest.hexdigest()[:16]
+    (path / "bundle.json").write_text(json.dumps(data, indent=2))
+    return data
+
+
+def test_new_bundles_state_the_look_ahead(saved):
+    data = json.loads((saved / "bundle.json").read_text())
+    assert data["format"] == BUNDLE_FORMAT == 2
+    assert data["stable_region"]["lookahead"] == StableRegionSpec().lookahead
+
+
+def test_a_format_1_bundle_loads_with_its_symmetric_neighbourhood_and_its_id(copy):
+    data = as_format_1(copy, half_width=2)
+    bundle = load_bundle(copy)
+    region = bundle.meta.stable_region
+    assert (region.half_width, region.lookahead) == (2, 2)  # as it was trained and calibrated
+    assert bundle.meta.model_id == data["model_id"] and bundle.meta.format == 1
+    assert bundle.meta.to_dict()["stable_region"] == data["stable_region"]  # written back as it was
+
+
+def test_a_format_1_bundle_is_still_checked_against_edits(copy):
+    data = as_format_1(copy)
+    data["stable_region"]["half_width"] = 4
+    (copy / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="modified after saving"):
+        read_bundle_meta(copy)
+
+
+def test_a_format_1_bundle_cannot_state_another_look_ahead(copy):
+    data = as_format_1(copy, half_width=3)
+    data["stable_region"]["lookahead"] = 1
+    (copy / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="format 1 has no 'stable_region' key 'lookahead'.*look-ahead is 1"):
+        read_bundle_meta(copy)
+
+
+def test_a_format_2_bundle_must_state_its_look_ahead(copy):
+    data = json.loads((copy / "bundle.json").read_text())
+    del data["stable_region"]["lookahead"]
+    (copy / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=re.escape("key 'stable_region' is invalid (stable_region: lacks key(s) "
+                                                    "lookahead)")):
         read_bundle_meta(copy)
 
 

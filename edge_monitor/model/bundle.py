@@ -11,6 +11,10 @@ canonical JSON of every ``bundle.json`` field except ``created`` and ``model_id`
 recomputes it, so a bundle edited or mixed up after saving is refused instead of silently scoring
 with the wrong scaler or thresholds. Non-finite floats in ``metrics`` and ``training`` are stored
 as ``null`` (JSON has no NaN).
+
+Formats: 2 states the stable-region detector's look-ahead (``stable_region.lookahead``). A format 1
+bundle has no such key; it reads as ``lookahead = half_width`` (what it was trained and calibrated
+with), and its model id stays the one computed over the file as written.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from .scaling import MinMaxScaler
 from .scorer import WindowScorer
 from .vae import VAEHyperParams, load_vae
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: stable_region.lookahead (format 1 had none: its look-ahead was the half width)
 MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 
@@ -73,12 +77,15 @@ class BundleMeta:
         return {"format": self.format, "model_id": self.model_id, "created": self.created, **self._content()}
 
     def _content(self) -> dict:
-        """Every field the model id covers (all but ``model_id`` and ``created``)."""
+        """Every field the model id covers (all but ``model_id`` and ``created``), as its format writes it."""
+        stable_region = self.stable_region.to_dict()
+        if self.format < 2:  # no look-ahead key: it was the half width (checked by _check_meta)
+            del stable_region["lookahead"]
         return {
             "format": self.format,
             "channels": list(self.channels),
             "window": self.window.to_dict(),
-            "stable_region": self.stable_region.to_dict(),
+            "stable_region": stable_region,
             "scaler": self.scaler.to_dict(),
             "calibration": self.calibration.to_dict(),
             "hyperparams": self.hyperparams.to_dict(),
@@ -211,6 +218,12 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
 
 def _check_meta(meta: BundleMeta, path: Path) -> None:
+    region = meta.stable_region
+    if meta.format < 2 and region.lookahead != region.half_width:
+        raise BundleError(
+            f"bundle {path}: format {meta.format} has no 'stable_region' key 'lookahead' (it is the half width, "
+            f"{region.half_width}), but the look-ahead is {region.lookahead}"
+        )
     if meta.channels != CHANNELS:
         raise BundleError(
             f"bundle {path}: {META_FILE} key 'channels' is {list(meta.channels)}; "
@@ -250,9 +263,17 @@ def _check_model(model: keras.Model, meta: BundleMeta, path: Path) -> None:
 
 def _meta_from_dict(data: dict, path: Path) -> BundleMeta:
     try:
-        return from_mapping(BundleMeta, data, required=True)
+        return from_mapping(BundleMeta, _as_current(data), required=True)
     except SpecError as exc:
         raise _invalid(path, exc) from exc
+
+
+def _as_current(data: dict) -> dict:
+    """``bundle.json`` of an older format with the keys the current format added, as they were then."""
+    region = data.get("stable_region")
+    if data.get("format") == 1 and isinstance(region, dict) and "lookahead" not in region and "half_width" in region:
+        data = {**data, "stable_region": {**region, "lookahead": region["half_width"]}}
+    return data
 
 
 def _invalid(path: Path, exc: SpecError) -> BundleError:
