@@ -7,7 +7,7 @@ ARCHIVE ?= $(if $(wildcard data/mill.mat),data/mill.mat,data/synthetic-mill.mat)
 DEMO_DIR := runs/demo
 BUNDLE  := $(DEMO_DIR)/bundle
 
-.PHONY: install debian-packages test test-fast demo evaluate-demo bench clean
+.PHONY: install debian-packages test test-fast demo evaluate-demo bench bench-windowing clean
 
 install: $(STAMP) debian-packages
 
@@ -54,7 +54,16 @@ evaluate-demo: install $(ARCHIVE)
 	test -f $(BUNDLE)/bundle.json || $(PY) -m training fit --archive $(ARCHIVE) --out $(BUNDLE) --quick
 	$(PY) -m training evaluate --bundle $(BUNDLE) --archive $(ARCHIVE) --out $(DEMO_DIR)/eval
 
-bench: install
+# Throughput of the daemon on this box (runs/bench/bench.json and bench-scaling.png): its own broker,
+# the model's scoring call, the broker's fan-in, the daemon at 25/50/100 machines in real time and
+# at 100 as fast as possible. Fails when a window is lost or duplicated (the plot is drawn anyway).
+bench: install $(ARCHIVE)
+	test -f $(BUNDLE)/bundle.json || $(PY) -m training fit --archive $(ARCHIVE) --out $(BUNDLE) --quick
+	$(PY) -m edge_monitor bench --bundle $(BUNDLE) --archive $(ARCHIVE) --out runs/bench; status=$$?; \
+	  test ! -f runs/bench/bench.json || $(PY) -m training plot-bench runs/bench/bench.json; exit $$status
+
+# Preparing every window of the archive, offline and incrementally.
+bench-windowing: install
 	$(PY) -m tests.bench_windowing
 
 clean:

@@ -1,6 +1,7 @@
-"""Command line: ``python -m edge_monitor run|replay`` (console script ``edge-monitor``).
+"""Command line: ``python -m edge_monitor run|replay|bench`` (console script ``edge-monitor``).
 
-``run`` starts the monitor daemon; ``replay`` publishes archived cuts as live machines would.
+``run`` starts the monitor daemon; ``replay`` publishes archived cuts as live machines would;
+``bench`` measures the daemon's throughput with its own broker and load generator.
 Start-up problems (a configuration key, the bundle, the device, the broker) end with one line
 naming what to fix and exit code 2, without a traceback.
 """
@@ -18,6 +19,7 @@ EXIT_STARTUP = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from .archive.replay_cli import add_replay_arguments
+    from .bench.cli import add_bench_arguments
 
     parser = argparse.ArgumentParser(
         prog="edge-monitor",
@@ -40,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_replay_arguments(replay)
     replay.set_defaults(func=_replay)
+
+    bench = commands.add_parser(
+        "bench", help="measure the daemon's throughput, CPU, memory and latency",
+        description="Throughput benchmark: its own Mosquitto, the model's scoring call, the broker's fan-in, "
+                    "and the real daemon fed by a load generator at several machine counts.",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
 
 
@@ -72,6 +82,12 @@ def _replay(args: argparse.Namespace) -> int:
     from .archive.replay_cli import run_replay
 
     return run_replay(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_bench
+
+    return run_bench(args)
 
 
 def main(argv: list[str] | None = None) -> int:

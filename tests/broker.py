@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,31 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_monitor.bench.broker import NOT_INSTALLED, find_mosquitto, free_port
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
-
-MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-NOT_INSTALLED = (
-    "mosquitto is not installed (looked for it on PATH and in /usr/sbin): run `make install`, "
-    "which installs the Debian packages mosquitto and mosquitto-clients"
-)
 
 
 class BrokerError(RuntimeError):
     """The test broker could not be started; the message includes the end of its log."""
-
-
-def find_mosquitto() -> str | None:
-    for candidate in MOSQUITTO_CANDIDATES:
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

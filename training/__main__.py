@@ -1,4 +1,4 @@
-"""``python -m training {synth,fit,search,evaluate,crossval}``: the training package's command line."""
+"""``python -m training {synth,fit,search,evaluate,crossval,lookahead-study,plot-bench}``: the training package's command line."""
 
 from __future__ import annotations
 
@@ -63,6 +63,29 @@ def _cmd_crossval(args: argparse.Namespace) -> None:
              folds=args.folds, repeats=args.repeats, seed=args.seed)
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _cmd_lookahead_study(args: argparse.Namespace) -> None:
+    from .lookahead import run
+
+    run(args.seeds, args.lookaheads, args.half_width, args.exit_ramp_scale, args.entry_ramp_scale)
+
+
+def _cmd_plot_bench(args: argparse.Namespace) -> None:
+    import json
+
+    from .plots import plot_bench_scaling
+
+    bench = json.loads(Path(args.bench_json).read_text())
+    out = args.out or Path(args.bench_json).with_name("bench-scaling.png")
+    print(f"wrote {plot_bench_scaling(bench, out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="dealings of the tools into folds (seeds)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_crossval)
+
+    p = sub.add_parser("lookahead-study",
+                       help="the stable-region detector's window precision and recall per look-ahead, on synthetic archives")
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="synthetic archives (default 0,1,2,3,4)")
+    p.add_argument("--lookaheads", type=_ints, default=[1, 2, 3], help="blocks after a block (default 1,2,3)")
+    p.add_argument("--half-width", type=int, default=3, help="blocks before a block (default 3)")
+    p.add_argument("--exit-ramp-scale", type=float, default=1.0,
+                   help="stretch the generator's exit ramps (a stress test; default 1)")
+    p.add_argument("--entry-ramp-scale", type=float, default=1.0,
+                   help="stretch the generator's entry ramps (a stress test; default 1)")
+    p.set_defaults(func=_cmd_lookahead_study)
+
+    p = sub.add_parser("plot-bench", help="plot edge-monitor bench's scaling: CPU and latency p99 over machines")
+    p.add_argument("bench_json", metavar="BENCH_JSON", help="bench.json written by `edge-monitor bench`")
+    p.add_argument("--out", type=Path, help="PNG to write (default: bench-scaling.png beside BENCH_JSON)")
+    p.set_defaults(func=_cmd_plot_bench)
     return parser
 
 
