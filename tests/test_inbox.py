@@ -35,8 +35,11 @@ def drain(inbox: Inbox, n: int, timeout: float = 10.0) -> list:
     items: list = []
     deadline = time.monotonic() + timeout
     while len(items) < n and time.monotonic() < deadline:
-        items += inbox.take(0.1)
+        more = inbox.take(0.1)
+        inbox.done(more)
+        items += more
     while more := inbox.take(0.3):  # anything beyond the n expected
+        inbox.done(more)
         items += more
     return items
 
@@ -93,3 +96,68 @@ def test_the_errors_topic_echoes_a_bounded_part_of_a_bad_input(module_broker):
     finally:
         watcher.close()
         sender.close()
+
+
+# ------------------------------------------------------------------ backpressure, without a broker
+
+
+def _chunk_message(offset: int):
+    import paho.mqtt.client as paho
+
+    message = paho.MQTTMessage(mid=offset + 1, topic=b"plant/mill-01/signal/smcDC")
+    message.payload = json.dumps({"cut": "c1", "offset": offset, "samples": [1.0]}).encode()
+    message.qos = 1
+    return message
+
+
+def _unconnected_inbox(max_queued: int):
+    """An inbox on a client that never connects: its receivers are called as paho's thread would."""
+    import paho.mqtt.client as paho
+
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, manual_ack=True)
+    inbox = Inbox(client, Topics("plant", "i1"), DEFAULT_LIMITS, unwatched, max_queued=max_queued)
+    return client, inbox, inbox._receiver("signal")
+
+
+def test_inputs_held_in_the_process_stay_within_the_bound_until_applied():
+    """Room is given back when a batch is applied (done), not when it is taken: queued plus being
+    applied never exceeds max_queued, and meanwhile input waits at the broker, which the lag shows."""
+    import threading
+
+    client, inbox, receive = _unconnected_inbox(max_queued=4)
+    sent = threading.Event()
+
+    def network_thread():
+        for offset in range(20):
+            receive(client, None, _chunk_message(offset))
+        sent.set()
+
+    threading.Thread(target=network_thread, daemon=True).start()
+    got, lags = [], []
+    while len(got) < 20:
+        batch = inbox.take(1.0)
+        time.sleep(0.05)  # applying is slower than the input comes: the producer waits
+        assert len(batch) + inbox.qsize() <= 4
+        lags.append(inbox.lag(time.monotonic()))
+        inbox.done(batch)
+        got += batch
+    assert sent.wait(2)
+    assert [i.message.offset for i in got] == list(range(20))  # in order, none lost
+    # input waited for room all along: the lag grows across take/done cycles instead of restarting
+    assert lags[-2] > lags[1] + 0.1, lags
+    assert inbox.lag(time.monotonic()) == 0.0  # drained: caught up
+
+
+def test_closing_releases_a_network_thread_waiting_for_room_without_queueing_its_input():
+    import threading
+
+    client, inbox, receive = _unconnected_inbox(max_queued=1)
+    receive(client, None, _chunk_message(0))
+    waiting = threading.Thread(target=receive, args=(client, None, _chunk_message(1)), daemon=True)
+    waiting.start()
+    time.sleep(0.2)
+    assert waiting.is_alive()  # no room
+    inbox.close()
+    waiting.join(1)
+    assert not waiting.is_alive()
+    assert [i.message.offset for i in inbox.take(0)] == [0]  # the second stays at the broker

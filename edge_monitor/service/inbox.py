@@ -92,7 +92,10 @@ class Inbox:
         self.unwatched = unwatched  # why a machine's inputs are not ours (None: they are); thread-safe
         self.max_queued = max_queued
         self._items: deque[tuple[float, Item]] = deque()  # (monotonic time queued, item)
-        self._inputs = 0  # inputs in _items (Connected does not count against max_queued)
+        # Inputs queued, or taken and not yet applied (:meth:`done`): what max_queued bounds
+        # (Connected does not count).
+        self._inputs = 0
+        self._waiting_for_room = 0  # network threads waiting for room: input waits at the broker
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)  # the main loop sleeps on it
         self._room = threading.Condition(self._lock)  # the network thread waits on it when full
@@ -122,7 +125,9 @@ class Inbox:
 
     def take(self, timeout: float) -> list[Item]:
         """Everything queued (at most ``MAX_TAKE`` items), in arrival order; when nothing is, wait
-        up to ``timeout`` seconds for input and let it gather for ``GATHER`` seconds first."""
+        up to ``timeout`` seconds for input and let it gather for ``GATHER`` seconds first. Call
+        :meth:`done` once they are applied: only then is their room given back, so that the inputs
+        held in this process, queued or being applied, stay within ``max_queued``."""
         with self._lock:
             if not self._items:
                 if timeout <= 0:
@@ -138,14 +143,21 @@ class Inbox:
         if woken:
             time.sleep(GATHER)
         with self._lock:
-            n = min(len(self._items), MAX_TAKE)
-            taken = [self._items.popleft()[1] for _ in range(n)]
-            inputs = sum(type(item) is not Connected for item in taken)
-            full = self._inputs >= self.max_queued
+            queued = len(self._items)
+            if queued < self.max_queued // 2 and not self._waiting_for_room:
+                self._full_since = None  # caught up: input no longer waits for room
+            n = min(queued, MAX_TAKE)
+            return [self._items.popleft()[1] for _ in range(n)]
+
+    def done(self, items: list[Item]) -> None:
+        """``items`` from :meth:`take` are applied: their room is free again."""
+        inputs = sum(type(item) is not Connected for item in items)
+        if not inputs:
+            return
+        with self._lock:
             self._inputs -= inputs
-            if full and inputs:
+            if self._waiting_for_room:
                 self._room.notify_all()
-        return taken
 
     def qsize(self) -> int:
         return len(self._items)
@@ -161,7 +173,7 @@ class Inbox:
         the queue is full and input waits at the broker, how long that has lasted (0: keeping up)."""
         with self._lock:
             oldest = now - self._items[0][0] if self._items else 0.0
-            if not self._items:
+            if not self._items and not self._waiting_for_room:
                 self._full_since = None  # drained: nothing waits for room
             full = self._full_since
         return max(0.0, oldest, 0.0 if full is None else now - full)
@@ -176,15 +188,17 @@ class Inbox:
     def _put(self, item: Item, counts: bool = True) -> None:  # paho's network thread
         with self._lock:
             if counts:
-                if self._full_since is not None and self._inputs < self.max_queued // 2:
-                    self._full_since = None  # caught up
                 if self._inputs >= self.max_queued:
                     if self._full_since is None:
                         self._full_since = time.monotonic()
-                    while self._inputs >= self.max_queued:
-                        if self._closed:
-                            return
-                        self._room.wait(0.1)
+                    self._waiting_for_room += 1
+                    try:
+                        while self._inputs >= self.max_queued:
+                            if self._closed:
+                                return
+                            self._room.wait(0.1)
+                    finally:
+                        self._waiting_for_room -= 1
                 self._inputs += 1
             self._items.append((time.monotonic(), item))
             if self._sleeping:

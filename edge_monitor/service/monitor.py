@@ -195,13 +195,15 @@ class Monitor:
             deadline = self.scoring.deadline()
             wait = min(IDLE_WAKE, next_status - now, next_checkpoint - now,
                        IDLE_WAKE if deadline is None else deadline - now)
-            for item in self.inbox.take(timeout=wait):
+            items = self.inbox.take(timeout=wait)
+            for item in items:
                 if type(item) is Received:
                     self._on_input(item)
                 elif type(item) is Rejected:
                     self._on_rejected(item)
                 else:
                     self._on_connected(item)
+            self.inbox.done(items)
             self._score_ready()
             now = time.monotonic()
             if now >= next_checkpoint:
