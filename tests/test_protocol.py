@@ -496,6 +496,8 @@ def _payloads(rng):
         b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}",
         b'{"cut":"c1","offset":-0.0,"samples":[-0.0,1E3,1e-7,0.1]}',
         b'{"cut":"c1","offset":0,"samples":[123456789012345678901234567890, 1]}',
+        b'{"cut":"c1","offset":0,"offset" :999000,"samples":[1.0,2.0]}',  # a repeated key, a space before its colon
+        b'{"cmd":"reset","by":"ann","by"\t:"bob"}', b'{"a" \n: 1}', b'{"a":"x" , "b":2}',
         b'{"cut":"c1","offset":1e19,"samples":[1]}', b'{"a":{"b":-99999999999999999999}}',
     ]
     yield from fixed
@@ -583,8 +585,13 @@ def test_a_compact_chunk_obeys_the_same_limits():
         inbound.parse_signal(b"\x00" * 101, limits, F32)
 
 
-def test_content_types_the_monitor_does_not_read_are_refused_by_name():
-    with pytest.raises(ProtocolError, match="content type 'text/csv' is not one the monitor reads"):
-        inbound.parse_signal(b"1,2,3", content_type="text/csv")
-    with pytest.raises(ProtocolError, match="only a signal chunk may be"):
+def test_only_the_compact_content_type_changes_how_a_payload_is_read():
+    """Any other content type (with parameters, in any case, or unknown) is JSON, as before the
+    compact encoding existed; the compact type outside a chunk is refused by name."""
+    body = b'{"cut":"c","offset":0,"samples":[1.5]}'
+    for content_type in ("application/json; charset=utf-8", "text/json", "text/csv", "APPLICATION/JSON"):
+        assert inbound.parse_signal(body, content_type=content_type).samples.tolist() == [1.5]
+    compact = inbound.SignalChunk("c", 0, np.array([1.5])).to_f32()
+    assert inbound.parse_signal(compact, content_type=F32.upper() + "; v=1").samples.tolist() == [1.5]
+    with pytest.raises(ProtocolError, match="is for signal chunks only"):
         inbound.parse_cut_event(b'{"event":"end","cut":"c","ts":1,"samples":3}', content_type=F32)

@@ -113,8 +113,8 @@ InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
 
 #: MQTT 5 content type of the compact encoding of a signal chunk: offset (uint32), cut id length
 #: (uint8), the cut id (ASCII), then the samples as float32, all little-endian (docs/protocol.md).
+#: Any other content type, or none, is JSON (as before the compact encoding existed).
 F32_CONTENT_TYPE = "application/vnd.edge-monitor.chunk+f32le"
-JSON_CONTENT_TYPE = "application/json"
 _F32_HEADER = struct.Struct("<IB")
 
 
@@ -138,7 +138,7 @@ def parse_cut_event(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_typ
 
 def parse_signal(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> SignalChunk:
     """A chunk in JSON or, with the MQTT 5 content type :data:`F32_CONTENT_TYPE`, compact."""
-    if content_type == F32_CONTENT_TYPE:
+    if content_type is not None and _media_type(content_type) == F32_CONTENT_TYPE:
         cut, offset, samples = _f32_chunk(payload, limits)
     else:
         obj = decode_object(payload, limits, content_type)
@@ -170,6 +170,11 @@ def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type:
 #: The payload parser of each input kind (the topic level after the machine id); each takes the
 #: payload, the limits and the message's MQTT 5 content type (None when it has none).
 PAYLOAD_PARSERS = {"cut": parse_cut_event, "signal": parse_signal, "cmd": parse_command}
+
+
+def _media_type(content_type: str) -> str:
+    """``application/vnd.x+f32le; v=1`` → ``application/vnd.x+f32le`` (media types are case-blind)."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _f32_chunk(payload: bytes, limits: Limits) -> tuple[str, int, np.ndarray]:
@@ -211,17 +216,16 @@ def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type:
     Two parsers, one outcome. orjson parses a chunk of 64 samples about 8 times faster than the
     standard library (whose float parsing was the largest cost of an input message, see
     docs/performance.md), but it keeps the last of repeated keys. So its result is taken only when
-    the payload provably has none: every key's closing quote is followed by its colon, and the
-    count of ``":`` in the bytes equals the count of keys parsed (a repeated key, or ``":``
-    inside a string, makes them differ), and no object holds an integer beyond 64 bits (see
-    :func:`_keys`). Anything else (a repeated key, NaN, a space before a colon, bad UTF-8) goes
-    to the standard library's strict parse, which accepts or names the problem as before."""
+    the payload provably has none: no quote is followed by whitespace (so every key's closing
+    quote is followed by its colon, and each key written yields one ``":``), the count of ``":``
+    in the bytes equals the count of keys parsed (a repeated key, or ``":`` inside a string, makes
+    them differ), and no object holds an integer beyond 64 bits (see :func:`_keys`). Anything else
+    (a repeated key, NaN, whitespace after a quote, bad UTF-8) goes to the standard library's
+    strict parse, which accepts or names the problem as before."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
-    if content_type is not None and content_type != JSON_CONTENT_TYPE:
-        compact = f" (only a signal chunk may be {F32_CONTENT_TYPE})" if content_type == F32_CONTENT_TYPE else ""
-        raise ProtocolError(f"content type {show(content_type)} is not one the monitor reads here{compact}; "
-                            f"send JSON, with no content type or {JSON_CONTENT_TYPE}")
+    if content_type is not None and _media_type(content_type) == F32_CONTENT_TYPE:
+        raise ProtocolError(f"content type {F32_CONTENT_TYPE} is for signal chunks only; send this message as JSON")
     size = memoryview(payload).nbytes
     if size > limits.max_payload_bytes:
         raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
@@ -229,7 +233,8 @@ def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type:
         raise ProtocolError("payload is empty")
     try:
         fast = orjson.loads(payload)
-        if type(fast) is dict and _keys(fast) == bytes(payload).count(b'":'):
+        raw = bytes(payload)
+        if type(fast) is dict and not _QUOTE_THEN_SPACE.search(raw) and _keys(fast) == raw.count(b'":'):
             return fast
     except (orjson.JSONDecodeError, RecursionError):
         pass
@@ -267,6 +272,8 @@ def _keys(value: Any) -> int:
 
 
 _SCALARS = {float, int, str, bool, type(None)}
+# A closing quote followed by whitespace: a key may then be followed by its colon only after it.
+_QUOTE_THEN_SPACE = re.compile(rb'"[ \t\r\n]')
 _LONG = 2.0**63
 
 
