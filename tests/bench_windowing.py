@@ -1,6 +1,6 @@
 """Benchmark: preparing every window of the full 167-cut archive (target: under 10 s on 2 cores).
 
-Run with ``make bench`` or ``.venv/bin/python -m tests.bench_windowing [archive]``. Prints figures;
+Run with ``make bench-windowing`` or ``.venv/bin/python -m tests.bench_windowing [archive]``. Prints figures;
 the incremental path is also timed in the same run, as a ratio, since the daemon uses it live.
 """
 

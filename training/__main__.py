@@ -81,9 +81,13 @@ def _cmd_plot_bench(args: argparse.Namespace) -> None:
 
     from .plots import plot_bench_scaling
 
-    bench = json.loads(Path(args.bench_json).read_text())
-    out = args.out or Path(args.bench_json).with_name("bench-scaling.png")
-    print(f"wrote {plot_bench_scaling(bench, out)}")
+    paths = [Path(p) for p in args.bench_json]
+    labels = args.label or ([""] if len(paths) == 1 else [p.parent.name for p in paths])
+    if len(labels) != len(paths):
+        raise SystemExit(f"plot-bench: {len(labels)} --label for {len(paths)} files; give one per file")
+    benches = {label: json.loads(p.read_text()) for label, p in zip(labels, paths)}
+    out = args.out or paths[0].with_name("bench-scaling.png")
+    print(f"wrote {plot_bench_scaling(benches, out)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lookahead_study)
 
     p = sub.add_parser("plot-bench", help="plot edge-monitor bench's scaling: CPU and latency p99 over machines")
-    p.add_argument("bench_json", metavar="BENCH_JSON", help="bench.json written by `edge-monitor bench`")
+    p.add_argument("bench_json", metavar="BENCH_JSON", nargs="+",
+                   help="bench.json written by `edge-monitor bench`; several: one line each (e.g. before, after)")
+    p.add_argument("--label", action="append", help="a name per BENCH_JSON, in order (default: its folder's name)")
     p.add_argument("--out", type=Path, help="PNG to write (default: bench-scaling.png beside BENCH_JSON)")
     p.set_defaults(func=_cmd_plot_bench)
     return parser

@@ -241,36 +241,43 @@ def plot_tool_life(tools: Sequence, path: str | Path, *, score_name: str, thresh
     return _save(fig, path)
 
 
-def plot_bench_scaling(bench: dict, path: str | Path) -> Path:
-    """The throughput benchmark's scaling (``edge-monitor bench``'s ``bench.json``): over the machine
-    count of the real-time runs, the daemon's CPU cores (against the box's cores) and its latency
-    p99, from a window's data to its score and beyond the stable-region look-ahead."""
-    runs = sorted((r for r in bench["runs"] if r["speed"] > 0), key=lambda r: r["machines"])
+def plot_bench_scaling(benches: dict[str, dict], path: str | Path) -> Path:
+    """The throughput benchmark's scaling (``edge-monitor bench``'s ``bench.json``), one line per
+    benchmark (label → bench, e.g. before and after a change): over the machine count of the
+    real-time runs, the daemon's CPU cores (against the box's cores) and its latency p99, from a
+    window's data to its score and beyond the stable-region look-ahead."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_cpu, ax_lat = fig.subplots(1, 2)
-    if runs:
+    styles = ["o--", "s-", "^-.", "d:"]
+    latencies = []
+    for k, (label, bench) in enumerate(benches.items()):
+        runs = sorted((r for r in bench["runs"] if r["speed"] > 0), key=lambda r: r["machines"])
+        if not runs:
+            continue
+        style, name = styles[k % len(styles)], f"{label}: " if label else ""
         machines = [r["machines"] for r in runs]
-        ax_cpu.plot(machines, [r["cpu_cores_steady"] for r in runs], "o-", color="black", label="daemon, steady part")
-        ax_cpu.plot(machines, [r["cpu_cores_mean"] for r in runs], "o--", color="grey", label="daemon, whole run")
-        cores = bench.get("cpu_count")
-        if cores:
-            ax_cpu.axhline(cores, color="tab:red", linestyle=":", label=f"the box's {cores} cores")
-        for key, label, colour in (("latency_ms", "data complete → score", "tab:blue"),
-                                   ("beyond_lookahead_ms", "beyond the look-ahead", "tab:orange")):
+        ax_cpu.plot(machines, [r["cpu_cores_steady"] for r in runs], style, color="black",
+                    label=f"{name}daemon, steady part")
+        for key, what, colour in (("latency_ms", "data complete → score", "tab:blue"),
+                                  ("beyond_lookahead_ms", "beyond the look-ahead", "tab:orange")):
             values = [np.nan if r[key]["p99"] is None else r[key]["p99"] for r in runs]
-            ax_lat.plot(machines, values, "o-", color=colour, label=f"p99, {label}")
-        lat = np.array([r[k]["p99"] or np.nan for r in runs for k in ("latency_ms", "beyond_lookahead_ms")], float)
-        if _log_helps(lat):
-            ax_lat.set_yscale("log")
-        else:
-            ax_lat.set_ylim(bottom=0)
+            latencies += values
+            ax_lat.plot(machines, values, style, color=colour, label=f"{name}p99, {what}")
         for r in runs:
             if r["lost"] or r["duplicated"] or not r["complete"]:
                 ax_lat.annotate("lost/duplicated" if r["complete"] else "incomplete", (r["machines"], 0),
                                 xycoords=("data", "axes fraction"), color="tab:red", fontsize="small", ha="center")
-    else:
+    if not latencies:
         for ax in (ax_cpu, ax_lat):
             ax.text(0.5, 0.5, "no real-time runs in this benchmark", ha="center", va="center", transform=ax.transAxes)
+    first = next(iter(benches.values()))
+    cores = first.get("cpu_count")
+    if cores:
+        ax_cpu.axhline(cores, color="tab:red", linestyle=":", label=f"the box's {cores} cores")
+    if _log_helps(np.array(latencies, float)):
+        ax_lat.set_yscale("log")
+    else:
+        ax_lat.set_ylim(bottom=0)
     ax_cpu.set(xlabel="machines", ylabel="CPU cores used", title="Daemon CPU, real time")
     ax_cpu.set_ylim(bottom=0)
     ax_lat.set(xlabel="machines", ylabel="ms", title="Window latency p99, real time")
@@ -279,6 +286,6 @@ def plot_bench_scaling(bench: dict, path: str | Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
-    fig.suptitle(f"edge-monitor bench: device {bench.get('device')}, chunk {bench.get('chunk')}, "
-                 f"{bench.get('cuts_per_machine')} cut(s) per machine")
+    fig.suptitle(f"edge-monitor bench: device {first.get('device')}, chunk {first.get('chunk')}, "
+                 f"{first.get('cuts_per_machine')} cut(s) per machine, {first.get('encoding', 'json')} chunks")
     return _save(fig, path)

@@ -100,6 +100,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if not path.exists():
             print(f"edge-monitor bench: error: {what} {path} does not exist", file=sys.stderr)
             return 2
+    # absolute: the daemon may run from another checkout (--daemon-source), with its own working directory
+    args.archive, args.bundle, args.out = args.archive.resolve(), args.bundle.resolve(), args.out.resolve()
     try:
         return _bench(args)
     except KeyboardInterrupt:
