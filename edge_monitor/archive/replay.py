@@ -185,7 +185,7 @@ class ReplayEvent:
 
 def _machine_events(
     root: str, machine: str, jobs: Sequence[ReplayJob], chunk: int, fs: float, loop: bool, seq: Iterator[int],
-    encoding: str = "json",
+    encoding: str = "json", ts_offset: float = 0.0,
 ) -> Iterator[ReplayEvent]:
     content_type = CHUNK_CONTENT_TYPES[encoding]
     t = 0.0
@@ -199,7 +199,7 @@ def _machine_events(
             params = cut_params(cut)
             yield ReplayEvent(
                 t, next(seq), machine, "start", cut_topic(root, machine),
-                lambda i=cut_id, pr=params: encode(CutStart(i, time.time(), fs, pr)), job, cut_id, n,
+                lambda i=cut_id, pr=params: encode(CutStart(i, time.time() + ts_offset, fs, pr)), job, cut_id, n,
             )
             for first, last in chunk_bounds(n, chunk):
                 for c, name in enumerate(CHANNELS):
@@ -212,7 +212,7 @@ def _machine_events(
             t += n / fs
             yield ReplayEvent(
                 t, next(seq), machine, "end", cut_topic(root, machine),
-                lambda i=cut_id, n=n: encode(CutEnd(i, time.time(), n)), job, cut_id, n, n,
+                lambda i=cut_id, n=n: encode(CutEnd(i, time.time() + ts_offset, n)), job, cut_id, n, n,
             )
 
 
@@ -228,10 +228,13 @@ def replay(
     stop: threading.Event | None = None,
     on_event: Callable[[ReplayEvent, ReplayStats], None] | None = None,
     encoding: str = "json",
+    ts_offset: float = 0.0,
 ) -> ReplayStats:
     """Publish ``plan`` (machine -> jobs) interleaved in signal time, paced by ``speed`` (0 or
     infinity: as fast as acknowledgements allow). Returns when every message is acknowledged,
-    or when ``stop`` is set."""
+    or when ``stop`` is set. ``ts_offset``: seconds added to the clock the cuts' timestamps are
+    taken from (negative: data taken earlier, as a data acquisition sends it catching up after an
+    outage)."""
     validate_root(root)
     if not 1 <= chunk <= DEFAULT_LIMITS.max_chunk:
         raise ValueError(f"chunk must be 1-{DEFAULT_LIMITS.max_chunk} samples, got {chunk}")
@@ -243,7 +246,7 @@ def replay(
     seq = itertools.count()
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    streams = {m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding) for m, jobs in plan.items()}
+    streams = {m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding, ts_offset) for m, jobs in plan.items()}
     heap = [e for e in (next(s, None) for s in streams.values()) if e is not None]
     heapq.heapify(heap)
     started = time.monotonic()
