@@ -38,17 +38,28 @@ ARRAY_DTYPES = {"float64": np.float64, "int64": np.int64, "bool": np.bool_}
 def encode_arrays(value: Any) -> Any:
     """A snapshot as JSON-able data: every numpy array becomes {"array": dtype, "shape", "data"}
     with its bytes in base64 (exact, and far faster than a list of numbers)."""
-    if isinstance(value, np.ndarray):
-        name = value.dtype.name
-        if name not in ARRAY_DTYPES:
-            raise TypeError(f"cannot checkpoint an array of {name}")
+    kind = type(value)
+    if kind is np.ndarray:
+        name = _DTYPE_NAMES.get(value.dtype)  # dtype.name is slow Python: a checkpoint asks it thousands of times
+        if name is None:
+            raise TypeError(f"cannot checkpoint an array of {value.dtype.name}")
         data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
         return {"array": name, "shape": list(value.shape), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+    if kind is dict:
+        return {str(k): v if type(v) in _SCALARS else encode_arrays(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [v if type(v) in _SCALARS else encode_arrays(v) for v in value]
+    if isinstance(value, np.ndarray):  # a subclass
+        return encode_arrays(np.asarray(value))
     if isinstance(value, dict):
-        return {str(k): encode_arrays(v) for k, v in value.items()}
+        return encode_arrays(dict(value))
     if isinstance(value, (list, tuple)):
-        return [encode_arrays(v) for v in value]
+        return encode_arrays(list(value))
     return value
+
+
+_DTYPE_NAMES = {np.dtype(t): name for name, t in ARRAY_DTYPES.items()}
+_SCALARS = {int, float, str, bool, type(None)}  # nothing to convert (exact types: not subclasses)
 
 
 def decode_arrays(value: Any, where: str = "snapshot") -> Any:

@@ -72,7 +72,7 @@ def _lower(value: Any, _base: Path) -> Any:
 class Batching(Spec):
     section = "batching"
     max_batch: int = setting(256, low=1, high=65536)  # windows per inference call, across all machines
-    max_wait_ms: float = setting(50.0, low=0.0, high=60_000.0)  # longest a window waits for its batch to fill
+    max_wait_ms: float = setting(50.0, low=0.0, high=60_000.0)  # longest a window waits for its batch to fill, from its input's arrival
 
 
 @dataclass(frozen=True)

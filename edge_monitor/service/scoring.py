@@ -83,9 +83,11 @@ class Scoring:
         return summary
 
     def add(self, runs: list[WindowBatch], received: float) -> None:
-        now = time.monotonic()
+        """Queue the windows an input completed; ``received``: when that input arrived (monotonic).
+        Their wait for a batch counts from then: windows whose input waited in the inbox (behind a
+        checkpoint, say) have waited already, and go in the next batch."""
         for windows in runs:
-            self.batcher.add(_Queued(windows, received), now)
+            self.batcher.add(_Queued(windows, received), received)
 
     def deadline(self) -> float | None:
         return self.batcher.deadline()
