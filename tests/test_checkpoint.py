@@ -125,3 +125,23 @@ def test_no_checkpoint_while_windows_are_being_scored(cuts):
             break
     with pytest.raises(RuntimeError, match="being scored"):
         p.to_state()
+
+
+def test_snapshot_text_reads_back_as_the_json_module_wrote_it_also_with_nan_outside_arrays():
+    """orjson writes the snapshot unless a number outside the arrays is not finite (orjson would
+    write null for it); either way the state file's reader gets the same values back."""
+    import json as std_json
+    import math
+
+    from edge_monitor.service.checkpoint import decode_arrays, encode_arrays, snapshot_text
+
+    state = {"air": [1.5, 0.25], "n": 3, "cut": "c1", "ids": ["a", "é"], "none": None, "flag": True,
+             "rows": np.arange(12, dtype=np.float64).reshape(4, 3) / 7, "stable": np.array([True, False])}
+    text = snapshot_text(state)
+    assert std_json.loads(text) == std_json.loads(std_json.dumps(encode_arrays(state)))
+    back = decode_arrays(std_json.loads(text))
+    np.testing.assert_array_equal(back["rows"], state["rows"])
+    for odd in (math.nan, math.inf):
+        text = snapshot_text({**state, "air": [odd, 0.25]})
+        value = std_json.loads(text)["air"][0]
+        assert value is not None and (math.isnan(value) if odd != odd else value == odd)

@@ -35,7 +35,6 @@ gets the service restarted; ``STOPPING=1`` when shutdown begins.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import asdict
@@ -49,7 +48,7 @@ from ..core.outbound import StatusMessage, encode
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics
 from . import systemd
-from .checkpoint import Checkpoints, encode_arrays
+from .checkpoint import Checkpoints, snapshot_text
 from .config import Config
 from .inbox import Connected, Inbox, Received, Rejected
 from .logging import get_logger
@@ -358,7 +357,7 @@ class Monitor:
         snapshot = None
         if self.state_file.path is not None:
             for machine, state in self.fleet.streams(self._touched).items():
-                self._stream_texts[machine] = json.dumps(encode_arrays(state), separators=(",", ":"))
+                self._stream_texts[machine] = snapshot_text(state)
             snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id)
         self._touched.clear()
         self.checkpoints.close(snapshot)

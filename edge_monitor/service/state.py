@@ -198,7 +198,7 @@ class StateFile:
     @staticmethod
     def compose(alarms: dict[str, dict], streams: dict[str, str], model: str) -> str:
         """The file's text: ``streams`` holds each machine's open cut already as JSON text
-        (checkpoint.encode_arrays), so that only the machines that changed are encoded again."""
+        (checkpoint.snapshot_text), so that only the machines that changed are encoded again."""
         head = json.dumps({"format": STATE_FORMAT, "model": model, "machines": alarms}, allow_nan=False)
         parts = ",".join(f"{json.dumps(m)}:{text}" for m, text in streams.items())
         return head[:-1] + ',"streams":{' + parts + "}}"
