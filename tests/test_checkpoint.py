@@ -133,15 +133,22 @@ def test_snapshot_text_reads_back_as_the_json_module_wrote_it_also_with_nan_outs
     import json as std_json
     import math
 
-    from edge_monitor.service.checkpoint import decode_arrays, encode_arrays, snapshot_text
+    from edge_monitor.service.checkpoint import (
+        decode_arrays,
+        encode_arrays,
+        snapshot_text,
+    )
 
     state = {"air": [1.5, 0.25], "n": 3, "cut": "c1", "ids": ["a", "é"], "none": None, "flag": True,
-             "rows": np.arange(12, dtype=np.float64).reshape(4, 3) / 7, "stable": np.array([True, False])}
+             "rows": np.arange(12, dtype=np.float64).reshape(4, 3) / 7, "stable": np.array([True, False]),
+             # numpy scalars (a median, a count): the json module took np.float64, orjson takes none
+             "median": np.float64(0.5), "count": np.int64(7), "seen": np.bool_(True), "tuple": (1, 2.5)}
     text = snapshot_text(state)
     assert std_json.loads(text) == std_json.loads(std_json.dumps(encode_arrays(state)))
+    assert std_json.loads(text)["median"] == 0.5 and std_json.loads(text)["count"] == 7
     back = decode_arrays(std_json.loads(text))
     np.testing.assert_array_equal(back["rows"], state["rows"])
     for odd in (math.nan, math.inf):
-        text = snapshot_text({**state, "air": [odd, 0.25]})
+        text = snapshot_text({**state, "air": [odd, np.float64(0.25)], "median": np.float64(odd)})
         value = std_json.loads(text)["air"][0]
         assert value is not None and (math.isnan(value) if odd != odd else value == odd)

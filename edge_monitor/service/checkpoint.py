@@ -51,6 +51,10 @@ def encode_arrays(value: Any) -> Any:
         return {str(k): v if type(v) in _SCALARS else encode_arrays(v) for k, v in value.items()}
     if kind is list or kind is tuple:
         return [v if type(v) in _SCALARS else encode_arrays(v) for v in value]
+    if isinstance(value, np.generic):  # a numpy scalar (np.float64 from a median, say): the Python number
+        return value.item()
+    if isinstance(value, float):  # a subclass of float
+        return float(value)
     if isinstance(value, np.ndarray):  # a subclass
         return encode_arrays(np.asarray(value))
     if isinstance(value, dict):
