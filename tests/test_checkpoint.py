@@ -146,6 +146,7 @@ def test_snapshot_text_reads_back_as_the_json_module_wrote_it_also_with_nan_outs
     text = snapshot_text(state)
     assert std_json.loads(text) == std_json.loads(std_json.dumps(encode_arrays(state)))
     assert std_json.loads(text)["median"] == 0.5 and std_json.loads(text)["count"] == 7
+    assert std_json.loads(snapshot_text({"big": 2**70, "odd": "\ud800"})) == {"big": 2**70, "odd": "\ud800"}
     back = decode_arrays(std_json.loads(text))
     np.testing.assert_array_equal(back["rows"], state["rows"])
     for odd in (math.nan, math.inf):

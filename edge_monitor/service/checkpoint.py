@@ -73,7 +73,10 @@ def snapshot_text(state: Any) -> str:
     back."""
     encoded = encode_arrays(state)
     if _finite(encoded):
-        return orjson.dumps(encoded).decode("utf-8")
+        try:
+            return orjson.dumps(encoded).decode("utf-8")
+        except TypeError:  # what the json module writes and orjson refuses: an int beyond 64 bits, a lone surrogate
+            pass
     return json.dumps(encoded, separators=(",", ":"))
 
 

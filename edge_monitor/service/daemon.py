@@ -67,6 +67,7 @@ def run(config: Config) -> int:
     # Everything loaded so far (TensorFlow, Keras, the model: ~400 000 objects) lives as long as
     # the process. Out of the collector's sight, a full collection no longer walks it: those took
     # ~200 ms every half minute under load, the whole tail of the scores' latency (docs/performance.md).
+    gc.collect()  # what start-up left as garbage goes first, rather than being kept for good
     gc.freeze()
     # From here a stop request is honoured gracefully, also one that comes right after READY=1.
     for sig in (signal.SIGTERM, signal.SIGINT):
