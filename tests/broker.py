@@ -12,14 +12,20 @@ import getpass
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_monitor.bench.broker import NOT_INSTALLED, find_mosquitto, free_port
+from edge_monitor.bench.broker import (
+    NOT_INSTALLED,
+    find_mosquitto,
+    free_port,
+    log_tail,
+    stop_gracefully,
+    wait_accepting,
+)
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
 
 
@@ -89,19 +95,14 @@ class Broker:
 
     def _wait_accepting(self, timeout: float) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                self.process = None
-                raise BrokerError(f"mosquitto exited at start on port {self.port}: {err}{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.02)
+        problem = wait_accepting(self.process, self.host, self.port, timeout)
+        if problem is None:
+            return
+        err = ""
+        if self.process.poll() is not None and self.process.stderr:
+            err = ": " + self.process.stderr.read().decode(errors="replace")
         self.kill()
-        raise BrokerError(f"mosquitto did not accept connections on port {self.port} within {timeout} s{self.log_tail()}")
+        raise BrokerError(f"mosquitto {problem} on port {self.port}{err}{self.log_tail()}")
 
     @property
     def running(self) -> bool:
@@ -117,12 +118,7 @@ class Broker:
             self.process = None
             return
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_gracefully(self.process, timeout)
         self._close()
 
     def kill(self) -> None:
@@ -147,11 +143,7 @@ class Broker:
         self.process = None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return "\n-- mosquitto log --\n" + "\n".join(text) if text else ""
+        return log_tail(self.log, lines)
 
     def __enter__(self) -> "Broker":
         return self.start() if not self.running else self

@@ -2,7 +2,8 @@
 
 Queueing is configured as on the edge box (deploy/mosquitto/edge-monitor.conf): a backlog at the
 largest load must wait at the broker, never be dropped. Persistence is off: nothing outlives a run.
-The tests' broker (tests/broker.py) finds Mosquitto and a free port with the same functions.
+The tests' broker (tests/broker.py) finds, starts, waits for and stops Mosquitto with the same
+functions.
 """
 
 from __future__ import annotations
@@ -39,6 +40,42 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def wait_accepting(process: subprocess.Popen, host: str, port: int, timeout: float) -> str | None:
+    """None once the started mosquitto accepts connections on ``host:port``; else why not ("exited
+    at start", or "did not accept connections within ``timeout`` s"), for the caller's error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return "exited at start"
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return None
+        except OSError:
+            time.sleep(0.02)
+    return f"did not accept connections within {timeout:g} s"
+
+
+def stop_gracefully(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (mosquitto saves its persistence on the way out), SIGKILL after ``timeout`` s."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def log_tail(log: Path, lines: int = 20) -> str:
+    """The end of mosquitto's log, to append to an error ("" when there is none)."""
+    try:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n-- mosquitto log --\n" + "\n".join(text) if text else ""
 
 
 def bench_conf(port: int, log: Path) -> str:
@@ -88,38 +125,19 @@ class BenchBroker:
         conf.write_text(bench_conf(self.port, self.log))
         self.process = subprocess.Popen([self.executable, "-c", str(conf)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.process = None
-                raise BrokerStartError(f"mosquitto exited at start on port {self.port}{self.log_tail()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.02)
+        problem = wait_accepting(self.process, self.host, self.port, timeout)
+        if problem is None:
+            return self
         self.stop()
-        raise BrokerStartError(f"mosquitto did not accept connections on port {self.port} within "
-                               f"{timeout:g} s{self.log_tail()}")
+        raise BrokerStartError(f"mosquitto {problem} on port {self.port}{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_gracefully(self.process, timeout)
         self.process = None
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        return "\n-- mosquitto log --\n" + "\n".join(text) if text else ""
+        return log_tail(self.log, lines)
 
     def __enter__(self) -> "BenchBroker":
         return self.start()
