@@ -188,7 +188,8 @@ class Subscriber:
 
     def _on_message(self, client, userdata, msg) -> None:
         with self._cond:
-            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos,
+                                          bool(msg.dup)))
             self._cond.notify_all()
 
     def wait_for(self, predicate, timeout: float = 10.0) -> bool:
@@ -224,6 +225,7 @@ class Received:
     payload: bytes
     retain: bool
     qos: int
+    dup: bool = False  # the broker marked it a redelivery
 
     def json(self):
         return json.loads(self.payload)

@@ -82,8 +82,13 @@ def test_reconnects_by_itself_after_a_broker_restart(broker):
         assert sub.wait_for(lambda ms: len(ms) == 1, 10)
         broker.restart()  # graceful: the session is saved and restored
         publish(broker, "t/restart/x", [b"after"])  # may arrive before the subscriber is back
-        assert sub.wait_for(lambda ms: len(ms) == 2, 15), broker.log_tail()
-        assert [m.payload for m in sub.snapshot()] == [b"before", b"after"]
+        assert sub.wait_for(lambda ms: any(m.payload == b"after" for m in ms), 15), broker.log_tail()
+        received = sub.snapshot()
+        # At least once: if the restart raced the PUBACK of "before", the broker saved it as
+        # unacknowledged and delivers it again after the restart (seen in CI). Nothing else repeats.
+        payloads = [m.payload for m in received]
+        assert payloads in ([b"before", b"after"], [b"before", b"before", b"after"],
+                            [b"before", b"after", b"before"]), payloads
 
 
 def test_will_is_published_when_the_client_dies(broker):
