@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,8 @@ NEEDS_ANALYZE = pytest.mark.skipif(
 )
 
 
-def install(prefix: Path | None, bundle: Path, *args: str, venv: bool = True) -> subprocess.CompletedProcess:
+def install(prefix: Path | None, bundle: Path, *args: str, venv: bool = True, check: bool = True
+            ) -> subprocess.CompletedProcess:
     argv = ["bash", str(INSTALL), "--bundle", str(bundle), *args]
     if prefix is not None:
         argv += ["--prefix", str(prefix)]
@@ -39,7 +41,8 @@ def install(prefix: Path | None, bundle: Path, *args: str, venv: bool = True) ->
         argv += ["--venv", str(VENV)]
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, f"install.sh failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    if check:
+        assert done.returncode == 0, f"install.sh failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done
 
 
@@ -56,6 +59,38 @@ def snapshot(root: Path) -> dict[str, tuple]:
             what = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
         out[str(path.relative_to(root))] = (*what, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
     return out
+
+
+# What a real install writes on the box. install.sh compares with whatever is there (that is how a
+# second run changes nothing), so a dry run on a box with an installation plans differently.
+HOST_PATHS = tuple(map(Path, (
+    "/opt/edge-monitor", "/etc/edge-monitor", "/var/lib/edge-monitor", "/etc/mosquitto/conf.d/edge-monitor.conf",
+    "/etc/mosquitto/edge-monitor", "/usr/local/share/edge-monitor", "/etc/systemd/system/edge-monitor.service",
+)))
+
+
+def host_state() -> dict[str, tuple | None]:
+    """lstat of each of HOST_PATHS and of everything under it that this user may list: type, mode,
+    owner, size, mtime, link target (None: missing). Any change a run could make shows here,
+    without following a symlink nor reading a file that may be a secret."""
+    state: dict[str, tuple | None] = {}
+
+    def record(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            state[path] = None
+            return
+        link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+        state[path] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, link)
+
+    for top in map(str, HOST_PATHS):
+        record(top)
+        if state[top] is not None and stat.S_ISDIR(state[top][0]):
+            for folder, dirs, files in os.walk(top):  # folders this user may not list are skipped
+                for name in dirs + files:
+                    record(os.path.join(folder, name))
+    return state
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess:
@@ -98,14 +133,41 @@ def test_a_dry_run_prints_every_action_and_changes_nothing(tmp_path, model):
     assert out.rstrip().endswith("done (dry run: nothing was changed)")
 
 
+def test_a_dry_run_plans_building_the_venv(tmp_path, model):
+    prefix = tmp_path / "root"
+    out = install(prefix, model.bundle, "--dry-run", "--no-gpu", venv=False).stdout
+    assert not prefix.exists()
+    opt = re.escape(f"{prefix}/opt/edge-monitor")
+    assert "python package: edge-monitor (no GPU found, or --no-gpu)" in out
+    assert re.search(rf"would run: \S+ -m venv {opt}\n", out)
+    assert re.search(rf"would run: {opt}/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\n", out)
+    assert re.search(rf"would write {opt}/\.edge-monitor-source\n", out)
+
+
 def test_a_dry_run_of_a_real_install_plans_packages_user_venv_and_units(tmp_path, model):
-    """Without --prefix (as root would run it), but dry: what a box would get, nothing touched."""
-    before = {p: p.exists() for p in map(Path, ("/opt/edge-monitor", "/etc/edge-monitor", "/var/lib/edge-monitor"))}
-    out = install(None, model.bundle, "--dry-run", "--no-gpu", venv=False).stdout
-    assert {p: p.exists() for p in before} == before
-    assert "would run: install -m 0644 " in out and " /etc/systemd/system/edge-monitor.service\n" in out
-    assert re.search(r"would run: \S+ -m venv /opt/edge-monitor\n", out)
-    assert re.search(rf"would run: /opt/edge-monitor/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\n", out)
+    """Without --prefix (as root would run it), but dry: what this box would get, nothing touched.
+    The plan depends on what the box already has (an installation, or a test's fake one), so what
+    is expected is read from the box too: the test holds on a clean box and an installed one."""
+    before = host_state()
+    done = install(None, model.bundle, "--dry-run", "--no-gpu", venv=False, check=False)
+    assert host_state() == before, "the dry run changed something on this box"
+    opt = Path("/opt/edge-monitor")
+    if opt.is_symlink():
+        # An install with --venv: a real run would refuse to build a venv over it, so the dry run does too.
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"{opt} is a symlink (from an install with --venv): remove it, or pass --venv again" in done.stderr
+        done = install(None, model.bundle, "--dry-run", "--no-gpu", check=False)  # the rest of the plan
+        assert host_state() == before, "the dry run changed something on this box"
+    assert done.returncode == 0, f"install.sh failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    out = done.stdout
+    if not opt.exists() and not opt.is_symlink():
+        assert re.search(r"would run: \S+ -m venv /opt/edge-monitor\n", out)
+    if not opt.is_symlink():
+        pip = rf"would run: /opt/edge-monitor/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\n"
+        assert re.search(pip, out) or "unchanged /opt/edge-monitor (built from this source tree)" in out
+    for path, mode in (("/etc/edge-monitor/config.yaml", "0640"), ("/etc/systemd/system/edge-monitor.service", "0644")):
+        planned = re.search(rf"would run: install -m {mode} .* {re.escape(path)}\n", out)
+        assert planned or (Path(path).exists() and f"unchanged {path}" in out), path
     has_user = subprocess.run(["getent", "passwd", "edge-monitor"], capture_output=True).returncode == 0
     assert ("would run: useradd --system" in out) != has_user
     systemctl = r"skipped \(systemd is not PID 1 here: [^)]*\): systemctl enable|would run: systemctl enable "

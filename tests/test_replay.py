@@ -1,11 +1,15 @@
 """The replay command: cuts of a small synthetic archive pushed through a real broker arrive
-complete, bit for bit, paced or as fast as possible, and survive a broker restart."""
+complete, bit for bit, paced or as fast as possible, and survive a broker restart; against the
+edge box's deployed broker (its ACL and users), a machine's data acquisition user can replay: its
+tool-change resets are refused (it may not send commands) with a message and exit 0, or left to
+the operator with --no-resets, while any other refusal still fails."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import re
 import threading
 import time
 from collections import defaultdict
@@ -13,6 +17,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from broker import Subscriber, free_port
+from deploy_broker import DeployBroker
 
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.archive.publisher import Publisher
@@ -261,3 +266,91 @@ def test_without_archive_the_synthetic_one_is_written(tmp_path, monkeypatch):
     archive = load_replay_archive(None, out)
     assert (tmp_path / "data/synthetic-mill.mat").exists() and len(archive.cuts) == 165
     assert "writing the synthetic archive" in out.getvalue()
+
+
+# ------------------------------------------------------------------- the deployed broker's ACL
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """The edge box's broker (tests/deploy_broker.py): its ACL, the users daq-mill-01, replay (the
+    demo's, which may send commands) and edge-monitor (reads inputs and commands)."""
+    b = DeployBroker(tmp_path_factory.mktemp("deployed"), ("mill-01",)).start()
+    try:
+        yield b
+    finally:
+        b.kill()
+
+
+def replay_as(deployed, archive_path, user: str, *more: str) -> argparse.Namespace:
+    return args_of("--archive", str(archive_path), "--broker", deployed.address, "--speed", "0",
+                   "--cases", "1,13", "--username", user, "--password-file", str(deployed.password_file(user)),
+                   *more)
+
+
+def watch_inputs(deployed) -> Subscriber:
+    """What the monitor's user gets: cuts, signals and commands (cmd) of every machine."""
+    sub = Subscriber(deployed, "mill/#")
+    sub.settings = deployed.settings("edge-monitor", "watch-inputs")
+    return sub
+
+
+def settle(sub: Subscriber, out: io.StringIO) -> list:
+    """Everything replayed, once the last cut end has arrived (published last, QoS 1, in order)."""
+    last_end = [line for line in out.getvalue().splitlines() if " done (case " in line][-1]
+    cut = last_end.split("cut ", 1)[1].split(" ", 1)[0]
+    assert sub.wait_for(lambda ms: any(m.topic.endswith("/cut") and m.json().get("event") == "end"
+                                       and m.json()["cut"] == cut for m in ms), 20)
+    return sub.snapshot()
+
+
+def test_a_daq_user_replays_and_only_its_resets_are_refused(deployed, archive_path, archive, capsys):
+    """daq-mill-01 may not send commands: the broker refuses the reset before each case (a new
+    tool), everything else arrives, and replay says what happened and what to do, and exits 0."""
+    out = io.StringIO()
+    with watch_inputs(deployed) as sub:
+        code = run_replay(replay_as(deployed, archive_path, "daq-mill-01", "--machines", "1"), out)
+        got = settle(sub, out)
+    err = capsys.readouterr().err
+    assert code == 0, out.getvalue() + err
+    assert ("replay: the broker refused 2 of 2 tool-change reset(s) on mill/mill-01/cmd (Not authorized): "
+            "user daq-mill-01 may not send commands") in err
+    assert "Reset the machines from SCADA" in err and "--no-resets" in err
+    assert [m.topic for m in got if m.topic.endswith("/cmd")] == []
+    cuts = [c.cut_id for case in (1, 13) for c in archive.by_case()[case]]
+    assert Reassembled("mill", got).order["mill-01"] == cuts  # every cut went through
+
+
+def test_no_resets_leaves_tool_changes_to_the_operator(deployed, archive_path, capsys):
+    """--no-resets publishes no reset at all: not with the demo user, which may send commands (a
+    watcher that reads cmd sees none, and sees them without the option), and a DAQ user is refused
+    nothing."""
+    for option, resets in (((), 2), (("--no-resets",), 0)):
+        out = io.StringIO()
+        with watch_inputs(deployed) as sub:
+            code = run_replay(replay_as(deployed, archive_path, "replay", "--machines", "1", *option), out)
+            got = settle(sub, out)
+        assert code == 0, out.getvalue() + capsys.readouterr().err
+        assert [m.json()["cmd"] for m in got if m.topic == "mill/mill-01/cmd"] == ["reset"] * resets
+    text = out.getvalue()
+    assert "mill-01: new tool (case 13) before cut c13-r01: no reset sent (--no-resets)" in text
+    assert "left 2 tool change(s) to the operator (--no-resets; mill-01 2)" in text
+    assert "reset it from SCADA when its tool is changed" in text
+
+    out = io.StringIO()
+    code = run_replay(replay_as(deployed, archive_path, "daq-mill-01", "--machines", "1", "--no-resets"), out)
+    err = capsys.readouterr().err
+    assert code == 0 and "refused" not in err, out.getvalue() + err
+    assert "left 2 tool change(s) to the operator" in out.getvalue()
+
+
+def test_a_refused_signal_still_fails(deployed, archive_path, capsys):
+    """daq-mill-01 replaying a second machine: mill-02's cuts and signals are refused, which is
+    an error (exit 1) naming the topics and the user."""
+    out = io.StringIO()
+    code = run_replay(replay_as(deployed, archive_path, "daq-mill-01", "--machines", "2", "--no-resets"), out)
+    err = capsys.readouterr().err
+    assert code == 1, out.getvalue() + err
+    assert re.search(r"replay: the broker refused \d+ message\(s\) \(Not authorized\) on mill/mill-02/", err), err
+    assert "user daq-mill-01 may not publish there" in err and "mill/mill-01/" not in err
+    assert "tool-change reset" not in err  # none was sent

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -35,9 +36,12 @@ class Publisher:
         self.published = 0
         self.refused = 0  # acknowledged with a failure reason code (e.g. not authorised)
         self.last_refusal: str | None = None
+        # (topic, reason) -> messages refused: tells a refused command from a refused signal
+        self.refusals: Counter[tuple[str, str]] = Counter()
         self._cond = threading.Condition()
-        self._pending: set[int] = set()
-        self._early: set[int] = set()  # acknowledged before publish() had recorded the mid
+        self._pending: dict[int, str] = {}  # mid -> topic
+        # acknowledged before publish() had recorded the mid: mid -> the refusal reason, or None
+        self._early: dict[int, str | None] = {}
         client.on_publish = self._on_publish
 
     @property
@@ -64,9 +68,11 @@ class Publisher:
             raise PublishError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
         with self._cond:
             if info.mid in self._early:
-                self._early.discard(info.mid)
+                refusal = self._early.pop(info.mid)
+                if refusal is not None:
+                    self.refusals[topic, refusal] += 1
             else:
-                self._pending.add(info.mid)
+                self._pending[info.mid] = topic
             self.published += 1
         return info.mid
 
@@ -82,12 +88,14 @@ class Publisher:
         return True
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        refusal = str(reason) if reason is not None and reason.is_failure else None
         with self._cond:
-            if mid in self._pending:
-                self._pending.discard(mid)
-            else:
-                self._early.add(mid)
-            if reason is not None and reason.is_failure:
+            topic = self._pending.pop(mid, None)
+            if topic is None:
+                self._early[mid] = refusal
+            elif refusal is not None:
+                self.refusals[topic, refusal] += 1
+            if refusal is not None:
                 self.refused += 1
-                self.last_refusal = str(reason)
+                self.last_refusal = refusal
             self._cond.notify_all()

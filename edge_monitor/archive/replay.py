@@ -6,9 +6,11 @@ in time). The selected cases (default: every case of the archive, in order) are 
 cards: machine *i* works through cases *i*, *i + N*, *i + 2N*, … of the selection, each case's
 runs in order, so wear grows as on a real machine. With more machines than cases, machine *i*
 takes case *i mod #cases* (several machines then replay the same case). Before each case the
-machine sends a ``reset`` command: a new case is a new tool. ``--loop`` starts every machine over
-when it has finished (cut ids of later passes get a ``.p2``, ``.p3`` … suffix, since cut ids are
-unique per machine). Corrupt cuts, which the archive reader drops, are not replayed.
+machine sends a ``reset`` command: a new case is a new tool. ``--no-resets`` sends none and leaves
+the tool changes to the operator, who resets from SCADA (a machine's data acquisition user may not
+send commands); the command then says how many it left. ``--loop`` starts every machine over when
+it has finished (cut ids of later passes get a ``.p2``, ``.p3`` … suffix, since cut ids are unique
+per machine). Corrupt cuts, which the archive reader drops, are not replayed.
 
 Per cut: the cut start (QoS 1, with the cutting parameters), then chunks of ``--chunk`` samples
 (default 250 = 1 s) of the six channels in turn, each published when its last sample would have
@@ -53,6 +55,8 @@ from .publisher import MAX_UNACKED, Message, Publisher
 
 DEFAULT_CHUNK = 250  # samples: 1 s of signal at 250 Hz
 RESET_BY = "replay"
+# The event of a tool change whose reset is left to the operator (resets=False): nothing is published.
+TOOL_CHANGE = "tool-change"
 # How signal chunks are encoded: JSON, or compact float32 (docs/protocol.md), with the MQTT 5
 # content type that says so.
 CHUNK_CONTENT_TYPES: dict[str, str | None] = {"json": None, "f32": F32_CONTENT_TYPE}
@@ -154,6 +158,7 @@ class MachineProgress:
     cut_samples: int = 0
     samples_sent: int = 0  # of the current cut, per channel
     messages: int = 0
+    tool_changes_left: int = 0  # tool changes without a reset (resets=False)
     finished: bool = False
 
 
@@ -163,7 +168,11 @@ class ReplayStats:
     chunks: int = 0
     samples: int = 0  # per channel, over all cuts
     messages: int = 0
+    resets: int = 0  # tool-change resets published
+    tool_changes_left: int = 0  # tool changes left to the operator: no reset published (resets=False)
     refused: int = 0  # messages the broker acknowledged with a failure reason code
+    refused_resets: int = 0  # of those, tool-change resets
+    refusals: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, reason) -> messages
     seconds: float = 0.0
     machines: dict[str, MachineProgress] = field(default_factory=dict)
 
@@ -173,7 +182,7 @@ class ReplayEvent:
     due: float  # signal seconds since the replay started
     seq: int
     machine: str = field(compare=False)
-    kind: str = field(compare=False)  # reset | start | chunk | end
+    kind: str = field(compare=False)  # reset | start | chunk | end | tool-change (nothing published)
     topic: str = field(compare=False)
     payload: Callable[[], bytes] = field(compare=False)  # built at publish time (start/end carry the clock)
     job: ReplayJob | None = field(compare=False, default=None)
@@ -185,7 +194,7 @@ class ReplayEvent:
 
 def _machine_events(
     root: str, machine: str, jobs: Sequence[ReplayJob], chunk: int, fs: float, loop: bool, seq: Iterator[int],
-    encoding: str = "json", ts_offset: float = 0.0,
+    encoding: str = "json", ts_offset: float = 0.0, resets: bool = True,
 ) -> Iterator[ReplayEvent]:
     content_type = CHUNK_CONTENT_TYPES[encoding]
     t = 0.0
@@ -193,9 +202,11 @@ def _machine_events(
         for job in jobs:
             cut, n = job.cut, job.cut.n_samples
             cut_id = cut.cut_id if p == 1 else f"{cut.cut_id}.p{p}"
-            if job.tool_change:
+            if job.tool_change and resets:
                 topic, payload = reset_message(root, machine)
                 yield ReplayEvent(t, next(seq), machine, "reset", topic, lambda b=payload: b, job, cut_id)
+            elif job.tool_change:
+                yield ReplayEvent(t, next(seq), machine, TOOL_CHANGE, "", lambda: b"", job, cut_id)
             params = cut_params(cut)
             yield ReplayEvent(
                 t, next(seq), machine, "start", cut_topic(root, machine),
@@ -229,12 +240,15 @@ def replay(
     on_event: Callable[[ReplayEvent, ReplayStats], None] | None = None,
     encoding: str = "json",
     ts_offset: float = 0.0,
+    resets: bool = True,
 ) -> ReplayStats:
     """Publish ``plan`` (machine -> jobs) interleaved in signal time, paced by ``speed`` (0 or
     infinity: as fast as acknowledgements allow). Returns when every message is acknowledged,
     or when ``stop`` is set. ``ts_offset``: seconds added to the clock the cuts' timestamps are
     taken from (negative: data taken earlier, as a data acquisition sends it catching up after an
-    outage)."""
+    outage). ``resets=False``: no reset at a tool change, which is counted instead (and passed to
+    ``on_event`` as a ``tool-change`` event, with nothing published). ``on_event`` is called after
+    each event."""
     validate_root(root)
     if not 1 <= chunk <= DEFAULT_LIMITS.max_chunk:
         raise ValueError(f"chunk must be 1-{DEFAULT_LIMITS.max_chunk} samples, got {chunk}")
@@ -246,7 +260,9 @@ def replay(
     seq = itertools.count()
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    streams = {m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding, ts_offset) for m, jobs in plan.items()}
+    streams = {
+        m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding, ts_offset, resets) for m, jobs in plan.items()
+    }
     heap = [e for e in (next(s, None) for s in streams.values()) if e is not None]
     heapq.heapify(heap)
     started = time.monotonic()
@@ -256,7 +272,8 @@ def replay(
             delay = started + event.due / speed - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 break
-        publisher.publish(event.topic, event.payload(), content_type=event.content_type)
+        if event.kind != TOOL_CHANGE:
+            publisher.publish(event.topic, event.payload(), content_type=event.content_type)
         _count(stats, event)
         stats.seconds = time.monotonic() - started
         if on_event is not None:
@@ -268,15 +285,25 @@ def replay(
             stats.machines[event.machine].finished = True
     publisher.wait_all()
     stats.refused = publisher.refused
+    stats.refusals = dict(publisher.refusals)
+    # Only resets go to the cmd topics: a user without command rights is refused these alone.
+    reset_topics = {cmd_topic(root, m) for m in plan}
+    stats.refused_resets = sum(n for (topic, _), n in publisher.refusals.items() if topic in reset_topics)
     stats.seconds = time.monotonic() - started
     return stats
 
 
 def _count(stats: ReplayStats, event: ReplayEvent) -> None:
     m = stats.machines[event.machine]
+    if event.kind == TOOL_CHANGE:
+        m.tool_changes_left += 1
+        stats.tool_changes_left += 1
+        return
     m.messages += 1
     stats.messages += 1
-    if event.kind == "start":
+    if event.kind == "reset":
+        stats.resets += 1
+    elif event.kind == "start":
         m.case, m.cut, m.cut_samples, m.samples_sent = event.job.case, event.cut_id, event.samples, 0
     elif event.kind == "chunk":
         stats.chunks += 1

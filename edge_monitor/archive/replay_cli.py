@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.inbound import DEFAULT_LIMITS
-from ..core.topics import validate_root
+from ..core.topics import cmd_topic, validate_root
 from ..service.mqtt import (
     BrokerError,
     BrokerSettings,
@@ -26,6 +26,7 @@ from .publisher import Publisher
 from .replay import (
     DEFAULT_CHUNK,
     ENCODINGS,
+    TOOL_CHANGE,
     MachineProgress,
     ReplayEvent,
     ReplayStats,
@@ -56,6 +57,12 @@ class Progress:
                 self.out.write(
                     f"{m.machine}: cut {event.cut_id} done (case {event.job.case}, "
                     f"{m.cuts_done} cuts, {m.messages} messages)\n"
+                )
+                self.out.flush()
+            elif event.kind == TOOL_CHANGE:
+                self.out.write(
+                    f"{event.machine}: new tool (case {event.job.case}) before cut {event.cut_id}: "
+                    "no reset sent (--no-resets), left to the operator\n"
                 )
                 self.out.flush()
             return
@@ -99,6 +106,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cases", default=None, help="comma-separated cases to replay, e.g. 1,13 (default: all)")
     parser.add_argument("--loop", action="store_true", help="start over when done, until interrupted")
+    parser.add_argument(
+        "--no-resets", dest="resets", action="store_false",
+        help="send no reset (R/<machine>/cmd) when a case starts a new tool: leave tool changes to the "
+             "operator, who resets from SCADA. For a machine's data acquisition user (daq-<machine>), "
+             "which may not send commands; the end of the replay says how many were left",
+    )
     parser.add_argument("--root", default="mill", help="topic root R (default %(default)s)")
     parser.add_argument(
         "--chunk", type=int, default=DEFAULT_CHUNK,
@@ -178,7 +191,7 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         replay(
             Publisher(client), args.root, plan, speed=args.speed, chunk=args.chunk, loop=args.loop,
-            stop=stop, on_event=progress, encoding=args.encoding,
+            stop=stop, on_event=progress, encoding=args.encoding, resets=args.resets,
         )
     except KeyboardInterrupt:
         stop.set()
@@ -194,7 +207,60 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"{stats.chunks} chunks, {stats.samples} samples per channel, {stats.messages} messages "
             f"in {stats.seconds:.1f} s\n"
         )
-        if stats.refused:
-            print(f"replay: the broker refused {stats.refused} message(s)", file=sys.stderr)
+        if stats.tool_changes_left:
+            per_machine = ", ".join(
+                f"{m.machine} {m.tool_changes_left}" for m in stats.machines.values() if m.tool_changes_left
+            )
+            out.write(
+                f"left {stats.tool_changes_left} tool change(s) to the operator (--no-resets; {per_machine}): "
+                "until a machine is reset, the monitor keeps its alarm state and judges the new tool's cuts "
+                "against the previous tool's; reset it from SCADA when its tool is changed (docs/scada.md, "
+                "\"Resetting a machine after a tool change\")\n"
+            )
+        if stats.refused and report_refusals(stats, args) != 0:
             code = 1
     return code
+
+
+def report_refusals(stats: ReplayStats, args: argparse.Namespace) -> int:
+    """Say what the broker refused; 0 when it refused tool-change resets only (a data acquisition
+    user rightly may not send commands, and everything else went through), 1 when it refused
+    anything else."""
+    who = f"user {args.username}" if args.username else "an anonymous client"
+    reset_topics = {cmd_topic(args.root, m) for m in stats.machines}
+    resets = {key: n for key, n in stats.refusals.items() if key[0] in reset_topics}
+    others = {key: n for key, n in stats.refusals.items() if key[0] not in reset_topics}
+    if resets:
+        reasons = _reasons(resets)
+        print(
+            f"replay: the broker refused {stats.refused_resets} of {stats.resets} tool-change reset(s) on "
+            f"{_topics(resets)} ({reasons}): "
+            + (f"{who} may not send commands, so " if "Not authorized" in reasons else "")
+            + "the monitor was not told of those tool changes. Reset the machines from SCADA when their "
+            "tool is changed (docs/scada.md), or replay with --no-resets to leave tool changes to the operator",
+            file=sys.stderr,
+        )
+    if not others:
+        return 0
+    print(
+        f"replay: the broker refused {sum(others.values())} message(s) ({_reasons(others)}) on {_topics(others)}: "
+        f"{who} may not publish there. A data acquisition user (daq-<machine>) may publish only its own "
+        "machine's topics, and replay names its machines mill-01, mill-02, … (--machines): check --machines "
+        "and --root against the broker's ACL (docs/deploy.md, \"Users and roles\")",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _reasons(refusals: dict[tuple[str, str], int]) -> str:
+    return ", ".join(sorted({reason for _, reason in refusals}))
+
+
+def _topics(refusals: dict[tuple[str, str], int], most: int = 4) -> str:
+    """The topics refused most often, then how many more."""
+    by_topic: dict[str, int] = {}
+    for (topic, _), n in refusals.items():
+        by_topic[topic] = by_topic.get(topic, 0) + n
+    shown = sorted(by_topic, key=lambda t: (-by_topic[t], t))[:most]
+    more = len(by_topic) - len(shown)
+    return ", ".join(shown) + (f" and {more} more topic(s)" if more else "")
