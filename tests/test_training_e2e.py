@@ -6,6 +6,11 @@ Real TensorFlow on the CPU; the slowest file of the suite (about two minutes).
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,10 @@ from edge_monitor.model.bundle import load_bundle
 from training.__main__ import main
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+# glog's prefixes, absl's banner, and what TensorFlow says about oneDNN and CUDA
+NATIVE = re.compile(r"^[IWEF]\d{4} |absl|oneDNN|cuda|cuInit", re.IGNORECASE)
+_fit_run: dict[str, subprocess.CompletedProcess] = {}
 
 
 def run_cli(*args: str) -> int:
@@ -29,9 +38,21 @@ def trained(tmp_path_factory):
     assert run_cli("synth", "--out", str(archive), "--seed", "3") == 0
     bundle = tmp / "bundle"
     # Two folds of tools for the thresholds and fewer epochs: the suite's time, not the product's.
-    assert run_cli("fit", "--archive", str(archive), "--out", str(bundle), "--quick", "--folds", "2",
-                   "--max-epochs", "20") == 0
+    # As `make demo` runs it: its own process, TensorFlow's logging as it comes (output checked below).
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    fit = subprocess.run([sys.executable, "-m", "training", "fit", "--archive", str(archive), "--out", str(bundle),
+                          "--quick", "--folds", "2", "--max-epochs", "20"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert fit.returncode == 0, fit.stdout + fit.stderr
+    _fit_run["fit"] = fit
     return tmp, archive, bundle
+
+
+def test_fit_prints_no_tensorflow_lines(trained):
+    """Nothing of TensorFlow's or absl's own on stdout or stderr (edge_monitor/service/native_log.py)."""
+    fit = _fit_run["fit"]
+    assert [line for line in (fit.stdout + fit.stderr).splitlines() if NATIVE.search(line)] == []
+    assert "trained " in fit.stdout and "bundle " in fit.stdout  # its own output is all there
 
 
 def test_quick_fit_writes_a_loadable_bundle(trained):

@@ -219,3 +219,14 @@ def test_select_device_on_this_machine():
         select_device("gpu")
     with pytest.raises(ValueError, match="device: expected one of auto, cpu, gpu, got 'tpu'"):
         select_device("tpu")
+
+
+def test_the_device_choice_says_why():
+    from edge_monitor.model.device import choose_device, sees_no_gpu
+
+    if not sees_no_gpu():  # memory growth cannot be set once this process's TensorFlow has started
+        pytest.skip("on a GPU, tests/test_daemon_journal.py checks the reason in a fresh process")
+    choice = choose_device("auto")
+    assert choice.name == select_device("auto") == "cpu" and choice.kind == "cpu"
+    assert choice.reason.startswith("requested auto; TensorFlow sees no GPU")
+    assert choose_device("cpu").reason.startswith("requested cpu; TensorFlow sees no GPU")

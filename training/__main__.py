@@ -92,6 +92,9 @@ def _cmd_plot_bench(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="of the log on stderr: TensorFlow's own lines (debug: its start-up notices; "
+                             "warning: its errors) and Python warnings (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic archive in the mill.mat layout")
@@ -164,10 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the output
+    """The command line. ``main()`` runs as the process's own (``python -m training``, the console
+    script): Python's stderr is kept off fd 2 and the log configured; ``main(argv)`` leaves the
+    process as it is (tests). Either way TensorFlow's native lines go to the log, not to stderr
+    (``edge_monitor/service/native_log.py``)."""
+    from edge_monitor.service.native_log import NativeCapture
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines off
     args = build_parser().parse_args(argv)
+    if argv is None:
+        _own_process(args.log_level)
     try:
-        args.func(args)
+        with NativeCapture(during=args.command) as native:
+            try:
+                args.func(args)
+            finally:
+                _no_gpu_is_no_news(native)
     except (ValueError, FileExistsError) as exc:  # ArchiveError and BundleError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -175,6 +190,28 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _no_gpu_is_no_news(native) -> None:
+    """CUDA's "no GPU" errors are expected where TensorFlow sees none: training runs on the CPU."""
+    if "tensorflow" in sys.modules:  # only if the command loaded it
+        from edge_monitor.model.device import sees_no_gpu
+
+        if sees_no_gpu():
+            native.expect_no_gpu()
+
+
+def _own_process(level: str) -> None:
+    """Before TensorFlow loads: Python's stderr off fd 2, a log on it for TensorFlow's lines."""
+    from edge_monitor.service.logging import configure_logging
+    from edge_monitor.service.native_log import (
+        isolate_python_stderr,
+        route_python_logging,
+    )
+
+    isolate_python_stderr()
+    configure_logging("auto", level)
+    route_python_logging()
 
 
 if __name__ == "__main__":
