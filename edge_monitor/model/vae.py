@@ -13,28 +13,13 @@ compiles with the reconstruction loss alone and still minimises
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 from keras import layers, ops
 from tcn import TCN  # importing keras-tcn registers its TCN layer for deserialisation
 
-from ..core.spec import Spec, setting
-
-
-@dataclass(frozen=True)
-class VAEHyperParams(Spec):
-    """Numpy scalars (random search) and lists (JSON) become plain ints, floats and tuples."""
-
-    section = "hyperparams"
-    beta: float = setting(2.0, low=0.0)
-    codings: int = setting(16, low=1)
-    tcn_layers: int = setting(2, low=1)
-    filters: int = setting(32, low=1)
-    kernel_size: int = setting(4, low=1)
-    dilations: tuple[int, ...] = setting((1, 2, 4), low=1)
-    learning_rate: float = setting(1e-3, above=0.0)
+from .hyperparams import VAEHyperParams  # re-exported
 
 
 def kl_divergence(mu, log_var):

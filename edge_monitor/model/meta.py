@@ -1,0 +1,171 @@
+"""A model bundle's metadata without TensorFlow: ``bundle.json``, its validation and the content-hash
+model id (:mod:`.bundle` has the layout and the rules; it saves and loads whole bundles).
+
+Nothing here imports TensorFlow or Keras, so that ``edge-monitor check --no-model`` (the service
+unit's ``ExecStartPre``) validates a bundle in a fraction of a second: the metadata through the one
+validator (``core/spec.py``), both files present, and the model id recomputed over them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .. import __version__
+from ..core.alarm import Thresholds
+from ..core.calibration import ScoreCalibration
+from ..core.channels import CHANNELS
+from ..core.spec import SpecError, from_mapping, parse_field, setting
+from ..core.stable_region import StableRegionSpec
+from ..core.windowing import WindowSpec
+from .hyperparams import VAEHyperParams
+from .scaling import MinMaxScaler
+
+BUNDLE_FORMAT = 2  # 2: stable_region.lookahead (format 1 had none: its look-ahead was the half width)
+MODEL_FILE = "model.keras"
+META_FILE = "bundle.json"
+
+
+class BundleError(ValueError):
+    """The bundle cannot be used; the message names the bundle and the file or key to fix."""
+
+
+@dataclass
+class BundleMeta:
+    """The content of ``bundle.json``; every key is required."""
+
+    model_id: str
+    channels: tuple[str, ...]
+    window: WindowSpec
+    stable_region: StableRegionSpec
+    scaler: MinMaxScaler = setting(parse=lambda value, _: MinMaxScaler.from_dict(value))
+    calibration: ScoreCalibration = setting(parse=lambda value, _: ScoreCalibration.from_dict(value))
+    hyperparams: VAEHyperParams
+    thresholds: Thresholds
+    metrics: dict
+    training: dict
+    archive_sha256: str
+    created: str
+    versions: dict
+    format: int = setting(BUNDLE_FORMAT, low=1)
+
+    def to_dict(self) -> dict:
+        return {"format": self.format, "model_id": self.model_id, "created": self.created, **self._content()}
+
+    def _content(self) -> dict:
+        """Every field the model id covers (all but ``model_id`` and ``created``), as its format writes it."""
+        stable_region = self.stable_region.to_dict()
+        if self.format < 2:  # no look-ahead key: it was the half width (checked by _check_meta)
+            del stable_region["lookahead"]
+        return {
+            "format": self.format,
+            "channels": list(self.channels),
+            "window": self.window.to_dict(),
+            "stable_region": stable_region,
+            "scaler": self.scaler.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "hyperparams": self.hyperparams.to_dict(),
+            "thresholds": self.thresholds.to_dict(),
+            "metrics": self.metrics,
+            "training": self.training,
+            "archive_sha256": self.archive_sha256,
+            "versions": self.versions,
+        }
+
+
+def read_bundle_meta(path: str | Path) -> BundleMeta:
+    """Read and validate ``bundle.json`` and check the model id against the files, without loading
+    the model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"bundle {path}: no such directory (train one with `python -m training fit`)")
+    meta_file, model_file = path / META_FILE, path / MODEL_FILE
+    if not meta_file.is_file():
+        raise BundleError(f"bundle {path}: {META_FILE} is missing")
+    try:
+        data = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {path}: {META_FILE} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"bundle {path}: {META_FILE} must hold a JSON object")
+    try:  # first: a newer format may differ in anything else
+        fmt = parse_field(BundleMeta, "format", data.get("format"))
+    except SpecError as exc:
+        raise _invalid(path, exc) from None
+    if fmt > BUNDLE_FORMAT:
+        raise BundleError(
+            f"bundle {path}: format {fmt} is newer than this edge_monitor {__version__} reads "
+            f"(format {BUNDLE_FORMAT}); upgrade edge_monitor"
+        )
+    meta = _meta_from_dict(data, path)
+    _check_meta(meta, path)
+    if not model_file.is_file():
+        raise BundleError(f"bundle {path}: {MODEL_FILE} is missing")
+    expected = _model_id(model_file.read_bytes(), meta)
+    if meta.model_id != expected:
+        raise BundleError(
+            f"bundle {path}: model_id {meta.model_id!r} in {META_FILE} does not match the content of "
+            f"{MODEL_FILE} and {META_FILE} (hash {expected!r}); the bundle was modified after saving: "
+            "restore the saved files or train a new bundle"
+        )
+    return meta
+
+
+def _check_meta(meta: BundleMeta, path: Path) -> None:
+    region = meta.stable_region
+    if meta.format < 2 and region.lookahead != region.half_width:
+        raise BundleError(
+            f"bundle {path}: format {meta.format} has no 'stable_region' key 'lookahead' (it is the half width, "
+            f"{region.half_width}), but the look-ahead is {region.lookahead}"
+        )
+    if meta.channels != CHANNELS:
+        raise BundleError(
+            f"bundle {path}: {META_FILE} key 'channels' is {list(meta.channels)}; "
+            f"edge_monitor expects exactly {list(CHANNELS)} in this order"
+        )
+    n = len(meta.channels)
+    if len(meta.scaler.minimum) != n:
+        raise BundleError(
+            f"bundle {path}: {META_FILE} key 'scaler' has {len(meta.scaler.minimum)} channels, expected {n}"
+        )
+    saved_major = str(meta.versions.get("keras", "")).split(".")[0]
+    installed = metadata.version("keras")  # what `import keras` would load, without loading it
+    if saved_major and saved_major != installed.split(".")[0]:
+        raise BundleError(
+            f"bundle {path}: {MODEL_FILE} was saved with Keras {meta.versions['keras']} but this is "
+            f"Keras {installed}; retrain or install a matching Keras major version"
+        )
+
+
+def _meta_from_dict(data: dict, path: Path) -> BundleMeta:
+    try:
+        return from_mapping(BundleMeta, _as_current(data), required=True)
+    except SpecError as exc:
+        raise _invalid(path, exc) from exc
+
+
+def _as_current(data: dict) -> dict:
+    """``bundle.json`` of an older format with the keys the current format added, as they were then."""
+    region = data.get("stable_region")
+    if data.get("format") == 1 and isinstance(region, dict) and "lookahead" not in region and "half_width" in region:
+        data = {**data, "stable_region": {**region, "lookahead": region["half_width"]}}
+    return data
+
+
+def _invalid(path: Path, exc: SpecError) -> BundleError:
+    if not exc.key:  # the file as a whole, e.g. a key is missing
+        return BundleError(f"bundle {path}: {META_FILE} {exc.problem}")
+    return BundleError(f"bundle {path}: {META_FILE} key {exc.top_key!r} is invalid ({exc})")
+
+
+def _canonical(data) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _model_id(model_bytes: bytes, meta: BundleMeta) -> str:
+    digest = hashlib.sha256(model_bytes)
+    digest.update(_canonical(meta._content()))
+    return digest.hexdigest()[:16]
