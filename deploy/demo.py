@@ -30,8 +30,13 @@ import numpy as np
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.archive.publisher import Publisher
 from edge_monitor.archive.replay import plan_machines, replay
-from edge_monitor.model.bundle import read_bundle_meta
+from edge_monitor.service.logging import configure_logging
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
+from edge_monitor.service.native_log import (
+    NativeCapture,
+    isolate_python_stderr,
+    route_python_logging,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = "mill"
@@ -169,6 +174,7 @@ def write_monitor_config(path: Path, broker, bundle: Path, workdir: Path) -> Non
         "state_file": str(workdir / "alarm-state.json"),
         "status_interval_s": 2,
         "logging": {"format": "json", "level": "info"},
+        "metrics": {"port": 0},  # any free port (its URL is in the log): the box's own monitor may hold 8469
     }
     import yaml
 
@@ -186,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     args.workdir = args.workdir.resolve()  # the monitor resolves config paths against the config file
+    with NativeCapture(during="bundle") as native:  # the bundle module loads TensorFlow: its lines to the log
+        from edge_monitor.model.bundle import read_bundle_meta
+        from edge_monitor.model.device import sees_no_gpu
+
+        if sees_no_gpu():  # then CUDA's complaints about it are no news
+            native.expect_no_gpu()
     meta = read_bundle_meta(args.bundle)
     archive = read_archive(args.archive)
     cases = [int(c) for c in args.cases.split(",")]
@@ -286,4 +298,7 @@ def summary(dashboard: Dashboard, stats, seconds: float) -> None:
 
 
 if __name__ == "__main__":
+    isolate_python_stderr()  # before TensorFlow loads (edge_monitor/service/native_log.py)
+    configure_logging("auto", "warning")  # TensorFlow's errors, not its notices
+    route_python_logging()
     sys.exit(main())

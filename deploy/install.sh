@@ -9,7 +9,8 @@
 #                                             `nvidia-smi -L` lists a GPU
 #   PREFIX/etc/edge-monitor/config.yaml       the daemon's configuration (never overwritten)
 #   PREFIX/etc/edge-monitor/secrets/          broker passwords (deploy/mosquitto/make-users.sh)
-#   PREFIX/var/lib/edge-monitor/bundle/       the model bundle (the service's state directory)
+#   PREFIX/var/lib/edge-monitor/bundle        the model bundle in use: a symlink to bundles/<model id>
+#                                             (in the service's state directory)
 #   PREFIX/etc/mosquitto/conf.d/edge-monitor.conf and PREFIX/etc/mosquitto/edge-monitor/
 #                                             the broker: listeners, passwd, acl, test CA in certs/
 #   PREFIX/usr/local/share/edge-monitor/mosquitto/   the broker scripts, to add machines later
@@ -32,7 +33,8 @@
 #   --tls-port N      the broker's TLS listener for SCADA clients (default 8883)
 #
 # Idempotent: what is already installed and identical is left alone (a second run changes
-# nothing); a changed source tree, bundle or unit is updated and the service restarted.
+# nothing); a changed source tree or unit is updated and the service restarted; a new bundle is
+# installed beside the old one and the running service reloaded (no restart, no open cut lost).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -219,22 +221,51 @@ fi
 
 # ------------------------------------------------------------------------------------ model bundle
 
-# The state directory belongs to the service user (it writes the alarm state file there); the
-# bundle stays root's, readable by the service (and read-only in its sandbox).
+# The state directory belongs to the service user (it writes the alarm state file there); bundles
+# stay root's, readable by the service (and read-only in its sandbox). Each bundle has its own
+# directory, bundles/<model id>, and `bundle` is a symlink to the one in use: a new bundle is
+# installed beside the old one and the link switched in one rename, so a running monitor never
+# reads a half-copied bundle and a reload (below) swaps the model without a restart. The bundle
+# before it stays for a rollback (`ln -sfn bundles/<id> bundle.new && mv -T bundle.new bundle`,
+# then `systemctl reload edge-monitor`); older ones are removed.
 make_dir "$PREFIX/var/lib"
 ensure_dir "$STATE" 0750 "$SERVICE_USER:$SERVICE_USER"
-if [ -d "$STATE/bundle" ] && diff -r -q "$BUNDLE" "$STATE/bundle" >/dev/null 2>&1; then
-  say "unchanged $STATE/bundle"
+ensure_dir "$STATE/bundles" 0750 "root:$SERVICE_USER"
+bundle_id() { sed -n 's/^ *"model_id": *"\([0-9a-f]*\)".*/\1/p' "$1/bundle.json" | head -n 1; }
+NEW_ID=$(bundle_id "$BUNDLE")
+[ -n "$NEW_ID" ] || die "--bundle $BUNDLE: bundle.json has no model_id; save it with \`python -m training fit\`"
+CURRENT=
+if [ -L "$STATE/bundle" ]; then
+  CURRENT=$(readlink "$STATE/bundle")
+elif [ -d "$STATE/bundle" ]; then  # an installation from before bundles/: moved there, then linked
+  OLD_ID=$(bundle_id "$STATE/bundle")
+  [ -n "$OLD_ID" ] || OLD_ID=old-$(date +%s)
+  [ -e "$STATE/bundles/$OLD_ID" ] && run rm -rf "$STATE/bundles/$OLD_ID"
+  run mv "$STATE/bundle" "$STATE/bundles/$OLD_ID"
+  run ln -sfn "bundles/$OLD_ID" "$STATE/bundle"
+  CURRENT=bundles/$OLD_ID
+fi
+CHANGED_BUNDLE=0
+if [ "$CURRENT" = "bundles/$NEW_ID" ] && diff -r -q "$BUNDLE" "$STATE/bundles/$NEW_ID" >/dev/null 2>&1; then
+  say "unchanged $STATE/bundle -> bundles/$NEW_ID"
 else
-  run rm -rf "$STATE/.bundle.new"
-  run cp -r "$BUNDLE" "$STATE/.bundle.new"
-  if [ "$PRIVILEGED" = 1 ]; then
-    run chown -R "root:$SERVICE_USER" "$STATE/.bundle.new"
-    run chmod -R u=rwX,g=rX,o= "$STATE/.bundle.new"
+  if ! diff -r -q "$BUNDLE" "$STATE/bundles/$NEW_ID" >/dev/null 2>&1; then
+    run rm -rf "$STATE/bundles/.new" "$STATE/bundles/$NEW_ID"
+    run cp -r "$BUNDLE" "$STATE/bundles/.new"
+    if [ "$PRIVILEGED" = 1 ]; then
+      run chown -R "root:$SERVICE_USER" "$STATE/bundles/.new"
+      run chmod -R u=rwX,g=rX,o= "$STATE/bundles/.new"
+    fi
+    run mv "$STATE/bundles/.new" "$STATE/bundles/$NEW_ID"
   fi
-  run rm -rf "$STATE/bundle"
-  run mv "$STATE/.bundle.new" "$STATE/bundle"
-  CHANGED_SERVICE=1
+  run ln -sfn "bundles/$NEW_ID" "$STATE/.bundle.new"
+  run mv -T "$STATE/.bundle.new" "$STATE/bundle"
+  CHANGED_BUNDLE=1
+  # keep the bundle in use and the one before it
+  for old in "$STATE"/bundles/*; do
+    name=bundles/$(basename "$old")
+    [ -d "$old" ] && [ "$name" != "bundles/$NEW_ID" ] && [ "$name" != "$CURRENT" ] && run rm -rf "$old"
+  done
 fi
 
 # ------------------------------------------------------------------------------------ broker
@@ -360,8 +391,60 @@ else
   if [ "$CHANGED_BROKER" = 1 ]; then run systemctl restart mosquitto.service; else run systemctl start mosquitto.service; fi
   if [ "$CHANGED_SERVICE" = 1 ] || [ "$CHANGED_UNIT" = 1 ] || [ "$CHANGED_BROKER" = 1 ]; then
     run systemctl restart edge-monitor.service
+  elif [ "$CHANGED_BUNDLE" = 1 ] && systemctl is-active --quiet edge-monitor.service; then
+    # Only the model changed: the monitor switches between two windows, keeping its open cuts
+    # (docs/deploy.md, "Reload"); the outcome shows in its status line.
+    before=$(systemctl show -p StatusText --value edge-monitor.service)
+    run systemctl reload edge-monitor.service
+    if [ "$DRY_RUN" = 0 ]; then
+      # The unit is "reloading" from the monitor's RELOADING=1 to its READY=1; its status line
+      # then names the model in use, or says why the reload failed (a failure's line may also be
+      # left from an earlier attempt: only one seen after this reload began counts).
+      outcome= began=0
+      for _ in $(seq 600); do
+        state=$(systemctl show -p ActiveState --value edge-monitor.service)
+        outcome=$(systemctl show -p StatusText --value edge-monitor.service)
+        [ "$state" = reloading ] && began=1
+        case $outcome in *"model $NEW_ID"*) break ;; esac
+        if [ "$state" != reloading ] && { [ "$began" = 1 ] || [ "$outcome" != "$before" ]; }; then
+          case $outcome in "reload failed"*) break ;; esac
+        fi
+        sleep 0.5
+      done
+      case $outcome in
+        *"model $NEW_ID"*) say "reloaded: the monitor runs model $NEW_ID" ;;
+        *"cuts windows differently"*)  # cannot take over open cuts: a restart (they start afresh)
+          say "model $NEW_ID windows cuts differently from the running one: restarting the monitor"
+          run systemctl restart edge-monitor.service ;;
+        *)
+          if [ -n "$CURRENT" ]; then  # the link back, so that a restart does not start a bundle that failed
+            run ln -sfn "$CURRENT" "$STATE/.bundle.new"
+            run mv -T "$STATE/.bundle.new" "$STATE/bundle"
+          fi
+          die "the monitor did not switch to model $NEW_ID, it runs on ${CURRENT:-the one before}: ${outcome:-no answer within 5 minutes} (journalctl -u edge-monitor); fix the bundle and run install.sh again" ;;
+      esac
+    fi
   else
     run systemctl start edge-monitor.service
   fi
 fi
+
+# ------------------------------------------------------------------------------------ check
+
+# `edge-monitor check` (docs/deploy.md, "Checking an installation"), as the service user: the
+# configuration, the bundle and its model (the TensorFlow step the unit's ExecStartPre leaves out),
+# the state directory, the broker logins and the ACL. The broker part is skipped while the monitor
+# runs (logging in as its users would take over its connections); the unit's ExecStartPre ran it
+# before the monitor started. Where this script starts no broker (--prefix, no systemd), a broker
+# that cannot be reached is not a failure.
+check=("$OPT/bin/edge-monitor" check --config "$ETC/config.yaml")
+if [ "$PRIVILEGED" = 0 ] || [ ! -d /run/systemd/system ]; then check+=(--broker-may-be-down); fi
+if [ "$PRIVILEGED" = 1 ]; then check=(runuser -u "$SERVICE_USER" -- "${check[@]}"); fi
+if [ "$DRY_RUN" = 1 ]; then
+  run "${check[@]}"
+else
+  say "checking the installation:$(printf ' %q' "${check[@]}")"
+  "${check[@]}" || die "the installation fails its check (the FAIL lines above): fix that, then run install.sh again"
+fi
+
 say "done$([ "$DRY_RUN" = 1 ] && echo " (dry run: nothing was changed)")"

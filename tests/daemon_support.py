@@ -207,6 +207,22 @@ def machine_of(topic: str, root: str) -> str:
     return topic[len(root) + 1 :].split("/")[0]
 
 
+def second_bundle(model: ModelFixture, where: Path, factor: float = 2.0) -> tuple[Path, str]:
+    """The fixture's network under thresholds ``factor`` times as high: another model id, and
+    scores that equal the offline ones whichever of the two scored a window."""
+    from edge_monitor.model.bundle import load_bundle, save_bundle
+
+    first = load_bundle(model.bundle)
+    m = first.meta
+    meta = save_bundle(
+        where, first.model, channels=m.channels, window=m.window, stable_region=m.stable_region, scaler=m.scaler,
+        calibration=m.calibration, hyperparams=m.hyperparams,
+        thresholds=Thresholds(m.thresholds.warning * factor, m.thresholds.alarm * factor, m.thresholds.score, "test: second"),
+        metrics=m.metrics, training={"test": f"thresholds x{factor}"}, archive_sha256=m.archive_sha256,
+    )
+    return where, meta.model_id
+
+
 # ------------------------------------------------------------------------------ the daemon
 
 _SERIAL = itertools.count(1)
@@ -223,6 +239,8 @@ class Daemon:
         self.log_path = workdir / f"daemon-{instance}-{next(_SERIAL)}.log"  # one per daemon process
         self.args = [sys.executable, "-m", "edge_monitor", "run", "--config", str(self.config),
                      "--broker", broker.address, "--bundle", str(bundle), "--root", root, "--instance", instance]
+        if "metrics:" not in config:  # any free port: a test must not need the default one free on this host
+            self.args += ["--metrics", "127.0.0.1:0"]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Daemon":

@@ -358,7 +358,7 @@ def test_a_reference_taken_after_the_alarm_never_clears_it():
 
 
 def test_the_monitor_says_when_its_rule_is_not_the_one_the_thresholds_were_chosen_for():
-    from edge_monitor.service.daemon import policy_mismatch
+    from edge_monitor.core.alarm import policy_mismatch
 
     chosen = AlarmPolicy().to_dict()
     assert policy_mismatch(chosen, AlarmPolicy()) is None

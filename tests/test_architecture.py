@@ -27,7 +27,7 @@ STDLIB = set(sys.stdlib_module_names)
 THIRD_PARTY: dict[str, set[str]] = {
     "core": {"numpy", "orjson"},  # orjson: a pure parser (no I/O), for the inputs
     "model": {"numpy", "tensorflow", "keras", "tcn"},
-    "service": {"numpy", "paho", "yaml", "structlog", "orjson"},
+    "service": {"numpy", "paho", "yaml", "structlog", "orjson", "prometheus_client"},
     "archive": {"numpy", "scipy", "paho"},
     # the benchmark drives the daemon and TensorFlow only through the layers below
     "bench": {"numpy", "paho", "yaml"},

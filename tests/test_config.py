@@ -38,6 +38,7 @@ def test_shipped_config_is_a_working_default_for_a_local_broker():
     assert (config.qos.score, config.qos.alarm, config.qos.summary, config.qos.status) == (1, 1, 1, 0)
     assert config.state_file == REPO / "runs/monitor/alarm-state.json"
     assert config.logging.format in ("auto", "json", "console")
+    assert (config.metrics.enabled, config.metrics.address, config.metrics.port) == (True, "127.0.0.1", 8469)
 
 
 def test_shipped_config_spells_out_every_default():
@@ -100,6 +101,11 @@ def test_empty_file_gives_defaults_and_relative_paths_follow_the_file(tmp_path):
         ("broker:\n  tls:\n    crt: a.crt\n", "broker.tls.crt: unknown key (did you mean 'cert'?)"),
         ("status_interval_s: 0\n", "status_interval_s: must be a number at least 1"),
         ("errors:\n  max_per_second: 0\n", "errors.max_per_second: must be a number"),
+        ("metrics:\n  port: 70000\n", "metrics.port: must be an integer 0-65535, got 70000"),
+        ("metrics:\n  port: -1\n", "metrics.port: must be an integer 0-65535, got -1"),
+        ("metrics:\n  address: ''\n", "metrics.address: must be a host name or address"),
+        ("metrics:\n  enabled: yes please\n", "metrics.enabled: must be true or false"),
+        ("metrics:\n  adress: 0.0.0.0\n", "metrics.adress: unknown key (did you mean 'address'?)"),
     ],
 )
 def test_errors_name_the_file_and_the_key(tmp_path, text, message):
@@ -173,3 +179,19 @@ def test_machine_selection(tmp_path):
     config = load_config(write(tmp_path, "machines: [m1, 'lathe-?']\n"))
     assert config.monitors("m1") and config.monitors("lathe-2")
     assert not config.monitors("m10") and not config.monitors("lathe-22")
+
+
+def test_metrics_endpoint_section_and_override(tmp_path):
+    config = load_config(write(tmp_path, "metrics:\n  address: 0.0.0.0\n  port: 0\n"))
+    assert (config.metrics.enabled, config.metrics.address, config.metrics.port) == (True, "0.0.0.0", 0)
+    path = write(tmp_path, "metrics:\n  enabled: false\n  address: 0.0.0.0\n")
+    assert not load_config(path).metrics.enabled
+    for given, expected in [("127.0.0.1:0", (True, "127.0.0.1", 0)), ("9999", (True, "0.0.0.0", 9999)),
+                            ("[::1]:8470", (True, "::1", 8470)), ("off", (False, "0.0.0.0", 8469))]:
+        m = load_config(path, {"metrics": given}).metrics
+        assert (m.enabled, m.address, m.port) == expected, given
+    for given, message in [("h:70000", "--metrics: must be an integer 0-65535, got 70000"),
+                           ("nothing", "--metrics: expected ADDRESS:PORT, PORT or off, got 'nothing'")]:
+        with pytest.raises(ConfigError) as info:
+            load_config(path, {"metrics": given})
+        assert str(info.value) == message

@@ -169,7 +169,8 @@ def test_sigkill_turns_the_status_offline_through_the_will(run):
 
 def test_start_up_errors_exit_2_without_traceback(tmp_path, module_broker, model):
     def start(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "edge_monitor", "run", "--config", str(tmp_path / "c.yaml"), *args]
+        cmd = [sys.executable, "-m", "edge_monitor", "run", "--config", str(tmp_path / "c.yaml"),
+               "--metrics", "127.0.0.1:0", *args]
         return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
 

@@ -74,6 +74,9 @@ def test_inputs_are_routed_by_kind_and_unwatched_machines_are_not_decoded(broker
     assert inputs[2].reason == "unknown machine 'lathe-1'"
     assert inputs[3].reason.startswith("payload is not JSON")
     assert "wrong topic depth for signal" in inputs[4].reason
+    # where each was refused, and the subscription's kind: the labels of the metrics (service/metrics.py)
+    assert [(i.stage, i.kind) for i in inputs[2:]] == [("unwatched_machine", "signal"), ("payload", "signal"),
+                                                       ("topic", "signal")]
 
 
 def test_the_errors_topic_echoes_a_bounded_part_of_a_bad_input(module_broker):

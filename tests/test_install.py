@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -299,3 +300,28 @@ def test_the_installed_daemon_runs_with_the_installed_broker(installed, ports, t
             daemon.wait()
         listener.close()
         broker.kill()
+
+
+def test_a_new_bundle_goes_beside_the_old_one_and_the_link_switches(tmp_path, model):
+    from daemon_support import second_bundle
+
+    prefix = tmp_path / "root"
+    state = prefix / "var/lib/edge-monitor"
+    second, id2 = second_bundle(model, tmp_path / "bundle-2", 2.0)
+    third, id3 = second_bundle(model, tmp_path / "bundle-3", 3.0)
+    id1 = json.loads((model.bundle / "bundle.json").read_text())["model_id"]
+    install(prefix, model.bundle)
+    assert os.readlink(state / "bundle") == f"bundles/{id1}"
+    # an installation from before bundles/: its bundle directory moves there and gets the link
+    (state / "bundle").unlink()
+    (state / "bundles" / id1).rename(state / "bundle")
+    out = install(prefix, second).stdout
+    assert os.readlink(state / "bundle") == f"bundles/{id2}"
+    assert sorted(p.name for p in (state / "bundles").iterdir()) == sorted([id1, id2])  # the one before stays
+    assert load_config(prefix / "etc/edge-monitor/config.yaml").bundle.resolve() == (state / "bundles" / id2)
+    assert "+ mv -T" in out
+    install(prefix, third)
+    assert os.readlink(state / "bundle") == f"bundles/{id3}"
+    assert sorted(p.name for p in (state / "bundles").iterdir()) == sorted([id2, id3])  # older ones go
+    again = install(prefix, third).stdout
+    assert f"unchanged {state}/bundle -> bundles/{id3}" in again

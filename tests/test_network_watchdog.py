@@ -25,7 +25,8 @@ def monitor_for(broker, model, instance: str) -> Monitor:
 
     config = load_config(None, {"broker": broker.address, "bundle": str(model.bundle), "root": "t-stall",
                                 "instance": instance})
-    config = replace(config, delivery=replace(config.delivery, stall_timeout_s=2.0, checkpoint_interval_ms=100))
+    config = replace(config, delivery=replace(config.delivery, stall_timeout_s=2.0, checkpoint_interval_ms=100),
+                     metrics=replace(config.metrics, port=0))  # any free port: not the host's 8469
     monitor = Monitor(config, load_bundle(model.bundle), "cpu")
     monitor.start()
     return monitor

@@ -132,7 +132,7 @@ def run_fanin(bench: Bench, machines: int) -> dict:
 
 
 def write_daemon_config(bench: Bench, where: Path) -> Path:
-    config = {**bench.daemon_config, "machines": "*", "state_file": str(where / "state.json"),
+    config = {"metrics": {"port": 0}, **bench.daemon_config, "machines": "*", "state_file": str(where / "state.json"),
               "status_interval_s": 1, "logging": {"format": "json", "level": "info"}}
     path = where / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -260,6 +260,11 @@ class AlarmTracker:
             "late_reference": self._late_reference,
         }
 
+    def for_model(self, policy: AlarmPolicy, thresholds: Thresholds) -> "AlarmTracker":
+        """This machine's tracker under another model's thresholds (and the policy of a reloaded
+        configuration): what :func:`carried_over` keeps."""
+        return AlarmTracker.from_dict(policy, thresholds, carried_over(self.to_dict(), thresholds))
+
     @classmethod
     def from_dict(cls, policy: AlarmPolicy, thresholds: Thresholds, data: Mapping[str, Any]) -> "AlarmTracker":
         """Restore a snapshot (from :meth:`to_dict`, or a retained alarm message). Only ``state``
@@ -290,6 +295,40 @@ class AlarmTracker:
             tracker._below = below
             tracker._late_reference = late
         return tracker
+
+
+def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:
+    """What in the running alarm policy differs from the one the bundle's thresholds were chosen
+    for (the thresholds are figures of that rule); None when nothing does or the bundle does not say."""
+    if not isinstance(chosen_for, dict):
+        return None
+    keys = ("persist_cuts", "reference_cuts", "min_windows")
+    differ = [f"alarm.{k}: {getattr(running, k)} (chosen for {chosen_for[k]})"
+              for k in keys if k in chosen_for and chosen_for[k] != getattr(running, k)]
+    if not differ:
+        return None
+    return ("the bundle's thresholds were chosen for another alarm rule than config.yaml sets: "
+            + ", ".join(differ) + "; alarms may come too early or too late")
+
+
+def carried_over(snapshot: Mapping[str, Any], thresholds: Thresholds) -> dict:
+    """An alarm snapshot (:meth:`AlarmTracker.to_dict`) as another model takes the machine over: a
+    reload, or a restart with a new bundle (docs/protocol.md, "A new model").
+
+    The state carries over, with when and by which cut it was entered: wear does not heal because
+    the model changed. What is in the old model's figures does not: the judged cuts' history (so a
+    level is raised only by ``persist_cuts`` cuts judged by the new model against its thresholds)
+    and the tool's references (the next cuts with evidence under the new model become them; taken
+    while the state is raised, they may raise it further but never clear it). A raised state shows
+    the new model's threshold of its level, the one that rules it from now on."""
+    state = Level.parse(snapshot.get("state"))
+    return {
+        "state": state.label,
+        "since": snapshot.get("since"),
+        "cut": snapshot.get("cut"),
+        "score": snapshot.get("score"),
+        "threshold": None if state == Level.NORMAL else thresholds.of(state),
+    }
 
 
 def _optional_number(data: Mapping[str, Any], key: str) -> float | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping
 
-from .alarm import AlarmTracker
+from .alarm import AlarmTracker, carried_over
 from .inbound import Command, CutStart, InboundMessage, SignalChunk
 from .outbound import AlarmMessage
 from .pipeline import MachinePipeline
@@ -144,6 +144,21 @@ class Fleet:
         pipe = self._pipelines.pop(machine)
         if keep_state:
             self._restored[machine] = pipe.tracker.to_dict()
+
+    def switch_model(self, spec: PipelineSpec) -> list[Output]:
+        """Another model, or alarm policy, from now on (a reload): every pipeline switches
+        (:meth:`MachinePipeline.switch_model`), the alarm states not in memory are carried over
+        too. Returns every known alarm state, announced again with the new model id (the same
+        state and ``since``: not a transition). Raises ValueError, changing nothing, when the new
+        spec windows cuts differently or changes the limits."""
+        if (spec.window, spec.stable, spec.fs, spec.limits) != (self.spec.window, self.spec.stable,
+                                                                self.spec.fs, self.spec.limits):
+            raise ValueError("the new model must window cuts as the running one does, with the same limits")
+        self.spec = spec
+        for pipe in self._pipelines.values():
+            pipe.switch_model(spec)
+        self._restored = {m: carried_over(s, spec.thresholds) for m, s in self._restored.items()}
+        return self.announcements()
 
     def snapshots(self) -> dict[str, dict]:
         """Every machine's alarm state as a snapshot (``AlarmTracker.to_dict``), restored or live."""

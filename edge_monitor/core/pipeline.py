@@ -335,6 +335,24 @@ class MachinePipeline:
         self._record.scores = scores.tolist()
         self._counted_dup, self._counted_gap = counted
 
+    # ------------------------------------------------------------------------------ a new model
+
+    def switch_model(self, spec: PipelineSpec) -> None:
+        """Another model scores this machine from the next window on (a reload): its thresholds,
+        model id and the reloaded alarm policy; the alarm state carries over
+        (:func:`~.alarm.carried_over`). The caller scores every outstanding window with the old
+        model first. The open cut, windowed the same way (the caller checks that the specs that
+        cut windows are unchanged), is judged on the windows the new model scores: scores of two
+        models do not make one median."""
+        if self._windows_out:
+            raise RuntimeError(f"machine {self.machine}: score the outstanding windows before switching models")
+        if (spec.window, spec.stable, spec.fs) != (self.spec.window, self.spec.stable, self.spec.fs):
+            raise ValueError(f"machine {self.machine}: a new model must window cuts as the old one does")
+        self.spec = spec
+        self.tracker = self.tracker.for_model(spec.policy, spec.thresholds)
+        for record in self._records.values():
+            record.scores.clear()
+
     # ------------------------------------------------------------------------------ results
 
     def scored(self, batch: WindowBatch, scores: WindowScores) -> Step:

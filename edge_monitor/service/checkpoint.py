@@ -153,6 +153,7 @@ class Progress:
 
     acknowledged: int = 0
     forgotten: int = 0  # inputs of an earlier connection: the broker sends them again
+    confirmed: int = 0  # checkpoints the broker had the results of: the newest one written (if a state file)
 
 
 class Checkpoints:
@@ -206,7 +207,7 @@ class Checkpoints:
                 break
             done = done.merge(self.waiting.popleft()) if n else self.waiting.popleft()
             n += 1
-        progress = Progress()
+        progress = Progress(confirmed=n)
         if not n:
             return progress
         if done.snapshot is not None:

@@ -8,7 +8,8 @@ Missing keys take the defaults below, so an empty file is a valid configuration.
 Relative paths in the file are relative to the file's directory (the daemon may run from any
 working directory under a service manager); paths given on the command line are relative to the
 working directory, as usual. Command-line overrides (``--broker HOST:PORT``, ``--bundle PATH``,
-``--root R``, ``--instance NAME``) replace the file's values and are validated the same way.
+``--root R``, ``--instance NAME``, ``--metrics ADDRESS:PORT|PORT|off``) replace the file's values
+and are validated the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..core.alarm import AlarmPolicy
 from ..core.inbound import Limits
 from ..core.spec import Spec, SpecError, from_mapping, parse_field, setting
 from ..core.topics import instance_problem, validate_root
+from . import parsers
 from .mqtt import BrokerSettings, parse_address
 from .parsers import local_path
 
@@ -35,7 +37,8 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: Machine selectors: machine ids, or shell-style patterns of them with ``*`` and ``?``.
 MACHINE_PATTERN = re.compile(r"[A-Za-z0-9_*?-]{1,64}")
 #: Command-line overrides and the setting each replaces (``broker`` is HOST:PORT).
-OVERRIDES: dict[str, str] = {"broker": "broker", "bundle": "bundle", "root": "topic_root", "instance": "instance"}
+OVERRIDES: dict[str, str] = {"broker": "broker", "bundle": "bundle", "root": "topic_root", "instance": "instance",
+                             "metrics": "metrics"}
 
 
 class ConfigError(ValueError):
@@ -122,6 +125,18 @@ class Logging(Spec):
 
 
 @dataclass(frozen=True)
+class MetricsEndpoint(Spec):
+    """The Prometheus / OpenMetrics endpoint (service/metrics.py, docs/metrics.md)."""
+
+    section = "metrics"
+    enabled: bool = setting(True)
+    address: str = setting("127.0.0.1", parse=parsers.host)  # loopback: 0.0.0.0 (or ::) for a remote Prometheus
+    # 8469: outside 9100-9999, the range Prometheus hands out to exporters (all taken), and clear of
+    # MQTT (1883, 8883), Prometheus (9090), Grafana (3000), OPC UA (4840) and 8000/8080; 0: any free port (logged)
+    port: int = setting(8469, low=0, high=65535)
+
+
+@dataclass(frozen=True)
 class Config(Spec):
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     topic_root: str = setting("mill", parse=_root)
@@ -139,6 +154,7 @@ class Config(Spec):
     state_file: Path | None = setting(None, parse=local_path)
     status_interval_s: float = setting(30.0, low=1.0)
     logging: Logging = field(default_factory=Logging)
+    metrics: MetricsEndpoint = field(default_factory=MetricsEndpoint)
 
     def monitors(self, machine: str) -> bool:
         """Whether ``machine`` is one this monitor watches."""
@@ -152,7 +168,8 @@ def _watches(patterns: tuple[str, ...], machine: str) -> bool:
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read and validate ``path`` (None: all defaults), then apply ``overrides`` (keys ``broker``
-    "HOST:PORT", ``bundle``, ``root``, ``instance``; None values are ignored)."""
+    "HOST:PORT", ``bundle``, ``root``, ``instance``, ``metrics`` "ADDRESS:PORT", "PORT" or "off";
+    None values are ignored)."""
     unknown = set(overrides or {}) - set(OVERRIDES)
     if unknown:
         raise ValueError(f"unknown override(s) {', '.join(sorted(unknown))}; expected {', '.join(OVERRIDES)}")
@@ -190,8 +207,10 @@ def _override(config: Config, overrides: dict, client_id_given: bool) -> Config:
         except ValueError as exc:
             raise ConfigError(f"--broker: {exc}") from None
         broker = replace(broker, host=host, port=port)
+    if "metrics" in overrides:
+        changes["metrics"] = _metrics_override(str(overrides["metrics"]), config.metrics)
     for option, name in OVERRIDES.items():
-        if option != "broker" and option in overrides:
+        if option not in ("broker", "metrics") and option in overrides:
             try:
                 changes[name] = parse_field(Config, name, overrides[option], Path.cwd())
             except SpecError as exc:
@@ -199,6 +218,20 @@ def _override(config: Config, overrides: dict, client_id_given: bool) -> Config:
     if not client_id_given:  # one client id per instance: two monitors must not share a session
         broker = replace(broker, client_id=f"edge-monitor-{changes.get('instance', config.instance)}")
     return replace(config, broker=broker, **changes)
+
+
+def _metrics_override(text: str, metrics: MetricsEndpoint) -> MetricsEndpoint:
+    """``--metrics``: ``off``, a port (on the file's address), or ``ADDRESS:PORT`` (``[::1]:PORT``)."""
+    if text == "off":
+        return replace(metrics, enabled=False)
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\s\[\]]+)):(\d+)|(\d+)", text.strip())
+    if not m:
+        raise ConfigError(f"--metrics: expected ADDRESS:PORT, PORT or off, got {text!r}")
+    address = m.group(1) or m.group(2) or metrics.address
+    try:
+        return MetricsEndpoint.from_dict({"enabled": True, "address": address, "port": int(m.group(3) or m.group(4))})
+    except SpecError as exc:
+        raise ConfigError(f"--metrics: {exc.problem}") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

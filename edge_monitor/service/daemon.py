@@ -11,46 +11,49 @@ from __future__ import annotations
 
 import gc
 import signal
+from typing import Callable
 
-from ..core.alarm import AlarmPolicy
+from ..core.alarm import policy_mismatch
 from . import systemd
 from .config import Config
 from .logging import get_logger
 from .monitor import Monitor, NetworkStalled, StartupError
 from .mqtt import BrokerError
+from .native_log import NativeCapture
+from .reload import Reloader
+from .scoring import warm_up
 
 
-def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:
-    """What in the running alarm policy differs from the one the bundle's thresholds were chosen
-    for (the thresholds are figures of that rule); None when nothing does or the bundle does not say."""
-    if not isinstance(chosen_for, dict):
-        return None
-    keys = ("persist_cuts", "reference_cuts", "min_windows")
-    differ = [f"alarm.{k}: {getattr(running, k)} (chosen for {chosen_for[k]})"
-              for k in keys if k in chosen_for and chosen_for[k] != getattr(running, k)]
-    if not differ:
-        return None
-    return ("the bundle's thresholds were chosen for another alarm rule than config.yaml sets: "
-            + ", ".join(differ) + "; alarms may come too early or too late")
-
-
-def run(config: Config) -> int:
+def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
     """Start the daemon for ``config`` and run it until SIGTERM/SIGINT; returns the exit code.
-    Start-up problems raise :class:`StartupError`."""
+    ``read_config`` reads the configuration again for a reload (SIGHUP; none: the configuration
+    cannot change, only the bundle it names is loaded again). Start-up problems raise
+    :class:`StartupError`."""
     log = get_logger().bind(instance=config.instance)
+    # SIGHUP's default ends the process: from the first moment, it asks for a reload instead (one
+    # that comes during start-up is done once the monitor runs).
+    reloader = Reloader(read_config or (lambda: config), warm_up)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request())
     systemd.status("loading TensorFlow and the model")
-    from ..model.device import DeviceError, select_device
+    # TensorFlow's and absl's native lines go to the log, not to stderr (native_log.py).
+    with NativeCapture(log, "device") as native:
+        from ..model.device import DeviceError, choose_device
 
-    try:
-        device = select_device(config.device)
-    except (DeviceError, ValueError) as exc:
-        raise StartupError(str(exc)) from None
-    log.info("device", requested=config.device, device=device)
+        try:
+            device = choose_device(config.device)
+        except (DeviceError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
+        if device.kind == "cpu":
+            native.expect_no_gpu()
+    note = native.cuda_note if device.kind == "cpu" else None
+    log.info("device", requested=config.device, device=device.name,
+             reason=f"{device.reason} (CUDA: {note})" if note else device.reason)
 
     from ..model.bundle import BundleError, load_bundle
 
     try:
-        bundle = load_bundle(config.bundle)
+        with NativeCapture(log, "bundle"):
+            bundle = load_bundle(config.bundle)
     except BundleError as exc:
         raise StartupError(str(exc)) from None
     th = bundle.meta.thresholds
@@ -60,10 +63,12 @@ def run(config: Config) -> int:
     if mismatch:
         log.warning("alarm_policy_differs", detail=mismatch)
     try:
-        monitor = Monitor(config, bundle, "cpu" if device == "cpu" else "gpu")
+        monitor = Monitor(config, bundle, device.kind, reloader)
     except BrokerError as exc:  # a TLS or password file that cannot be used
         raise StartupError(str(exc)) from None
-    monitor.warm_up()
+    with NativeCapture(log, "warm-up"):
+        monitor.warm_up()
+    del bundle  # the monitor holds what it needs: a reload can free this model
     # Everything loaded so far (TensorFlow, Keras, the model: ~400 000 objects) lives as long as
     # the process. Out of the collector's sight, a full collection no longer walks it: those took
     # ~200 ms every half minute under load, the whole tail of the scores' latency (docs/performance.md).

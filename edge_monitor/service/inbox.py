@@ -70,9 +70,13 @@ class Received:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """An input refused before it reached a pipeline."""
+
     topic: str
     reason: str
     delivery: Delivery = NO_DELIVERY
+    stage: str = "payload"  # what refused it: "topic", "unwatched_machine" or "payload" (a bounded label)
+    kind: str = ""  # the input kind its subscription is for: "cut", "signal" or "cmd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,15 +224,18 @@ class Inbox:
             if topic == topics.sync:  # R/_monitor/cut/sync matches R/+/cut/#: ours, not an input
                 acknowledge(client, message)
                 return
+            stage = "topic"
             try:
                 where = topics.parse(topic)
                 problem = unwatched(where.machine)  # before the payload is decoded
                 if problem:
+                    stage = "unwatched_machine"
                     raise ProtocolError(problem)
+                stage = "payload"
                 content_type = getattr(message.properties, "ContentType", None)  # MQTT 5 only
                 item = Received(topic, where, parse(message.payload, limits, content_type), now, delivery)
             except ProtocolError as exc:
-                self._put(Rejected(topic, exc.reason, delivery))
+                self._put(Rejected(topic, exc.reason, delivery, stage, kind))
                 return
             self._put(item)
 

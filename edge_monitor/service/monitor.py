@@ -14,8 +14,12 @@ each turn it takes everything queued, applies each input to its machine's pipeli
 bundle's one scoring call (:mod:`.scoring`), hands the scores back to the pipelines and publishes
 what they return (:mod:`.outbox`).
 
+Two more threads: the metrics endpoint's HTTP server (:mod:`.metrics`), which only reads, and
+during a reload (SIGHUP) the thread that loads and traces the new bundle (:mod:`.reload`); the
+main loop switches to it between two turns (:meth:`Monitor.switch`).
+
 Start-up order: device, bundle (and one warm-up batch, so the first real window does not pay for
-tracing), broker, the alarm states read back (:mod:`.state`), then ``online``.
+tracing), the metrics endpoint, broker, the alarm states read back (:mod:`.state`), then ``online``.
 
 Delivery (:mod:`.checkpoint`): inputs are acknowledged by hand, once a checkpoint of every
 machine's state (alarm and open cut) that covers them is in the state file and their results are
@@ -30,30 +34,35 @@ new inputs until the monitor is back).
 Under systemd (``Type=notify``, :mod:`.systemd`): ``READY=1`` once the model is loaded and warmed
 up and the broker connection is up with the alarms read back; ``STATUS=`` lines with the counters
 at every status refresh; ``WATCHDOG=1`` from the main loop itself, so a loop that stops iterating
-gets the service restarted; ``STOPPING=1`` when shutdown begins.
+gets the service restarted; ``RELOADING=1`` and ``READY=1`` around a reload; ``STOPPING=1`` when
+shutdown begins.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..core.alarm import policy_mismatch
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
 from ..core.inbound import Command, SignalChunk
 from ..core.outbound import StatusMessage, encode
 from ..core.steps import PipelineSpec, Step
-from ..core.topics import ProtocolError, StaleInput, Topics
+from ..core.topics import ProtocolError, StaleInput, Topics, monitor_topic
 from . import systemd
 from .checkpoint import Checkpoints, snapshot_text
 from .config import Config
 from .inbox import Connected, Inbox, Received, Rejected
-from .logging import get_logger
+from .logging import configure_logging, get_logger
+from .metrics import Metrics, MetricsError
 from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
+from .reload import Failed, Prepared, Reloader
 from .scoring import Scoring
 from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
@@ -80,12 +89,13 @@ PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the br
 class Monitor:
     """One running monitor: call :meth:`start`, then :meth:`run` until :meth:`stop`."""
 
-    def __init__(self, config: Config, bundle: ModelBundle, device: str) -> None:
+    def __init__(self, config: Config, bundle: ModelBundle, device: str, reloader: Reloader | None = None) -> None:
         self.config = config
         self.device = device
         self.log = get_logger().bind(instance=config.instance)
-        meta = bundle.meta
+        meta = self.meta = bundle.meta
         self.model_id = meta.model_id
+        self.reloader = reloader  # systemctl reload (SIGHUP): a new configuration and bundle (service/reload.py)
         spec = PipelineSpec(
             window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
             policy=config.alarm, model_id=meta.model_id, limits=config.limits,
@@ -94,6 +104,8 @@ class Monitor:
         self.topics = Topics(config.topic_root, config.instance)
         self.counters = Counters()
         self.scoring = Scoring(bundle.scorer(batch_size=config.batching.max_batch), config.batching, self.counters)
+        self.metrics = Metrics(config.metrics, self)  # the endpoint (service/metrics.py)
+        self.scoring.observer = self.metrics
         self.state_file = StateFile(config.state_file)
         self.since = time.time()
         self.watchdog = systemd.WatchdogPinger(systemd.watchdog_interval())
@@ -149,9 +161,11 @@ class Monitor:
     def start(self) -> None:
         """Connect, read back the alarm states and come online. Raises :class:`StartupError`."""
         try:
+            # A port in use stops the start before the broker sessions are touched.
+            self.metrics.start()
             connect(self.out)  # first: its will says offline if the monitor dies from here on
             connect(self.client)
-        except BrokerError as exc:
+        except (BrokerError, MetricsError) as exc:
             raise StartupError(str(exc)) from None
         self._out_reconnected.clear()
         self.log.info("connected", broker=self.config.broker.address, client_id=self.config.broker.client_id)
@@ -184,8 +198,7 @@ class Monitor:
 
     def run(self) -> None:
         """Process inputs until :meth:`stop`, then shut down gracefully."""
-        status_every = self.config.status_interval_s
-        next_status = time.monotonic() + status_every
+        next_status = time.monotonic() + self.config.status_interval_s
         checkpoint_every = self.config.delivery.checkpoint_interval_ms / 1000.0
         next_checkpoint = time.monotonic() + checkpoint_every
         while not self._stop.is_set():
@@ -209,19 +222,28 @@ class Monitor:
                 self._check_network(now)
                 self._expire()
                 self._checkpoint()
+                self.metrics.look(self.fleet, self._lag())
                 self._watch_backlog()
                 next_checkpoint = now + checkpoint_every
             self._confirm()
             if self._out_reconnected.is_set():
                 self._out_reconnected.clear()
                 self._publish_status()
+            if self.reloader is not None and self.reloader.busy and not self._stop.is_set():
+                outcome = self.reloader.poll(self.config, self.meta)
+                if isinstance(outcome, Prepared):
+                    self.switch(outcome)
+                    next_status = min(next_status, time.monotonic() + self.config.status_interval_s)
+                elif isinstance(outcome, Failed):
+                    self._reload_failed(outcome.reason)
             if now >= next_status:
                 self._refresh()
-                next_status = time.monotonic() + status_every
+                next_status = time.monotonic() + self.config.status_interval_s
         self._shutdown()
 
     def _on_input(self, item: Received) -> None:
         self.counters.messages_in += 1
+        self.metrics.inputs[type(item.message)] += 1
         self.counters.inputs_redelivered += item.delivery.dup
         self.checkpoints.applied(item.delivery)  # acknowledged with the next checkpoint, whatever it did
         machine = item.where.machine
@@ -233,7 +255,7 @@ class Monitor:
             return
         refusal = self.fleet.refuse(machine, item.message)  # the inbox refused unwatched machines already
         if refusal:
-            self._reject(item.topic, refusal)
+            self._reject(item.topic, refusal, "untracked_machine")
             return
         try:
             step = self.fleet.pipeline(machine).handle(item.message, channel=item.where.channel, now=time.time())
@@ -244,12 +266,12 @@ class Monitor:
                 self.counters.duplicate_inputs += 1
                 self.log.debug("duplicate", machine=machine, topic=item.topic, reason=exc.reason)
             else:
-                self._reject(item.topic, exc.reason)
+                self._reject(item.topic, exc.reason, "stale")
             return
         except ProtocolError as exc:
             if created:
                 self.fleet.discard(machine)
-            self._reject(item.topic, exc.reason)
+            self._reject(item.topic, exc.reason, "pipeline")
             return
         self._touched.add(machine)
         self._note_age(machine, item.message)
@@ -275,7 +297,8 @@ class Monitor:
     def _on_rejected(self, item: Rejected) -> None:
         self.counters.messages_in += 1
         self.checkpoints.applied(item.delivery)
-        self._reject(item.topic, item.reason)
+        self.metrics.refused(item)
+        self._reject(item.topic, item.reason, item.stage)
 
     def _on_connected(self, item: Connected) -> None:
         self.log.info("subscribed", session_present=item.session_present)
@@ -290,8 +313,10 @@ class Monitor:
         self._publish_status()  # back online after a reconnect (the will may have fired)
         systemd.status(self._status_text())
 
-    def _reject(self, topic: str, reason: str) -> None:
+    def _reject(self, topic: str, reason: str, stage: str) -> None:
+        """``stage``: where it was refused, the label of the metric (metrics.REJECT_STAGES)."""
         self.counters.rejected += 1
+        self.metrics.rejected[stage] += 1
         self._report(topic, reason, "rejected")
 
     def _report(self, topic: str, reason: str, event: str) -> None:
@@ -313,6 +338,8 @@ class Monitor:
         self.counters.nonfinite_scores += step.nonfinite_scores
         for event in step.events:
             getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
+        if step.outputs:
+            self.metrics.published(step.outputs)
         self.checkpoints.published(self.outbox.publish(step.outputs))
         for fault in step.faults:
             self._report(self.topics.machine(machine, "score"), fault, "nonfinite_score")
@@ -376,6 +403,60 @@ class Monitor:
                            unacknowledged=self.checkpoints.unacknowledged)
             return
         self.counters.inputs_acknowledged += progress.acknowledged
+        self.metrics.confirmed(progress.confirmed)
+
+    # --------------------------------------------------------------------- reload
+
+    def switch(self, new: Prepared) -> None:
+        """Switch to a reloaded configuration and model between two turns of the loop (see
+        :mod:`.reload`): the old model scores every window cut so far, the new one every window
+        after; the alarm states carry over (``core/alarm.carried_over``) and are announced again
+        with the new model id."""
+        old, old_model = self.config, self.model_id
+        while len(self.scoring):
+            self._score_ready(force=True)
+        config, meta = new.config, new.bundle.meta
+        if meta.model_id != old_model or config.alarm != old.alarm:
+            spec = PipelineSpec(
+                window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
+                policy=config.alarm, model_id=meta.model_id, limits=config.limits,
+            )
+            announcements = self.fleet.switch_model(spec)
+            self._touched.update(self.fleet.states())  # the open cuts' scores so far were the old model's
+        else:
+            announcements = []  # the same model and rule: the alarm history stands
+        self.scoring.switch(new.scorer, config.batching)
+        self.outbox.configure(config.qos, config.errors)
+        if config.logging.level != old.logging.level:
+            configure_logging(config.logging.format, config.logging.level)
+            self.log = get_logger().bind(instance=config.instance)
+        self.config, self.meta, self.model_id = config, meta, meta.model_id
+        # The old model was frozen out of the collector's sight at start (daemon.py); the new one
+        # must be too, and the old one freed: one full collection (~0.2 s) per reload.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self.checkpoints.published(self.outbox.publish(announcements))
+        self._publish_status()
+        self.log.info("reloaded", model=self.model_id, previous_model=old_model, bundle=str(config.bundle),
+                      thresholds={"warning": meta.thresholds.warning, "alarm": meta.thresholds.alarm},
+                      announced=len(announcements), waiting_for_restart=list(new.waiting))
+        mismatch = policy_mismatch(meta.training.get("alarm_policy"), config.alarm)
+        if mismatch:
+            self.log.warning("alarm_policy_differs", detail=mismatch)
+        if new.waiting:
+            self.log.warning("restart_needed", settings=list(new.waiting),
+                             detail="changed in the configuration, applied at the next restart")
+        note = f"; {', '.join(new.waiting)} changed: applied at the next restart" if new.waiting else ""
+        systemd.ready(f"reloaded: model {self.model_id}{note}; " + self._status_text())
+
+    def _reload_failed(self, reason: str) -> None:
+        """Nothing changed: the old configuration and model run on; say why, everywhere an operator looks."""
+        self.log.error("reload_failed", reason=reason, model=self.model_id)
+        text = f"reload failed, model {self.model_id} runs on: {reason}"
+        # not held back by the errors rate limit: a flood of bad input must not hide it
+        self.outbox.error(monitor_topic(self.config.topic_root, self.config.instance, "reload"), text, limited=False)
+        systemd.ready(clip(text, MAX_REASON))
 
     # --------------------------------------------------------------------- status and state
 
@@ -423,12 +504,14 @@ class Monitor:
         systemd.status(self._status_text(latency.get("latency_ms_p50")))
 
     def _status_text(self, latency_p50: float | None = None) -> str:
-        return status_text(self.client.is_connected() and self.out.is_connected(), len(self.fleet), self.counters, self.fleet.states(),
-                           latency_p50)
+        connected = self.client.is_connected() and self.out.is_connected()
+        return status_text(connected, len(self.fleet), self.counters, self.fleet.states(), latency_p50, self.model_id)
 
     # --------------------------------------------------------------------- shutdown
 
     def _shutdown(self) -> None:
+        if self.reloader is not None:
+            self.reloader.wait(PUBLISH_WAIT)  # not exiting under a model being loaded; it is not used
         systemd.stopping("stopping: scoring what was received, saving the alarm states")
         # What waits in the inbox is not acknowledged: the broker sends it again to the next session.
         self.inbox.close()
@@ -446,4 +529,5 @@ class Monitor:
             pass
         disconnect(self.client)
         disconnect(self.out)
+        self.metrics.stop()
         self.log.info("stopped", **asdict(self.counters))

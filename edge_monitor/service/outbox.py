@@ -32,6 +32,11 @@ class Outbox:
         self._errors = TokenBucket(errors.max_per_second, errors.burst)
         self.dropped = 0  # QoS 0 results published while disconnected (paho keeps only QoS 1 and 2)
 
+    def configure(self, qos: OutputQos, errors: ErrorsRate) -> None:
+        """A reloaded configuration's QoS and errors rate limit (the bucket starts full)."""
+        self.qos = qos
+        self._errors = TokenBucket(errors.max_per_second, errors.burst)
+
     def publish(self, outputs: list[Output]) -> list[paho.MQTTMessageInfo]:
         """Publish ``outputs`` in order; what paho took, to follow until the broker has it."""
         infos = []
@@ -48,10 +53,11 @@ class Outbox:
     def status(self, message: StatusMessage) -> paho.MQTTMessageInfo:
         return self.client.publish(self.topics.status, encode(message), qos=self.qos.status, retain=message.retain)
 
-    def error(self, topic: str, reason: str) -> bool:
-        """Echo a rejected input on the errors topic unless the rate limit holds it back (False).
-        The topic and the reason are cut short (a topic may be 64 KiB of anything)."""
-        if not self._errors.allow(time.monotonic()):
+    def error(self, topic: str, reason: str, limited: bool = True) -> bool:
+        """Echo a rejected input on the errors topic unless the rate limit holds it back (False;
+        ``limited=False``: the monitor's own rare problems, never held back). The topic and the
+        reason are cut short (a topic may be 64 KiB of anything)."""
+        if limited and not self._errors.allow(time.monotonic()):
             return False
         message = ErrorMessage(topic=clip(topic, MAX_TOPIC_ECHO), reason=clip(reason, MAX_REASON), ts=time.time())
         self.client.publish(self.topics.errors, encode(message), qos=0, retain=message.retain)

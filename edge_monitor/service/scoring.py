@@ -4,7 +4,8 @@ Pipelines hand out their windows as :class:`~edge_monitor.core.pipeline.WindowBa
 :class:`~edge_monitor.core.batching.Batcher` packs them into batches of at most ``max_batch``
 windows (splitting a run where it must) and :meth:`WindowScorer.score` scales, infers and
 calibrates each batch in one call. Every window's input-to-score latency and every batch's size
-and inference time are recorded for the status.
+and inference time are recorded for the status, and handed to the ``observer`` (the metrics'
+histograms, :mod:`.metrics`) when there is one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import numpy as np
 
@@ -62,12 +63,24 @@ class ScoringStats:
         }
 
 
+class ScoringObserver(Protocol):
+    def batch(self, size: int, infer_seconds: float, latencies: list[tuple[float, int]]) -> None:
+        """A batch was scored and its results published: its windows, its inference time and
+        (seconds from input to publication, windows) of each run of windows in it."""
+
+
+def warm_up(scorer: WindowScorer) -> None:
+    """Trace ``scorer``'s inference function now rather than on the first live window."""
+    scorer.raw_scores(np.zeros((1, scorer.window_length, scorer.n_channels)))
+
+
 class Scoring:
     def __init__(self, scorer: WindowScorer, batching: Batching, counters: Counters) -> None:
         self.scorer = scorer
         self.batcher: Batcher[_Queued] = Batcher(batching.max_batch, batching.max_wait_ms)
         self.stats = ScoringStats()
         self.counters = counters  # windows_scored and batches are counted here
+        self.observer: ScoringObserver | None = None
 
     def __len__(self) -> int:
         """Windows waiting to be scored."""
@@ -75,7 +88,14 @@ class Scoring:
 
     def warm_up(self) -> None:
         """Trace the inference function now rather than on the first live window."""
-        self.scorer.raw_scores(np.zeros((1, self.scorer.window_length, self.scorer.n_channels)))
+        warm_up(self.scorer)
+
+    def switch(self, scorer: WindowScorer, batching: Batching) -> None:
+        """Score with another scorer (a reload), once every window waiting has been scored."""
+        if len(self.batcher):
+            raise RuntimeError("score the windows waiting before switching scorers")
+        self.scorer = scorer
+        self.batcher = Batcher(batching.max_batch, batching.max_wait_ms)
 
     def take_stats(self) -> dict:
         """Latency, batch and inference figures since the last call (for the status)."""
@@ -100,7 +120,8 @@ class Scoring:
             regimes = [q.windows.regime for q in batch for _ in range(len(q))]
             started = time.perf_counter()
             scores = self.scorer.score(data, regimes)
-            self.stats.infer_seconds += time.perf_counter() - started
+            infer_seconds = time.perf_counter() - started
+            self.stats.infer_seconds += infer_seconds
             at = 0
             for q in batch:
                 yield q.windows, scores.subset(slice(at, at + len(q)))
@@ -110,3 +131,5 @@ class Scoring:
             self.stats.batch_sizes.append(at)
             self.counters.windows_scored += at
             self.counters.batches += 1
+            if self.observer is not None:
+                self.observer.batch(at, infer_seconds, [(done - q.received, len(q)) for q in batch])

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
-from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds
+from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds, carried_over
 from ..core.fleet import Fleet
 from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import SENSOR_FAULT, AlarmMessage
@@ -83,10 +83,16 @@ def restore_alarm_states(
     thresholds: Thresholds,
     warn: Callable[..., Any],
     checkpoint: bool = False,
+    model: str | None = None,
+    saved_model: str | None = None,
 ) -> tuple[dict[str, AlarmTracker], list[str]]:
     """The alarm tracker each watched machine restarts with, and the machines whose retained alarm
     is stale and must be republished. A snapshot that cannot be restored is reported with ``warn``
-    (an event name and fields) and skipped."""
+    (an event name and fields) and skipped.
+
+    A state decided under another model than ``model`` (the state file's ``saved_model``, or the
+    retained message's ``model``) is carried over as a reload carries it (:func:`carried_over`) and
+    announced again with the running model's id."""
     trackers: dict[str, AlarmTracker] = {}
     republish: list[str] = []
     saved, retained = dict(saved), dict(retained)
@@ -108,6 +114,9 @@ def restore_alarm_states(
             chosen, stale = choose_alarm_state(saved.get(machine), retained.get(machine), checkpoint)
             if chosen is None:
                 continue
+            decided_by = saved_model if chosen is saved.get(machine) else retained[machine].model
+            if model is not None and decided_by is not None and decided_by != model:
+                chosen, stale = carried_over(chosen, thresholds), True
             trackers[machine] = AlarmTracker.from_dict(policy, thresholds, chosen)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             warn("alarm_state_ignored", machine=machine, reason=str(exc)[:300])
@@ -130,6 +139,7 @@ class SavedState:
     alarms: dict[str, dict] = field(default_factory=dict)  # AlarmTracker snapshots by machine
     streams: dict[str, Any] = field(default_factory=dict)  # open cuts (MachinePipeline.to_state), by machine
     checkpoint: bool = False  # format 2: covers exactly the acknowledged inputs
+    model: str | None = None  # the model whose outputs the file's alarm states decided (format 2)
     problems: list[str] = field(default_factory=list)  # what could not be used, to log
 
 
@@ -141,7 +151,8 @@ def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], w
     this warns (``warn(event, **fields)``) rather than raises."""
     spec = fleet.spec
     trackers, stale = restore_alarm_states(saved.alarms, retained, fleet.watches, spec.policy, spec.thresholds,
-                                           warn, checkpoint=saved.checkpoint)
+                                           warn, checkpoint=saved.checkpoint, model=spec.model_id,
+                                           saved_model=saved.model)
     fleet.restore({m: t.to_dict() for m, t in trackers.items()})
     for machine, problem in fleet.resume(saved.streams, now):
         warn("open_cut_not_resumed", machine=str(machine)[:64], reason=problem)
@@ -180,6 +191,8 @@ class StateFile:
             return saved
         saved.alarms = {str(m): s for m, s in machines.items() if isinstance(s, dict)}
         saved.checkpoint = version == STATE_FORMAT
+        if saved.checkpoint and isinstance(data.get("model"), str):
+            saved.model = data["model"]
         streams = data.get("streams", {})
         if not isinstance(streams, dict):
             saved.problems.append(f"state file {self.path}: 'streams' is not an object; open cuts start afresh")

@@ -28,8 +28,8 @@ class Counters:
 
 
 def status_text(connected: bool, machines: int, counters: Counters, states: Mapping[str, str],
-                latency_p50: float | None = None) -> str:
-    """One line: connection, counters, machines not normal, latency."""
+                latency_p50: float | None = None, model: str | None = None) -> str:
+    """One line: connection, counters, machines not normal, latency, the model in use."""
     c = counters
     parts = [
         f"broker {'connected' if connected else 'disconnected'}",
@@ -42,4 +42,6 @@ def status_text(connected: bool, machines: int, counters: Counters, states: Mapp
             parts.append(f"{level}: {', '.join(names)}")
     if latency_p50 is not None:
         parts.append(f"latency p50 {latency_p50:g} ms")
+    if model is not None:
+        parts.append(f"model {model}")
     return "; ".join(parts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
@@ -66,6 +67,13 @@ def status(text: str) -> bool:
 def watchdog() -> bool:
     """Keep-alive: without one every ``WatchdogSec`` the service is considered hung and restarted."""
     return notify("WATCHDOG=1")
+
+
+def reloading(status: str | None = None) -> bool:
+    """A reload began; :func:`ready` says it ended, whichever way (``MONOTONIC_USEC``: what
+    ``Type=notify-reload`` on systemd 253 and later requires)."""
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}", *([_status_line(status)] if status else []))
 
 
 def stopping(status: str | None = None) -> bool:
