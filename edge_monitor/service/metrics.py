@@ -155,7 +155,7 @@ class Metrics:
             self.checkpointed = time.monotonic()
 
     def look(self, fleet: Fleet, lag: float) -> None:
-        """What the scrape thread reads of the fleet, and the lag (:meth:`Monitor._lag`: it counts
+        """What the scrape thread reads of the fleet, and the lag (:meth:`.backlog.Backlog.lag`: it counts
         the age of the data applied since the last turn), as they stand now."""
         levels = {}
         for machine, state in fleet.states().items():

@@ -50,11 +50,12 @@ from .. import __version__
 from ..core.alarm import policy_mismatch
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
-from ..core.inbound import Command, SignalChunk
+from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics, monitor_topic
 from . import systemd
+from .backlog import Backlog
 from .checkpoint import Checkpoints, snapshot_text
 from .config import Config
 from .inbox import Connected, Inbox, Received, Rejected
@@ -111,7 +112,6 @@ class Monitor:
         self.watchdog = systemd.WatchdogPinger(systemd.watchdog_interval())
         self._stop = threading.Event()
         self._shown = "online"  # the state the status topic shows
-        self._freshest: float | None = None  # age of the freshest data applied since the last look
         self._connections = 0  # connections the main loop has seen
         self._pinged = 0.0  # monotonic time of the last ping to itself
         self._connected_at = time.monotonic()
@@ -127,6 +127,7 @@ class Monitor:
         self.inbox = Inbox(self.client, self.topics, config.limits, self.fleet.unwatched,
                            max_queued=delivery.max_queued_inputs)
         self.checkpoints = Checkpoints(self.client)
+        self.backlog = Backlog(self.inbox, self.checkpoints, config.broker.session_expiry, delivery.degraded_lag_s)
         self._touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
         self._stream_texts: dict[str, str] = {}  # each machine's open cut as JSON, at the last checkpoint
         self.client.on_connect = self._on_connect
@@ -222,7 +223,7 @@ class Monitor:
                 self._check_network(now)
                 self._expire()
                 self._checkpoint()
-                self.metrics.look(self.fleet, self._lag())
+                self.metrics.look(self.fleet, self.backlog.lag())
                 self._watch_backlog()
                 next_checkpoint = now + checkpoint_every
             self._confirm()
@@ -274,25 +275,11 @@ class Monitor:
             self._reject(item.topic, exc.reason, "pipeline")
             return
         self._touched.add(machine)
-        self._note_age(machine, item.message)
+        self.backlog.note(self.fleet[machine].stream.current, item.message)
         if step.duplicate_samples:
             self.log.debug("duplicate", machine=machine, topic=item.topic, samples=step.duplicate_samples)
         self.scoring.add(step.windows, item.received)
         self._apply(machine, step)
-
-    def _note_age(self, machine: str, message: object) -> None:
-        """How old the data of the input just applied is: when its last sample was taken (the cut's
-        start ts + offset / fs) to now. The freshest since the last look counts: a machine whose
-        clock runs behind cannot make the monitor look late while others' data is fresh."""
-        if not isinstance(message, SignalChunk):
-            return
-        cut = self.fleet[machine].stream.current
-        if cut is None:
-            return
-        age = time.time() - (cut.ts + (message.offset + message.samples.size) / cut.fs)
-        if age > self.config.broker.session_expiry:
-            return  # older than the broker keeps input: a clock that is not set (or a test's), not a lag
-        self._freshest = age if self._freshest is None else min(self._freshest, age)
 
     def _on_rejected(self, item: Rejected) -> None:
         self.counters.messages_in += 1
@@ -463,38 +450,23 @@ class Monitor:
     def _status(self, state: str, counters: bool = False) -> StatusMessage:
         return StatusMessage(state=state, model=self.model_id, device=self.device, version=__version__,
                              since=self.since, counters=asdict(self.counters) if counters else None,
-                             backlog=self._backlog() if counters else None)
-
-    def _backlog(self) -> dict[str, float]:
-        """How far behind the monitor is (:meth:`_lag`), inputs waiting in the monitor, and inputs
-        processed but not acknowledged yet."""
-        return {"lag_s": self._lag(), "queued": self.inbox.qsize(), "unacknowledged": self.checkpoints.unacknowledged}
-
-    def _lag(self) -> float:
-        """Seconds behind: how long input has waited in (or, the inbox full, for) the monitor, or
-        the age of the freshest data applied lately (inputs that waited at the broker are old;
-        this assumes the machines' clocks are set, as their timestamps are)."""
-        data_age = max(0.0, self._freshest) if self._freshest is not None else 0.0
-        return max(self.inbox.lag(time.monotonic()), data_age)
+                             backlog=self.backlog.figures() if counters else None)
 
     def _publish_status(self, state: str | None = None):
-        state = state or self._state()
+        state = state or self.backlog.state()
         if state != self._shown and "offline" not in (state, self._shown):
             getattr(self.log, "warning" if state == "degraded" else "info")(
-                "degraded" if state == "degraded" else "caught_up", **self._backlog())
+                "degraded" if state == "degraded" else "caught_up", **self.backlog.figures())
         self._shown = state
         self.counters.outputs_dropped = self.outbox.dropped + self.checkpoints.dropped
         return self.outbox.status(self._status(state, counters=True))
 
-    def _state(self) -> str:
-        return "degraded" if self._lag() >= self.config.delivery.degraded_lag_s else "online"
-
     def _watch_backlog(self) -> None:
         """Publish the status as soon as the monitor falls behind or catches up."""
-        state = self._state()
+        state = self.backlog.state()
         if state != self._shown:
             self._publish_status(state)
-        self._freshest = None  # a new look: only data applied from now on
+        self.backlog.new_look()
 
     def _refresh(self) -> None:
         self._publish_status()
