@@ -229,7 +229,7 @@ def run(module_broker, model, tmp_path_factory):
         id1 = daemon.events("bundle")[0]["model"]
         replay = subprocess.Popen(
             [sys.executable, "-m", "edge_monitor", "replay", "--archive", str(model.archive_path), "--broker",
-             module_broker.address, "--machines", "2", "--cases", ",".join(map(str, CASES)), "--speed", "3",
+             module_broker.address, "--machines", "2", "--cases", ",".join(map(str, CASES)), "--speed", "2",
              "--root", ROOT], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if not collector.wait(lambda: len(collector.on("/score")) >= 30, 60):
             daemon.fail("no scores from the replay")
@@ -245,6 +245,7 @@ def run(module_broker, model, tmp_path_factory):
         daemon.process.send_signal(signal.SIGHUP)
         failed = wait_event(daemon, "reload_failed", 60)
         scored_at_failure = len(collector.on("/score"))
+        assert replay.poll() is None, "the replay ended before the failed reload: the test needs a slower one"
         out, _ = replay.communicate(timeout=120)
         assert replay.returncode == 0, out
         n_cuts = len(model.archive.cuts)
