@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import secrets
 import shutil
 import signal
@@ -305,3 +306,35 @@ def test_a_broken_bundle_leaves_the_running_model_and_says_why(run):
     later = [b["model"] for _, b in run["collector"].on("/score")][run["scored_at_failure"]:]
     assert later and set(later) == {run["id2"]}  # still scoring, with the second model
     assert run["daemon"].running
+
+
+def test_open_cuts_survive_a_restart_with_another_model_that_windows_alike(tmp_path):
+    """A crash right after a reload, before a checkpoint under the new model: the file's open cuts
+    are the old model's, windowed as the new one windows, so they resume (their scores dropped)."""
+    from edge_monitor.service.checkpoint import encode_arrays
+    from edge_monitor.service.state import StateFile, resume
+
+    signals = real_cut()
+    old = Fleet(spec(OLD, "old"), lambda m: True, ("*",))
+    pipe = old.pipeline("m1")
+    pipe.handle(CutStart("c1", 0.0, SAMPLE_RATE_HZ))
+    for batch in feed(pipe, "c1", signals, 0, signals.shape[0] // 2):
+        pipe.scored(batch, scores(len(batch), 100.0))
+    windowing = {"channels": list(CHANNELS), "window": {"length": 64, "stride": 64}, "stable_region": {}}
+    streams = {m: json.dumps(encode_arrays(s)) for m, s in old.streams(["m1"]).items()}
+    path = tmp_path / "state.json"
+    path.write_text(StateFile.compose(old.snapshots(), streams, "old", windowing))
+
+    def restart(windows_alike: bool):
+        new = Fleet(spec(NEW, "new"), lambda m: True, ("*",))
+        saved = StateFile(path).read("new", windowing if windows_alike else {**windowing, "window": {"length": 128}})
+        resume(new, saved, {}, lambda *a, **k: None)
+        return new, saved
+
+    new, saved = restart(windows_alike=True)
+    assert saved.problems == [] and new["m1"].stream.is_open
+    assert old["m1"].to_state()["scores"].size > 0
+    assert new["m1"].to_state()["scores"].size == 0  # the old model's scores are not the new one's
+    assert new["m1"].to_state()["emitted"] == old["m1"].to_state()["emitted"]
+    new, saved = restart(windows_alike=False)
+    assert "start afresh" in saved.problems[0] and "m1" not in new

@@ -350,6 +350,11 @@ class MachinePipeline:
             raise ValueError(f"machine {self.machine}: a new model must window cuts as the old one does")
         self.spec = spec
         self.tracker = self.tracker.for_model(spec.policy, spec.thresholds)
+        self.forget_scores()
+
+    def forget_scores(self) -> None:
+        """Drop the scores of the cuts not summarised yet (another model's: see :meth:`switch_model`);
+        their windows keep counting, their medians come from the windows scored from now on."""
         for record in self._records.values():
             record.scores.clear()
 

@@ -65,7 +65,7 @@ from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
 from .reload import Failed, Prepared, Reloader
 from .scoring import Scoring
-from .state import StateFile, read_retained_alarms, resume
+from .state import StateFile, read_retained_alarms, resume, windowing_of
 from .status import Counters, status_text
 
 if TYPE_CHECKING:  # the bundle module loads TensorFlow: imported only once the device is chosen
@@ -178,7 +178,7 @@ class Monitor:
     def _restore(self) -> None:
         """The alarm states (state file and retained topic) and the open cuts of the checkpoint."""
         retained = read_retained_alarms(self.out, self.topics, self.config.limits, self.log.warning)
-        saved = self.state_file.read(self.model_id)
+        saved = self.state_file.read(self.model_id, windowing_of(self.meta))
         for problem in saved.problems:
             self.log.warning("state_file_ignored", reason=problem)
         trackers, stale = resume(self.fleet, saved, retained, self.log.warning, time.time())
@@ -372,7 +372,8 @@ class Monitor:
         if self.state_file.path is not None:
             for machine, state in self.fleet.streams(self._touched).items():
                 self._stream_texts[machine] = snapshot_text(state)
-            snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id)
+            snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id,
+                                               windowing_of(self.meta))
         self._touched.clear()
         self.checkpoints.close(snapshot)
         self.counters.checkpoints += 1

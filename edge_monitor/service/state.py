@@ -143,6 +143,13 @@ class SavedState:
     problems: list[str] = field(default_factory=list)  # what could not be used, to log
 
 
+def windowing_of(meta: Any) -> dict:
+    """How a bundle cuts windows (its channels, window and stable-region specs), as the state file
+    records it: open cuts windowed this way can be taken over by any model that shares it."""
+    return {"channels": list(meta.channels), "window": meta.window.to_dict(),
+            "stable_region": meta.stable_region.to_dict()}
+
+
 def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], warn: Callable[..., Any],
            now: float = 0.0) -> tuple[dict[str, AlarmTracker], list[str]]:
     """Bring ``fleet`` back to where the state file and the retained alarms leave it: every
@@ -156,6 +163,10 @@ def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], w
     fleet.restore({m: t.to_dict() for m, t in trackers.items()})
     for machine, problem in fleet.resume(saved.streams, now):
         warn("open_cut_not_resumed", machine=str(machine)[:64], reason=problem)
+    if saved.model is not None and saved.model != spec.model_id:
+        for machine in saved.streams:  # another model scored them so far: judged on this one's windows
+            if machine in fleet:
+                fleet[machine].forget_scores()
     return trackers, stale
 
 
@@ -165,9 +176,11 @@ class StateFile:
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def read(self, model: str) -> SavedState:
-        """What can be used of the file (open cuts only of ``model``: they were windowed with its
-        specs). Never raises: a file that cannot be used at all is a problem to log."""
+    def read(self, model: str, windowing: dict | None = None) -> SavedState:
+        """What can be used of the file: open cuts of ``model``, or of another model that cut
+        windows the same way (``windowing``, :func:`windowing_of`: after a reload, or a restart
+        with a new bundle; their scores so far are dropped at :func:`resume`, as a reload drops
+        them). Never raises: a file that cannot be used at all is a problem to log."""
         saved = SavedState()
         if self.path is None:
             return saved
@@ -196,9 +209,10 @@ class StateFile:
         streams = data.get("streams", {})
         if not isinstance(streams, dict):
             saved.problems.append(f"state file {self.path}: 'streams' is not an object; open cuts start afresh")
-        elif streams and data.get("model") != model:
+        elif streams and data.get("model") != model and (windowing is None or data.get("windowing") != windowing):
             saved.problems.append(f"state file {self.path}: its open cuts were windowed for model "
-                                  f"{str(data.get('model'))[:40]!r}, not {model}; they start afresh")
+                                  f"{str(data.get('model'))[:40]!r}, which cut windows otherwise than {model}; "
+                                  "they start afresh")
         else:
             for machine, state in streams.items():
                 try:
@@ -209,10 +223,14 @@ class StateFile:
         return saved
 
     @staticmethod
-    def compose(alarms: dict[str, dict], streams: dict[str, str], model: str) -> str:
+    def compose(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None) -> str:
         """The file's text: ``streams`` holds each machine's open cut already as JSON text
-        (checkpoint.snapshot_text), so that only the machines that changed are encoded again."""
-        head = json.dumps({"format": STATE_FORMAT, "model": model, "machines": alarms}, allow_nan=False)
+        (checkpoint.snapshot_text), so that only the machines that changed are encoded again;
+        ``windowing`` says how they were cut into windows (:func:`windowing_of`)."""
+        head = {"format": STATE_FORMAT, "model": model, "machines": alarms}
+        if windowing is not None:
+            head["windowing"] = windowing
+        head = json.dumps(head, allow_nan=False)
         parts = ",".join(f"{json.dumps(m)}:{text}" for m, text in streams.items())
         return head[:-1] + ',"streams":{' + parts + "}}"
 
