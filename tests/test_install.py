@@ -280,6 +280,7 @@ def test_the_installed_daemon_runs_with_the_installed_broker(installed, ports, t
     log = tmp_path / "daemon.log"
     unit = (prefix / UNIT).read_text()
     argv = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1).split()
+    argv += ["--metrics", "127.0.0.1:0"]  # not the default port, which a monitor installed on this host holds
     env = {**os.environ, "NOTIFY_SOCKET": listener.address, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     with open(log, "w") as out:
         daemon = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
