@@ -30,13 +30,8 @@ import numpy as np
 from edge_monitor.archive.mill import read_archive
 from edge_monitor.archive.publisher import Publisher
 from edge_monitor.archive.replay import plan_machines, replay
-from edge_monitor.service.logging import configure_logging
 from edge_monitor.service.mqtt import BrokerSettings, connect, disconnect, make_client
-from edge_monitor.service.native_log import (
-    NativeCapture,
-    isolate_python_stderr,
-    route_python_logging,
-)
+from edge_monitor.service.native_log import NativeCapture, own_process_output
 
 HERE = Path(__file__).resolve().parent
 ROOT = "mill"
@@ -298,7 +293,5 @@ def summary(dashboard: Dashboard, stats, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    isolate_python_stderr()  # before TensorFlow loads (edge_monitor/service/native_log.py)
-    configure_logging("auto", "warning")  # TensorFlow's errors, not its notices
-    route_python_logging()
+    own_process_output()  # before TensorFlow loads; its errors shown, not its notices (service/native_log.py)
     sys.exit(main())

@@ -85,12 +85,9 @@ def _run(args: argparse.Namespace) -> int:
     # TensorFlow's C++ INFO and WARNING lines off once it runs; what it writes while it starts is
     # captured into the log (service/native_log.py), and Python's stderr is kept off fd 2 for that.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from .service.native_log import isolate_python_stderr, route_python_logging
-
-    isolate_python_stderr()
     from .service.config import ConfigError, load_config
     from .service.daemon import StartupError, run
-    from .service.logging import configure_logging
+    from .service.native_log import own_process_output
 
     overrides = {"broker": args.broker, "bundle": args.bundle, "root": args.root, "instance": args.instance,
                  "metrics": args.metrics}
@@ -98,8 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides)
     except ConfigError as exc:
         return _fail(str(exc))
-    configure_logging(config.logging.format, config.logging.level)
-    route_python_logging()
+    own_process_output(config.logging.format, config.logging.level)
     try:
         return run(config, lambda: load_config(args.config, overrides))  # read again on reload (SIGHUP)
     except StartupError as exc:
@@ -119,12 +115,9 @@ def _check(args: argparse.Namespace) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
         # what TensorFlow writes while the model loads is captured (service/native_log.py): only
         # its real errors are shown, as warnings among the check's lines
-        from .service.logging import configure_logging
-        from .service.native_log import isolate_python_stderr, route_python_logging
+        from .service.native_log import own_process_output
 
-        isolate_python_stderr()
-        configure_logging("auto", "warning")
-        route_python_logging()
+        own_process_output()
     from .service.check import run_check
 
     overrides = {"broker": args.broker, "bundle": args.bundle, "root": args.root, "instance": args.instance}

@@ -203,15 +203,9 @@ def _no_gpu_is_no_news(native) -> None:
 
 def _own_process(level: str) -> None:
     """Before TensorFlow loads: Python's stderr off fd 2, a log on it for TensorFlow's lines."""
-    from edge_monitor.service.logging import configure_logging
-    from edge_monitor.service.native_log import (
-        isolate_python_stderr,
-        route_python_logging,
-    )
+    from edge_monitor.service.native_log import own_process_output
 
-    isolate_python_stderr()
-    configure_logging("auto", level)
-    route_python_logging()
+    own_process_output("auto", level)
 
 
 if __name__ == "__main__":

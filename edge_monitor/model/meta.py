@@ -76,6 +76,14 @@ class BundleMeta:
         }
 
 
+def windowing_of(meta: BundleMeta) -> dict:
+    """How a bundle cuts windows: its channels, window and stable-region specs, as plain data. Open
+    cuts windowed this way can be taken over by any model that shares it (a reload, and the state
+    file's open cuts after a restart with another bundle)."""
+    return {"channels": list(meta.channels), "window": meta.window.to_dict(),
+            "stable_region": meta.stable_region.to_dict()}
+
+
 def read_bundle_meta(path: str | Path) -> BundleMeta:
     """Read and validate ``bundle.json`` and check the model id against the files, without loading
     the model."""

@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import ssl
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -49,6 +48,7 @@ from ..model.meta import MODEL_FILE, BundleError, read_bundle_meta  # no TensorF
 from .config import Config, ConfigError, load_config
 from .mqtt import BrokerError, BrokerSettings, connect, disconnect, make_client
 from .native_log import NativeCapture
+from .state import sync_directory, write_synced
 
 PROBE = "edge-monitor.check"  # a machine id / instance name no real one can have: '.' is not allowed
 PROBE_EXPIRY_S = 3  # seconds a probe may wait in a queue (e.g. of the monitor's offline session)
@@ -134,19 +134,8 @@ def _state(state_file: Path | None) -> Iterator[Result]:
         return
     try:
         before = os.stat(where)
-        fd, probe = tempfile.mkstemp(prefix=f".{state_file.name}.check-", dir=where)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write("edge-monitor check: a probe, removed at once\n")
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            os.unlink(probe)
-        directory = os.open(where, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_synced(where, f".{state_file.name}.check-", "edge-monitor check: a probe, removed at once\n").unlink()
+        sync_directory(where)
     except OSError as exc:
         yield fail(f"state {state_file}: user {user} cannot write a file in {where} ({exc.strerror or exc})")
         return

@@ -167,7 +167,9 @@ class Checkpoints:
 
     @property
     def unacknowledged(self) -> int:
-        return len(self.open.acks) + sum(len(e.acks) for e in self.waiting)
+        # The epochs waiting are copied first (a tuple of a deque is taken at once, holding the
+        # GIL): the metrics scrape thread reads this while the main loop changes them.
+        return len(self.open.acks) + sum(len(e.acks) for e in tuple(self.waiting))
 
     def applied(self, delivery: Delivery) -> None:
         """An input was applied (or refused): acknowledge it with the next confirmed checkpoint."""

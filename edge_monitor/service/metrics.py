@@ -246,7 +246,8 @@ class _Live(Collector):
         lag = max(m.lag, monitor.inbox.lag(now))  # the inbox's own: also while the main loop is stuck
         yield _gauge("lag_seconds", "How far behind the monitor is (the status's backlog.lag_s)", lag)
         yield _gauge("queued_inputs", "Inputs waiting in the monitor", monitor.inbox.qsize())
-        yield _gauge("unacknowledged_inputs", "Inputs processed, not yet acknowledged", _unacknowledged(monitor))
+        yield _gauge("unacknowledged_inputs", "Inputs processed, not yet acknowledged",
+                     monitor.checkpoints.unacknowledged)
         yield _gauge("pending_windows", "Windows waiting for their batch", len(monitor.scoring))
         yield _gauge("machines_tracked", "Machines with a pipeline in memory", len(monitor.fleet))
         yield _gauge("checkpoint_age_seconds", "Seconds since the last checkpoint was confirmed (written, its "
@@ -267,13 +268,6 @@ class _Live(Collector):
         yield fault
         yield InfoMetricFamily(PREFIX + "model", "The model scoring now, the device it runs on, the monitor's version",
                                value={"model_id": monitor.model_id, "device": monitor.device, "version": __version__})
-
-
-def _unacknowledged(monitor: Monitor) -> int:
-    """``Checkpoints.unacknowledged`` from another thread: the epochs waiting copied first (a
-    tuple of a deque is taken at once, holding the GIL), since the main loop changes them."""
-    checkpoints = monitor.checkpoints
-    return len(checkpoints.open.acks) + sum(len(epoch.acks) for epoch in tuple(checkpoints.waiting))
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

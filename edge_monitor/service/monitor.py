@@ -54,6 +54,7 @@ from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics, monitor_topic
+from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
 from .checkpoint import Checkpoints, snapshot_text
@@ -65,7 +66,7 @@ from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
 from .reload import Failed, Prepared, Reloader
 from .scoring import Scoring
-from .state import StateFile, read_retained_alarms, resume, windowing_of
+from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
 
 if TYPE_CHECKING:  # the bundle module loads TensorFlow: imported only once the device is chosen
@@ -87,6 +88,12 @@ class NetworkStalled(RuntimeError):
 PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the broker
 
 
+def pipeline_spec(meta: BundleMeta, config: Config) -> PipelineSpec:
+    """What every machine's pipeline shares: the bundle's specs and the configuration's policies."""
+    return PipelineSpec(window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
+                        policy=config.alarm, model_id=meta.model_id, limits=config.limits)
+
+
 class Monitor:
     """One running monitor: call :meth:`start`, then :meth:`run` until :meth:`stop`."""
 
@@ -94,14 +101,9 @@ class Monitor:
         self.config = config
         self.device = device
         self.log = get_logger().bind(instance=config.instance)
-        meta = self.meta = bundle.meta
-        self.model_id = meta.model_id
+        self.meta = bundle.meta  # the running model's: a reload replaces it
         self.reloader = reloader  # systemctl reload (SIGHUP): a new configuration and bundle (service/reload.py)
-        spec = PipelineSpec(
-            window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
-            policy=config.alarm, model_id=meta.model_id, limits=config.limits,
-        )
-        self.fleet = Fleet(spec, config.monitors, config.machines)
+        self.fleet = Fleet(pipeline_spec(self.meta, config), config.monitors, config.machines)
         self.topics = Topics(config.topic_root, config.instance)
         self.counters = Counters()
         self.scoring = Scoring(bundle.scorer(batch_size=config.batching.max_batch), config.batching, self.counters)
@@ -134,6 +136,10 @@ class Monitor:
         self.client.on_disconnect = self._on_disconnect
         self.out.on_connect = self._on_out_connect
         self.out.on_disconnect = self._on_disconnect
+
+    @property
+    def model_id(self) -> str:
+        return self.meta.model_id
 
     # --------------------------------------------------------------------- network thread
 
@@ -405,11 +411,7 @@ class Monitor:
             self._score_ready(force=True)
         config, meta = new.config, new.bundle.meta
         if meta.model_id != old_model or config.alarm != old.alarm:
-            spec = PipelineSpec(
-                window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
-                policy=config.alarm, model_id=meta.model_id, limits=config.limits,
-            )
-            announcements = self.fleet.switch_model(spec)
+            announcements = self.fleet.switch_model(pipeline_spec(meta, config))
             self._touched.update(self.fleet.states())  # the open cuts' scores so far were the old model's
         else:
             announcements = []  # the same model and rule: the alarm history stands
@@ -418,7 +420,7 @@ class Monitor:
         if config.logging.level != old.logging.level:
             configure_logging(config.logging.format, config.logging.level)
             self.log = get_logger().bind(instance=config.instance)
-        self.config, self.meta, self.model_id = config, meta, meta.model_id
+        self.config, self.meta = config, meta
         # The old model was frozen out of the collector's sight at start (daemon.py); the new one
         # must be too, and the old one freed: one full collection (~0.2 s) per reload.
         gc.unfreeze()

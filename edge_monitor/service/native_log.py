@@ -18,6 +18,8 @@ oneDNN and CUDA-stub notices, "failed call to cuInit" on a box without a GPU.
   drains fills up and blocks the writer. One capture at a time: another thread waits for the
   running one, the same thread cannot nest one (RuntimeError). A native abort inside a capture
   loses what it wrote there: keep the captured steps short.
+- :func:`own_process_output` does both, with the log between them, for each entry point that
+  loads TensorFlow (the daemon, ``check``, training, the demo).
 - :func:`route_python_logging`: Python ``logging`` records (TensorFlow's, absl's, any library's)
   and ``warnings`` (Keras') become structured log lines instead of raw ones.
 """
@@ -33,7 +35,7 @@ import threading
 import warnings
 from dataclasses import dataclass, replace
 
-from .logging import get_logger
+from .logging import configure_logging, get_logger
 
 # glog's prefix, as absl writes it: "I0000 00:00:1796083023.397029    4990 port.cc:153] message"
 # (before absl::InitializeLog the date and time are that odd pair), or "E1130 23:59:10.123 ...".
@@ -233,6 +235,15 @@ class _ToStructlog(logging.Handler):
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     get_logger().warning("python_warning", category=category.__name__, message=str(message),
                          source=f"{filename}:{lineno}")
+
+
+def own_process_output(fmt: str = "auto", level: str = "warning") -> None:
+    """A process that loads TensorFlow, set up before it does: Python's stderr off fd 2
+    (:func:`isolate_python_stderr`), the structured log (``logging.format`` and ``level``) that
+    captured native lines and Python's logging go to (:func:`route_python_logging`)."""
+    isolate_python_stderr()
+    configure_logging(fmt, level)
+    route_python_logging()
 
 
 def route_python_logging() -> None:

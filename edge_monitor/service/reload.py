@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Union
 
+from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
 from . import systemd
 from .config import Config, ConfigError
 
@@ -68,11 +69,12 @@ def restart_only_changes(running: Config, new: Config) -> tuple[Config, tuple[st
     return replace(new, **kept), tuple(waiting)
 
 
-def windowing_change(running: object, new: object) -> str | None:
-    """What in the new bundle's metadata cuts windows differently from the running one, or None.
-    A reload keeps the open cuts, cut into windows as they were so far: the geometry must stay."""
-    differ = [f"{name}: {getattr(running, name)!r} -> {getattr(new, name)!r}"
-              for name in ("channels", "window", "stable_region") if getattr(running, name) != getattr(new, name)]
+def windowing_change(running: BundleMeta, new: BundleMeta) -> str | None:
+    """What in the new bundle's metadata cuts windows differently from the running one
+    (:func:`~..model.meta.windowing_of`), or None. A reload keeps the open cuts, cut into windows
+    as they were so far: the geometry must stay."""
+    old, now = windowing_of(running), windowing_of(new)
+    differ = [f"{name}: {old[name]!r} -> {now[name]!r}" for name in old if old[name] != now[name]]
     if not differ:
         return None
     return ("it cuts windows differently (" + "; ".join(differ) + "): a reload keeps the open cuts, "
@@ -106,7 +108,7 @@ class Reloader:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def poll(self, running: Config, running_meta: object) -> Outcome | None:
+    def poll(self, running: Config, running_meta: BundleMeta) -> Outcome | None:
         """The outcome of a finished reload (once), else None; starts the next one when asked for
         (and tells systemd: ``RELOADING=1`` now, ``READY=1`` from whoever takes the outcome)."""
         if self._thread is not None:
@@ -123,14 +125,14 @@ class Reloader:
             self._thread.start()
         return None
 
-    def _prepare(self, running: Config, running_meta: object) -> None:
+    def _prepare(self, running: Config, running_meta: BundleMeta) -> None:
         try:
             self._outcome = prepare(running, running_meta, self._read_config, self._warm_up)
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the old model keeps running
             self._outcome = Failed(f"unexpected {type(exc).__name__} while reloading: {exc}")
 
 
-def prepare(running: Config, running_meta: object, read_config: Callable[[], Config],
+def prepare(running: Config, running_meta: BundleMeta, read_config: Callable[[], Config],
             warm_up: Callable[[WindowScorer], None]) -> Outcome:
     """Read, validate and load what a reload switches to (on the reload thread)."""
     from ..model.bundle import BundleError, load_bundle

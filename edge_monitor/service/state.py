@@ -143,13 +143,6 @@ class SavedState:
     problems: list[str] = field(default_factory=list)  # what could not be used, to log
 
 
-def windowing_of(meta: Any) -> dict:
-    """How a bundle cuts windows (its channels, window and stable-region specs), as the state file
-    records it: open cuts windowed this way can be taken over by any model that shares it."""
-    return {"channels": list(meta.channels), "window": meta.window.to_dict(),
-            "stable_region": meta.stable_region.to_dict()}
-
-
 def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], warn: Callable[..., Any],
            now: float = 0.0) -> tuple[dict[str, AlarmTracker], list[str]]:
     """Bring ``fleet`` back to where the state file and the retained alarms leave it: every
@@ -178,9 +171,9 @@ class StateFile:
 
     def read(self, model: str, windowing: dict | None = None) -> SavedState:
         """What can be used of the file: open cuts of ``model``, or of another model that cut
-        windows the same way (``windowing``, :func:`windowing_of`: after a reload, or a restart
-        with a new bundle; their scores so far are dropped at :func:`resume`, as a reload drops
-        them). Never raises: a file that cannot be used at all is a problem to log."""
+        windows the same way (``windowing``, ``model.meta.windowing_of``: after a reload, or a
+        restart with a new bundle; their scores so far are dropped at :func:`resume`, as a reload
+        drops them). Never raises: a file that cannot be used at all is a problem to log."""
         saved = SavedState()
         if self.path is None:
             return saved
@@ -226,7 +219,7 @@ class StateFile:
     def compose(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None) -> str:
         """The file's text: ``streams`` holds each machine's open cut already as JSON text
         (checkpoint.snapshot_text), so that only the machines that changed are encoded again;
-        ``windowing`` says how they were cut into windows (:func:`windowing_of`)."""
+        ``windowing`` says how they were cut into windows (``model.meta.windowing_of``)."""
         head = {"format": STATE_FORMAT, "model": model, "machines": alarms}
         if windowing is not None:
             head["windowing"] = windowing
@@ -238,22 +231,38 @@ class StateFile:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        tmp = write_synced(self.path.parent, f".{self.path.name}.", text + "\n")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
-        # The rename itself is durable only once the directory is (a power cut could undo it).
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        sync_directory(self.path.parent)  # the rename is durable only once the directory is
+
+
+def write_synced(directory: Path, prefix: str, text: str) -> Path:
+    """A new file in ``directory`` (its name starts with ``prefix``) holding ``text``, on disk
+    (flushed and fsynced) when this returns; removed again if writing fails. The state file's
+    first step, and ``edge-monitor check``'s probe of the state directory."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the directory's entries durable (a rename or a removal in it survives a power cut)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_retained_alarms(
