@@ -129,6 +129,27 @@ class Broker:
             self.process.wait()
         self._close()
 
+    def save(self, timeout: float = 10.0) -> None:
+        """Have the running broker write its database now (SIGUSR1), as its autosave does, and wait
+        until the new file is in place (Mosquitto writes a temporary file and renames it)."""
+        assert self.persistence and self.running and self.process is not None
+        db = self.workdir / "mosquitto.db"
+
+        def identity():
+            try:
+                st = db.stat()
+            except FileNotFoundError:
+                return None
+            return st.st_ino, st.st_mtime_ns, st.st_size
+
+        before = identity()
+        os.kill(self.process.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while identity() == before:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not write {db} within {timeout} s of SIGUSR1{self.log_tail()}")
+            time.sleep(0.01)
+
     def restart(self, down_seconds: float = 0.0, timeout: float = 10.0) -> None:
         """Stop gracefully, stay away ``down_seconds``, start again on the same port with the same
         persistence directory (sessions and queued messages survive)."""

@@ -149,7 +149,7 @@ class Monitor:
 
     def _on_out_connect(self, client, userdata, flags, reason, properties) -> None:
         if not reason.is_failure:
-            self._out_reconnected.set()  # the main loop publishes the status again (the will may have fired)
+            self._out_reconnected.set()  # the main loop puts the alarms and the status back
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         which = "inputs" if client is self.client else "outputs"
@@ -235,7 +235,7 @@ class Monitor:
             self._confirm()
             if self._out_reconnected.is_set():
                 self._out_reconnected.clear()
-                self._publish_status()
+                self._announce_again()
             if self.reloader is not None and self.reloader.busy and not self._stop.is_set():
                 outcome = self.reloader.poll(self.config, self.meta)
                 if isinstance(outcome, Prepared):
@@ -298,13 +298,24 @@ class Monitor:
         self._connections += 1
         self._connected_at = time.monotonic()
         if self._connections > 1 and not item.session_present:
-            # A broker that lost our session (restarted without persistence) lost its retained
-            # messages too: dashboards must see the alarm states again now, not at our next start.
-            announcements = self.fleet.announcements()
-            self.outbox.publish(announcements)
-            self.log.warning("session_lost", republished=len(announcements))
+            # The broker lost the session (restarted without its database): what data acquisition
+            # sent between the broker's return and this subscription was not queued for us.
+            self.log.warning("session_lost", detail="inputs sent while the monitor was not subscribed "
+                             "were not kept by the broker; gaps in the cuts will say which")
         self._publish_status()  # back online after a reconnect (the will may have fired)
         systemd.status(self._status_text())
+
+    def _announce_again(self) -> None:
+        """The output connection is back: put every machine's alarm state and the status on the
+        broker again, whatever it kept. A broker restored from an older database (a crash) keeps
+        the sessions it had saved, so ``session_present`` proves nothing about the retained topics:
+        an alarm raised or cleared after that save is gone from them. One retained message per
+        machine per reconnection; the monitor's state wins over whatever the broker kept, as at
+        start. Dashboards see the same ``state`` and ``since`` again: a repeat, not a transition."""
+        announcements = self.fleet.announcements()
+        self.checkpoints.published(self.outbox.publish(announcements))
+        self._publish_status()
+        self.log.info("alarms_announced_again", machines=len(announcements))
 
     def _reject(self, topic: str, reason: str, stage: str) -> None:
         """``stage``: where it was refused, the label of the metric (metrics.REJECT_STAGES)."""

@@ -56,8 +56,12 @@ class BrokerSettings(Spec):
     keepalive: int = setting(30, low=5, high=65535)  # seconds
     session_expiry: int = setting(3600, low=1, high=2**32 - 1, why=(
         "seconds the broker keeps the session and queues inputs while the monitor is away"))
-    reconnect_min_delay: int = setting(1, in_file=False)  # seconds; doubled after each failed attempt ...
-    reconnect_max_delay: int = setting(30, in_file=False)  # ... up to this
+    # Reconnecting (see Reconnect): while the broker's port refuses connections, an attempt every
+    # reconnect_poll_delay seconds; when the broker itself refuses (a login, TLS), reconnect_min_delay
+    # doubled after each failed attempt up to reconnect_max_delay.
+    reconnect_poll_delay: float = setting(0.5, in_file=False)
+    reconnect_min_delay: float = setting(0.5, in_file=False)
+    reconnect_max_delay: float = setting(30, in_file=False)
 
     @property
     def address(self) -> str:
@@ -140,7 +144,7 @@ def make_client(
     if will is not None:
         topic, payload, qos, retain = will
         client.will_set(topic, payload, qos, retain)
-    client.reconnect_delay_set(settings.reconnect_min_delay, settings.reconnect_max_delay)
+    Reconnect(settings).install(client)
     client.on_socket_open = _no_delay
     client.connect_timeout = TCP_CONNECT_TIMEOUT
     properties = None
@@ -155,6 +159,55 @@ def make_client(
         settings.host, settings.port, settings.keepalive, clean_start=clean_start, properties=properties
     )
     return client
+
+
+class Reconnect:
+    """When paho tries again after the connection dropped: back online within a poll of the
+    broker's return, without hammering a broker that refuses the monitor.
+
+    paho's own back-off doubles the wait after every failed attempt, so after a broker restart of
+    a few seconds the monitor sat out the last wait (1, 2, 4 s) while the broker was already
+    there again. What a failed attempt costs decides the wait instead: a port that refuses the
+    connection (the broker is down or restarting) costs nothing, so it is tried every
+    ``reconnect_poll_delay``; a broker that answers and refuses (its login, its TLS, a broker
+    refusing new clients) pays a handshake per attempt, so those back off exponentially from
+    ``reconnect_min_delay`` up to ``reconnect_max_delay``, as does any attempt after one that got
+    through (a client kicked out again and again). paho calls ``on_pre_connect`` before every
+    attempt and ``on_connect_fail`` when it fails before the broker has answered; the wait it
+    computes next follows the delays set here (``reconnect_delay_set`` resets its doubling)."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.address = (settings.host, settings.port)
+        self.poll = settings.reconnect_poll_delay
+        self.backoff = (settings.reconnect_min_delay, settings.reconnect_max_delay)
+        self.polling = False
+
+    def install(self, client: paho.Client) -> None:
+        client.reconnect_delay_set(*self.backoff)
+        client.on_pre_connect = self._attempt
+        client.on_connect_fail = self._failed
+
+    def _attempt(self, client: paho.Client, userdata: object) -> None:
+        if self.polling:  # back off should this attempt get through and be refused, or kicked out
+            self.polling = False
+            client.reconnect_delay_set(*self.backoff)
+
+    def _failed(self, client: paho.Client, userdata: object) -> None:
+        if not self.polling and port_down(*self.address):
+            self.polling = True
+            client.reconnect_delay_set(self.poll, self.poll)
+
+
+def port_down(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether ``host:port`` refuses a TCP connection or cannot be reached: nothing listens there
+    yet. A host name that does not resolve is a mistake to report, not a broker to wait for."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except socket.gaierror:
+        return False
+    except OSError:
+        return True
+    return False
 
 
 def _str(path: Path | None) -> str | None:
