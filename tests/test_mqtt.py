@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import paho.mqtt.client as paho
 import pytest
@@ -89,6 +91,45 @@ def test_reconnects_by_itself_after_a_broker_restart(broker):
         payloads = [m.payload for m in received]
         assert payloads in ([b"before", b"after"], [b"before", b"before", b"after"],
                             [b"before", b"after", b"before"]), payloads
+
+
+def test_reconnect_polls_a_port_that_refuses_and_backs_off_from_one_that_answers(broker):
+    """While nothing listens on the broker's port, an attempt every 0.5 s (back soon after the
+    broker); once something answers there and hangs up (a broker refusing the client), the waits
+    double instead of polling it."""
+    client = make_client(settings(broker, "reconnect-policy"), clean_start=True)
+    attempts: list[float] = []
+    policy = client.on_pre_connect
+    client.on_pre_connect = lambda c, u: (attempts.append(time.monotonic()), policy(c, u))
+    connect(client)
+    attempts.clear()
+    listener = socket.socket()
+    try:
+        broker.kill()
+        time.sleep(3.0)
+        polled = len(attempts)
+        assert 4 <= polled <= 8, f"{polled} attempts in 3 s while the port refused (wanted one every 0.5 s)"
+
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((broker.host, broker.port))
+        listener.listen(16)
+        listener.settimeout(0.2)
+
+        def hang_up() -> None:
+            while listener.fileno() != -1:
+                try:
+                    listener.accept()[0].close()
+                except OSError:
+                    continue
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        attempts.clear()
+        time.sleep(4.0)
+        # polling would make 8; backing off from 0.5 s: about 0.5, 1, 2 s apart
+        assert 1 <= len(attempts) <= 5, f"{len(attempts)} attempts in 4 s against a port that hangs up"
+    finally:
+        listener.close()
+        disconnect(client)
 
 
 def test_will_is_published_when_the_client_dies(broker):
