@@ -40,11 +40,13 @@ DEFAULT_CASES = "13,9,14,3"  # three tools that wear out and one that does not
 
 def local_broker(workdir: Path, machines: list[str]):
     """Mosquitto with the deploy configuration, set up as install.sh sets up a box but in a folder
-    and on free ports: the same set-up the deployment tests use (tests/deploy_broker.py)."""
+    and on free ports: the same set-up the deployment tests use (tests/deploy_broker.py). With the
+    demo user `replay` (make-users.sh --replay), which plays every machine and sends the resets;
+    a box installed by install.sh has no such user."""
     sys.path.insert(0, str(HERE.parent / "tests"))
     from deploy_broker import DeployBroker
 
-    return DeployBroker(workdir, tuple(machines), root=ROOT)
+    return DeployBroker(workdir, tuple(machines), root=ROOT, replay=True)
 
 
 @dataclass

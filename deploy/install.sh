@@ -9,10 +9,13 @@
 #                                             `nvidia-smi -L` lists a GPU
 #   PREFIX/etc/edge-monitor/config.yaml       the daemon's configuration (never overwritten)
 #   PREFIX/etc/edge-monitor/secrets/          broker passwords (deploy/mosquitto/make-users.sh)
+#   PREFIX/etc/edge-monitor/test-ca/          the test CA's private key (root only), on a first
+#                                             install: never in the broker's certs/
 #   PREFIX/var/lib/edge-monitor/bundle        the model bundle in use: a symlink to bundles/<model id>
 #                                             (in the service's state directory)
 #   PREFIX/etc/mosquitto/conf.d/edge-monitor.conf and PREFIX/etc/mosquitto/edge-monitor/
-#                                             the broker: listeners, passwd, acl, test CA in certs/
+#                                             the broker: listeners, passwd, acl, certs/ (from a
+#                                             test CA on a first install); no demo user `replay`
 #   PREFIX/usr/local/share/edge-monitor/mosquitto/   the broker scripts, to add machines later
 #   PREFIX/etc/systemd/system/edge-monitor.service
 # and, without --prefix: the Debian packages it needs (python3-venv mosquitto mosquitto-clients
@@ -294,7 +297,9 @@ put_file "$WORK/edge-monitor.conf" "$MOSQ_CONFD/edge-monitor.conf" 0644
 put_file "$HERE/mosquitto/bridge.conf.example" "$MOSQ_DIR/bridge.conf.example" 0644
 
 # Users and passwords: made once (make-users.sh writes new password hashes every time it runs);
-# again only when a --machine is not a user yet.
+# again only when a --machine is not a user yet. --no-replay: a box installed here has no demo user
+# `replay` (which may publish as any machine); one made by hand with make-users.sh --replay is
+# deleted when this runs make-users.sh.
 ensure_dir "$ETC" 0755
 group_opt=()
 monitor_owner=()
@@ -314,13 +319,16 @@ if [ "$need_users" = 1 ]; then
   CHANGED_BROKER=1
   CHANGED_SERVICE=1
 else
-  say "unchanged broker users in $MOSQ_DIR/passwd (add machines: $SHARE/mosquitto/make-users.sh --no-replay MACHINE)"
+  say "unchanged broker users in $MOSQ_DIR/passwd (add machines: $SHARE/mosquitto/make-users.sh MACHINE)"
 fi
 # A test CA for a first install: a production box puts its plant's certificates there instead.
-if [ -f "$MOSQ_DIR/certs/server.crt" ] && [ -f "$MOSQ_DIR/certs/server.key" ]; then
+# The CA's private key goes to $ETC/test-ca (root only), not into the broker's certs/: with
+# use_identity_as_username it would sign in as any user. A key that an earlier install left in
+# certs/ is moved there.
+if [ -f "$MOSQ_DIR/certs/server.crt" ] && [ -f "$MOSQ_DIR/certs/server.key" ] && [ ! -f "$MOSQ_DIR/certs/ca.key" ]; then
   say "unchanged TLS certificates in $MOSQ_DIR/certs"
 else
-  run "$HERE/mosquitto/make-test-ca.sh" "${group_opt[@]}" "$MOSQ_DIR/certs"
+  run "$HERE/mosquitto/make-test-ca.sh" "${group_opt[@]}" --ca-key-dir "$ETC/test-ca" "$MOSQ_DIR/certs"
   CHANGED_BROKER=1
 fi
 
@@ -433,12 +441,16 @@ fi
 
 # `edge-monitor check` (docs/deploy.md, "Checking an installation"), as the service user: the
 # configuration, the bundle and its model (the TensorFlow step the unit's ExecStartPre leaves out),
-# the state directory, the broker logins and the ACL. The broker part is skipped while the monitor
-# runs (logging in as its users would take over its connections); the unit's ExecStartPre ran it
+# the state directory, the broker's listeners (a WARN line, not a failure, for one that lets a
+# client choose its id), the broker logins and the ACL. The logins are skipped while the monitor
+# runs (logging in as its users would take over its connections); the unit's ExecStartPre ran them
 # before the monitor started. Where this script starts no broker (--prefix, no systemd), a broker
 # that cannot be reached is not a failure.
 check=("$OPT/bin/edge-monitor" check --config "$ETC/config.yaml")
 if [ "$PRIVILEGED" = 0 ] || [ ! -d /run/systemd/system ]; then check+=(--broker-may-be-down); fi
+# The broker's listeners: Debian's /etc/mosquitto/mosquitto.conf (the check's default); under
+# --prefix no main configuration is installed, so the drop-in's own listeners.
+if [ "$PRIVILEGED" = 0 ]; then check+=(--broker-conf "$MOSQ_CONFD/edge-monitor.conf"); fi
 if [ "$PRIVILEGED" = 1 ]; then check=(runuser -u "$SERVICE_USER" -- "${check[@]}"); fi
 if [ "$DRY_RUN" = 1 ]; then
   run "${check[@]}"

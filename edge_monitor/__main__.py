@@ -49,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="check an installation end to end, a line per check",
         description="Check an installation end to end: the configuration, the bundle (and its model), the "
-                    "state directory, and the broker: both users' logins and the ACL. A line per check; exit "
-                    "code 1 when any fails. The broker checks are skipped while a monitor with this "
-                    "configuration runs: logging in as its users would take over its connections.",
+                    "state directory, and the broker: its listeners (a WARN line for one that lets clients "
+                    "choose their ids), both users' logins and the ACL. A line per check; exit code 1 when any "
+                    "fails. The broker logins are skipped while a monitor with this configuration runs: logging "
+                    "in as its users would take over its connections.",
     )
     check.add_argument("--config", default="config.yaml", help="configuration file (default: %(default)s)")
     check.add_argument("--broker", metavar="HOST:PORT", help="broker address (overrides broker.host/port)")
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--broker-may-be-down", action="store_true",
                        help="a broker that cannot be reached is a skipped check, not a failure (the unit's "
                             "ExecStartPre: at boot the broker may still be starting)")
+    check.add_argument("--broker-conf", metavar="PATH",
+                       help="Mosquitto's main configuration, to check that every listener takes client ids from "
+                            "user names (default: /etc/mosquitto/mosquitto.conf when the broker is on this host)")
     check.set_defaults(func=_check)
 
     bench = commands.add_parser(
@@ -122,7 +126,7 @@ def _check(args: argparse.Namespace) -> int:
 
     overrides = {"broker": args.broker, "bundle": args.bundle, "root": args.root, "instance": args.instance}
     return run_check(args.config, overrides, load_model=not args.no_model,
-                     broker_may_be_down=args.broker_may_be_down)
+                     broker_may_be_down=args.broker_may_be_down, broker_conf=args.broker_conf)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """A real Mosquitto with the edge box's deploy configuration (``deploy/mosquitto/``), for tests.
 
 It is set up the way ``install.sh`` sets up a box, only in a folder and on free ports:
-``make-test-ca.sh`` issues the TLS certificates, ``make-users.sh`` creates the users, their
-password files and the ACL, and ``edge-monitor.conf`` is rendered from its template into a
+``make-test-ca.sh`` issues the TLS certificates (the test CA's key in a folder of its own, as
+``install.sh`` does), ``make-users.sh`` creates the users, their password files and the ACL (the
+demo user ``replay`` only when asked for), and ``edge-monitor.conf`` is rendered from its template into a
 ``conf.d`` folder that a main configuration includes, as Debian's ``/etc/mosquitto/mosquitto.conf``
 does (that file also holds what the deploy file must not repeat: persistence location and log).
 """
@@ -43,24 +44,27 @@ def run_script(name: str, *args: str) -> str:
 
 class DeployBroker(Broker):
     """Mosquitto with the deploy configuration. ``conf_d`` adds more files to its ``conf.d``
-    (e.g. a bridge); ``port`` is the loopback listener, ``tls_port`` the TLS one."""
+    (e.g. a bridge); ``port`` is the loopback listener, ``tls_port`` the TLS one; ``replay``: the
+    demo user too (``make-users.sh --replay``)."""
 
     def __init__(self, workdir: Path, machines: tuple[str, ...], *, root: str = "mill",
                  conf_d: dict[str, str] | None = None, dashboards: tuple[str, ...] = (),
-                 extra_users: dict[str, str | tuple[str, ...]] | None = None) -> None:
+                 extra_users: dict[str, str | tuple[str, ...]] | None = None, replay: bool = False) -> None:
         super().__init__(workdir)
         self.root = root
         self.tls_port = free_port()
         self.etc = self.workdir / "etc"  # @CONFDIR@: passwd, acl, certs/
         self.certs = self.etc / "certs"
+        self.ca_key_dir = self.workdir / "test-ca"  # outside @CONFDIR@, as install.sh's /etc/edge-monitor/test-ca
         self.secrets = self.workdir / "secrets"
         self.conf_d = self.workdir / "conf.d"
         self.data = self.workdir / "data"
-        self.ca_output = run_script("make-test-ca.sh", "--broker-group", "", str(self.certs))
+        self.ca_output = run_script("make-test-ca.sh", "--broker-group", "", "--ca-key-dir", str(self.ca_key_dir),
+                                    str(self.certs))
         boards = [arg for d in dashboards for arg in ("--dashboard", d)]
         self.users_output = run_script(
             "make-users.sh", "--confdir", str(self.etc), "--secrets", str(self.secrets), "--root", root,
-            "--broker-group", "", *boards, *machines,
+            "--broker-group", "", *(["--replay"] if replay else []), *boards, *machines,
         )
         for user, role in (extra_users or {}).items():
             self._add_user(user, role)
@@ -74,7 +78,8 @@ class DeployBroker(Broker):
 
     def _add_user(self, user: str, roles: str | tuple[str, ...]) -> None:
         """A test instrument: ``user`` with the rights of ``roles`` (the broker takes a client's id
-        from its user name, so two connections with one role at once need two users)."""
+        from its user name, so two connections with one role at once need two users); a role
+        that is an ACL line (``topic read #``) is taken as it is."""
         password = f"{user}-secret"
         self.password_file(user).write_text(password + "\n")
         subprocess.run(["mosquitto_passwd", "-b", str(self.etc / "passwd"), user, password],
@@ -82,6 +87,9 @@ class DeployBroker(Broker):
         acl = (self.etc / "acl").read_text().splitlines()
         rights = []
         for role in (roles,) if isinstance(roles, str) else roles:
+            if role.startswith("topic "):
+                rights.append(role)
+                continue
             for line in acl[acl.index(f"user {role}") + 1:]:
                 if line.startswith("user "):
                     break

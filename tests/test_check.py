@@ -1,10 +1,11 @@
 """``edge-monitor check`` against a real Mosquitto with the deployed configuration (users, password
 files, ACL and TLS from ``deploy/mosquitto/``, see ``tests/deploy_broker.py``): it passes there, and
-each broken piece fails with its own line; a running monitor is left alone, and a stopped one's
-persistent session is left as found."""
+each broken piece fails with its own line; a listener that lets clients choose their ids is a
+warning; a running monitor is left alone, and a stopped one's persistent session is left as found."""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
@@ -22,7 +23,8 @@ from deploy_broker import DeployBroker
 
 from edge_monitor.__main__ import main
 from edge_monitor.core.channels import CHANNELS
-from edge_monitor.service.check import daemon_config, running_monitors
+from edge_monitor.service.broker_conf import read_broker_conf
+from edge_monitor.service.check import daemon_config, on_this_host, running_monitors
 from edge_monitor.service.mqtt import connect, disconnect, make_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +56,8 @@ def bundle(tmp_path_factory) -> Path:
     return path
 
 
-def start_broker(workdir: Path, acl_edit=None) -> DeployBroker:
-    broker = DeployBroker(workdir, ("mill-01",))
+def start_broker(workdir: Path, acl_edit=None, conf_d: dict[str, str] | None = None) -> DeployBroker:
+    broker = DeployBroker(workdir, ("mill-01",), conf_d=conf_d)
     if acl_edit is not None:
         acl = broker.etc / "acl"
         acl.write_text(acl_edit(acl.read_text()))
@@ -112,7 +114,7 @@ def failures(lines: list[str]) -> list[str]:
 def test_passes_on_the_deployed_broker(broker, bundle, tmp_path, tls, capsys):
     config = write_config(tmp_path, broker, bundle, tls=tls)
     # the full check (the model loads) once; over TLS the quick one the unit runs before each start
-    code, lines = check(config, *(["--no-model"] if tls else []), capsys=capsys)
+    code, lines = check(config, "--broker-conf", str(broker.conf), *(["--no-model"] if tls else []), capsys=capsys)
     assert code == 0 and failures(lines) == []
     where = f"127.0.0.1:{broker.tls_port} over TLS" if tls else f"127.0.0.1:{broker.port}"
     assert lines[0] == f"ok    config {config}"
@@ -120,6 +122,8 @@ def test_passes_on_the_deployed_broker(broker, bundle, tmp_path, tls, capsys):
     assert ("skip  model model.keras not loaded (--no-model: no TensorFlow)" in lines) == tls
     assert any(line.startswith("ok    model model.keras loads on cpu (windows of 16 x 6") for line in lines) != tls
     assert f"ok    state {tmp_path / 'state'}: user " in "\n".join(lines)
+    assert (f"ok    broker listeners in {broker.conf}: listener {broker.port} 127.0.0.1, listener {broker.tls_port} take "
+            "client ids from user names (use_username_as_clientid true)") in lines
     assert any(line.startswith(f"ok    broker login as edge-monitor at {where} (the monitor's client id "
                                "edge-monitor-edge-1; ") for line in lines)
     assert f"ok    broker login as edge-monitor-out at {where} (the monitor's client id edge-monitor-edge-1-out)" in lines
@@ -255,6 +259,124 @@ def test_the_quick_form_loads_no_tensorflow_and_a_broker_down_is_skipped_only_wh
     assert code == 1 and failures(lines) == [
         f"FAIL  broker 127.0.0.1:{port} not reachable (connection refused (is the broker running and listening on "
         "that port?))"]
+
+
+# ------------------------------------------------------------------------------------ the broker's listeners
+
+
+def test_a_listener_without_use_username_as_clientid_warns_and_is_a_real_hole(bundle, tmp_path, capsys):
+    """A drop-in adds a listener without the setting: the check says so (a warning, not a failure),
+    naming the file, the listener and the fix; and on that listener a dashboard's user does take
+    over the monitor's session."""
+    from broker import free_port
+
+    port = free_port()
+    extra = f"# an integrator's extra listener\nlistener {port} 127.0.0.1\nprotocol mqtt\n"
+    broker = start_broker(tmp_path / "broker", conf_d={"zz-extra.conf": extra})
+    try:
+        code, lines = check(write_config(tmp_path, broker, bundle), "--no-model", "--broker-conf", str(broker.conf),
+                            capsys=capsys)
+        assert code == 0 and failures(lines) == []
+        assert [line for line in lines if line.startswith("WARN")] == [
+            f"WARN  broker listener {port} 127.0.0.1 ({broker.conf_d}/zz-extra.conf:2) lets a client choose its client "
+            "id: any client that signs in there can take over another one's session, the monitor's and the inputs "
+            "queued for it included; add `use_username_as_clientid true` below that line, in that file (a listener "
+            "setting belongs to the last `listener` line above it in the same file), then restart mosquitto"]
+        assert (f"ok    broker listeners in {broker.conf}: listener {broker.port} 127.0.0.1, listener {broker.tls_port} "
+                "take client ids from user names (use_username_as_clientid true)") in lines
+        assert re.fullmatch(r"check passed: \d+ ok, 1 skipped, 1 warning", lines[-1])  # skipped: --no-model
+
+        # the hole: the monitor's input connection (client id = its user name), then user scada on
+        # the extra listener asking for that id
+        dropped = threading.Event()
+        monitor = make_client(broker.settings("edge-monitor", "ignored", session_expiry=300), clean_start=False)
+        monitor.on_disconnect = lambda c, u, f, reason, p: dropped.set()
+        connect(monitor)
+        intruder = make_client(dataclasses.replace(broker.settings("scada", "edge-monitor"), port=port,
+                                                   reconnect_max_delay=3600), clean_start=False)
+        try:
+            connect(intruder)
+            assert dropped.wait(5), "the monitor's connection was not taken over"
+            assert re.search(rf"New client connected from 127\.0\.0\.1:\d+ as edge-monitor \(.*u'scada'\)",
+                             broker.log.read_text())
+        finally:
+            disconnect(intruder)
+            disconnect(monitor)
+    finally:
+        broker.kill()
+
+
+def test_a_listener_setting_before_a_files_first_listener_goes_to_the_default_listener(broker, bundle, tmp_path,
+                                                                                       capsys):
+    """Read as Mosquitto 2.0 reads it (not started: the default listener would open port 1883 on
+    every interface): a drop-in that sets use_username_as_clientid before its `listener` line
+    protects the default listener it opens, not its own."""
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "edge-monitor.conf").write_text((broker.conf_d / "edge-monitor.conf").read_text())
+    (conf_d / "extra.conf").write_text("use_username_as_clientid true\nlistener 18884 127.0.0.1\n")
+    main = tmp_path / "mosquitto.conf"
+    main.write_text(broker.conf.read_text().replace(f"include_dir {broker.conf_d}", f"include_dir {conf_d}"))
+    code, lines = check(write_config(tmp_path, broker, bundle), "--no-model", "--broker-conf", str(main), capsys=capsys)
+    assert code == 0
+    assert [line[:80] for line in lines if line.startswith("WARN")] == [
+        f"WARN  broker listener 18884 127.0.0.1 ({conf_d}/extra.conf:2) lets a client choose its client id: an"[:80]]
+    assert (f"ok    broker listeners in {main}: Mosquitto's default listener (port 1883, every interface), listener "
+            f"{broker.port} 127.0.0.1, listener {broker.tls_port} take client ids from user names "
+            "(use_username_as_clientid true)") in lines
+
+
+def test_listeners_are_read_as_mosquitto_reads_them(tmp_path):
+    """include_dir in the main file only, in Mosquitto's order; each file's settings go to its own
+    last listener; per_listener_settings moves the security settings, not use_username_as_clientid."""
+    inc = tmp_path / "conf.d"
+    inc.mkdir()
+    for name, text in {"b.conf": "listener 4 127.0.0.1\nuse_username_as_clientid true\n",
+                       "A.conf": "listener 2\n", "a.conf": "listener 3\nuse_username_as_clientid false\n",
+                       "00.conf": f"listener 1\nuse_username_as_clientid true\ninclude_dir {tmp_path}/never\n",
+                       "README": "listener 9\n", ".conf": "listener 9\n"}.items():
+        (inc / name).write_text(text)
+    main = tmp_path / "main.conf"
+    main.write_text(f"# Debian's\npid_file /run/mosquitto/mosquitto.pid\ninclude_dir {inc}\n")
+    conf = read_broker_conf(main)
+    assert [(lst.name, lst.username_as_clientid) for lst in conf.listeners] == [
+        ("listener 1", True), ("listener 2", False), ("listener 3", False), ("listener 4 127.0.0.1", True)]
+    assert conf.unread == []
+
+    # per_listener_settings true: a password_file before any listener makes the default listener
+    for per_listener, default in (("false", False), ("true", True)):
+        main.write_text(f"per_listener_settings {per_listener}\npassword_file /x\nlistener 5\n"
+                        "use_username_as_clientid true\n")
+        listeners = read_broker_conf(main).listeners
+        assert [lst.default for lst in listeners] == ([True, False] if default else [False])
+        assert listeners[-1].name == "listener 5" and listeners[-1].username_as_clientid
+        if default:
+            assert listeners[0].made_by == "password_file /x" and not listeners[0].username_as_clientid
+
+    # nothing configured: Mosquitto's local-only listener, without the setting
+    main.write_text("persistence true\n")
+    [local] = read_broker_conf(main).listeners
+    assert local.local_only and not local.username_as_clientid
+
+    # a file the check may not read is named, not guessed at
+    (inc / "b.conf").chmod(0)
+    try:
+        if os.geteuid() != 0:
+            main.write_text(f"include_dir {inc}\n")
+            assert read_broker_conf(main).unread == [(inc / "b.conf", "Permission denied")]
+    finally:
+        (inc / "b.conf").chmod(0o644)
+
+
+def test_a_broker_configuration_that_cannot_be_read_is_skipped(broker, bundle, tmp_path, capsys):
+    missing = tmp_path / "no-such" / "mosquitto.conf"
+    code, lines = check(write_config(tmp_path, broker, bundle), "--no-model", "--broker-conf", str(missing),
+                        capsys=capsys)
+    assert code == 0
+    assert (f"skip  broker listeners: cannot read {missing} (No such file or directory): not checked (a broker "
+            "installed otherwise than by Debian's package: --broker-conf PATH names its main configuration)") in lines
+    assert on_this_host("127.0.0.1") and on_this_host("::1") and on_this_host("localhost")
+    assert not on_this_host("edge-01.plant.example") and not on_this_host("192.0.2.7")
 
 
 # ------------------------------------------------------------------------------------ the monitor's session

@@ -5,7 +5,9 @@ broker, and the real monitor daemon working end to end under all of it.
 
 Unauthorised publishes are checked from both sides: MQTT 5 publishers get the reason code "Not
 authorized" on QoS 1, MQTT 3.1.1 ones get a plain acknowledgement (Mosquitto drops the message
-silently), and in both cases observers with read rights on every topic see nothing arrive.
+silently), and in both cases observers with read rights on every topic see nothing arrive. So are
+packets over the broker's max_packet_size: the publisher is disconnected, nobody receives them, and
+everyone else goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from daemon_support import Collector, Daemon, model_fixture
 from deploy_broker import DEPLOY, PLACEHOLDER, DeployBroker, render
 
 from edge_monitor.archive.replay import replay_cuts
+from edge_monitor.core.channels import CHANNELS
+from edge_monitor.core.inbound import Limits
 from edge_monitor.service.mqtt import (
     BrokerError,
     BrokerSettings,
@@ -62,8 +66,8 @@ class CentralBroker(Broker):
         super().__init__(workdir)
         self.tls_port = free_port()
         self.certs = self.workdir / "certs"
-        subprocess.run([str(DEPLOY / "make-test-ca.sh"), "--broker-group", "", str(self.certs)],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run([str(DEPLOY / "make-test-ca.sh"), "--broker-group", "", "--ca-key-dir",
+                        str(self.workdir / "test-ca"), str(self.certs)], check=True, capture_output=True, timeout=60)
         self.password = "central-secret"
         self.passwd = self.workdir / "passwd"
         subprocess.run(["mosquitto_passwd", "-c", "-b", str(self.passwd), CENTRAL_USER, self.password],
@@ -98,7 +102,10 @@ def edge(tmp_path_factory, central):
     })
     # One connection per user (use_username_as_clientid): clients that run at once get users of their own.
     b = DeployBroker(tmp_path_factory.mktemp("edge-broker"), MACHINES, root=ROOT, conf_d={"bridge.conf": bridge},
-                     dashboards=("observe", "late", "operator"), extra_users={"observe-monitor": ("edge-monitor", "edge-monitor-out")})
+                     dashboards=("observe", "late", "operator"), replay=True,
+                     extra_users={"observe-monitor": ("edge-monitor", "edge-monitor-out"),
+                                  # may read every topic there is (two: one connection per user)
+                                  "observe-all": "topic read #", "observe-all-late": "topic read #"})
     b.start()
     try:
         yield b
@@ -178,6 +185,34 @@ def observers(edge):
         outputs.close()
 
 
+@pytest.fixture
+def everything(edge):
+    """A reader of every topic there is (``topic read #``): what the ACL refuses must not reach it."""
+    observer = Observer(edge.settings("observe-all", cid("observe-all")), ["#"])
+    try:
+        yield observer
+    finally:
+        observer.close()
+
+
+def retained_under_root(edge) -> list[tuple[str, bytes]]:
+    """Every retained message under the root, as a new subscriber gets them: a reader of every
+    topic subscribes, then the monitor's output user publishes a marker, which arrives after them."""
+    late = Observer(edge.settings("observe-all-late", cid("late")), [f"{ROOT}/#"])
+    try:
+        marker = b'"retained-marker-%d"' % next(_ids)
+        monitor = Publisher5(edge.settings("edge-monitor-out", cid("monitor")))
+        try:
+            assert monitor.publish(f"{ROOT}/_monitor/test/sync", marker) == "Success"
+        finally:
+            monitor.close()
+        assert late.wait(lambda: late.got(marker))
+        with late._cond:
+            return [(t, p) for (t, p), (_, _, retained) in zip(late.raw, late.messages) if retained]
+    finally:
+        late.close()
+
+
 def settle(observers, sentinel_cut: bytes, via: BrokerSettings) -> None:
     """Wait until everything published before now has reached both observers: a cut message
     (``sentinel_cut``, already published last by the client under test) reaches the inputs
@@ -205,6 +240,9 @@ def test_config_is_rendered_completely_and_listens_plain_on_loopback_only(edge):
     settings = {ln[0]: ln[1:] for ln in lines}
     assert settings["allow_anonymous"] == ["false"]
     assert int(settings["max_queued_messages"][0]) >= 439_200  # 20 machines x 1 h
+    # above the monitor's limits.max_payload_bytes (1 MiB) with room for topic and header
+    assert int(settings["max_packet_size"][0]) >= (1 << 20) + 64 * 1024
+    assert "message_size_limit" not in settings
     # The plain port is not reachable on another address of this host; the TLS one is.
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -236,36 +274,43 @@ def test_anonymous_and_wrong_passwords_are_refused(edge, tmp_path):
 DAQ_DENIED = (
     "mill-02/cut", "mill-02/signal/smcAC", "mill-01/alarm", "mill-02/alarm", "mill-01/score",
     "mill-01/summary", "mill-01/cmd", "_monitor/edge-1/status", "_monitor/edge-1/sync",
+    # its own machine, but not one of its exact topics: the cut and one signal topic per channel
+    "mill-01/signal", "mill-01/signal/smcAC/deeper", "mill-01/signal/not_a_channel", "mill-01/cut/extra",
 )
 
 
-def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt5(edge, observers):
+def test_a_machine_writes_its_exact_topics_only(edge):
+    """The generated block: the cut, and signal/<channel> for each of the monitor's channels."""
+    acl = (edge.etc / "acl").read_text().split("\n\n")
+    [block] = [b for b in acl if b.startswith("user daq-mill-01\n")]
+    assert block.strip().splitlines()[1:] == [f"topic write {ROOT}/mill-01/cut"] + [
+        f"topic write {ROOT}/mill-01/signal/{c}" for c in CHANNELS]
+
+
+def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt5(edge, observers, everything):
     daq = Publisher5(edge.settings("daq-mill-01", cid("daq-mill-01")))
     try:
-        assert daq.publish(f"{ROOT}/mill-01/signal/smcAC", b'"own-signal-5"') == "Success"
+        for c in CHANNELS:
+            assert daq.publish(f"{ROOT}/mill-01/signal/{c}", b'"own-signal-5"') == "Success", c
         for i, topic in enumerate(DAQ_DENIED):
-            code = daq.publish(f"{ROOT}/{topic}", b'"denied-5-%d"' % i, retain=topic.endswith("alarm"))
+            # retained: a topic the ACL let through would keep it for every later subscriber
+            code = daq.publish(f"{ROOT}/{topic}", b'"denied-5-%d"' % i, retain=True)
             assert code == "Not authorized", topic
         assert daq.publish(f"{ROOT}/mill-01/cut", b'"sentinel-5"') == "Success"
     finally:
         daq.close()
     settle(observers, b'"sentinel-5"', edge.settings("edge-monitor-out", cid("monitor")))
+    assert everything.wait(lambda: everything.got(b'"sentinel-5"'))
     inputs, outputs = observers
-    assert inputs.got(b'"own-signal-5"') == [f"{ROOT}/mill-01/signal/smcAC"]
+    assert inputs.got(b'"own-signal-5"') == [f"{ROOT}/mill-01/signal/{c}" for c in CHANNELS]
     for i in range(len(DAQ_DENIED)):
         assert inputs.got(b'"denied-5-%d"' % i) == outputs.got(b'"denied-5-%d"' % i) == []
+        assert everything.got(b'"denied-5-%d"' % i) == []
     # SCADA never sees raw inputs, though it subscribed to everything.
     assert not [t for t, _, _ in outputs.messages if "/signal/" in t or t.endswith("/cut")]
-    # No retained alarm was planted for a later subscriber either. (The broker sends a new
+    # No retained message was planted for a later subscriber either. (The broker sends a new
     # subscription's retained messages before anything published after it: the monitor's trick.)
-    sync = f"{ROOT}/_monitor/test/sync"
-    late = Observer(edge.settings("edge-monitor-out", cid("late")), [f"{ROOT}/+/alarm", sync])
-    try:
-        late.client.publish(sync, b"done", qos=1)
-        assert late.wait(lambda: late.got(b"done"))
-    finally:
-        late.close()
-    assert not [t for t, p in late.raw if p.startswith(b'"denied')]
+    assert not [t for t, p in retained_under_root(edge) if p.startswith(b'"denied')]
 
 
 def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt311(edge, observers):
@@ -287,13 +332,21 @@ def test_a_machine_cannot_publish_for_another_machine_nor_any_alarm_mqtt311(edge
     assert leaked == []
 
 
-def test_scada_may_send_commands_but_publish_nothing_else(edge, observers):
-    scada = Publisher5(edge.settings("scada", cid("scada"), tls=True))
+SCADA_DENIED = (
+    "mill-01/signal/smcAC", "mill-01/cut", "mill-01/alarm", "mill-01/score", "mill-01/summary",
+    "_monitor/edge-1/status",
+    # `+/cmd` matches the monitor's own level and an empty machine level too: denied by name
+    "_monitor/cmd", "/cmd",
+)
+
+
+@pytest.mark.parametrize("user", ["scada", "scada-operator"])  # the template's block and a generated one
+def test_scada_may_send_commands_but_publish_nothing_else(edge, observers, everything, user):
+    scada = Publisher5(edge.settings(user, cid(user), tls=True))
     try:
-        for i, topic in enumerate(("mill-01/signal/smcAC", "mill-01/cut", "mill-01/alarm", "mill-01/score",
-                                   "mill-01/summary", "_monitor/edge-1/status")):
+        for i, topic in enumerate(SCADA_DENIED):
             assert scada.publish(f"{ROOT}/{topic}", b'"scada-denied-%d"' % i) == "Not authorized", topic
-        assert scada.publish(f"{ROOT}/mill-01/cmd", b'"scada-cmd"') == "Success"
+        assert scada.publish(f"{ROOT}/mill-01/cmd", b'"scada-cmd-%s"' % user.encode()) == "Success"
     finally:
         scada.close()
     daq = Publisher5(edge.settings("daq-mill-01", cid("daq")))
@@ -302,17 +355,72 @@ def test_scada_may_send_commands_but_publish_nothing_else(edge, observers):
     finally:
         daq.close()
     settle(observers, b'"sentinel-scada"', edge.settings("edge-monitor-out", cid("monitor")))
+    assert everything.wait(lambda: everything.got(b'"sentinel-scada"'))
     inputs, outputs = observers
-    assert inputs.got(b'"scada-cmd"') == [f"{ROOT}/mill-01/cmd"]
-    leaked = [t for t, p in inputs.raw + outputs.raw if p.startswith(b'"scada-denied')]
+    assert inputs.got(b'"scada-cmd-%s"' % user.encode()) == [f"{ROOT}/mill-01/cmd"]
+    leaked = [t for t, p in inputs.raw + outputs.raw + everything.raw if p.startswith(b'"scada-denied')]
     assert leaked == []
 
 
+def test_scada_still_reads_the_monitors_status_and_errors(edge):
+    """The dashboards' deny lines name the two command topics exactly: a deny of the monitor's
+    whole level would hide its status and errors from them too (Mosquitto 2.0 checks denials
+    first, for reading as well)."""
+    dashboard = Observer(edge.settings("scada-observe", cid("status-reader"), tls=True),
+                         [f"{ROOT}/_monitor/+/status", f"{ROOT}/_monitor/+/errors"])
+    try:
+        monitor = Publisher5(edge.settings("edge-monitor-out", cid("monitor")))
+        try:
+            for leaf in ("status", "errors"):
+                assert monitor.publish(f"{ROOT}/_monitor/deny-test/{leaf}", b'"visible-%s"' % leaf.encode()) == "Success"
+        finally:
+            monitor.close()
+        assert dashboard.wait(lambda: dashboard.got(b'"visible-status"') and dashboard.got(b'"visible-errors"'))
+    finally:
+        dashboard.close()
+
+
+REPLAY_DENIED = (
+    # an empty machine level, and the monitor's own level, for every kind of input
+    "/cut", "/signal/smcAC", "/cmd", "_monitor/cut", "_monitor/signal/smcAC", "_monitor/cmd",
+    # no topic but a machine's exact ones, and no output
+    "mill-01/signal", "mill-01/signal/smcAC/deeper", "mill-01/signal/not_a_channel", "mill-01/alarm",
+    "mill-01/score",
+)
+
+
+def test_the_demo_user_writes_every_machines_exact_topics_only(edge, observers, everything):
+    replay = Publisher5(edge.settings("replay", cid("replay")))
+    try:
+        for c in CHANNELS:
+            assert replay.publish(f"{ROOT}/mill-02/signal/{c}", b'"replay-ok"') == "Success", c
+        assert replay.publish(f"{ROOT}/mill-02/cmd", b'"replay-cmd"') == "Success"
+        for i, topic in enumerate(REPLAY_DENIED):
+            code = replay.publish(f"{ROOT}/{topic}", b'"replay-denied-%d"' % i, retain=True)
+            assert code == "Not authorized", topic
+        assert replay.publish(f"{ROOT}/mill-01/cut", b'"sentinel-replay"') == "Success"
+    finally:
+        replay.close()
+    settle(observers, b'"sentinel-replay"', edge.settings("edge-monitor-out", cid("monitor")))
+    assert everything.wait(lambda: everything.got(b'"sentinel-replay"'))
+    inputs, _ = observers
+    assert len(inputs.got(b'"replay-ok"')) == len(CHANNELS) and inputs.got(b'"replay-cmd"')
+    assert [t for t, p in everything.raw if p.startswith(b'"replay-denied')] == []
+    assert not [t for t, p in retained_under_root(edge) if p.startswith(b'"replay-denied')]
+
+
+def max_packet_size(edge) -> int:
+    lines = [ln.split() for ln in edge.rendered.splitlines() if ln.strip() and not ln.startswith("#")]
+    return int({ln[0]: ln[1:] for ln in lines}["max_packet_size"][0])
+
+
 def test_an_oversized_payload_reaches_the_monitor_and_the_stream_goes_on(edge, observers):
-    """No broker-side size limit (see edge-monitor.conf): the monitor rejects the payload with a
-    reason on its errors topic, and the publisher's stream does not stall behind it."""
+    """Over the monitor's limits.max_payload_bytes but under the broker's max_packet_size: it
+    reaches the monitor, which rejects it with a reason on its errors topic, and the publisher's
+    stream does not stall behind it."""
     daq = Publisher5(edge.settings("daq-mill-01", cid("daq-big")))
     big = b'"big-%s"' % (b"x" * (1 << 20))
+    assert Limits().max_payload_bytes < len(big) < max_packet_size(edge) - 1024
     try:
         assert daq.publish(f"{ROOT}/mill-01/signal/smcAC", big) == "Success"
         assert daq.publish(f"{ROOT}/mill-01/cut", b'"after-big"') == "Success"
@@ -321,6 +429,62 @@ def test_an_oversized_payload_reaches_the_monitor_and_the_stream_goes_on(edge, o
     inputs, _ = observers
     assert inputs.wait(lambda: inputs.got(b'"after-big"'))
     assert inputs.got(big) == [f"{ROOT}/mill-01/signal/smcAC"]
+
+
+def test_a_packet_over_the_bound_is_refused_and_everyone_else_goes_on(edge, observers, everything):
+    """max_packet_size: the broker disconnects a publisher whose packet is over it, before reading
+    it; nobody receives it, and the monitor (its observer here) and the other machines go on. paho
+    2.2 does not refuse it locally, though an MQTT 5 CONNACK announces the bound, and sends it again
+    on every reconnection: that one publisher's stream stalls (edge-monitor.conf says so)."""
+    bound = max_packet_size(edge)
+    inputs, _ = observers
+    over = b'"over-%s"' % (b"x" * bound)
+    for round_, protocol in enumerate((paho.MQTTv5, paho.MQTTv311)):
+        events: list[tuple] = []
+        changed = threading.Condition()
+
+        def record(*event) -> None:
+            with changed:
+                events.append(event)
+                changed.notify_all()
+
+        big = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid("daq-over"), protocol=protocol)
+        big.username_pw_set("daq-mill-01", edge.password_file("daq-mill-01").read_text().strip())
+        big.reconnect_delay_set(1, 1)
+        big.on_connect = lambda c, u, f, reason, props: record(
+            "connack", str(reason), getattr(props, "MaximumPacketSize", None))
+        big.on_disconnect = lambda c, u, f, reason, props: record("disconnect", str(reason))
+        big.on_publish = lambda c, u, mid, reason, props: record("puback", str(reason))
+        seen = len(edge.log.read_text())
+        big.connect(edge.host, edge.port)
+        big.loop_start()
+        other = Publisher5(edge.settings("daq-mill-02", cid("daq-mill-02")))
+        try:
+            with changed:
+                assert changed.wait_for(lambda: any(e[0] == "connack" for e in events), 10)
+            info = big.publish(f"{ROOT}/mill-01/signal/smcAC", over, qos=1)
+            assert info.rc == paho.MQTT_ERR_SUCCESS  # not refused locally
+            with changed:
+                assert changed.wait_for(lambda: any(e[0] == "disconnect" for e in events), 10), events
+            # the other machine goes on, while the oversized publisher is disconnected
+            assert other.publish(f"{ROOT}/mill-02/cut", b'"after-over-%d"' % round_) == "Success"
+            # ... and again on its reconnection, with the same message
+            deadline = time.monotonic() + 10
+            while edge.log.read_text()[seen:].count("daq-mill-01 disconnected due to oversize packet") < 2:
+                assert time.monotonic() < deadline, edge.log_tail()
+                time.sleep(0.1)
+        finally:
+            big.disconnect()
+            big.loop_stop()
+            other.close()
+        assert not [e for e in events if e[0] == "puback"], events
+        connacks = [e for e in events if e[0] == "connack"]
+        assert len(connacks) >= 2 and {e[1] for e in connacks} == {"Success"}, events
+        if protocol == paho.MQTTv5:  # the bound, announced to MQTT 5 clients
+            assert {e[2] for e in connacks} == {bound}, events
+        assert inputs.wait(lambda: inputs.got(b'"after-over-%d"' % round_))
+    assert inputs.client.is_connected() and everything.client.is_connected()
+    assert [t for t, p in inputs.raw + everything.raw if p.startswith(b'"over-')] == []
 
 
 def test_tls_needs_the_ca_and_carries_credentials(edge):

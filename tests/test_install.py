@@ -201,7 +201,12 @@ def test_the_tree_has_everything_where_the_service_looks(installed, model, ports
     assert "@" not in re.sub(r"#.*", "", broker_conf)  # every placeholder filled
     for name in ("passwd", "acl", "certs/ca.crt", "certs/server.crt", "certs/server.key"):
         assert (prefix / "etc/mosquitto/edge-monitor" / name).is_file(), name
-    assert "user daq-mill-01" in (prefix / "etc/mosquitto/edge-monitor/acl").read_text()
+    # the test CA's private key is kept out of the broker's folder
+    assert not list((prefix / "etc/mosquitto").rglob("ca.key"))
+    assert stat.S_IMODE((prefix / "etc/edge-monitor/test-ca/ca.key").stat().st_mode) == 0o600
+    acl = (prefix / "etc/mosquitto/edge-monitor/acl").read_text()
+    assert "user daq-mill-01" in acl
+    assert "user replay" not in acl and "replay:" not in (prefix / "etc/mosquitto/edge-monitor/passwd").read_text()
     assert (prefix / "usr/local/share/edge-monitor/mosquitto/make-users.sh").stat().st_mode & 0o111
 
 
@@ -236,6 +241,14 @@ def test_a_second_run_changes_nothing(installed, model, ports):
     assert "unchanged" in again.stdout
 
 
+def test_the_installs_check_reads_the_brokers_listeners(installed, ports):
+    _, done = installed
+    conf = re.escape(str(installed[0] / "etc/mosquitto/conf.d/edge-monitor.conf"))
+    assert re.search(rf"^ok    broker listeners in {conf}: listener {ports[0]} 127\.0\.0\.1, listener {ports[1]} take "
+                     r"client ids from user names", done.stdout, re.M), done.stdout
+    assert "WARN" not in done.stdout
+
+
 def test_an_edited_config_is_kept_and_a_damaged_unit_restored(installed, model, ports):
     prefix, _ = installed
     config, unit = prefix / "etc/edge-monitor/config.yaml", prefix / UNIT
@@ -250,6 +263,19 @@ def test_an_edited_config_is_kept_and_a_damaged_unit_restored(installed, model, 
     assert [line for line in out.splitlines() if line.startswith("+ ")] == [
         line for line in out.splitlines() if line.startswith("+ install -m 0644") and line.endswith(UNIT)
     ]
+
+
+def test_a_ca_key_left_in_the_brokers_folder_is_moved_out(installed, model, ports):
+    """An install by an earlier version kept the test CA's key in certs/: the next run moves it."""
+    prefix, _ = installed
+    certs, keys = prefix / "etc/mosquitto/edge-monitor/certs", prefix / "etc/edge-monitor/test-ca"
+    ca, key = (certs / "ca.crt").read_bytes(), (keys / "ca.key").read_bytes()
+    (keys / "ca.key").rename(certs / "ca.key")
+    out = install(prefix, model.bundle, "--machine", "mill-01", "--broker-port", str(ports[0]),
+                  "--tls-port", str(ports[1])).stdout
+    assert f"moved the test CA's key out of the broker's folder: {certs}/ca.key -> {keys}/ca.key" in out
+    assert not (certs / "ca.key").exists() and (keys / "ca.key").read_bytes() == key
+    assert (certs / "ca.crt").read_bytes() == ca  # the same CA: SCADA clients keep theirs
 
 
 # ------------------------------------------------------------------------------ the tree runs

@@ -275,7 +275,7 @@ def test_without_archive_the_synthetic_one_is_written(tmp_path, monkeypatch):
 def deployed(tmp_path_factory):
     """The edge box's broker (tests/deploy_broker.py): its ACL, the users daq-mill-01, replay (the
     demo's, which may send commands) and edge-monitor (reads inputs and commands)."""
-    b = DeployBroker(tmp_path_factory.mktemp("deployed"), ("mill-01",)).start()
+    b = DeployBroker(tmp_path_factory.mktemp("deployed"), ("mill-01",), replay=True).start()
     try:
         yield b
     finally:

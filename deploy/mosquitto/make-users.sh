@@ -3,25 +3,37 @@
 #
 #   make-users.sh [options] [MACHINE ...]
 #
-# Users: edge-monitor and edge-monitor-out (the monitor's input and output connections), scada (a dashboard), scada-<NAME> for each further dashboard
-# (--dashboard), replay (demo only; see --no-replay) and daq-<MACHINE> for each machine's data
-# acquisition. The broker takes each client's id from its user name (use_username_as_clientid):
-# one connection per user at a time, so every dashboard needs its own user. Each user's password is generated once and
-# kept in SECRETS/<user>.password (one line, mode 0600: readable by its owner only); the monitor's
-# is the file that config.yaml's broker.password_file names. From those files the script writes
+# Users: edge-monitor and edge-monitor-out (the monitor's input and output connections), scada (a
+# dashboard), scada-<NAME> for each further dashboard (--dashboard), daq-<MACHINE> for each
+# machine's data acquisition, and replay (demo only, when asked for: --replay). The broker takes
+# each client's id from its user name (use_username_as_clientid): one connection per user at a
+# time, so every dashboard needs its own user. Each user's password is generated once and kept in
+# SECRETS/<user>.password (one line, mode 0600: readable by its owner only); the monitor's is the
+# file that config.yaml's broker.password_file names. From those files the script writes
 # CONFDIR/passwd (hashed with mosquitto_passwd) and CONFDIR/acl (the acl template next to this
-# script, with @ROOT@ replaced, plus one block per machine).
+# script, with @ROOT@ replaced and the channels filled in, plus one block per machine).
 #
-# Idempotent: existing passwords are kept, machines added before are kept (the machines of the
-# current password file plus the arguments), users of the password file that this script does not
-# manage are kept as they are (they get no ACL entry, so they can do nothing until you add one to
-# the template). Reload the broker afterwards (systemctl reload mosquitto) to apply.
+# Idempotent: existing passwords are kept, machines and dashboards added before are kept (those of
+# the current password file plus the arguments), the demo user stays if it is there (and is never
+# made unless asked for), users of the password file that this script does not manage are kept as
+# they are (they get no ACL entry, so they can do nothing until you add one to the template).
+# Reload the broker afterwards (systemctl reload mosquitto) to apply.
 #
 # Options:
 #   --confdir DIR        broker files (default /etc/mosquitto/edge-monitor)
 #   --secrets DIR        password files (default /etc/edge-monitor/secrets)
 #   --root ROOT          topic root, the monitor's topic_root (default mill)
-#   --no-replay          no demo user: deletes `replay` if present (production boxes)
+#   --replay             the demo user `replay` (make demo, python -m edge_monitor replay), which
+#                        may publish every machine's data and resets: made if missing, then kept by
+#                        later runs. Not for a production box (one daq-<MACHINE> user per machine)
+#   --no-replay          deletes `replay` if present (install.sh passes it). Without either option
+#                        the demo user is kept if present and never made
+#   --channels A,B,...   the signal channels a machine publishes, one topic level each: each
+#                        daq-<MACHINE> (and replay) may write exactly R/<MACHINE>/cut and
+#                        R/<MACHINE>/signal/<channel> for these. Default: the monitor's six
+#                        (edge_monitor/core/channels.py),
+#                        smcAC,smcDC,vib_table,vib_spindle,AE_table,AE_spindle. Applies to every
+#                        machine's block; give it on every run, like --root
 #   --remove MACHINE     delete daq-MACHINE and its ACL block (its password file too); repeatable
 #   --dashboard NAME     a further dashboard user scada-NAME with the rights of scada; repeatable
 #   --remove-dashboard NAME  delete scada-NAME (its password file too); repeatable
@@ -36,7 +48,10 @@ TEMPLATE=$HERE/acl
 CONFDIR=/etc/mosquitto/edge-monitor
 SECRETS=/etc/edge-monitor/secrets
 ROOT=mill
-REPLAY=1
+REPLAY=keep  # keep: as it is (kept if present, never made); 1: --replay; 0: --no-replay
+# The monitor's channels, in its order (edge_monitor/core/channels.py; tests/test_broker_scripts.py
+# checks that the two agree).
+CHANNELS=smcAC,smcDC,vib_table,vib_spindle,AE_table,AE_spindle
 MONITOR_OWNER=
 BROKER_GROUP=auto
 MACHINES=()
@@ -52,7 +67,9 @@ while [ $# -gt 0 ]; do
     --confdir) CONFDIR=${2:?--confdir needs a directory}; shift 2 ;;
     --secrets) SECRETS=${2:?--secrets needs a directory}; shift 2 ;;
     --root) ROOT=${2:?--root needs a topic root}; shift 2 ;;
-    --no-replay) REPLAY=0; shift ;;
+    --replay) [ "$REPLAY" != 0 ] || die "--replay and --no-replay contradict each other: give one"; REPLAY=1; shift ;;
+    --no-replay) [ "$REPLAY" != 1 ] || die "--replay and --no-replay contradict each other: give one"; REPLAY=0; shift ;;
+    --channels) CHANNELS=${2?--channels needs a comma-separated list of channels}; shift 2 ;;
     --remove) REMOVE+=("${2:?--remove needs a machine id}"); shift 2 ;;
     --dashboard) DASHBOARDS+=("${2:?--dashboard needs a name}"); shift 2 ;;
     --remove-dashboard) REMOVE_DASHBOARDS+=("${2:?--remove-dashboard needs a name}"); shift 2 ;;
@@ -77,6 +94,13 @@ for d in "${DASHBOARDS[@]}" "${REMOVE_DASHBOARDS[@]}"; do
 done
 [[ -n $ROOT && $ROOT != */ && $ROOT != /* && $ROOT != *//* && $ROOT != *[+#]* && $ROOT != *[[:space:]]* ]] ||
   die "topic root '$ROOT' must be levels separated by '/', without '+', '#', spaces or empty levels"
+IFS=, read -r -a CHANNEL_LIST <<< "$CHANNELS"
+[ ${#CHANNEL_LIST[@]} -gt 0 ] || die "--channels '$CHANNELS' names no channel: give them comma-separated, e.g. --channels smcAC,smcDC"
+for c in "${CHANNEL_LIST[@]}"; do
+  [[ $c =~ ^[A-Za-z0-9_-]{1,64}$ ]] ||
+    die "--channels: channel '$c' is not 1-64 characters of A-Z a-z 0-9 _ - (one topic level; comma-separated, no spaces)"
+done
+[ "$(printf '%s\n' "${CHANNEL_LIST[@]}" | sort | uniq -d)" = "" ] || die "--channels '$CHANNELS' names a channel twice"
 if [ "$BROKER_GROUP" = auto ]; then
   BROKER_GROUP=
   if [ "$(id -u)" = 0 ] && getent group mosquitto >/dev/null; then BROKER_GROUP=mosquitto; fi
@@ -112,9 +136,13 @@ while IFS= read -r m; do
   if [ -n "$m" ] && ! in_list "$m" "${REMOVE[@]}"; then DAQ+=("$m"); fi
 done < <(printf '%s\n' "${MACHINES[@]}" | LC_ALL=C sort -u)
 
+if [ "$REPLAY" = keep ]; then
+  REPLAY=0
+  if [ -f "$PASSWD" ] && grep -q '^replay:' "$PASSWD"; then REPLAY=1; fi
+fi
 USERS=(edge-monitor edge-monitor-out scada)
 for d in "${BOARDS[@]}"; do USERS+=("scada-$d"); done
-[ "$REPLAY" = 1 ] && USERS+=(replay)
+if [ "$REPLAY" = 1 ]; then USERS+=(replay); fi
 for m in "${DAQ[@]}"; do USERS+=("daq-$m"); done
 
 echo "make-users.sh: users of the edge broker, topic root '$ROOT'"
@@ -157,19 +185,34 @@ fi
 cat "$WORK/plain" "$WORK/others" > "$WORK/passwd"
 
 root_sed=$(printf '%s' "$ROOT" | sed 's/[&|\\]/\\&/g')  # & | \ are special in a sed replacement
+# The template's text: a `topic` line with the channel placeholder once per channel (channels are
+# checked above: nothing in them is special to sed).
+expand_channels() {
+  local line c
+  while IFS= read -r line || [ -n "$line" ]; do
+    if [[ $line == topic\ *@CHANNEL@* ]]; then
+      for c in "${CHANNEL_LIST[@]}"; do printf '%s\n' "${line//@CHANNEL@/$c}"; done
+    else
+      printf '%s\n' "$line"
+    fi
+  done
+}
 {
   if [ "$REPLAY" = 1 ]; then
-    sed "s|@ROOT@|$root_sed|g" "$TEMPLATE"
+    expand_channels < "$TEMPLATE" | sed "s|@ROOT@|$root_sed|g"
   else
-    sed -e '/^# BEGIN demo user/,/^# END demo user/d' -e "s|@ROOT@|$root_sed|g" "$TEMPLATE"
+    sed -e '/^# BEGIN demo user/,/^# END demo user/d' "$TEMPLATE" | expand_channels | sed "s|@ROOT@|$root_sed|g"
   fi
+  # Each machine's exact topics: its cut, and one signal topic per channel (no `#`: a data
+  # acquisition could otherwise retain a message on any number of topics below signal/).
   for m in "${DAQ[@]}"; do
-    printf '\nuser daq-%s\ntopic write %s/%s/cut\ntopic write %s/%s/signal/#\n' "$m" "$ROOT" "$m" "$ROOT" "$m"
+    printf '\nuser daq-%s\ntopic write %s/%s/cut\n' "$m" "$ROOT" "$m"
+    for c in "${CHANNEL_LIST[@]}"; do printf 'topic write %s/%s/signal/%s\n' "$ROOT" "$m" "$c"; done
   done
   # Further dashboards: the rights of the template's `user scada` block, line for line.
   for d in "${BOARDS[@]}"; do
     printf '\nuser scada-%s\n' "$d"
-    sed -n '/^user scada$/,/^$/{/^topic /p}' "$TEMPLATE" | sed "s|@ROOT@|$root_sed|g"
+    sed -n '/^user scada$/,/^$/{/^topic /p}' "$TEMPLATE" | expand_channels | sed "s|@ROOT@|$root_sed|g"
   done
 } > "$WORK/acl"
 
@@ -189,7 +232,11 @@ fi
 boards=scada
 for d in "${BOARDS[@]}"; do boards+=" scada-$d"; done
 echo "wrote $PASSWD (${#USERS[@]} users of this script) and $ACL (${#DAQ[@]} machine(s): ${DAQ[*]:-none};" \
-  "dashboard users: $boards)"
+  "dashboard users: $boards; channels: ${CHANNEL_LIST[*]})"
+if [ "$REPLAY" = 1 ]; then
+  echo "DEMO user replay is there: it may publish every machine's data and resets; on a production box" \
+    "delete it with --no-replay"
+fi
 echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password,"
 echo "  broker.output_username: edge-monitor-out, broker.output_password_file: $SECRETS/edge-monitor-out.password"
 echo "apply to a running broker: systemctl reload mosquitto"

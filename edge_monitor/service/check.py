@@ -1,6 +1,15 @@
 """``edge-monitor check``: whether an installation is sound, end to end: configuration, bundle (and,
-unless ``--no-model``, the model: the one step that needs TensorFlow), state directory, both broker
-logins and the ACL. One line per check and a summary; exit code 1 when any check fails.
+unless ``--no-model``, the model: the one step that needs TensorFlow), state directory, the broker's
+listeners, both broker logins and the ACL. One line per check and a summary; exit code 1 when any
+check fails (a WARN line does not fail it).
+
+**The broker's listeners** are read from its configuration files (``broker_conf.py``: Debian's
+``/etc/mosquitto/mosquitto.conf`` and its ``include_dir``, or ``--broker-conf``), when the broker is
+on this host: a listener without ``use_username_as_clientid true`` lets any client that signs in
+there take over the monitor's session. A WARN, not a FAIL: the unit runs this check before every
+start, and a broker set up by someone else must not keep the monitor from running; the line names
+the file, the listener and the fix. A configuration that cannot be read (another host, a file
+readable by the broker's group only) is a skip line.
 
 **A running monitor is left alone.** The deployed broker takes every client's id from its user
 name, so logging in as the monitor's users takes over the monitor's connections, and Mosquitto
@@ -28,9 +37,11 @@ from __future__ import annotations
 
 import functools
 import getpass
+import ipaddress
 import json
 import os
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -45,6 +56,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ..core.channels import CHANNELS
 from ..core.topics import MONITOR_LEVEL, Topics
 from ..model.meta import MODEL_FILE, BundleError, read_bundle_meta  # no TensorFlow
+from .broker_conf import MAIN_CONF, read_broker_conf
 from .config import Config, ConfigError, load_config
 from .mqtt import BrokerError, BrokerSettings, connect, disconnect, make_client
 from .native_log import NativeCapture
@@ -57,24 +69,27 @@ WAIT_S = 5.0  # for a CONNACK, each PUBACK and each probe's delivery
 
 @dataclass(frozen=True)
 class Result:
-    status: str  # "ok", "FAIL" or "skip"
+    status: str  # "ok", "FAIL", "WARN" (does not fail the check) or "skip"
     text: str
 
     def line(self) -> str:
         return f"{self.status:<6}{self.text}"
 
 
-ok, fail, skip = (functools.partial(Result, status) for status in ("ok", "FAIL", "skip"))
+ok, fail, warn, skip = (functools.partial(Result, status) for status in ("ok", "FAIL", "WARN", "skip"))
 
 
 def run_check(config_path: str | Path, overrides: dict | None = None, *, load_model: bool = True,
-              broker_may_be_down: bool = False,
+              broker_may_be_down: bool = False, broker_conf: str | Path | None = None,
               out: Callable[[str], None] = functools.partial(print, flush=True)) -> int:
-    """Run every check, print a line for each as it completes, then a summary; 0 when none failed."""
+    """Run every check, print a line for each as it completes, then a summary; 0 when none failed.
+    ``broker_conf``: Mosquitto's main configuration file to read the listeners from (default:
+    Debian's, when the broker is on this host)."""
     results: list[Result] = []
     try:
         config = load_config(config_path, overrides)
         steps = [iter([ok(f"config {config_path}")]), _bundle(config, load_model), _state(config.state_file),
+                 _listeners(config, None if broker_conf is None else Path(broker_conf)),
                  _broker(config, Path(config_path), broker_may_be_down)]
     except ConfigError as exc:
         steps = [iter([fail(f"config: {exc}")])]
@@ -82,8 +97,10 @@ def run_check(config_path: str | Path, overrides: dict | None = None, *, load_mo
         for result in step:  # lines as they come: loading the model takes a while
             results.append(result)
             out(result.line())
-    failed = sum(r.status == "FAIL" for r in results)
+    failed, warned = (sum(r.status == status for r in results) for status in ("FAIL", "WARN"))
     counts = f"{sum(r.status == 'ok' for r in results)} ok, {sum(r.status == 'skip' for r in results)} skipped"
+    if warned:
+        counts += f", {warned} warning{'s' if warned > 1 else ''}"
     out(f"check FAILED: {failed} failed, {counts}" if failed else f"check passed: {counts}")
     return 1 if failed else 0
 
@@ -148,6 +165,56 @@ def _state(state_file: Path | None) -> Iterator[Result]:
         return
     later = "" if where == state_file.parent else f"; {state_file.parent} does not exist yet, the monitor creates it"
     yield ok(f"state {where}: user {user} writes there (a file created, fsynced and removed){later}")
+
+
+# ------------------------------------------------------------------------------------ broker listeners
+
+
+def _listeners(config: Config, path: Path | None) -> Iterator[Result]:
+    """Every listener of the broker's configuration takes client ids from user names."""
+    if path is None:
+        if not on_this_host(config.broker.host):
+            yield skip(f"broker listeners: the broker {config.broker.address} is not on this host, its configuration "
+                       "is not read (--broker-conf PATH reads a copy of its mosquitto.conf)")
+            return
+        path = MAIN_CONF
+    try:
+        conf = read_broker_conf(path)
+    except OSError as exc:
+        yield skip(f"broker listeners: cannot read {path} ({exc.strerror or exc}): not checked (a broker installed "
+                   "otherwise than by Debian's package: --broker-conf PATH names its main configuration)")
+        return
+    for unread, why in conf.unread:
+        yield skip(f"broker listeners in {unread}: cannot read it ({why}); a listener there is not checked")
+    for listener in conf.listeners:
+        if listener.username_as_clientid:
+            continue
+        if listener.local_only:
+            fix = (f"{path} configures none (is the edge box's deploy/mosquitto/edge-monitor.conf in its include_dir?); "
+                   "its listeners set `use_username_as_clientid true`")
+        elif listener.default:
+            fix = (f"`{listener.made_by}` at {listener.where} made it: a listener setting placed before the first "
+                   "`listener` line of its file goes to this one; move it below the `listener` line it is meant for, "
+                   "or add `use_username_as_clientid true` there")
+        else:
+            fix = (f"add `use_username_as_clientid true` below that line, in that file (a listener setting belongs to "
+                   "the last `listener` line above it in the same file)")
+        where = "" if listener.local_only or listener.default else f" ({listener.where})"
+        yield warn(f"broker {listener.name}{where} lets a client choose its client id: any client that signs in there "
+                   "can take over another one's session, the monitor's and the inputs queued for it included; "
+                   f"{fix}, then restart mosquitto")
+    good = [listener.name for listener in conf.listeners if listener.username_as_clientid]
+    if good:
+        yield ok(f"broker listeners in {path}: {', '.join(good)} take client ids from user names "
+                 "(use_username_as_clientid true)")
+
+
+def on_this_host(host: str) -> bool:
+    """Whether ``host`` (broker.host) names this host: a loopback address, localhost or its name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.rstrip(".").lower() in {"localhost", socket.gethostname().lower()}
 
 
 # ------------------------------------------------------------------------------------ broker
