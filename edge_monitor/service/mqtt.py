@@ -59,7 +59,7 @@ class BrokerSettings(Spec):
     # Reconnecting (see Reconnect): while the broker's port refuses connections, an attempt every
     # reconnect_poll_delay seconds; when the broker itself refuses (a login, TLS), reconnect_min_delay
     # doubled after each failed attempt up to reconnect_max_delay.
-    reconnect_poll_delay: float = setting(0.5, in_file=False)
+    reconnect_poll_delay: float = setting(0.25, in_file=False)
     reconnect_min_delay: float = setting(0.5, in_file=False)
     reconnect_max_delay: float = setting(30, in_file=False)
 
