@@ -107,7 +107,8 @@ def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path):
             if topic.endswith("/score"):
                 body = json.loads(raw)
                 by_window[(machine_of(topic, ROOT), body["cut"], body["offset"])].add(raw)
-        assert all(len(v) == 1 for v in by_window.values())
+        bad = {k: v for k, v in by_window.items() if len(v) != 1}
+        assert not bad, "\n".join(r.decode() for v in list(bad.values())[:2] for r in v)
         summaries = collections.defaultdict(set)
         for topic, raw in collector.payloads:
             if topic.endswith("/summary"):

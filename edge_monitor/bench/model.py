@@ -43,7 +43,7 @@ def scoring_rate(bundle: ModelBundle, windows: np.ndarray, regimes: Sequence[str
                  max_batch: int, seconds: float) -> dict:
     """Windows/s of the daemon's scoring call on batches of ``batch`` windows, timed for about
     ``seconds`` (3 calls at least) after one untimed call."""
-    scorer = bundle.scorer(batch_size=max_batch)  # the daemon's scorer: its batch_size is max_batch
+    scorer = bundle.scorer()  # the daemon's scorer
     x, r = windows[:batch], list(regimes[:batch])
     scorer.score(x, r)
     calls, started = 0, time.perf_counter()

@@ -62,13 +62,13 @@ class ModelBundle:
     path: Path
     meta: BundleMeta
     model: keras.Model
-    _scorers: dict[int, WindowScorer] = field(default_factory=dict, init=False, repr=False)
+    _scorer: WindowScorer | None = field(default=None, init=False, repr=False)
 
-    def scorer(self, batch_size: int = 1024) -> WindowScorer:
-        """The bundle's scorer (one per batch size, so its compiled function is reused)."""
-        if batch_size not in self._scorers:
-            self._scorers[batch_size] = WindowScorer(self.model, self.meta.scaler, self.meta.calibration, batch_size)
-        return self._scorers[batch_size]
+    def scorer(self) -> WindowScorer:
+        """The bundle's scorer (one, so its compiled function is reused)."""
+        if self._scorer is None:
+            self._scorer = WindowScorer(self.model, self.meta.scaler, self.meta.calibration)
+        return self._scorer
 
 
 def save_bundle(

@@ -106,7 +106,7 @@ class Monitor:
         self.fleet = Fleet(pipeline_spec(self.meta, config), config.monitors, config.machines)
         self.topics = Topics(config.topic_root, config.instance)
         self.counters = Counters()
-        self.scoring = Scoring(bundle.scorer(batch_size=config.batching.max_batch), config.batching, self.counters)
+        self.scoring = Scoring(bundle.scorer(), config.batching, self.counters)
         self.metrics = Metrics(config.metrics, self)  # the endpoint (service/metrics.py)
         self.scoring.observer = self.metrics
         self.state_file = StateFile(config.state_file)

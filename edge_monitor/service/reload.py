@@ -156,7 +156,7 @@ def prepare(running: Config, running_meta: BundleMeta, read_config: Callable[[],
     change = windowing_change(running_meta, bundle.meta)
     if change:
         return Failed(f"bundle {config.bundle}: {change}")
-    scorer = bundle.scorer(batch_size=config.batching.max_batch)
+    scorer = bundle.scorer()
     try:
         warm_up(scorer)  # traced here, not on the first live window after the switch
     except Exception as exc:  # noqa: BLE001
