@@ -17,7 +17,8 @@
 #                                             the broker: listeners, passwd, acl, certs/ (from a
 #                                             test CA on a first install); no demo user `replay`
 #   PREFIX/usr/local/share/edge-monitor/mosquitto/   the broker scripts, to add machines later
-#   PREFIX/etc/systemd/system/edge-monitor.service
+#   PREFIX/etc/systemd/system/edge-monitor.service and edge-monitor-broker-save.service (saves the
+#                                             broker's database every 5 s while it is small)
 # and, without --prefix: the Debian packages it needs (python3-venv mosquitto mosquitto-clients
 # openssl), the system user edge-monitor, and `systemctl enable --now` of mosquitto and
 # edge-monitor (skipped with a message when systemd is not PID 1).
@@ -115,6 +116,7 @@ trap 'rm -rf "$WORK"' EXIT
 CHANGED_SERVICE=0  # something the running monitor reads changed: restart it
 CHANGED_BROKER=0
 CHANGED_UNIT=0
+CHANGED_SAVER=0
 
 say() { printf '%s\n' "$*"; }
 # Run a command, or only print it under --dry-run.
@@ -277,7 +279,7 @@ fi
 make_dir "$PREFIX/usr/local/share"
 ensure_dir "$SHARE" 0755
 ensure_dir "$SHARE/mosquitto" 0755
-for f in acl bridge.conf.example edge-monitor.conf make-test-ca.sh make-users.sh; do
+for f in acl bridge.conf.example edge-monitor.conf make-test-ca.sh make-users.sh save-while-small; do
   [ -f "$HERE/mosquitto/$f" ] || die "deploy/mosquitto/$f is missing from this checkout"
   mode=0644
   [ -x "$HERE/mosquitto/$f" ] && mode=0755
@@ -386,17 +388,24 @@ make_dir "$PREFIX/etc/systemd"
 make_dir "$UNIT_DIR"
 put_file "$WORK/edge-monitor.service" "$UNIT_DIR/edge-monitor.service" 0644
 CHANGED_UNIT=$CHANGED
+# The broker's database saved every 5 s while it is small (save-while-small says why).
+sed -e "/^#/!s|/usr/local/share/edge-monitor|$SHARE|g" \
+  "$HERE/mosquitto/edge-monitor-broker-save.service" > "$WORK/edge-monitor-broker-save.service"
+put_file "$WORK/edge-monitor-broker-save.service" "$UNIT_DIR/edge-monitor-broker-save.service" 0644
+[ "$CHANGED" = 1 ] && CHANGED_UNIT=1 && CHANGED_SAVER=1
 
 # ------------------------------------------------------------------------------------ enable, start
 
 if [ "$PRIVILEGED" = 0 ]; then
-  say "skipped (--prefix): systemctl enable --now mosquitto.service edge-monitor.service"
+  say "skipped (--prefix): systemctl enable --now mosquitto.service edge-monitor.service edge-monitor-broker-save.service"
 elif [ ! -d /run/systemd/system ]; then
-  say "skipped (systemd is not PID 1 here: $(ps -o comm= -p 1 2>/dev/null || echo unknown)): systemctl enable --now mosquitto.service edge-monitor.service"
+  say "skipped (systemd is not PID 1 here: $(ps -o comm= -p 1 2>/dev/null || echo unknown)): systemctl enable --now mosquitto.service edge-monitor.service edge-monitor-broker-save.service"
 else
   [ "$CHANGED_UNIT" = 1 ] && run systemctl daemon-reload
-  run systemctl enable mosquitto.service edge-monitor.service
+  run systemctl enable mosquitto.service edge-monitor.service edge-monitor-broker-save.service
   if [ "$CHANGED_BROKER" = 1 ]; then run systemctl restart mosquitto.service; else run systemctl start mosquitto.service; fi
+  if [ "$CHANGED_SAVER" = 1 ]; then run systemctl restart edge-monitor-broker-save.service
+  else run systemctl start edge-monitor-broker-save.service; fi
   if [ "$CHANGED_SERVICE" = 1 ] || [ "$CHANGED_UNIT" = 1 ] || [ "$CHANGED_BROKER" = 1 ]; then
     run systemctl restart edge-monitor.service
   elif [ "$CHANGED_BUNDLE" = 1 ] && systemctl is-active --quiet edge-monitor.service; then

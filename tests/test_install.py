@@ -26,6 +26,7 @@ from edge_monitor.service.config import load_config
 
 INSTALL = REPO / "deploy" / "install.sh"
 UNIT = "etc/systemd/system/edge-monitor.service"
+SAVER_UNIT = "etc/systemd/system/edge-monitor-broker-save.service"
 VENV = Path(sys.prefix)  # the project's venv, running these tests
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 NEEDS_ANALYZE = pytest.mark.skipif(
@@ -211,10 +212,18 @@ def test_the_tree_has_everything_where_the_service_looks(installed, model, ports
 
 
 @NEEDS_ANALYZE
-def test_systemd_analyze_verify_accepts_the_unit(installed):
+@pytest.mark.parametrize("unit", [UNIT, SAVER_UNIT])
+def test_systemd_analyze_verify_accepts_the_units(installed, unit):
     prefix, _ = installed
-    done = analyze("verify", str(prefix / UNIT))
+    done = analyze("verify", str(prefix / unit))
     assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+def test_the_broker_saver_runs_the_installed_script(installed):
+    prefix, _ = installed
+    exec_start = re.search(r"^ExecStart=(\S+) ", (prefix / SAVER_UNIT).read_text(), re.M).group(1)
+    assert exec_start == f"{prefix}/usr/local/share/edge-monitor/mosquitto/save-while-small"
+    assert Path(exec_start).stat().st_mode & 0o111
 
 
 @NEEDS_ANALYZE
