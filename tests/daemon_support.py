@@ -76,7 +76,7 @@ def _build(where: Path) -> ModelFixture:
     from edge_monitor.core.calibration import ScoreCalibration
     from edge_monitor.core.channels import CHANNELS
     from edge_monitor.model.bundle import save_bundle
-    from edge_monitor.model.scorer import WindowScorer
+    from edge_monitor.model.tf_inference import tf_scorer
     from edge_monitor.model.vae import VAEHyperParams
     from training.dataset import prepare_windows
     from training.fit import TrainingConfig, train_model
@@ -91,13 +91,13 @@ def _build(where: Path) -> ModelFixture:
     split = Split("window", 0, np.sort(order[n_val:]), np.sort(order[:n_val]), np.empty(0, int))
     hp = VAEHyperParams(beta=2.0, codings=8, tcn_layers=1, filters=16, kernel_size=3, dilations=(1, 2, 4))
     trained = train_model(ws, split, hp, TrainingConfig(max_epochs=30, patience=8, batch_size=256), seed=0, verbose=0)
-    raw = WindowScorer(trained.model, trained.scaler).raw_scores(ws.data)
+    raw = tf_scorer(trained.model, trained.scaler).raw_scores(ws.data)
     # Training's calibration, with a reference per regime even for this tiny archive, so that the
     # daemon's regime of each cut (from the cut start's params) is checked against the offline one.
     calibration = ScoreCalibration.fit(raw.subset(split.train), ws.regimes[split.train], min_windows=8)
     assert len(calibration.references) == 3, calibration.references.keys()  # global + two regimes
     # what training's evaluation reports and the daemon publishes: the one scoring call
-    scores = WindowScorer(trained.model, trained.scaler, calibration).score(ws.data, ws.regimes)
+    scores = tf_scorer(trained.model, trained.scaler, calibration).score(ws.data, ws.regimes)
 
     cut_ids = [archive.cuts[i].cut_id for i in ws.cut]
     recon = scores.recon.astype(np.float64)

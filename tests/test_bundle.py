@@ -30,7 +30,7 @@ from edge_monitor.model.bundle import (
     save_bundle,
 )
 from edge_monitor.model.scaling import MinMaxScaler
-from edge_monitor.model.scorer import WindowScorer
+from edge_monitor.model.tf_inference import tf_scorer
 from edge_monitor.model.vae import VAEHyperParams, build_beta_vae
 
 WINDOW = 16
@@ -112,7 +112,7 @@ def test_round_trip_gives_identical_meta_and_scores(model, saved):
     assert meta.thresholds == Thresholds(1.5, 3.0, "kl", "test rule")
     assert np.array_equal(meta.scaler.minimum, MinMaxScaler.fit(RAW).minimum)
     assert meta.archive_sha256 == "ab" * 32
-    expected = WindowScorer(model, bundle_args()["scaler"]).raw_scores(RAW)
+    expected = tf_scorer(model, bundle_args()["scaler"]).raw_scores(RAW)
     got = bundle.scorer().raw_scores(RAW)
     for name in ("recon", "kl", "channels"):
         assert np.array_equal(getattr(got, name), getattr(expected, name))
@@ -131,7 +131,7 @@ def test_round_trip_in_a_fresh_process(model, saved, tmp_path):
     )
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
     got = np.load(tmp_path / "scores.npz")
-    expected = WindowScorer(model, bundle_args()["scaler"]).raw_scores(RAW)
+    expected = tf_scorer(model, bundle_args()["scaler"]).raw_scores(RAW)
     for name in ("recon", "kl", "channels"):
         assert np.array_equal(got[name], getattr(expected, name))
 

@@ -17,6 +17,7 @@ from edge_monitor.core.scores import WindowScores
 from edge_monitor.model.device import DeviceError, select_device
 from edge_monitor.model.scaling import MinMaxScaler
 from edge_monitor.model.scorer import WindowScorer
+from edge_monitor.model.tf_inference import tf_scorer
 from edge_monitor.model.vae import (
     VAEHyperParams,
     build_beta_vae,
@@ -39,7 +40,7 @@ def model() -> keras.Model:
 
 @pytest.fixture(scope="module")
 def scorer(model) -> WindowScorer:
-    return WindowScorer(model, MinMaxScaler(np.zeros(CHANNELS), np.ones(CHANNELS)))
+    return tf_scorer(model, MinMaxScaler(np.zeros(CHANNELS), np.ones(CHANNELS)))
 
 
 # --- hyperparameters -----------------------------------------------------------------------------
@@ -183,12 +184,12 @@ def test_a_windows_scores_do_not_depend_on_its_batch_to_the_last_bit(model):
     byte for byte the same. Traced once, whatever the batch sizes."""
     from edge_monitor.model.scorer import INFERENCE_ROWS
 
-    scorer = WindowScorer(model, MinMaxScaler(np.zeros(CHANNELS), np.ones(CHANNELS)))
+    scorer = tf_scorer(model, MinMaxScaler(np.zeros(CHANNELS), np.ones(CHANNELS)))
     x = windows(INFERENCE_ROWS + 21)
     whole = scorer.score_scaled(x)  # two calls, the second padded
     cuts = ((0, 1), (1, 4), (4, 21), (21, INFERENCE_ROWS + 2), (INFERENCE_ROWS + 2, INFERENCE_ROWS + 21))
     parts = [scorer.score_scaled(x[i:j]) for i, j in cuts]
-    assert scorer.traces == 1
+    assert scorer.inference.traces == 1
     for field in ("recon", "kl", "channels"):
         assert np.array_equal(np.concatenate([getattr(p, field) for p in parts]), getattr(whole, field)), field
     # at every position of a call, among any companions, one window scores the same
@@ -205,7 +206,7 @@ def test_a_windows_scores_do_not_depend_on_its_batch_to_the_last_bit(model):
 
 def test_scorer_scales_raw_windows(model):
     scaler = MinMaxScaler(np.linspace(-1, 0, CHANNELS), np.linspace(1, 5, CHANNELS))
-    scorer = WindowScorer(model, scaler)
+    scorer = tf_scorer(model, scaler)
     raw = windows(4) * 3 - 1
     assert np.array_equal(scorer.raw_scores(raw).kl, scorer.score_scaled(scaler.transform(raw)).kl)
 
@@ -220,7 +221,7 @@ def test_scorer_empty_and_bad_shapes(scorer):
 
 def test_scorer_rejects_a_mismatched_scaler(model):
     with pytest.raises(ValueError, match="scaler has 3 channels but the model takes 6"):
-        WindowScorer(model, MinMaxScaler(np.zeros(3), np.ones(3)))
+        tf_scorer(model, MinMaxScaler(np.zeros(3), np.ones(3)))
 
 
 # --- device --------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def train_model(
     calibration from the same healthy training windows."""
     import keras  # heavy: imported only when training
 
-    from edge_monitor.model.scorer import WindowScorer
+    from edge_monitor.model.tf_inference import tf_scorer
     from edge_monitor.model.vae import build_beta_vae
 
     healthy = ws.healthy
@@ -123,7 +123,7 @@ def train_model(
     )
     val_loss = np.asarray(history.history["val_loss"], dtype=float)
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else len(val_loss) - 1
-    healthy_scores = WindowScorer(model, scaler).score_scaled(x_train)  # raw: what calibration is fitted on
+    healthy_scores = tf_scorer(model, scaler).score_scaled(x_train)  # raw: what calibration is fitted on
     return TrainedModel(
         model=model,
         scaler=scaler,
@@ -142,11 +142,11 @@ def train_model(
 def validation_metrics(trained: TrainedModel, ws: WindowSet, split: Split) -> dict:
     """Window metrics of the calibrated scores of all validation windows (every class), and of the
     raw scores, for comparison with the method."""
-    from edge_monitor.model.scorer import WindowScorer
+    from edge_monitor.model.tf_inference import tf_scorer
 
     from .metrics import anomaly_metrics
 
-    scorer = WindowScorer(trained.model, trained.scaler, trained.calibration)
+    scorer = tf_scorer(trained.model, trained.scaler, trained.calibration)
     val = split.val
     return {
         **anomaly_metrics(scorer.score(ws.data[val], ws.regimes[val]), ws.labels[val]),

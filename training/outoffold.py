@@ -63,7 +63,7 @@ class OutOfFold:
 def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.ndarray | None = None,
                 verbose: int = 0) -> OutOfFold:
     """Train one model per fold of tools and score the windows of the fold's own tools."""
-    from edge_monitor.model.scorer import WindowScorer
+    from edge_monitor.model.tf_inference import tf_scorer
 
     from .fit import train_model
 
@@ -79,7 +79,7 @@ def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.nda
         fold_seed = seed * 100 + k
         trained = train_model(ws, fold_split(ws, train_cases, fold_seed, within), hp, config, seed=fold_seed,
                               verbose=verbose)
-        scorer = WindowScorer(trained.model, trained.scaler, trained.calibration)
+        scorer = tf_scorer(trained.model, trained.scaler, trained.calibration)
         mine = within[np.isin(case_of_window[within], test_cases)]
         for target, values in ((oof, scorer.score(ws.data[mine], ws.regimes[mine])), (raw, scorer.raw_scores(ws.data[mine]))):
             target.recon[mine], target.kl[mine], target.channels[mine] = values.recon, values.kl, values.channels

@@ -54,6 +54,7 @@ from .meta import (  # re-exported: the metadata part of a bundle, which needs n
 )
 from .scaling import MinMaxScaler
 from .scorer import WindowScorer
+from .tf_inference import tf_scorer
 from .vae import VAEHyperParams, load_vae
 
 
@@ -65,9 +66,9 @@ class ModelBundle:
     _scorer: WindowScorer | None = field(default=None, init=False, repr=False)
 
     def scorer(self) -> WindowScorer:
-        """The bundle's scorer (one, so its compiled function is reused)."""
+        """The bundle's scorer served by TensorFlow (one, so its compiled function is reused)."""
         if self._scorer is None:
-            self._scorer = WindowScorer(self.model, self.meta.scaler, self.meta.calibration)
+            self._scorer = tf_scorer(self.model, self.meta.scaler, self.meta.calibration)
         return self._scorer
 
 

@@ -118,6 +118,23 @@ def build_beta_vae(
     return model
 
 
+def scoring_model(model: keras.Model) -> keras.Model:
+    """The scoring graph of a trained β-VAE: scaled windows in; ``recon`` (the reconstruction's
+    mean squared error over time and channels), ``kl`` (of the codings from N(0, I)) and
+    ``channels`` (the error per channel, mean over time) out. The decoder reconstructs from the
+    coding mean μ, never a sample, so a window's scores are deterministic. Every runtime serves
+    this graph: TensorFlow directly, ONNX Runtime its exported copy (:mod:`.export`)."""
+    try:
+        encoder, decoder = model.get_layer("encoder"), model.get_layer("decoder")
+    except ValueError as exc:
+        raise ValueError(f"model {model.name!r} has no 'encoder'/'decoder' sub-model: {exc}") from exc
+    x = keras.Input(tuple(model.inputs[0].shape[1:]), name="window")
+    mu, log_var = encoder(x)
+    channels = ops.mean(ops.square(x - decoder(mu)), axis=1)
+    return keras.Model(x, {"recon": ops.mean(channels, axis=1), "kl": kl_divergence(mu, log_var),
+                           "channels": channels}, name="scoring")
+
+
 def load_vae(path: str | Path, *, compile: bool = True) -> keras.Model:
     """Load a model saved by ``model.save(path)``; ``compile=False`` skips the optimizer (scoring)."""
     custom = {"TCN": TCN, "Sampling": Sampling}
