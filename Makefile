@@ -14,7 +14,7 @@ install: $(STAMP) debian-packages
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[training,test]'
+	$(PY) -m pip install -e '.[training,serve,replay,test]'
 	touch $(STAMP)
 
 # Debian packages the tests need, installed only when missing: a real Mosquitto broker and its

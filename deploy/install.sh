@@ -5,8 +5,9 @@
 #   install.sh [--prefix DIR] [--dry-run] [--bundle PATH] [--venv PATH] [options]
 #
 # Installs (PREFIX is empty unless --prefix is given):
-#   PREFIX/opt/edge-monitor/                  a Python venv with edge-monitor; the `gpu` extra when
-#                                             `nvidia-smi -L` lists a GPU
+#   PREFIX/opt/edge-monitor/                  a Python venv with edge-monitor and ONNX Runtime (no
+#                                             TensorFlow): the `gpu` extra (its CUDA build) when
+#                                             `nvidia-smi -L` lists a GPU, else `serve`
 #   PREFIX/etc/edge-monitor/config.yaml       the daemon's configuration (never overwritten)
 #   PREFIX/etc/edge-monitor/secrets/          broker passwords (deploy/mosquitto/make-users.sh)
 #   PREFIX/etc/edge-monitor/test-ca/          the test CA's private key (root only), on a first
@@ -201,11 +202,12 @@ if [ -n "$VENV_FROM" ]; then
     CHANGED_SERVICE=1
   fi
 else
-  extra=
+  # The serving set only (no TensorFlow): ONNX Runtime, its CUDA build where there is a GPU.
+  extra='[serve]' other=onnxruntime-gpu
   if [ "$GPU" = yes ] || { [ "$GPU" = auto ] && command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; }; then
-    extra='[gpu]'
+    extra='[gpu]' other=onnxruntime
   fi
-  say "python package: edge-monitor${extra} ($([ -n "$extra" ] && echo "GPU found or --gpu" || echo "no GPU found, or --no-gpu"))"
+  say "python package: edge-monitor${extra} ($([ "$extra" = '[gpu]' ] && echo "GPU found or --gpu" || echo "no GPU found, or --no-gpu"))"
   # What the venv was built from: the source files and the extra. Same stamp, nothing to do.
   stamp=$( { cd "$SRC" && find pyproject.toml edge_monitor training -type f \( -name '*.py' -o -name '*.toml' \) \
              -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum; echo "extra=$extra"; } | sha256sum | cut -d' ' -f1)
@@ -218,6 +220,8 @@ else
       die "$PYTHON is not Python 3.11 or newer (Debian 12 and Ubuntu 24.04 have it): set PYTHON=/path/to/python3.11"
     [ -x "$OPT/bin/python" ] || run "$PYTHON" -m venv "$OPT"
     run "$OPT/bin/python" -m pip install --quiet --upgrade pip
+    # the two ONNX Runtime builds install the same package: the one not wanted goes first
+    ! "$OPT/bin/python" -m pip show --quiet "$other" 2>/dev/null || run "$OPT/bin/python" -m pip uninstall --quiet -y "$other"
     run "$OPT/bin/python" -m pip install --quiet --upgrade "$SRC$extra"
     if [ "$DRY_RUN" = 0 ]; then printf '%s\n' "$stamp" > "$OPT/.edge-monitor-source"; else say "would write $OPT/.edge-monitor-source"; fi
     CHANGED_SERVICE=1

@@ -121,6 +121,7 @@ def _build(where: Path) -> ModelFixture:
         bundle, trained.model, channels=CHANNELS, window=ws.window, stable_region=ws.stable,
         scaler=trained.scaler, calibration=calibration, hyperparams=hp, thresholds=thresholds,
         metrics={}, training={"test": True}, archive_sha256=archive.sha256,
+        parity_windows=trained.scaler.transform(ws.data),  # exported: the daemon serves it with ONNX Runtime
     )
     offline = {
         (cut_ids[i], int(ws.starts[i])): (float(scores.recon[i]), float(scores.kl[i]), scores.channels[i])
@@ -219,6 +220,7 @@ def second_bundle(model: ModelFixture, where: Path, factor: float = 2.0) -> tupl
         calibration=m.calibration, hyperparams=m.hyperparams,
         thresholds=Thresholds(m.thresholds.warning * factor, m.thresholds.alarm * factor, m.thresholds.score, "test: second"),
         metrics=m.metrics, training={"test": f"thresholds x{factor}"}, archive_sha256=m.archive_sha256,
+        parity_windows=np.random.default_rng(0).random((256, m.window.length, len(m.channels)), dtype=np.float32),
     )
     return where, meta.model_id
 
@@ -227,17 +229,31 @@ def second_bundle(model: ModelFixture, where: Path, factor: float = 2.0) -> tupl
 
 _SERIAL = itertools.count(1)
 
+#: ``python -c`` running ``python -m edge_monitor`` with TensorFlow's packages unimportable, as on
+#: an edge box installed with the serving set only.
+BLOCK_TENSORFLOW = f"""
+import runpy, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import no_tensorflow
+no_tensorflow.block()
+sys.argv[0] = "edge_monitor"
+runpy.run_module("edge_monitor", run_name="__main__", alter_sys=True)
+"""
+
 
 class Daemon:
     """``python -m edge_monitor run`` as a subprocess, logging JSON lines to a file."""
 
-    def __init__(self, workdir: Path, broker, bundle: Path, root: str, instance: str, config: str = "") -> None:
+    def __init__(self, workdir: Path, broker, bundle: Path, root: str, instance: str, config: str = "",
+                 without_tensorflow: bool = False) -> None:
         self.workdir = workdir
         self.root, self.instance = root, instance
         self.config = workdir / "config.yaml"
         self.config.write_text(config)
         self.log_path = workdir / f"daemon-{instance}-{next(_SERIAL)}.log"  # one per daemon process
-        self.args = [sys.executable, "-m", "edge_monitor", "run", "--config", str(self.config),
+        # without_tensorflow: any import of TensorFlow, Keras or keras-tcn fails in the daemon
+        start = ["-c", BLOCK_TENSORFLOW] if without_tensorflow else ["-m", "edge_monitor"]
+        self.args = [sys.executable, *start, "run", "--config", str(self.config),
                      "--broker", broker.address, "--bundle", str(bundle), "--root", root, "--instance", instance]
         if "metrics:" not in config:  # any free port: a test must not need the default one free on this host
             self.args += ["--metrics", "127.0.0.1:0"]

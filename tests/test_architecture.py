@@ -26,7 +26,7 @@ STDLIB = set(sys.stdlib_module_names)
 # what FORBIDDEN_STDLIB takes away).
 THIRD_PARTY: dict[str, set[str]] = {
     "core": {"numpy", "orjson"},  # orjson: a pure parser (no I/O), for the inputs
-    "model": {"numpy", "tensorflow", "keras", "tcn"},
+    "model": {"numpy", "tensorflow", "keras", "tcn", "onnxruntime"},
     "service": {"numpy", "paho", "yaml", "structlog", "orjson", "prometheus_client"},
     "archive": {"numpy", "scipy", "paho"},
     # the benchmark drives the daemon and TensorFlow only through the layers below

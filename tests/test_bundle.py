@@ -80,7 +80,7 @@ def edit_meta(path: Path, rehash: bool = False, **changes) -> None:
     data.update(changes)
     (path / "bundle.json").write_text(json.dumps(data))
     if rehash:
-        data["model_id"] = _model_id((path / "model.keras").read_bytes(), read_meta_unchecked(data))
+        data["model_id"] = _model_id((path / "model.keras").read_bytes(), meta=read_meta_unchecked(data))
         (path / "bundle.json").write_text(json.dumps(data))
 
 
@@ -257,7 +257,7 @@ def as_format_1(path: Path, half_width: int = 2) -> dict:
 
 def test_new_bundles_state_the_look_ahead(saved):
     data = json.loads((saved / "bundle.json").read_text())
-    assert data["format"] == BUNDLE_FORMAT == 2
+    assert data["format"] == BUNDLE_FORMAT == 3
     assert data["stable_region"]["lookahead"] == StableRegionSpec().lookahead
 
 

@@ -52,7 +52,8 @@ def bundle(tmp_path_factory) -> Path:
                 scaler=MinMaxScaler.fit(np.random.default_rng(0).normal(size=(4, 16, len(CHANNELS)))),
                 calibration=ScoreCalibration({GLOBAL: Reference(0.01, 2.0, (0.01,) * len(CHANNELS), 10)}),
                 hyperparams=hp, thresholds=Thresholds(1.5, 3.0, score="recon", rule="test"), metrics={},
-                training={}, archive_sha256="ab" * 32)
+                training={}, archive_sha256="ab" * 32,
+                parity_windows=np.random.default_rng(1).random((64, 16, len(CHANNELS)), dtype=np.float32))
     return path
 
 
@@ -119,8 +120,9 @@ def test_passes_on_the_deployed_broker(broker, bundle, tmp_path, tls, capsys):
     where = f"127.0.0.1:{broker.tls_port} over TLS" if tls else f"127.0.0.1:{broker.port}"
     assert lines[0] == f"ok    config {config}"
     assert any(re.fullmatch(rf"ok    bundle {bundle} \(model [0-9a-f]{{16}}: .*\)", line) for line in lines)
-    assert ("skip  model model.keras not loaded (--no-model: no TensorFlow)" in lines) == tls
-    assert any(line.startswith("ok    model model.keras loads on cpu (windows of 16 x 6") for line in lines) != tls
+    assert ("skip  model not loaded (--no-model)" in lines) == tls
+    served = "ok    model scoring.onnx scores a window with onnxruntime on cpu (windows of 16 x 6"
+    assert any(line.startswith(served) for line in lines) != tls
     assert f"ok    state {tmp_path / 'state'}: user " in "\n".join(lines)
     assert (f"ok    broker listeners in {broker.conf}: listener {broker.port} 127.0.0.1, listener {broker.tls_port} take "
             "client ids from user names (use_username_as_clientid true)") in lines
@@ -236,7 +238,7 @@ def test_a_modified_bundle_fails_without_tensorflow(broker, bundle, tmp_path, ca
     assert code == 1
     [line] = failures(lines)
     assert re.fullmatch(rf"FAIL  bundle {copy}: model_id '{meta['model_id']}' in bundle\.json does not match the "
-                        r"content of model\.keras and bundle\.json \(hash '[0-9a-f]{16}'\); the bundle was modified "
+                        r"content of model\.keras, scoring\.onnx and bundle\.json \(hash '[0-9a-f]{16}'\); the bundle was modified "
                         r"after saving: restore the saved files or train a new bundle", line), line
 
 

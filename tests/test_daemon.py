@@ -1,6 +1,7 @@
 """The daemon end to end against a real Mosquitto: replay two machines through it, then check the
 windows, the scores against the offline scorer, the alarms, the retained state, the status and
-its will. One daemon run serves the whole module."""
+its will. One daemon run serves the whole module: on ONNX Runtime, in a process where TensorFlow
+cannot be imported (the edge box's install); the compact-encoding run serves with TensorFlow."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def run(module_broker, model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("daemon")
     collector = Collector(module_broker, [f"{ROOT}/#"], "collector-daemon")
     daemon = Daemon(workdir, module_broker, model.bundle, ROOT, INSTANCE,
-                    'machines: "mill-*"\nstate_file: state.json\nstatus_interval_s: 1\n').start()
+                    'machines: "mill-*"\nstate_file: state.json\nstatus_interval_s: 1\n', without_tensorflow=True).start()
     try:
         daemon.wait_online(collector)
         replay = replay_cli(module_broker, model.archive_path, ROOT)
@@ -151,11 +152,14 @@ def test_status_counts_and_logs(run, model):
     )
     status = collector.on(topic)[-1][1]
     assert status["state"] == "online" and status["device"] == "cpu" and status["protocol"] == 1
+    assert status["runtime"] == "onnxruntime"
     counters = status["counters"]
     assert counters["rejected"] == 0 and counters["gap_samples"] == 0
     published = int(re.search(r"(\d+) messages in", run[2].stdout).group(1))
     assert counters["messages_in"] == published
-    assert daemon.events("device")[0]["device"] == "cpu"
+    device = daemon.events("device")[0]
+    assert (device["device"], device["runtime"], device["requested_runtime"]) == ("cpu", "onnxruntime", "auto")
+    assert "the bundle has scoring.onnx" in device["reason"]
     assert {e["event"] for e in daemon.events()} >= {"device", "bundle", "connected", "online", "summary", "alarm"}
 
 
@@ -181,6 +185,9 @@ def test_start_up_errors_exit_2_without_traceback(tmp_path, module_broker, model
     (tmp_path / "c.yaml").write_text("device: gpu\n")
     r = start("--bundle", str(model.bundle), "--broker", module_broker.address)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "gpu was requested" in r.stderr
+    (tmp_path / "c.yaml").write_text("runtime: tensorflow\ndevice: gpu\n")
+    r = start("--bundle", str(model.bundle), "--broker", module_broker.address)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "gpu was requested but TensorFlow" in r.stderr
     (tmp_path / "c.yaml").write_text("")
     r = start("--bundle", str(tmp_path / "nope"), "--broker", module_broker.address)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such directory" in r.stderr
@@ -224,11 +231,12 @@ def test_log_format_follows_the_terminal_and_the_service_manager(monkeypatch, tm
 
 def test_compact_float32_chunks_are_scored_like_json_ones(module_broker, model, tmp_path):
     """The same cuts replayed with the compact encoding (docs/protocol.md): the same windows, and
-    scores equal to the offline scorer's within float32's rounding of the samples."""
+    scores equal to the offline scorer's within float32's rounding of the samples. TensorFlow serves
+    here (runtime: tensorflow), as it still can where it is installed."""
     root = "t-daemon-f32"
     collector = Collector(module_broker, [f"{root}/#"], "collector-daemon-f32")
     daemon = Daemon(tmp_path, module_broker, model.bundle, root, "d-f32",
-                    'machines: "mill-*"\nstatus_interval_s: 1\n').start()
+                    'machines: "mill-*"\nstatus_interval_s: 1\nruntime: tensorflow\n').start()
     try:
         daemon.wait_online(collector)
         replay = replay_cli(module_broker, model.archive_path, root, "--encoding", "f32", "--chunk", "64")
@@ -239,6 +247,7 @@ def test_compact_float32_chunks_are_scored_like_json_ones(module_broker, model, 
     finally:
         daemon.kill()
         collector.close()
+    assert daemon.events("device")[0]["runtime"] == "tensorflow"
     seen = collections.Counter((b["cut"], b["offset"]) for _, b in collector.on("/score"))
     assert set(seen) == set(model.offline) and max(seen.values()) == 1
     assert not collector.on("/errors")

@@ -33,11 +33,13 @@ class UnitDaemon(Daemon):
         return self
 
 
-def test_no_tensorflow_lines_on_stderr_and_the_device_says_why(module_broker, model, tmp_path):
-    collector = Collector(module_broker, [f"{ROOT}/#"], "collector-journal")
+@pytest.mark.parametrize("runtime", ["onnxruntime", "tensorflow"])
+def test_no_native_lines_on_stderr_and_the_device_says_why(module_broker, model, tmp_path, runtime):
+    collector = Collector(module_broker, [f"{ROOT}/#"], f"collector-journal-{runtime}")
     # debug: TensorFlow's lines must be in the log (not lost), as JSON records, not raw lines
-    daemon = UnitDaemon(tmp_path, module_broker, model.bundle, ROOT, "j1",
-                        'machines: "mill-*"\nstatus_interval_s: 1\nlogging:\n  format: json\n  level: debug\n').start()
+    daemon = UnitDaemon(tmp_path, module_broker, model.bundle, ROOT, f"j-{runtime}",
+                        f'machines: "mill-*"\nstatus_interval_s: 1\nruntime: {runtime}\n'
+                        'logging:\n  format: json\n  level: debug\n').start()
     try:
         daemon.wait_online(collector)
         replay = replay_cli(module_broker, model.archive_path, ROOT)
@@ -61,13 +63,17 @@ def test_no_tensorflow_lines_on_stderr_and_the_device_says_why(module_broker, mo
     assert [line for line in raw if NATIVE.search(line)] == [], output[:3000]
     assert raw == []  # every line is a log record
 
+    (device,) = daemon.events("device")
+    assert device["requested"] == "auto" and device["level"] == "info" and device["runtime"] == runtime
     native = daemon.events("tensorflow_log")
+    if runtime == "onnxruntime":  # no TensorFlow in the process: nothing of it to capture
+        assert native == [] and device["device"] in ("cpu", "gpu"), native
+        assert "the CUDA provider" in device["reason"] or "a CPU build (no CUDA provider)" in device["reason"], device
+        return
     assert native and all(r["level"] == "debug" for r in native), native  # nothing unexpected here
     assert any("absl::InitializeLog()" in r["message"] for r in native)
-    (device,) = daemon.events("device")
-    assert device["requested"] == "auto" and device["level"] == "info"
     if device["device"] == "cpu":
-        assert device["reason"].startswith("requested auto; TensorFlow sees no GPU"), device
+        assert "device requested auto; TensorFlow sees no GPU" in device["reason"], device
         if any(re.search(r"cuInit|cuda drivers", r["message"], re.IGNORECASE) for r in native):
             assert "(CUDA: " in device["reason"], device  # CUDA's own words for the missing GPU
     else:

@@ -205,7 +205,8 @@ def test_figures_match_the_status_counters(run, module_broker, model):
     assert s.value("edge_monitor_pending_windows") == s.value("edge_monitor_queued_inputs") == 0
     assert s.value("edge_monitor_unacknowledged_inputs") == status["backlog"]["unacknowledged"] == 0
     assert s.value("edge_monitor_checkpoint_age_seconds") < 30
-    assert s.value("edge_monitor_model_info", model_id=status["model"], device="cpu", version=__version__) == 1
+    assert s.value("edge_monitor_model_info", model_id=status["model"], device="cpu", runtime="onnxruntime",
+                   version=__version__) == 1
     assert status["model"] == run[1].events("bundle")[0]["model"]
 
 

@@ -1,4 +1,4 @@
-"""``python -m training {synth,fit,search,evaluate,crossval,lookahead-study,plot-bench}``: the training package's command line."""
+"""``python -m training {synth,fit,export,search,evaluate,crossval,lookahead-study,plot-bench}``: the training package's command line."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         preset="quick" if args.quick else args.preset,
         split_kind=args.split, seed=args.seed, overrides=overrides, folds=args.folds, repeats=args.repeats,
     )
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from edge_monitor.archive.mill import read_archive
+    from edge_monitor.model.bundle import export_bundle, load_bundle
+
+    from .dataset import prepare_windows
+    from .fit import describe_export
+
+    archive = read_archive(_archive_arg(args.archive))
+    meta = load_bundle(args.bundle).meta
+    ws = prepare_windows(archive, meta.window, meta.stable_region)
+    if len(ws) == 0:
+        raise ValueError(f"{args.archive}: no stable windows to check the export on")
+    meta = export_bundle(args.bundle, ws.data)
+    print(f"bundle {args.bundle}: now model {meta.model_id}, format {meta.format}", flush=True)
+    print(describe_export(meta), flush=True)
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
@@ -117,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deal the tools into folds this many times (seeds --seed on) and choose the thresholds "
                         "on all of them; reports mean ± sd")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("export", help="export a bundle's scoring graph for ONNX Runtime (serving without "
+                                      "TensorFlow), checked against TensorFlow on an archive's windows")
+    p.add_argument("--bundle", required=True, help="bundle directory (rewritten in place: format 3, a new model id)")
+    p.add_argument("--archive", help=f"mill.mat whose windows check the export (default: the synthetic {DEFAULT_ARCHIVE})")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("search", help="random hyper-parameter search (resumable)")
     p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")

@@ -326,6 +326,8 @@ def fit(
         metrics={"validation": val_metrics, "out_of_fold": oof_metrics},
         training=training_info,
         archive_sha256=archive.sha256,
+        # held out from training: the exported graph must score them as TensorFlow does
+        parity_windows=trained.scaler.transform(ws.data[np.concatenate([split.val, split.test])]),
     )
     print(f"out-of-fold tools (thresholds chosen on them), mean ± sd over {repeats} dealing(s): "
           + format_spread(oof_metrics["summary"]), flush=True)
@@ -334,4 +336,15 @@ def fit(
         f"warning > {thresholds.warning:.4g}, alarm > {thresholds.alarm:.4g}",
         flush=True,
     )
+    print(describe_export(meta), flush=True)
     return meta
+
+
+def describe_export(meta) -> str:
+    """One line: the exported graph and how far it is from TensorFlow's scores."""
+    s = meta.serving
+    worst = max(s.parity.values(), key=lambda d: d["max_rel"])
+    return (f"exported {s.file} (ONNX opset {s.opset}): on {s.windows} held-out windows every score within "
+            f"{worst['max_rel']:.2g} relative of TensorFlow's (" + ", ".join(
+                f"{name} {d['max_rel']:.2g}" for name, d in s.parity.items()) + f"; tolerance {s.tolerance:g})")
+

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..archive.replay import ENCODINGS
+from ..model.runtime import DEVICE_PREFERENCES, RUNTIMES  # no TensorFlow
 
 MODEL_BATCHES = (1, 8, 32, 128)  # and the configuration's batching.max_batch
 
@@ -62,8 +63,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", default="json", choices=ENCODINGS,
                    help="chunk payloads: JSON or compact float32, as the replay sends them (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: %(default)s)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
-                   help="TensorFlow device for the model figures and the daemon (default: %(default)s)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what serves the model in the daemon and the model figures (default: %(default)s; "
+                        "the model figures add TensorFlow's where it is installed, for comparison)")
+    p.add_argument("--device", default="auto", choices=DEVICE_PREFERENCES,
+                   help="device for the model figures and the daemon (default: %(default)s)")
     p.add_argument("--daemon-config", type=Path, metavar="YAML",
                    help="settings for the daemon (e.g. batching); the benchmark sets broker, machines, "
                         "state file, status interval and logging itself")
@@ -113,8 +117,9 @@ def _bench(args: argparse.Namespace) -> int:
     import yaml
 
     from ..archive.mill import read_archive
-    from ..model.bundle import BundleError, load_bundle, read_bundle_meta
-    from ..model.device import DeviceError, select_device
+    from ..model.meta import BundleError, read_bundle_meta
+    from ..model.runtime import ServingError, choose_runtime
+    from ..model.serving import load_serving
     from ..service.config import ConfigError, load_config
     from .broker import BenchBroker, BrokerStartError
     from .runs import Bench, BenchError, run_daemon, run_fanin
@@ -124,21 +129,24 @@ def _bench(args: argparse.Namespace) -> int:
         overlay = (yaml.safe_load(args.daemon_config.read_text()) if args.daemon_config else None) or {}
         if not isinstance(overlay, dict):
             raise ValueError(f"--daemon-config {args.daemon_config}: expected a mapping of settings")
-        daemon_config = {**overlay, "device": args.device}
+        daemon_config = {**overlay, "runtime": args.runtime, "device": args.device}
         base = args.out / "daemon-config.yaml"  # validated now, not minutes later at the first daemon run
         base.write_text(yaml.safe_dump(daemon_config, sort_keys=False))
         max_batch = load_config(base).batching.max_batch
-        device = select_device(args.device)
         meta = read_bundle_meta(args.bundle)
-    except (OSError, yaml.YAMLError, ConfigError, DeviceError, BundleError, ValueError) as exc:
+        choice = choose_runtime(args.runtime, args.device, meta, str(args.bundle))
+        served = load_serving(args.bundle, choice, meta)
+    except (OSError, yaml.YAMLError, ConfigError, ServingError, BundleError, ValueError) as exc:
         print(f"edge-monitor bench: error: {exc}", file=sys.stderr)
         return 2
-    print(f"device: {device}; bundle {args.bundle} (model {meta.model_id}); archive {args.archive}", flush=True)
+    device = served.runtime.device
+    print(f"runtime {served.runtime.runtime} on {device} ({served.runtime.reason}); bundle {args.bundle} "
+          f"(model {meta.model_id}); archive {args.archive}", flush=True)
     archive = read_archive(args.archive)
     report: dict = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source_version(args.daemon_source),
         "daemon_source": None if args.daemon_source is None else str(args.daemon_source),
-        "device": device, "cpu_count": os.cpu_count(),
+        "runtime": served.runtime.runtime, "device": device, "cpu_count": os.cpu_count(),
         "host": platform.node(), "bundle": str(args.bundle), "model_id": meta.model_id,
         "archive": str(args.archive), "encoding": args.encoding, "chunk": args.chunk, "cuts_per_machine": args.cuts,
         "lookahead_samples": meta.stable_region.lookahead_samples, "window": meta.window.to_dict(),
@@ -158,8 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
                 from .model import model_figures
 
                 print("model: timing the scoring call ...", flush=True)
-                bundle = load_bundle(args.bundle)
-                report["model"] = model_figures(bundle, archive, MODEL_BATCHES, max_batch, args.model_seconds,
+                report["model"] = model_figures(served, archive, MODEL_BATCHES, max_batch, args.model_seconds,
                                                 args.baseline_windows)
                 save()
             bench = Bench(broker, args.archive, archive, args.bundle, meta, args.out, chunk=args.chunk,
@@ -217,7 +224,7 @@ def ratios(report: dict) -> dict:
     fast = [r for r in report["runs"] if r["speed"] == 0]
     if fast and report["fanin"]:
         out["speed0_daemon_over_fanin"] = round(fast[-1]["msgs_per_s_in"] / report["fanin"]["msgs_per_s"], 3)
-    if report["model"]:
+    if report["model"] and "speedup_max_batch_over_predict" in report["model"]:
         out["max_batch_over_predict"] = report["model"]["speedup_max_batch_over_predict"]
     return out
 
@@ -242,17 +249,23 @@ COLUMNS = (("machines", 8), ("speed", 6), ("chunk", 6), ("msgs/s in", 10), ("win
 def format_report(report: dict) -> str:
     source = report.get("source") or {}
     changed = f" + {len(source['modified'])} modified files" if source.get("modified") else ""
-    lines = [f"device {report['device']}, {report['cpu_count']} cores; model {report['model_id']}; "
+    lines = [f"runtime {report.get('runtime', 'tensorflow')} on {report['device']}, {report['cpu_count']} cores; model {report['model_id']}; "
              f"{report['cuts_per_machine']} cut(s) per machine, {report['encoding']} chunks; "
              f"source {source.get('commit')}{changed}; latencies in ms"]
     model = report["model"]
     if model:
-        for r in model["scoring"]:
-            lines.append(f"model  score(batch {r['batch']:>4}){' = max_batch' if r['batch'] == model['max_batch'] else '':12}"
-                         f"{r['windows_per_s']:>10.0f} windows/s  ({r['ms_per_call']:.1f} ms per call)")
-        b = model["predict_baseline"]
-        lines.append(f"model  predict, 1 window per call {b['windows_per_s']:>10.0f} windows/s  "
-                     f"({b['ms_per_window']:.1f} ms per window, {b['windows']} windows)")
+        for runtime, rows in model.get("by_runtime", {"": model["scoring"]}).items():
+            for r in rows:
+                lines.append(f"model  {runtime:<12} score(batch {r['batch']:>4})"
+                             f"{' = max_batch' if r['batch'] == model['max_batch'] else '':12}"
+                             f"{r['windows_per_s']:>10.0f} windows/s  ({r['ms_per_call']:.1f} ms per call)")
+        b = model.get("predict_baseline")
+        if b:
+            lines.append(f"model  TensorFlow predict, 1 window per call {b['windows_per_s']:>10.0f} windows/s  "
+                         f"({b['ms_per_window']:.1f} ms per window, {b['windows']} windows)")
+        for name, parity in model.get("parity", {}).items():
+            lines.append(f"model  {name} vs tensorflow on the same windows: max relative difference "
+                         + ", ".join(f"{k} {v['max_rel']:.2g}" for k, v in parity.items()))
     fanin = report["fanin"]
     if fanin:
         lines.append(f"broker fan-in to a do-nothing QoS 1 subscriber: {fanin['msgs_per_s']:.0f} msgs/s "

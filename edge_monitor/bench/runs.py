@@ -155,12 +155,14 @@ def run_daemon(bench: Bench, machines: int, speed: float) -> dict:
         stack.callback(probe.stop)
         gen = bench.loadgen(where, root, machines, speed)
         stack.callback(gen.stop)
+        started = time.monotonic()
         daemon = Child("daemon", [bench.python, "-m", "edge_monitor", "run", "--config", str(config),
                                   "--broker", bench.broker.address, "--bundle", str(bench.bundle_path),
                                   "--root", root, "--instance", label],
                        log=where / "daemon.log", capture=False, env=bench.daemon_env(), cwd=bench.daemon_source)
         stack.callback(daemon.stop)
         _wait_online(daemon, probe)
+        online_s = time.monotonic() - started  # the process started, the model loaded, the broker reached
         wait_ready(gen, plan)
         sampler = ProcSampler({"daemon": daemon.pid, "broker": bench.broker.pid, "loadgen": gen.pid,
                                "bench": os.getpid(), "box": None}).start()
@@ -172,7 +174,8 @@ def run_daemon(bench: Bench, machines: int, speed: float) -> dict:
         times, loadgen_cpu = finish_loadgen(gen, plan, where, 60)
     expected = expected_windows(plan, times, starts, bench.meta.window, bench.meta.stable_region)
     acc = account(expected, probe.scores)
-    return _daemon_figures(plan, times, acc, probe, sampler, loadgen_cpu, complete, exit_code, label)
+    return {**_daemon_figures(plan, times, acc, probe, sampler, loadgen_cpu, complete, exit_code, label),
+            "start_to_online_s": round(online_s, 2)}
 
 
 def _wait_online(daemon: Child, probe: ScoreProbe) -> None:
@@ -245,6 +248,7 @@ def _daemon_figures(plan: LoadPlan, times: np.ndarray, acc, probe: ScoreProbe, s
         **acc.summary(),
         "results_unreadable": probe.bad[:5],
         "daemon_device": probe.status.get("device"),
+        "daemon_runtime": probe.status.get("runtime"),
         "status": probe.status,
         "usage": {name: u.series(first) for name, u in sampler.usage.items()},
         "cpu_seconds_by_process": {name: round(v, 3) for name, v in used.items()},  # box: every process

@@ -127,6 +127,7 @@ class StatusMessage:
     since: float
     counters: Mapping[str, int] | None = field(default=None)
     backlog: Mapping[str, float] | None = field(default=None)  # lag_s, queued, unacknowledged
+    runtime: str | None = field(default=None)  # what serves the model: "onnxruntime", "tensorflow"
 
     def to_dict(self) -> dict:
         if self.state not in STATUS_STATES:
@@ -135,6 +136,7 @@ class StatusMessage:
             "state": self.state,
             "model": self.model,
             "device": self.device,
+            **({"runtime": self.runtime} if self.runtime else {}),
             "version": self.version,
             "since": finite(self.since),
             "protocol": PROTOCOL_VERSION,

@@ -3,16 +3,21 @@
 Layout::
 
     <bundle>/model.keras   the training model in Keras' native format
+    <bundle>/scoring.onnx  its scoring graph exported for ONNX Runtime (format 3; ``serving`` in
+                           bundle.json: opset, exporter versions, parity with TensorFlow)
     <bundle>/bundle.json   channels, window and stable-region specs, scaler, hyperparameters,
-                           thresholds, metrics, training record, archive checksum, versions, model id
+                           thresholds, metrics, training record, archive checksum, versions,
+                           serving, model id
 
-``model_id`` is a content hash: 16 hex digits of SHA-256 over the bytes of ``model.keras`` and the
-canonical JSON of every ``bundle.json`` field except ``created`` and ``model_id``. Loading
+``model_id`` is a content hash: 16 hex digits of SHA-256 over the bytes of ``model.keras``, of
+``scoring.onnx`` when there is one, and the canonical JSON of every ``bundle.json`` field except
+``created`` and ``model_id``. Loading
 recomputes it, so a bundle edited or mixed up after saving is refused instead of silently scoring
 with the wrong scaler or thresholds. Non-finite floats in ``metrics`` and ``training`` are stored
 as ``null`` (JSON has no NaN).
 
-Formats: 2 states the stable-region detector's look-ahead (``stable_region.lookahead``). A format 1
+Formats: 3 adds ``serving``, the exported scoring graph (older bundles get one with
+``python -m training export``, which writes format 3 and so a new model id). 2 states the stable-region detector's look-ahead (``stable_region.lookahead``). A format 1
 bundle has no such key; it reads as ``lookahead = half_width`` (what it was trained and calibrated
 with), and its model id stays the one computed over the file as written.
 
@@ -22,6 +27,7 @@ needs no TensorFlow; it is re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -42,12 +48,13 @@ from ..core.calibration import ScoreCalibration
 from ..core.stable_region import StableRegionSpec
 from ..core.windowing import WindowSpec
 from .meta import (  # re-exported: the metadata part of a bundle, which needs no TensorFlow
-    BUNDLE_FORMAT,  # noqa: F401
+    BUNDLE_FORMAT,
     META_FILE,
     MODEL_FILE,
     BundleError,
     BundleMeta,
     _check_meta,
+    check_keras,
     _meta_from_dict,  # noqa: F401
     _model_id,
     read_bundle_meta,
@@ -86,9 +93,12 @@ def save_bundle(
     metrics: dict,
     training: dict,
     archive_sha256: str,
+    parity_windows: np.ndarray | None = None,
 ) -> BundleMeta:
     """Write a bundle at ``path``, atomically: it is built in a temporary directory beside ``path``
-    and renamed into place when complete, replacing an existing bundle there."""
+    and renamed into place when complete, replacing an existing bundle there. With
+    ``parity_windows`` (held-out, scaled) the scoring graph is exported too, and checked on them
+    (:func:`.export.export_onnx`)."""
     path = Path(path)
     where = f"bundle {path}: {META_FILE} key"
     for name, value in (("metrics", metrics), ("training", training)):
@@ -118,18 +128,57 @@ def save_bundle(
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from a service user it is copied for
         model.save(tmp / MODEL_FILE)
-        meta.model_id = _model_id((tmp / MODEL_FILE).read_bytes(), meta)
-        (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, allow_nan=False) + "\n")
+        failed = None
+        if parity_windows is not None:
+            from .export import ExportError, export_onnx
+
+            try:
+                meta.serving = export_onnx(model, tmp, parity_windows)
+            except ExportError as exc:  # the trained model is kept: TensorFlow can serve it
+                failed = exc
+        _write_meta(tmp, meta)
+        _replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if failed is not None:
+        raise ExportError(f"bundle {path} was saved without an exported model (runtime: tensorflow serves it): "
+                          f"{failed}") from failed
+    return meta
+
+
+def export_bundle(path: str | Path, parity_windows: np.ndarray) -> BundleMeta:
+    """Export the scoring graph of the bundle at ``path`` into it (format 3; a new model id, as
+    its content changes), checked on ``parity_windows`` (raw signal windows: scaled here with the
+    bundle's scaler). Atomic, as :func:`save_bundle`."""
+    from .export import export_onnx
+
+    bundle = load_bundle(path)
+    path = bundle.path
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        tmp.chmod(0o755)
+        shutil.copy2(path / MODEL_FILE, tmp / MODEL_FILE)
+        meta = dataclasses.replace(bundle.meta, format=BUNDLE_FORMAT)
+        meta.serving = export_onnx(bundle.model, tmp, meta.scaler.transform(parity_windows))
+        _write_meta(tmp, meta)
         _replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
+def _write_meta(directory: Path, meta: BundleMeta) -> None:
+    """``bundle.json``, with the model id over the files already in ``directory``."""
+    files = [MODEL_FILE] + ([meta.serving.file] if meta.serving else [])
+    meta.model_id = _model_id(*((directory / f).read_bytes() for f in files), meta=meta)
+    (directory / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2, allow_nan=False) + "\n")
+
+
 def load_bundle(path: str | Path) -> ModelBundle:
     """Validate the bundle at ``path`` and load its model for scoring."""
     path = Path(path)
     meta = read_bundle_meta(path)
+    check_keras(meta, path)
     try:
         model = load_vae(path / MODEL_FILE, compile=False)
     except Exception as exc:  # Keras raises many types for a bad archive; all mean the same here

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-DEVICE_PREFERENCES: tuple[str, ...] = ("auto", "cpu", "gpu")
+from .runtime import DEVICE_PREFERENCES
 
 
 class DeviceError(RuntimeError):

@@ -45,10 +45,12 @@ import socket
 import ssl
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -113,20 +115,27 @@ def _bundle(config: Config, load_model: bool) -> Iterator[Result]:
         return
     yield ok(f"bundle {config.bundle} (model {meta.model_id}: bundle.json valid, its files match the id)")
     if not load_model:
-        yield skip(f"model {MODEL_FILE} not loaded (--no-model: no TensorFlow)")
+        yield skip("model not loaded (--no-model)")
         return
-    with NativeCapture(during="check") as native:  # TensorFlow's own lines: to the log
-        from ..model.device import DeviceError, select_device  # TensorFlow loads here
+    from ..model.runtime import ServingError, choose_runtime, pick_runtime
+    from ..model.serving import load_serving
 
+    try:
+        runtime, _ = pick_runtime(config.runtime, meta, str(config.bundle))
+    except (ServingError, ValueError) as exc:
+        yield fail(str(exc))
+        return
+    served = None
+    # TensorFlow's own lines: to the log
+    with NativeCapture(during="check") if runtime == "tensorflow" else nullcontext() as native:
         try:
-            device = select_device(config.device)
-            if device == "cpu":
+            choice = choose_runtime(config.runtime, config.device, meta, str(config.bundle))
+            if native is not None and choice.kind == "cpu":
                 native.expect_no_gpu()
-            from ..model.bundle import load_bundle
-
-            load_bundle(config.bundle)
+            served = load_serving(config.bundle, choice)
+            served.scorer().raw_scores(np.zeros((1, meta.window.length, len(meta.channels))))
             problem = None
-        except (DeviceError, BundleError, ValueError) as exc:
+        except (ServingError, BundleError, ValueError) as exc:
             problem = str(exc)
         except Exception as exc:  # noqa: BLE001 - Keras refusing the file in its own words: a FAIL line
             problem = f"model {config.bundle / MODEL_FILE}: cannot load it ({type(exc).__name__}: {exc})"
@@ -134,7 +143,9 @@ def _bundle(config: Config, load_model: bool) -> Iterator[Result]:
         yield fail(problem)
         return
     shape = f"windows of {meta.window.length} x {len(meta.channels)}, {meta.hyperparams.codings} codings"
-    yield ok(f"model {MODEL_FILE} loads on {device} ({shape})")
+    what = meta.serving.file if served.runtime.runtime == "onnxruntime" else MODEL_FILE
+    yield ok(f"model {what} scores a window with {served.runtime.runtime} on {served.runtime.device} ({shape}; "
+             f"{served.runtime.reason})")
 
 
 def _state(state_file: Path | None) -> Iterator[Result]:

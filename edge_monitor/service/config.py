@@ -27,11 +27,12 @@ from ..core.alarm import AlarmPolicy
 from ..core.inbound import Limits
 from ..core.spec import Spec, SpecError, from_mapping, parse_field, setting
 from ..core.topics import instance_problem, validate_root
+from ..model.runtime import DEVICE_PREFERENCES as DEVICES  # no TensorFlow
+from ..model.runtime import RUNTIMES
 from . import parsers
 from .mqtt import BrokerSettings, parse_address
 from .parsers import local_path
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")  # auto: console on a terminal, else json
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: Machine selectors: machine ids, or shell-style patterns of them with ``*`` and ``?``.
@@ -143,6 +144,9 @@ class Config(Spec):
     instance: str = setting("edge-1", parse=_instance)  # names this monitor's own topics
     machines: tuple[str, ...] = setting(("*",), parse=_machines)  # ids or patterns ("mill-*"); others are rejected
     bundle: Path = setting(Path("runs/demo/bundle"), parse=local_path)
+    # what serves the model: ONNX Runtime (the bundle's scoring.onnx, no TensorFlow) or TensorFlow;
+    # auto: ONNX Runtime when the bundle has an export and it is installed (model/runtime.py)
+    runtime: str = setting("auto", choices=RUNTIMES)
     device: str = setting("auto", choices=DEVICES)
     batching: Batching = field(default_factory=Batching)
     alarm: AlarmPolicy = field(default_factory=AlarmPolicy)

@@ -1,7 +1,8 @@
 """The daemon as a process: device, bundle, monitor, signals and exit codes.
 
-``python -m edge_monitor run`` calls :func:`run`: it chooses the device (TensorFlow loads only
-then), loads and checks the bundle, builds the :class:`~.monitor.Monitor`, warms it up, connects
+``python -m edge_monitor run`` calls :func:`run`: it reads the bundle's metadata, chooses the
+runtime and device (ONNX Runtime on the bundle's exported graph; TensorFlow, which loads only
+then, for a bundle without one), loads the bundle on it, builds the :class:`~.monitor.Monitor`, warms it up, connects
 and runs it until SIGTERM/SIGINT. Exit codes: 0 after a graceful stop; 1 when the MQTT network
 thread stalls (systemd restarts the service; nothing is lost); 2 for a start-up problem
 (:class:`StartupError`, whose message names the thing to fix).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import signal
+from contextlib import nullcontext
 from typing import Callable
 
 from ..core.alarm import policy_mismatch
@@ -34,28 +36,38 @@ def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
     # that comes during start-up is done once the monitor runs).
     reloader = Reloader(read_config or (lambda: config), warm_up)
     signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request())
-    systemd.status("loading TensorFlow and the model")
-    # TensorFlow's and absl's native lines go to the log, not to stderr (native_log.py).
-    with NativeCapture(log, "device") as native:
-        from ..model.device import DeviceError, choose_device
-
-        try:
-            device = choose_device(config.device)
-        except (DeviceError, ValueError) as exc:
-            raise StartupError(str(exc)) from None
-        if device.kind == "cpu":
-            native.expect_no_gpu()
-    note = native.cuda_note if device.kind == "cpu" else None
-    log.info("device", requested=config.device, device=device.name,
-             reason=f"{device.reason} (CUDA: {note})" if note else device.reason)
-
-    from ..model.bundle import BundleError, load_bundle
+    systemd.status("loading the model")
+    from ..model.meta import BundleError, read_bundle_meta
+    from ..model.runtime import ServingError, choose_runtime, pick_runtime
+    from ..model.serving import load_serving
 
     try:
-        with NativeCapture(log, "bundle"):
-            bundle = load_bundle(config.bundle)
-    except BundleError as exc:
+        meta = read_bundle_meta(config.bundle)
+        runtime, _ = pick_runtime(config.runtime, meta, str(config.bundle))
+    except (BundleError, ServingError, ValueError) as exc:
         raise StartupError(str(exc)) from None
+    # TensorFlow's and absl's native lines go to the log, not to stderr (native_log.py); ONNX
+    # Runtime writes nothing there (its log level is set to errors).
+    tensorflow = runtime == "tensorflow"
+    if tensorflow:
+        systemd.status("loading TensorFlow and the model")
+    with NativeCapture(log, "device") if tensorflow else nullcontext() as native:
+        try:
+            choice = choose_runtime(config.runtime, config.device, meta, str(config.bundle))
+        except (ServingError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
+        if tensorflow and choice.kind == "cpu":
+            native.expect_no_gpu()
+    try:
+        with NativeCapture(log, "bundle") if tensorflow else nullcontext():
+            bundle = load_serving(config.bundle, choice, None if tensorflow else meta)
+    except (BundleError, ServingError) as exc:
+        raise StartupError(str(exc)) from None
+    choice = bundle.runtime  # the GPU may have fallen back to the CPU
+    note = native.cuda_note if tensorflow and choice.kind == "cpu" else None
+    log.info("device", requested=config.device, device=choice.device, runtime=choice.runtime,
+             requested_runtime=config.runtime, reason=f"{choice.reason} (CUDA: {note})" if note else choice.reason)
+    reloader.runtime = choice
     th = bundle.meta.thresholds
     log.info("bundle", path=str(config.bundle), model=bundle.meta.model_id, score=th.score,
              warning=th.warning, alarm=th.alarm)
@@ -63,10 +75,10 @@ def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
     if mismatch:
         log.warning("alarm_policy_differs", detail=mismatch)
     try:
-        monitor = Monitor(config, bundle, device.kind, reloader)
+        monitor = Monitor(config, bundle, choice.kind, reloader)
     except BrokerError as exc:  # a TLS or password file that cannot be used
         raise StartupError(str(exc)) from None
-    with NativeCapture(log, "warm-up"):
+    with NativeCapture(log, "warm-up") if tensorflow else nullcontext():
         monitor.warm_up()
     del bundle  # the monitor holds what it needs: a reload can free this model
     # Everything loaded so far (TensorFlow, Keras, the model: ~400 000 objects) lives as long as

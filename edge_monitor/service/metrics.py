@@ -266,8 +266,9 @@ class _Live(Collector):
             fault.add_metric([machine], float(faulty))
         yield level
         yield fault
-        yield InfoMetricFamily(PREFIX + "model", "The model scoring now, the device it runs on, the monitor's version",
-                               value={"model_id": monitor.model_id, "device": monitor.device, "version": __version__})
+        yield InfoMetricFamily(PREFIX + "model", "The model scoring now, the runtime and device it runs on, the "
+                               "monitor's version", value={"model_id": monitor.model_id, "device": monitor.device,
+                                                           "runtime": monitor.runtime, "version": __version__})
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -18,7 +18,7 @@ Two more threads: the metrics endpoint's HTTP server (:mod:`.metrics`), which on
 during a reload (SIGHUP) the thread that loads and traces the new bundle (:mod:`.reload`); the
 main loop switches to it between two turns (:meth:`Monitor.switch`).
 
-Start-up order: device, bundle (and one warm-up batch, so the first real window does not pay for
+Start-up order: runtime and device, bundle (and one warm-up batch, so the first real window does not pay for
 tracing), the metrics endpoint, broker, the alarm states read back (:mod:`.state`), then ``online``.
 
 Delivery (:mod:`.checkpoint`): inputs are acknowledged by hand, once a checkpoint of every
@@ -69,8 +69,8 @@ from .scoring import Scoring
 from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
 
-if TYPE_CHECKING:  # the bundle module loads TensorFlow: imported only once the device is chosen
-    from ..model.bundle import ModelBundle
+if TYPE_CHECKING:
+    from ..model.serving import ServingModel
 
 PUBLISH_WAIT = 5.0  # seconds to wait for the broker to take the last messages at shutdown
 IDLE_WAKE = 0.25  # the loop turns at least this often (watchdog, status, batch deadlines)
@@ -97,9 +97,10 @@ def pipeline_spec(meta: BundleMeta, config: Config) -> PipelineSpec:
 class Monitor:
     """One running monitor: call :meth:`start`, then :meth:`run` until :meth:`stop`."""
 
-    def __init__(self, config: Config, bundle: ModelBundle, device: str, reloader: Reloader | None = None) -> None:
+    def __init__(self, config: Config, bundle: ServingModel, device: str, reloader: Reloader | None = None) -> None:
         self.config = config
         self.device = device
+        self.runtime = bundle.runtime.runtime  # kept by reloads
         self.log = get_logger().bind(instance=config.instance)
         self.meta = bundle.meta  # the running model's: a reload replaces it
         self.reloader = reloader  # systemctl reload (SIGHUP): a new configuration and bundle (service/reload.py)
@@ -464,7 +465,7 @@ class Monitor:
     def _status(self, state: str, counters: bool = False) -> StatusMessage:
         return StatusMessage(state=state, model=self.model_id, device=self.device, version=__version__,
                              since=self.since, counters=asdict(self.counters) if counters else None,
-                             backlog=self.backlog.figures() if counters else None)
+                             backlog=self.backlog.figures() if counters else None, runtime=self.runtime)
 
     def _publish_status(self, state: str | None = None):
         state = state or self.backlog.state()

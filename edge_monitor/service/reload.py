@@ -25,16 +25,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Union
 
-from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
+from ..model.meta import BundleError, BundleMeta, windowing_of  # no TensorFlow
+from ..model.runtime import RuntimeChoice, ServingError  # no TensorFlow
 from . import systemd
 from .config import Config, ConfigError
 
-if TYPE_CHECKING:  # the bundle module loads TensorFlow, already loaded when a reload can happen
-    from ..model.bundle import ModelBundle
+if TYPE_CHECKING:
     from ..model.scorer import WindowScorer
+    from ..model.serving import ServingModel
 
 #: Settings a reload does not apply: they were used to open connections, threads and files.
-RESTART_ONLY: tuple[str, ...] = ("broker", "topic_root", "instance", "machines", "device", "delivery", "limits",
+RESTART_ONLY: tuple[str, ...] = ("broker", "topic_root", "instance", "machines", "runtime", "device", "delivery", "limits",
                                  "state_file", "metrics")
 
 
@@ -43,7 +44,7 @@ class Prepared:
     """A new configuration and model, loaded and traced, ready to switch to."""
 
     config: Config  # as read, with the running values of what waits for a restart
-    bundle: ModelBundle
+    bundle: ServingModel
     scorer: WindowScorer
     waiting: tuple[str, ...]  # restart-only settings that changed: applied at the next restart
 
@@ -95,6 +96,7 @@ class Reloader:
         self._requested = False
         self._thread: threading.Thread | None = None
         self._outcome: Outcome | None = None
+        self.runtime: RuntimeChoice | None = None  # chosen at start, kept by every reload
 
     def request(self) -> None:
         self._requested = True
@@ -127,15 +129,16 @@ class Reloader:
 
     def _prepare(self, running: Config, running_meta: BundleMeta) -> None:
         try:
-            self._outcome = prepare(running, running_meta, self._read_config, self._warm_up)
+            self._outcome = prepare(running, running_meta, self._read_config, self._warm_up, self.runtime)
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the old model keeps running
             self._outcome = Failed(f"unexpected {type(exc).__name__} while reloading: {exc}")
 
 
 def prepare(running: Config, running_meta: BundleMeta, read_config: Callable[[], Config],
-            warm_up: Callable[[WindowScorer], None]) -> Outcome:
-    """Read, validate and load what a reload switches to (on the reload thread)."""
-    from ..model.bundle import BundleError, load_bundle
+            warm_up: Callable[[WindowScorer], None], runtime: RuntimeChoice) -> Outcome:
+    """Read, validate and load what a reload switches to (on the reload thread), on the runtime
+    chosen at start."""
+    from ..model.serving import load_serving
 
     try:
         new = read_config()
@@ -148,8 +151,8 @@ def prepare(running: Config, running_meta: BundleMeta, read_config: Callable[[],
     # No capture of fd 2 here (service/native_log.py): TensorFlow started long ago and says
     # nothing more, and a capture would hide what the main thread's inference might write meanwhile.
     try:
-        bundle = load_bundle(path)
-    except BundleError as exc:
+        bundle = load_serving(path, runtime)
+    except (BundleError, ServingError) as exc:
         return Failed(str(exc))
     except Exception as exc:  # noqa: BLE001 - Keras refusing the file in its own words
         return Failed(f"bundle {config.bundle}: cannot load it ({type(exc).__name__}: {exc})")

@@ -1,0 +1,119 @@
+"""The scoring graph exported to ONNX (:mod:`.export`), run by ONNX Runtime: no TensorFlow.
+
+On the CPU, or on an NVIDIA GPU through ONNX Runtime's CUDA execution provider (the
+``onnxruntime-gpu`` package, the ``gpu`` extra): :mod:`.runtime` chooses. ONNX Runtime falls back
+to the CPU silently when the CUDA provider cannot start (no driver, a missing CUDA library), so
+the session is asked what it really uses.
+
+Whether a window's scores depend on the batch it is in is measured when the model loads
+(:func:`call_rows`, a few calls): with the project's model ONNX Runtime's CPU kernels gave every
+window the same bits at every batch size and position here, so batches go through as they are;
+where they do not (another model, another CPU's kernels, the GPU), every call gets a fixed number of
+rows at which the probes find no difference, down to one window per call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .meta import SCORE_OUTPUTS
+from .scorer import INFERENCE_ROWS
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # Warnings and errors of ONNX Runtime's own log go to stderr: only errors, the rest is noise here
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    # The daemon calls in short bursts: worker threads that spin between calls burn a core for
+    # nothing on a box shared with the broker.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxInference:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: str | Path, *, gpu: bool = False, threads: int | None = None) -> None:
+        providers = [CUDA_PROVIDER, CPU_PROVIDER] if gpu else [CPU_PROVIDER]
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 3:
+            raise ValueError(f"{path}: expected one input of windows (n, length, channels), got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+        self._input = inputs[0].name
+        _, self.window_length, self.n_channels = inputs[0].shape
+        if not (isinstance(self.window_length, int) and isinstance(self.n_channels, int)):
+            raise ValueError(f"{path}: the window's length and channels must be fixed, got {inputs[0].shape}")
+        names = [o.name for o in self.session.get_outputs()]
+        if sorted(names) != sorted(SCORE_OUTPUTS):
+            raise ValueError(f"{path}: expected the outputs {', '.join(SCORE_OUTPUTS)}, got {', '.join(names)}")
+        self._outputs = list(SCORE_OUTPUTS)
+        self.providers = self.session.get_providers()  # what it really uses, in order
+        self.on_gpu = self.providers[0] == CUDA_PROVIDER
+        self.rows: int | None = None  # while probing: any
+        self.rows = call_rows(self)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        recon, kl, channels = self.session.run(self._outputs, {self._input: x})
+        return recon, kl, channels
+
+
+def call_rows(inference: OnnxInference) -> int | None:
+    """How many windows each call must have so that a window's scores never depend on its batch:
+    None (any number) where the probes find no difference, else the first fixed size at which a
+    window scores the same at every position probed, else 1 (a call per window: slow, but exact).
+    Measured here: the project's model is exact at any size on ONNX Runtime's CPU kernels; a tiny
+    test model differs between odd and even rows (kernels that take rows in pairs) at every size."""
+    if batch_invariant(inference):
+        return None
+    for rows in (INFERENCE_ROWS, 16, 4):
+        if position_invariant(inference, rows):
+            return rows
+    return 1
+
+
+def _probe(inference: OnnxInference, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, inference.window_length, inference.n_channels), dtype=np.float32)
+
+
+def _same(a, b, i: int | slice, j: int | slice) -> bool:
+    return all(np.array_equal(x[i], y[j]) for x, y in zip(a, b))
+
+
+def batch_invariant(inference: OnnxInference) -> bool:
+    """Windows get the same bits alone as in a batch of 256, and in batches of 7 and
+    INFERENCE_ROWS at other positions (odd and even ones)."""
+    batch = _probe(inference, 256, 0)
+    whole = inference(batch)
+    for i in (0, 1, INFERENCE_ROWS - 1, 200):
+        if not _same(inference(batch[i : i + 1]), whole, 0, i):
+            return False
+    for start, n in ((0, 7), (0, INFERENCE_ROWS), (101, INFERENCE_ROWS)):
+        if not _same(inference(batch[start : start + n]), whole, slice(None), slice(start, start + n)):
+            return False
+    return True
+
+
+def position_invariant(inference: OnnxInference, rows: int) -> bool:
+    """One window scores the same at the first, second, third and the last two positions of a
+    call of ``rows`` windows, among other companions each time."""
+    window = _probe(inference, 1, 1)[0]
+    reference = None
+    for k, position in enumerate(sorted({0, 1, 2, rows - 2, rows - 1})):
+        batch = _probe(inference, rows, 2 + k)
+        batch[position] = window
+        scores = inference(batch)
+        if reference is None:
+            reference, where = scores, position
+        elif not _same(scores, reference, position, where):
+            return False
+    return True
