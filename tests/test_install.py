@@ -140,9 +140,9 @@ def test_a_dry_run_plans_building_the_venv(tmp_path, model):
     out = install(prefix, model.bundle, "--dry-run", "--no-gpu", venv=False).stdout
     assert not prefix.exists()
     opt = re.escape(f"{prefix}/opt/edge-monitor")
-    assert "python package: edge-monitor (no GPU found, or --no-gpu)" in out
+    assert "python package: edge-monitor[serve] (no GPU found, or --no-gpu)" in out
     assert re.search(rf"would run: \S+ -m venv {opt}\n", out)
-    assert re.search(rf"would run: {opt}/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\n", out)
+    assert re.search(rf"would run: {opt}/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\\\[serve\\\]\n", out)
     assert re.search(rf"would write {opt}/\.edge-monitor-source\n", out)
 
 
@@ -165,7 +165,7 @@ def test_a_dry_run_of_a_real_install_plans_packages_user_venv_and_units(tmp_path
     if not opt.exists() and not opt.is_symlink():
         assert re.search(r"would run: \S+ -m venv /opt/edge-monitor\n", out)
     if not opt.is_symlink():
-        pip = rf"would run: /opt/edge-monitor/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\n"
+        pip = rf"would run: /opt/edge-monitor/bin/python -m pip install --quiet --upgrade {re.escape(str(REPO))}\\\[serve\\\]\n"
         assert re.search(pip, out) or "unchanged /opt/edge-monitor (built from this source tree)" in out
     for path, mode in (("/etc/edge-monitor/config.yaml", "0640"), ("/etc/systemd/system/edge-monitor.service", "0644")):
         planned = re.search(rf"would run: install -m {mode} .* {re.escape(path)}\n", out)

@@ -21,13 +21,16 @@ def model(tmp_path_factory):
 
 
 def monitor_for(broker, model, instance: str) -> Monitor:
-    from edge_monitor.model.bundle import load_bundle
+    from edge_monitor.model.meta import read_bundle_meta
+    from edge_monitor.model.runtime import choose_runtime
+    from edge_monitor.model.serving import load_serving
 
+    meta = read_bundle_meta(model.bundle)
     config = load_config(None, {"broker": broker.address, "bundle": str(model.bundle), "root": "t-stall",
                                 "instance": instance})
     config = replace(config, delivery=replace(config.delivery, stall_timeout_s=2.0, checkpoint_interval_ms=100),
                      metrics=replace(config.metrics, port=0))  # any free port: not the host's 8469
-    monitor = Monitor(config, load_bundle(model.bundle), "cpu")
+    monitor = Monitor(config, load_serving(model.bundle, choose_runtime("auto", "cpu", meta), meta), "cpu")
     monitor.start()
     return monitor
 
