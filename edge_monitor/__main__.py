@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--instance", metavar="NAME", help="monitor instance name (overrides instance)")
     check.add_argument("--no-model", action="store_true",
                        help="check the bundle's metadata, files and model id, but do not load the model "
-                            "(no TensorFlow: about a second)")
+                            "(no model loaded: about a second)")
     check.add_argument("--broker-may-be-down", action="store_true",
                        help="a broker that cannot be reached is a skipped check, not a failure (the unit's "
                             "ExecStartPre: at boot the broker may still be starting)")

@@ -1,11 +1,11 @@
-"""Makes TensorFlow, Keras, keras-tcn and tf2onnx unimportable in this process, as on an edge box
+"""Makes TensorFlow, Keras, keras-tcn, tf2onnx and SciPy unimportable in this process, as on an edge box
 installed with the serving set only (``pip install 'edge-monitor[serve]'``)."""
 
 from __future__ import annotations
 
 import sys
 
-BLOCKED = ("tensorflow", "keras", "tcn", "tf2onnx")
+BLOCKED = ("tensorflow", "keras", "tcn", "tf2onnx", "scipy")  # scipy: the replay extra
 
 
 class BlockTensorFlow:

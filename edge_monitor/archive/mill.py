@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import scipy.io
 
 from ..core.channels import CHANNELS, MATERIALS, SCALAR_FIELDS
 from .cut_quality import find_corruption
@@ -105,13 +104,23 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _scipy_io():
+    """SciPy's MAT-file reader: the ``replay`` extra, not on an edge box that only serves."""
+    try:
+        import scipy.io
+    except ImportError:
+        raise ArchiveError("reading and writing mill.mat needs SciPy: pip install 'edge-monitor[replay]'") from None
+    return scipy.io
+
+
 def _load_struct(path: Path) -> np.ndarray:
     if not path.exists():
         raise ArchiveError(f"{path}: archive not found (give --archive the path of mill.mat)")
     if path.is_dir():
         raise ArchiveError(f"{path}: is a directory, expected the archive file mill.mat")
+    scipy_io = _scipy_io()
     try:
-        contents = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
+        contents = scipy_io.loadmat(str(path), squeeze_me=False, struct_as_record=True)
     except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
         raise ArchiveError(
             f"{path}: MATLAB v7.3 (HDF5) files are not supported; re-save it with save(..., '-v7')"
@@ -228,7 +237,7 @@ def write_archive(path: str | os.PathLike[str], records: Iterable[dict]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        scipy.io.savemat(fh, {ARCHIVE_VARIABLE: mill}, do_compression=False)
+        _scipy_io().savemat(fh, {ARCHIVE_VARIABLE: mill}, do_compression=False)
     os.replace(tmp, path)
     return path
 

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from ..archive.mill import Archive
-from ..model.bundle import BundleMeta
+from ..model.meta import BundleMeta
 from ..service.config import ConfigError, load_config
 from .accounting import account, expected_windows, window_starts
 from .broker import BenchBroker

@@ -130,19 +130,22 @@ def save_bundle(
         model.save(tmp / MODEL_FILE)
         failed = None
         if parity_windows is not None:
-            from .export import ExportError, export_onnx
+            from .export import export_onnx
 
             try:
                 meta.serving = export_onnx(model, tmp, parity_windows)
-            except ExportError as exc:  # the trained model is kept: TensorFlow can serve it
+            except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, the trained model is kept
                 failed = exc
         _write_meta(tmp, meta)
         _replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if failed is not None:
-        raise ExportError(f"bundle {path} was saved without an exported model (runtime: tensorflow serves it): "
-                          f"{failed}") from failed
+        from .export import ExportError
+
+        raise ExportError(f"bundle {path} was saved without an exported model (runtime: tensorflow serves it; "
+                          f"`python -m training export --bundle {path}` tries again): "
+                          f"{type(failed).__name__}: {failed}") from failed
     return meta
 
 
@@ -152,7 +155,7 @@ def export_bundle(path: str | Path, parity_windows: np.ndarray) -> BundleMeta:
     bundle's scaler). Atomic, as :func:`save_bundle`."""
     from .export import export_onnx
 
-    bundle = load_bundle(path)
+    bundle = load_bundle(Path(path).resolve())  # a symlink (install.sh's bundle link) keeps pointing at it
     path = bundle.path
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

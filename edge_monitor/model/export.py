@@ -65,10 +65,11 @@ def export_onnx(model: keras.Model, directory: str | Path, windows: np.ndarray,
     tf_scores = tf_scorer(model, identity).score_scaled(windows)
     found = parity(tf_scores, onnx_scores)
     worst = max(found, key=lambda name: found[name]["max_rel"])
-    if not found[worst]["max_rel"] <= tolerance:  # NaN fails too
+    finite = all(np.isfinite(v) for d in found.values() for v in d.values())
+    if not finite or not found[worst]["max_rel"] <= tolerance:
         os.unlink(target)
         raise ExportError(
-            f"the ONNX export scores differently from TensorFlow: {worst} differs by {found[worst]['max_rel']:.3g} "
+            f"the ONNX export scores differently from TensorFlow{'' if finite else ' (non-finite differences)'}: {worst} differs by {found[worst]['max_rel']:.3g} "
             f"relative (max abs {found[worst]['max_abs']:.3g}) on {len(windows)} held-out windows, more than "
             f"the tolerance {tolerance:g}; nothing exported (report it with the versions: {_versions()})"
         )
