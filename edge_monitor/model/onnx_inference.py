@@ -87,7 +87,7 @@ def _probe(inference: OnnxInference, n: int, seed: int) -> np.ndarray:
     return rng.random((n, inference.window_length, inference.n_channels), dtype=np.float32)
 
 
-def _same(a, b, i: int | slice, j: int | slice) -> bool:
+def _same(a, b, i: int, j: int) -> bool:
     return all(np.array_equal(x[i], y[j]) for x, y in zip(a, b))
 
 

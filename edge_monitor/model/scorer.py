@@ -12,9 +12,9 @@ by TensorFlow (:mod:`.tf_inference`) or by ONNX Runtime on its exported copy
 
 Scores use the coding mean μ, never a sample, and the same window always gets the same scores, to
 the last bit, whichever windows share its batch: a window scored again after a crash is published
-byte for byte as the first time. Runtimes whose kernels give a row other last bits at another
-batch size (TensorFlow's CPU kernels do) declare a fixed number of :attr:`Inference.rows` per call,
-and the scorer pads the last call.
+byte for byte as the first time. At another batch size or position a row can get other last bits
+(TensorFlow's and ONNX Runtime's CPU kernels do), so every runtime declares a fixed number of
+:attr:`Inference.rows` per call, and the scorer pads the last call.
 """
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ from .scaling import MinMaxScaler
 #: (tests/test_vae.py checks every position).
 INFERENCE_ROWS = 48
 
-#: The most windows one call of a batch-invariant runtime gets (bounds its working memory).
-MAX_CALL_ROWS = 256
-
 
 class Inference(Protocol):
     """The scoring graph, run by one runtime: (k, W, C) float32 scaled windows in, their
@@ -46,7 +43,7 @@ class Inference(Protocol):
     runtime: str  # "tensorflow", "onnxruntime"
     window_length: int
     n_channels: int
-    rows: int | None  # every call has exactly this many rows; None: any number, up to MAX_CALL_ROWS
+    rows: int  # every call has exactly this many rows (the scorer pads the last one)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -94,12 +91,9 @@ class WindowScorer:
             empty = np.empty(0, np.float32)
             return WindowScores(empty, empty.copy(), np.empty((0, self.n_channels), np.float32))
         rows = self.inference.rows
-        if rows is None:
-            calls = [x[i : i + MAX_CALL_ROWS] for i in range(0, n, MAX_CALL_ROWS)]
-        else:
-            padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
-            padded[:n] = x
-            calls = [padded[i : i + rows] for i in range(0, len(padded), rows)]
+        padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
+        padded[:n] = x
+        calls = [padded[i : i + rows] for i in range(0, len(padded), rows)]
         parts = [self.inference(np.ascontiguousarray(c)) for c in calls]
         recon, kl, channels = (np.concatenate([p[k] for p in parts])[:n] for k in range(3))
         return WindowScores(recon, kl, channels)
