@@ -13,6 +13,7 @@ from edge_monitor.archive.synthetic import synthesize
 from training import fit as fit_module
 from training.crossval import crossval
 from training.dataset import prepare_windows
+from training.operating import OperatingRule
 from training.outoffold import case_folds, fold_split
 from training.wear import FAILED
 
@@ -73,6 +74,21 @@ def test_crossval_reports_every_tool_once_per_repeat(archive_path, tmp_path, mon
     assert caught["values"] == [r["figures"]["failing_caught_in_time"] for r in report["repeats"]]
     assert caught["mean"] == pytest.approx(np.mean(caught["values"]))
     assert caught["sd"] == pytest.approx(np.std(caught["values"], ddof=1))
+    assert (tmp_path / "trade_off.png").read_bytes().startswith(b"\x89PNG")
+    assert report["trade_off"]["rule"] == {"max_false_alarms": 0.1, "max_false_warnings": 0.25}
+
+    # Decided again on the stored scores, without training: the same rule gives the same thresholds
+    # and outcomes (the stored cut medians are what the replay judged), another rule other ones.
+    again = crossval(archive_path, tmp_path / "again", preset="tiny", from_dir=tmp_path)
+    for old, new in zip(report["repeats"], again["repeats"]):
+        assert [t["alarm"] for t in new["thresholds"]] == [t["alarm"] for t in old["thresholds"]]
+        assert new["figures"]["failing_caught_in_time"] == old["figures"]["failing_caught_in_time"]
+        assert new["figures"]["tools_alarmed_on_a_healthy_cut"] == old["figures"]["tools_alarmed_on_a_healthy_cut"]
+    looser = crossval(archive_path, tmp_path / "looser", from_dir=tmp_path, rule=OperatingRule(0.5, 0.6))
+    assert all(n["alarm"] <= o["alarm"] for r_old, r_new in zip(report["repeats"], looser["repeats"])
+               for o, n in zip(r_old["thresholds"], r_new["thresholds"]))
+    with pytest.raises(ValueError, match="crossval.json is missing"):
+        crossval(archive_path, tmp_path / "x", from_dir=tmp_path / "nothing")
 
 
 @pytest.mark.slow
@@ -84,7 +100,8 @@ def test_fit_chooses_thresholds_on_every_dealing_of_the_tools(archive_path, monk
     split = make_split("cut", ws.cut, ws.cut_class, 0)
     hp = VAEHyperParams(beta=2.0, codings=4, tcn_layers=1, filters=8, kernel_size=3, dilations=(1, 2))
     config = fit_module.TrainingConfig(max_epochs=2, patience=1, batch_size=256)
-    thresholds, metrics = fit_module.fold_thresholds(ws, split, hp, config, folds=2, seed=7, repeats=2)
+    point, metrics = fit_module.fold_thresholds(ws, split, hp, config, folds=2, seed=7, repeats=2)
+    thresholds = point.thresholds
     assert [d["seed"] for d in metrics["dealings"]] == [7, 8]
     test_cuts = set(ws.cut[split.test].tolist())
     for d in metrics["dealings"]:
@@ -93,7 +110,14 @@ def test_fit_chooses_thresholds_on_every_dealing_of_the_tools(archive_path, monk
     summary = metrics["summary"]
     assert summary["failing_tools"]["sd"] is not None and summary["pr_auc_recon"]["mean"] is not None
     assert thresholds.warning <= thresholds.alarm
-    # chosen on both dealings at once: no dealing's healthy tool reaches the warning twice in a row
-    assert all(d["tools"]["totals"]["tools_warned_on_a_healthy_cut"] == 0 for d in metrics["dealings"])
+    # chosen on both dealings at once, within the stated share of healthy tool lives alarmed; the
+    # trade-off's counts at the alarm are what the daemon's tracker decided on each dealing's tools
+    assert {life["dealing"] for life in metrics["lives"]} == {0, 1}
+    assert point.alarm["healthy_share_alarmed"]["mean"] <= 0.1
+    for j, d in enumerate(metrics["dealings"]):
+        totals = d["tools"]["totals"]
+        i = int(np.argmin(np.abs(point.table.thresholds - thresholds.alarm)))
+        for key in ("failing_caught_in_time", "failing_missed", "tools_alarmed_on_a_healthy_cut"):
+            assert point.table.counts[key][i, j] == totals[key], key
     with pytest.raises(ValueError, match="--repeats must be at least 1"):
         fit_module.fold_thresholds(ws, split, hp, config, folds=2, seed=7, repeats=0)

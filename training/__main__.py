@@ -1,4 +1,4 @@
-"""``python -m training {synth,fit,export,search,evaluate,crossval,lookahead-study,plot-bench}``: the training package's command line."""
+"""``python -m training {synth,fit,export,thresholds,search,evaluate,crossval,lookahead-study,plot-bench}``: the training package's command line."""
 
 from __future__ import annotations
 
@@ -38,7 +38,45 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         _archive_arg(args.archive), args.out,
         preset="quick" if args.quick else args.preset,
         split_kind=args.split, seed=args.seed, overrides=overrides, folds=args.folds, repeats=args.repeats,
+        rule=_rule(args),
     )
+
+
+def _rule(args: argparse.Namespace):
+    from .operating import OperatingRule
+
+    warnings = args.max_false_warnings
+    if warnings is None:  # the default, or the alarm's share when that is larger: the warning comes first
+        warnings = max(OperatingRule().max_false_warnings, args.max_false_alarms)
+    return OperatingRule(args.max_false_alarms, warnings)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share such as 0.1 or 10%, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to below 1 (or 0% to below 100%), got {text!r}")
+    return value
+
+
+def _rule_args(p: argparse.ArgumentParser) -> None:
+    from .operating import OperatingRule
+
+    default = OperatingRule()
+    p.add_argument("--max-false-alarms", type=_share, default=default.max_false_alarms, metavar="SHARE",
+                   help="the operating point: the most sensitive alarm threshold that alarms at most this share of "
+                        "the held-out healthy tool lives (default %(default)s; 0.1 or 10%%)")
+    p.add_argument("--max-false-warnings", type=_share, metavar="SHARE",
+                   help="the same for the warning, a lower level for earlier notice; one level when it gives "
+                        f"none (default {default.max_false_warnings}, or --max-false-alarms when larger)")
+
+
+def _cmd_thresholds(args: argparse.Namespace) -> None:
+    from .rechoose import rechoose_bundle
+
+    rechoose_bundle(args.bundle, _rule(args), dry_run=args.dry_run)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -64,6 +102,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     run_search(
         _archive_arg(args.archive), args.out, iterations=args.iterations, seed=args.seed,
         split_kind=args.split, max_epochs=args.max_epochs, folds=args.folds, repeats=args.repeats,
+        rule=_rule(args),
     )
 
 
@@ -77,7 +116,7 @@ def _cmd_crossval(args: argparse.Namespace) -> None:
     from .crossval import crossval
 
     crossval(_archive_arg(args.archive), args.out, preset="quick" if args.quick else args.preset,
-             folds=args.folds, repeats=args.repeats, seed=args.seed)
+             folds=args.folds, repeats=args.repeats, seed=args.seed, rule=_rule(args), from_dir=args.from_dir)
 
 
 def _ints(text: str) -> list[int]:
@@ -122,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a β-VAE and write a model bundle")
     p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
     p.add_argument("--out", required=True, help="bundle directory to write")
-    p.add_argument("--quick", action="store_true", help="small model, few epochs (about a minute)")
+    p.add_argument("--quick", action="store_true",
+                   help="small model, few epochs (about 5 minutes on 2 cores, with its fold models)")
     p.add_argument("--preset", default="default", choices=["default", "quick"])
     p.add_argument("--split", default="cut", choices=["cut", "window"])
     p.add_argument("--seed", type=int, default=0)
@@ -133,7 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=1,
                    help="deal the tools into folds this many times (seeds --seed on) and choose the thresholds "
                         "on all of them; reports mean ± sd")
+    _rule_args(p)
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("thresholds", help="move a bundle's operating point without training, on the held-out "
+                                          "tool lives it stores; prints the trade-off")
+    p.add_argument("--bundle", required=True, help="bundle directory (bundle.json rewritten: a new model id; "
+                                                   "`systemctl reload edge-monitor` takes it up)")
+    p.add_argument("--dry-run", action="store_true", help="print the trade-off and the choice, change nothing")
+    _rule_args(p)
+    p.set_defaults(func=_cmd_thresholds)
 
     p = sub.add_parser("export", help="export a bundle's scoring graph for ONNX Runtime (serving without "
                                       "TensorFlow), checked against TensorFlow on an archive's windows")
@@ -151,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=4,
                    help="folds of whole tools each trial is judged on (as fit chooses thresholds)")
     p.add_argument("--repeats", type=int, default=1, help="dealings of the tools into folds per trial")
+    _rule_args(p)
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("evaluate", help="score an archive with a bundle; metrics.json and plots")
@@ -167,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=4, help="groups of tools; the number of cases = leave-one-case-out")
     p.add_argument("--repeats", type=int, default=5, help="dealings of the tools into folds (seeds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="train nothing: decide again on the out-of-fold scores a previous crossval stored in DIR "
+                        "(e.g. with another --max-false-alarms)")
+    _rule_args(p)
     p.set_defaults(func=_cmd_crossval)
 
     p = sub.add_parser("lookahead-study",

@@ -35,7 +35,11 @@ from edge_monitor.core.steps import PipelineSpec
 from .dataset import WindowSet, prepare_windows
 from .fit import PRESETS, describe_archive
 from .metrics import anomaly_metrics, spread
+from .operating import OperatingRule, format_trade_off, stored_trade_off
 from .outoffold import out_of_fold, thresholds_on
+from .plots import plot_operating_point
+from .progress import Progress
+from .thresholds import choose_thresholds
 from .toollife import ToolLife, format_tool_table, replay_tools, tool_totals
 from .wear import HEALTHY
 
@@ -59,22 +63,44 @@ class Repeat:
                 "raw_pr_auc_kl": self.metrics["raw"]["pr_auc_kl"], **tool_totals(self.tools)}
 
 
-def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: int, verbose: int = 0) -> Repeat:
-    """One dealing of the tools into folds: out-of-fold scores, thresholds and tool lives."""
+def run_repeat(archive: Archive, ws: WindowSet, preset: str, folds: int, seed: int, verbose: int = 0,
+               rule: OperatingRule | None = None, progress=None) -> Repeat:
+    """One dealing of the tools into folds: out-of-fold scores, each fold's operating point chosen
+    on the other folds' tools, and the fold's tools replayed through the daemon's pipeline."""
     chosen = PRESETS[preset]
-    oof = out_of_fold(ws, chosen.hyperparams, chosen.training, folds, seed, verbose=verbose)
+    oof = out_of_fold(ws, chosen.hyperparams, chosen.training, folds, seed, verbose=verbose, progress=progress)
     metrics = {**anomaly_metrics(oof.scores, ws.labels), "raw": anomaly_metrics(oof.raw, ws.labels)}
     case_of_window = ws.cut_field("case")
     policy = AlarmPolicy()
     tools, thresholds = [], []
     for k, (test_cases, scorer) in enumerate(zip(oof.groups, oof.scorers)):
-        th = thresholds_on(ws, oof.scores, np.flatnonzero(~np.isin(case_of_window, test_cases)), policy)
+        th = thresholds_on(ws, oof.scores, np.flatnonzero(~np.isin(case_of_window, test_cases)), policy, rule)
         thresholds.append({"fold": k, "cases": test_cases, **th.to_dict()})
         spec = PipelineSpec(ws.window, ws.stable, SAMPLE_RATE_HZ, th, policy, f"crossval-{seed}-{k}")
         tools += replay_tools(archive, ws.cut_vb, ws.cut_class, spec,
                               lambda b, s=scorer: s.score(b.data, b.regime), cases=test_cases)
     tools.sort(key=lambda t: t.case)
     return Repeat(seed, oof.groups, metrics, tools, thresholds, oof.scores)
+
+
+def redecide_repeat(ws: WindowSet, seed: int, groups: list[list[int]], scores: WindowScores,
+                    rule: OperatingRule | None) -> Repeat:
+    """One stored dealing (``crossval --from``): the fold's operating points chosen again on the
+    stored out-of-fold scores, each fold's tools decided by the daemon's alarm tracker on their cut
+    medians (``fit.held_out_tools``: the figures a replay would judge, without the fold models)."""
+    from .fit import decide_tools
+
+    metrics = {**anomaly_metrics(scores, ws.labels), "raw": {"pr_auc_recon": None, "pr_auc_kl": None}}
+    case_of_window = ws.cut_field("case")
+    policy = AlarmPolicy()
+    tools, thresholds = [], []
+    for k, test_cases in enumerate(groups):
+        th = thresholds_on(ws, scores, np.flatnonzero(~np.isin(case_of_window, test_cases)), policy, rule)
+        thresholds.append({"fold": k, "cases": test_cases, **th.to_dict()})
+        mine = np.flatnonzero(np.isin(case_of_window, test_cases))
+        tools += decide_tools(ws, mine, scores.score(th.score)[mine], th, policy)
+    tools.sort(key=lambda t: t.case)
+    return Repeat(seed, groups, metrics, tools, thresholds, scores)
 
 
 def summarise(repeats: list[Repeat]) -> dict:
@@ -102,8 +128,12 @@ def format_crossval(summary: dict, n_repeats: int, folds: int) -> str:
 
 
 def crossval(archive_path: str | Path, out: str | Path, preset: str = "quick", folds: int = 4,
-             repeats: int = 5, seed: int = 0) -> dict:
-    """The ``crossval`` command: writes ``crossval.json`` in ``out`` and prints the report."""
+             repeats: int = 5, seed: int = 0, rule: OperatingRule | None = None,
+             from_dir: str | Path | None = None) -> dict:
+    """The ``crossval`` command: writes ``crossval.json``, ``oof_scores.npz`` and ``trade_off.png``
+    in ``out`` and prints the report. ``from_dir``: no training; the out-of-fold scores and folds a
+    previous run stored there are decided again (another ``rule``)."""
+    rule = rule or OperatingRule()
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if repeats < 1:
@@ -114,28 +144,78 @@ def crossval(archive_path: str | Path, out: str | Path, preset: str = "quick", f
     if not (ws.labels == HEALTHY).any():
         raise ValueError(f"{archive_path}: no healthy windows to train on")
     out = Path(out)
+    stored = _stored_run(Path(from_dir), archive, ws) if from_dir is not None else None
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for r in range(repeats):
-        started = time.monotonic()
-        rep = run_repeat(archive, ws, preset, folds, seed + r)
-        results.append(rep)
-        print(f"\nrepeat {r + 1}/{repeats} (seed {seed + r}, folds {rep.folds}, {time.monotonic() - started:.0f} s)",
-              flush=True)
-        print(format_tool_table(rep.tools, tool_totals(rep.tools)), flush=True)
+    if stored is not None:
+        preset, folds = stored["preset"], stored["folds"]
+        results = [redecide_repeat(ws, r_seed, groups, scores, rule) for r_seed, groups, scores in stored["repeats"]]
+        for r, rep in enumerate(results):
+            print(f"\nrepeat {r + 1}/{len(results)} (seed {rep.seed}, folds {rep.folds}; stored scores "
+                  f"from {from_dir}, decided again)", flush=True)
+            print(format_tool_table(rep.tools, tool_totals(rep.tools)), flush=True)
+    else:
+        progress = Progress(folds * repeats, PRESETS[preset].training.max_epochs)
+        results = []
+        for r in range(repeats):
+            started = time.monotonic()
+            rep = run_repeat(archive, ws, preset, folds, seed + r, rule=rule, progress=progress)
+            results.append(rep)
+            print(f"\nrepeat {r + 1}/{repeats} (seed {seed + r}, folds {rep.folds}, {time.monotonic() - started:.0f} s)",
+                  flush=True)
+            print(format_tool_table(rep.tools, tool_totals(rep.tools)), flush=True)
     summary = summarise(results)
+    point = pooled_operating_point(ws, results, rule)
     report = {
         "archive": str(archive_path), "archive_sha256": archive.sha256, "preset": preset, "folds": folds,
         "repeats": [{"seed": r.seed, "folds": r.folds, "figures": r.figures(), "thresholds": r.thresholds,
                      "tools": [t.to_dict() for t in r.tools]} for r in results],
         "summary": summary,
-        "rule": f"the daemon's default alarm policy {AlarmPolicy().to_dict()}",
+        "rule": f"the daemon's default alarm policy {AlarmPolicy().to_dict()}; operating rule {rule.to_dict()}",
+        "operating_rule": rule.to_dict(),
+        "trade_off": stored_trade_off(point)["trade_off"],
+        **({"from": str(from_dir)} if from_dir is not None else {}),
     }
     (out / "crossval.json").write_text(json.dumps(report, indent=2, default=_plain) + "\n")
-    _save_scores(out / "oof_scores.npz", ws, results)
-    print("\n" + format_crossval(summary, repeats, folds), flush=True)
+    if stored is None:
+        _save_scores(out / "oof_scores.npz", ws, results)
+    print("\n" + format_trade_off(point), flush=True)
+    print(f"wrote {plot_operating_point(point, out / 'trade_off.png')} (the trade-off over every repeat's "
+          f"held-out tools; each fold above was decided by the rule on the other folds' tools)", flush=True)
+    print("\n" + format_crossval(summary, len(results), folds), flush=True)
     print(f"wrote {out / 'crossval.json'}", flush=True)
     return report
+
+
+def pooled_operating_point(ws: WindowSet, results: list[Repeat], rule: OperatingRule):
+    """The trade-off over every repeat's out-of-fold scores (each repeat a dealing), and the point
+    ``rule`` picks on it: what ``fit --repeats`` would choose on this archive's tools."""
+    n, r = len(ws), len(results)
+    pooled = WindowScores(*(np.concatenate([getattr(rep.scores, f) for rep in results]) for f in ("recon", "kl", "channels")))
+    tile = lambda a: np.tile(a, r)  # noqa: E731
+    return choose_thresholds(pooled, tile(ws.labels), tile(ws.cut), tools=tile(ws.cut_field("case")),
+                             order=tile(ws.cut_field("run")), regimes=tile(ws.regimes), policy=AlarmPolicy(),
+                             rule=rule, dealings=np.repeat(np.arange(r), n))
+
+
+def _stored_run(where: Path, archive: Archive, ws: WindowSet) -> dict:
+    """A previous run's folds and out-of-fold scores (``crossval.json``, ``oof_scores.npz``)."""
+    report_file, scores_file = where / "crossval.json", where / "oof_scores.npz"
+    for f in (report_file, scores_file):
+        if not f.is_file():
+            raise ValueError(f"--from {where}: {f.name} is missing (written by a `crossval` run that trained)")
+    report = json.loads(report_file.read_text())
+    if report.get("archive_sha256") != archive.sha256:
+        raise ValueError(f"--from {where}: its scores are of another archive ({report.get('archive')}, SHA-256 "
+                         f"{str(report.get('archive_sha256'))[:12]}…), not {archive.path}")
+    with np.load(scores_file) as data:
+        if data["kl"].shape[1] != len(ws) or not np.array_equal(data["cut"], ws.cut):
+            raise ValueError(f"--from {where}: {scores_file.name} holds other windows than {archive.path} gives "
+                             f"(another window or stable-region setting)")
+        channels = data["channels"] if "channels" in data.files else np.zeros((*data["kl"].shape, ws.data.shape[2]))
+        seeds = data["seeds"].tolist()
+        repeats = [(int(s), rep["folds"], WindowScores(data["recon"][i], data["kl"][i], np.asarray(channels[i], float)))
+                   for i, (s, rep) in enumerate(zip(seeds, report["repeats"]))]
+    return {"preset": report["preset"], "folds": report["folds"], "repeats": repeats}
 
 
 def _save_scores(path: Path, ws: WindowSet, results: list[Repeat]) -> None:
@@ -144,6 +224,7 @@ def _save_scores(path: Path, ws: WindowSet, results: list[Repeat]) -> None:
     np.savez_compressed(
         path, seeds=np.array([r.seed for r in results]),
         recon=np.stack([r.scores.recon for r in results]), kl=np.stack([r.scores.kl for r in results]),
+        channels=np.stack([r.scores.channels for r in results]).astype(np.float32),
         cut=ws.cut, case=ws.cut_field("case"), run=ws.cut_field("run"), label=ws.labels,
         regime=np.asarray(ws.regimes, dtype=str), vb=ws.cut_vb[ws.cut],
     )

@@ -26,6 +26,9 @@ from edge_monitor.model.vae import VAEHyperParams
 from .dataset import WindowSet, prepare_windows
 from .splits import Split, make_split
 
+#: The trade-off plot written into the bundle's directory (not part of the bundle's content).
+TRADE_OFF_PLOT = "trade_off.png"
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -85,6 +88,7 @@ def train_model(
     config: TrainingConfig,
     seed: int = 0,
     verbose: int | None = None,
+    callbacks: list | None = None,
 ) -> TrainedModel:
     """Fit the scaler and the β-VAE on the healthy windows of the split's training side, with
     early stopping on the healthy validation windows (best weights restored); then the score
@@ -118,8 +122,8 @@ def train_model(
         epochs=config.max_epochs,
         batch_size=config.batch_size,
         shuffle=True,
-        callbacks=[stopper],
-        verbose=_progress_verbosity() if verbose is None else verbose,
+        callbacks=[stopper, *(callbacks or [])],
+        verbose=(0 if callbacks else _progress_verbosity()) if verbose is None else verbose,
     )
     val_loss = np.asarray(history.history["val_loss"], dtype=float)
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else len(val_loss) - 1
@@ -155,13 +159,13 @@ def validation_metrics(trained: TrainedModel, ws: WindowSet, split: Split) -> di
 
 
 def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: TrainingConfig, folds: int,
-                    seed: int, repeats: int = 1):
-    """Thresholds chosen for tool-level outcomes on whole tools no model had seen: out-of-fold
-    scores (``outoffold``) of every training and validation cut, the test cuts kept out. With
-    ``repeats`` the tools are dealt anew (seeds ``seed`` .. ``seed + repeats - 1``) and the
-    thresholds are chosen on every dealing's tool lives at once: a quiet level no dealing's healthy
-    tool crossed, a separation over all of them. Returns the thresholds and what they achieve on
-    those tools and windows, per dealing and as mean ± sd."""
+                    seed: int, repeats: int = 1, rule=None, progress=None):
+    """The operating point chosen for tool-level outcomes on whole tools no model had seen:
+    out-of-fold scores (``outoffold``) of every training and validation cut, the test cuts kept out.
+    With ``repeats`` the tools are dealt anew (seeds ``seed`` .. ``seed + repeats - 1``) and the
+    trade-off counts every dealing (mean and spread over dealings). Returns the operating point
+    (``operating.OperatingPoint``: thresholds, trade-off, rule) and what it achieves on those tools
+    and windows, per dealing and as mean ± sd, with the held-out tool lives it was chosen on."""
     from edge_monitor.core.scores import WindowScores
 
     from .metrics import anomaly_metrics
@@ -171,17 +175,16 @@ def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: Tra
     if repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {repeats}")
     kept = np.sort(np.concatenate([split.train, split.val]))
-    dealings = [out_of_fold(ws, hp, config, folds, seed + r, within=kept) for r in range(repeats)]
+    dealings = [out_of_fold(ws, hp, config, folds, seed + r, within=kept, progress=progress) for r in range(repeats)]
     policy = AlarmPolicy()
-    # Every dealing's tools as tools of their own: (dealing, case) and (dealing, cut) keys.
     pooled = WindowScores(*(np.concatenate([getattr(o.scores, f)[kept] for o in dealings])
                             for f in ("recon", "kl", "channels")))
-    tile = lambda a, step: np.concatenate([a[kept] + r * step for r in range(repeats)])  # noqa: E731
-    thresholds = choose_thresholds(
-        pooled, np.tile(ws.labels[kept], repeats), tile(ws.cut, len(ws.archive.cuts)),
-        tools=tile(ws.cut_field("case"), 1_000_000), order=np.tile(ws.cut_field("run")[kept], repeats),
-        regimes=np.tile(ws.regimes[kept], repeats), policy=policy,
+    tile = lambda a: np.tile(a[kept], repeats)  # noqa: E731
+    point = choose_thresholds(
+        pooled, tile(ws.labels), tile(ws.cut), tools=tile(ws.cut_field("case")), order=tile(ws.cut_field("run")),
+        regimes=tile(ws.regimes), policy=policy, rule=rule, dealings=np.repeat(np.arange(repeats), kept.size),
     )
+    thresholds = point.thresholds
     per_dealing = []
     for r, oof in enumerate(dealings):
         per_dealing.append({
@@ -190,7 +193,9 @@ def fold_thresholds(ws: WindowSet, split: Split, hp: VAEHyperParams, config: Tra
             "raw": anomaly_metrics(oof.raw.subset(kept), ws.labels[kept]),
             "tools": held_out_tools(ws, kept, oof.scores.score(thresholds.score)[kept], thresholds, policy),
         })
-    return thresholds, {"dealings": per_dealing, "summary": _spread(per_dealing)}
+    from .operating import stored_trade_off
+
+    return point, {"dealings": per_dealing, "summary": _spread(per_dealing), **stored_trade_off(point)}
 
 
 def _spread(dealings: list[dict]) -> dict:
@@ -216,10 +221,18 @@ def format_spread(summary: dict) -> str:
 
 
 def held_out_tools(ws: WindowSet, chosen: np.ndarray, values: np.ndarray, thresholds, policy) -> dict:
-    """What the thresholds achieve per tool on the out-of-fold cuts they were chosen on: each
-    case's cuts in run order, decided by the daemon's alarm tracker from their median scores (no
-    signals replayed)."""
-    from .toollife import decide_on_cut_medians, tool_totals
+    """What the thresholds achieve per tool on the out-of-fold cuts they were chosen on
+    (:func:`decide_tools`): totals and each tool."""
+    from .toollife import tool_totals
+
+    tools = decide_tools(ws, chosen, values, thresholds, policy)
+    return {"totals": tool_totals(tools), "tools": [t.to_dict() for t in tools]}
+
+
+def decide_tools(ws: WindowSet, chosen: np.ndarray, values: np.ndarray, thresholds, policy) -> list:
+    """Each case of the windows ``chosen`` (their alarm scores ``values``), its cuts in run order,
+    decided by the daemon's alarm tracker from their median scores (no signals replayed)."""
+    from .toollife import decide_on_cut_medians
 
     cut_of = ws.cut[chosen]
     tools = []
@@ -232,7 +245,7 @@ def held_out_tools(ws: WindowSet, chosen: np.ndarray, values: np.ndarray, thresh
             [int((cut_of == p).sum()) for p in cuts], [ws.regimes[chosen][cut_of == p][0] for p in cuts],
             policy, thresholds,
         ))
-    return {"totals": tool_totals(tools), "tools": [t.to_dict() for t in tools]}
+    return tools
 
 
 def describe_archive(archive: Archive) -> str:
@@ -252,10 +265,16 @@ def fit(
     overrides: dict | None = None,
     folds: int = 4,
     repeats: int = 1,
+    rule=None,
 ):
-    """The ``fit`` command: train on the archive, choose thresholds on out-of-fold scores of whole
-    tools, save a bundle."""
+    """The ``fit`` command: train on the archive, choose the operating point on out-of-fold scores
+    of whole tools by ``rule`` (``operating.OperatingRule``), save a bundle and its trade-off plot."""
+    from .operating import OperatingRule, format_trade_off
+    from .progress import Progress
+
     from edge_monitor.model.bundle import save_bundle
+
+    from .plots import plot_operating_point
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -287,15 +306,18 @@ def fit(
         f"{split_kind} split: train {split.train.size}, validation {split.val.size}, test {split.test.size}",
         flush=True,
     )
-    trained = train_model(ws, split, hp, config, seed)
+    rule = rule or OperatingRule()
+    progress = Progress(1 + folds * repeats, config.max_epochs)
+    trained = train_model(ws, split, hp, config, seed, callbacks=[progress.model("the bundle's model")])
     print(
         f"trained {trained.epochs_run} epochs in {trained.seconds:.0f} s; best epoch {trained.best_epoch} "
         f"(validation loss {trained.best_val_loss:.5f})",
         flush=True,
     )
     val_metrics = validation_metrics(trained, ws, split)
-    print(f"thresholds: {folds * repeats} more models, each trained without a fold of the tools", flush=True)
-    thresholds, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed, repeats)
+    print(f"operating point: {folds * repeats} more models, each trained without a fold of the tools", flush=True)
+    point, oof_metrics = fold_thresholds(ws, split, hp, config, folds, seed, repeats, rule, progress)
+    thresholds = point.thresholds
     training_info = {
         "preset": preset,
         "split": split_kind,
@@ -329,13 +351,13 @@ def fit(
         # held out from training: the exported graph must score them as TensorFlow does
         parity_windows=trained.scaler.transform(ws.data[np.concatenate([split.val, split.test])]),
     )
+    print(format_trade_off(point), flush=True)
     print(f"out-of-fold tools (thresholds chosen on them), mean ± sd over {repeats} dealing(s): "
           + format_spread(oof_metrics["summary"]), flush=True)
-    print(
-        f"bundle {out} (model {meta.model_id}): alarms on {thresholds.score}, "
-        f"warning > {thresholds.warning:.4g}, alarm > {thresholds.alarm:.4g}",
-        flush=True,
-    )
+    print(f"bundle {out} (model {meta.model_id}): {thresholds.describe()}", flush=True)
+    print(f"  {thresholds.rule}", flush=True)
+    print(f"wrote {plot_operating_point(point, Path(out) / TRADE_OFF_PLOT)}; move the operating point without "
+          f"training: python -m training thresholds --bundle {out} --max-false-alarms SHARE", flush=True)
     print(describe_export(meta), flush=True)
     return meta
 

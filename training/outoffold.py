@@ -61,7 +61,7 @@ class OutOfFold:
 
 
 def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.ndarray | None = None,
-                verbose: int = 0) -> OutOfFold:
+                verbose: int = 0, progress=None) -> OutOfFold:
     """Train one model per fold of tools and score the windows of the fold's own tools."""
     from edge_monitor.model.tf_inference import tf_scorer
 
@@ -77,8 +77,9 @@ def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.nda
     for k, test_cases in enumerate(groups):
         train_cases = [c for g in groups if g is not test_cases for c in g]
         fold_seed = seed * 100 + k
+        callbacks = [progress.model(f"fold {k + 1} of {folds}, dealing seed {seed}")] if progress else None
         trained = train_model(ws, fold_split(ws, train_cases, fold_seed, within), hp, config, seed=fold_seed,
-                              verbose=verbose)
+                              verbose=verbose, callbacks=callbacks)
         scorer = tf_scorer(trained.model, trained.scaler, trained.calibration)
         mine = within[np.isin(case_of_window[within], test_cases)]
         for target, values in ((oof, scorer.score(ws.data[mine], ws.regimes[mine])), (raw, scorer.raw_scores(ws.data[mine]))):
@@ -87,8 +88,9 @@ def out_of_fold(ws: WindowSet, hp, config, folds: int, seed: int, within: np.nda
     return OutOfFold(groups, oof, raw, scorers)
 
 
-def thresholds_on(ws: WindowSet, scores: WindowScores, windows: np.ndarray, policy: AlarmPolicy) -> Thresholds:
+def thresholds_on(ws: WindowSet, scores: WindowScores, windows: np.ndarray, policy: AlarmPolicy,
+                  rule=None) -> Thresholds:
     """The bundle's thresholds (``thresholds.choose_thresholds``) chosen on ``windows``' scores."""
     return choose_thresholds(scores.subset(windows), ws.labels[windows], ws.cut[windows],
                              tools=ws.cut_field("case")[windows], order=ws.cut_field("run")[windows],
-                             regimes=ws.regimes[windows], policy=policy)
+                             regimes=ws.regimes[windows], policy=policy, rule=rule).thresholds

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from edge_monitor.core.alarm import Thresholds
@@ -238,6 +238,58 @@ def plot_tool_life(tools: Sequence, path: str | Path, *, score_name: str, thresh
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
     fig.suptitle("Tool life: what the monitor showed, cut by cut")
+    return _save(fig, path)
+
+
+def plot_operating_point(point, path: str | Path, *, others: dict[str, tuple[float, float]] | None = None) -> Path:
+    """The trade-off of an operating point (``operating.OperatingPoint``): left, failing tools
+    caught in time against the share of healthy tool lives alarmed, one point per threshold (mean
+    over dealings, ± sd), the chosen alarm and warning marked; right, the counts against the
+    threshold. ``others`` marks more (share, caught) points by name (another rule's outcome)."""
+    from .operating import mean_share
+
+    table = point.table
+    share = mean_share(table)
+    counts = {k: table.counts[k].mean(axis=1) for k in ("failing_caught_in_time", "failing_missed",
+                                                        "tools_alarmed_on_a_healthy_cut", "failing_warned_early")}
+    caught_sd = table.counts["failing_caught_in_time"].std(axis=1, ddof=1) if table.dealings > 1 else None
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    order = np.argsort(share, kind="stable")  # both fall as the threshold rises: one curve
+    left.errorbar(share[order], counts["failing_caught_in_time"][order],
+                  yerr=None if caught_sd is None else caught_sd[order], fmt=".-", color="black", ecolor="silver",
+                  linewidth=1, markersize=3, label="a threshold" + ("" if caught_sd is None else " (± sd over dealings)"))
+    marks = [("alarm", point.alarm, "tab:red")] + ([("warning", point.warning, "tab:orange")] if point.warning else [])
+    for name, row, colour in marks:
+        x, y = row["healthy_share_alarmed"]["mean"], row["failing_caught_in_time"]["mean"]
+        if x is not None:
+            left.plot([x], [y], "o", color=colour, markersize=8, label=f"{name} > {row['threshold']:.3g}")
+    for name, (x, y) in (others or {}).items():
+        left.plot([x], [y], "s", color="tab:blue", markersize=7, label=name)
+    failing = table.counts["failing_tools"].mean()
+    left.axhline(failing, color="grey", linestyle=":", linewidth=0.8)
+    left.axvline(point.rule.max_false_alarms, color="tab:red", linestyle="--", linewidth=0.8)
+    left.set_xlabel("share of healthy tool lives alarmed (held out)")
+    left.set_ylabel(f"failing tools caught in time (of {failing:.1f})")
+    left.set_xlim(-0.02, 1.02)
+    left.legend(fontsize="small", loc="lower right")
+    t = table.thresholds
+    keep = t >= 0.9
+    for key, colour, label in (("failing_caught_in_time", "tab:red", "failing caught in time"),
+                               ("failing_warned_early", "tab:purple", "failing flagged before failing"),
+                               ("failing_missed", "grey", "failing missed"),
+                               ("tools_alarmed_on_a_healthy_cut", "tab:green", "tools alarmed on a healthy cut")):
+        right.step(t[keep], counts[key][keep], where="post", color=colour, label=label)
+    for name, row, colour in marks:
+        right.axvline(row["threshold"], color=colour, linestyle="--", linewidth=0.8)
+    right.set_xscale("log")
+    right.xaxis.set_major_formatter(ScalarFormatter())
+    right.xaxis.set_minor_formatter(ScalarFormatter())
+    right.set_xlabel(f"threshold on the judged {table.score} (growth over the tool's start)")
+    right.set_ylabel("tools (mean over dealings)")
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    right.legend(fontsize="small")
+    fig.suptitle(f"Operating point: what each threshold costs on held-out tools ({table.dealings} dealing(s))")
     return _save(fig, path)
 
 

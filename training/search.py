@@ -29,6 +29,8 @@ from .fit import (
     train_model,
     validation_metrics,
 )
+from .operating import format_trade_off
+from .progress import Progress
 from .splits import make_split
 
 DILATION_CHOICES = ((1, 2, 4, 8), (1, 2, 4), (1, 2))
@@ -50,12 +52,13 @@ def sample_trial(seed: int, index: int) -> tuple[VAEHyperParams, int]:
 
 
 def _rank_key(trial: dict) -> tuple:
-    """What an operator wants first: no alarm on a healthy tool, then failing tools caught in time,
-    then window PR-AUC (all out of fold, means over dealings); a failed trial last."""
+    """What an operator wants at the operating point the rule chose (every trial's within the same
+    share of healthy tool lives alarmed): failing tools caught in time, then fewer tools alarmed on
+    a healthy cut, then window PR-AUC (all out of fold, means over dealings); a failed trial last."""
     if trial.get("error"):
         return (-math.inf, -math.inf, -math.inf)
     vals = [v for v in (trial["pr_auc_kl"], trial["pr_auc_recon"]) if v is not None]
-    return (-trial["tools_alarmed_on_a_healthy_cut"], trial["failing_caught_in_time"], max(vals) if vals else -1.0)
+    return (trial["failing_caught_in_time"], -trial["tools_alarmed_on_a_healthy_cut"], max(vals) if vals else -1.0)
 
 
 def load_trials(out: Path) -> list[dict]:
@@ -106,12 +109,16 @@ def run_search(
     batch_size: int = 256,
     folds: int = 4,
     repeats: int = 1,
+    rule=None,
 ) -> list[dict]:
     """Random search ranked by tool-level outcomes out of fold (``_rank_key``): each trial trains
     ``folds`` × ``repeats`` models on folds of whole tools (as ``fit`` chooses thresholds); a new
     best also trains its bundle's model on the split."""
     from edge_monitor.core.channels import CHANNELS
     from edge_monitor.model.bundle import save_bundle
+    from edge_monitor.model.export import ExportError
+
+    from .operating import OperatingRule
 
     if iterations < 1:
         raise ValueError("--iterations must be at least 1")
@@ -119,7 +126,8 @@ def run_search(
     out.mkdir(parents=True, exist_ok=True)
     archive = read_archive(archive_path)
     settings = {"archive_sha256": archive.sha256, "seed": seed, "split": split_kind,
-                "max_epochs": max_epochs, "batch_size": batch_size, "folds": folds, "repeats": repeats}
+                "max_epochs": max_epochs, "batch_size": batch_size, "folds": folds, "repeats": repeats,
+                "operating_rule": (rule or OperatingRule()).to_dict()}
     search_file = out / SEARCH_FILE
     if search_file.exists():
         stored = json.loads(search_file.read_text())
@@ -149,8 +157,10 @@ def run_search(
         hp, patience = sample_trial(seed, index)
         print(f"[trial {index} | {n}/{len(todo)}] {hp.to_dict()} patience {patience}", flush=True)
         config = TrainingConfig(max_epochs=max_epochs, patience=patience, batch_size=batch_size)
+        progress = Progress(folds * repeats, max_epochs)
         try:
-            thresholds, oof = fold_thresholds(ws, split, hp, config, folds, seed + index, repeats)
+            point, oof = fold_thresholds(ws, split, hp, config, folds, seed + index, repeats, rule, progress)
+            thresholds = point.thresholds
         except ValueError as exc:  # e.g. a kernel/dilation combination the window cannot hold
             trial = {"trial": index, "hyperparams": hp.to_dict(), "patience": patience,
                      "error": str(exc), "pr_auc_kl": None, "pr_auc_recon": None, "epochs_run": 0}
@@ -164,18 +174,23 @@ def run_search(
         trial = {"trial": index, "hyperparams": hp.to_dict(), "patience": patience, **figures,
                  "spread": oof["summary"], "epochs_run": None}
         if best is None or _rank_key(trial) > _rank_key(best):
-            trained = train_model(ws, split, hp, config, seed=seed + index, verbose=0)
+            trained = train_model(ws, split, hp, config, seed=seed + index,
+                                  callbacks=[Progress(1, max_epochs).model(f"trial {index}'s bundle model")])
             trial["epochs_run"], trial["seconds"] = trained.epochs_run, round(trained.seconds, 1)
-            save_bundle(
-                out / BEST_DIR, trained.model, channels=CHANNELS, window=ws.window,
-                stable_region=ws.stable, scaler=trained.scaler, calibration=trained.calibration,
-                hyperparams=hp, thresholds=thresholds,
-                metrics={"validation": validation_metrics(trained, ws, split), "out_of_fold": oof},
-                training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
-                          "archive": str(archive_path), **config.__dict__,
-                          "alarm_policy": AlarmPolicy().to_dict()},
-                archive_sha256=archive.sha256,
-            )
+            try:
+                save_bundle(
+                    out / BEST_DIR, trained.model, channels=CHANNELS, window=ws.window,
+                    stable_region=ws.stable, scaler=trained.scaler, calibration=trained.calibration,
+                    hyperparams=hp, thresholds=thresholds,
+                    metrics={"validation": validation_metrics(trained, ws, split), "out_of_fold": oof},
+                    training={"preset": f"search trial {index}", "split": split_kind, "seed": seed,
+                              "archive": str(archive_path), **config.__dict__,
+                              "alarm_policy": AlarmPolicy().to_dict()},
+                    archive_sha256=archive.sha256,
+                    parity_windows=trained.scaler.transform(ws.data[np.concatenate([split.val, split.test])]),
+                )
+            except ExportError as exc:  # the bundle is saved; TensorFlow serves it
+                print(f"    {exc}", flush=True)
             best = trial
         _append_trial(out, trial)
         trials.append(trial)
@@ -187,5 +202,7 @@ def run_search(
             f"best so far: trial {best['trial']}",
             flush=True,
         )
+        print("    " + format_trade_off(point, rows=8).replace("\n", "\n    "), flush=True)
+        print(f"    operating point: {thresholds.describe()}", flush=True)
     (out / RESULTS_FILE).write_text(results_table(trials))
     return trials

@@ -37,7 +37,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -73,11 +73,43 @@ class Thresholds(Spec):
     alarm: float
     score: str = setting("kl", choices=SCORE_NAMES)  # which score the monitor alarms on
     rule: str = ""
+    # The operating point, when training chose one by a stated rule: the rule (its largest shares of
+    # healthy tool lives alarmed and warned) and what each level achieved on held-out tools. The
+    # monitor shows it in its start line and status. Bundles from before it have none.
+    operating: dict | None = setting(None, parse=lambda value, _: _operating(value))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.warning > self.alarm:
             raise self.error("warning", f"must not exceed thresholds.alarm ({self.alarm}), got {self.warning}")
+
+    @property
+    def levels(self) -> int:
+        """2 with a warning below the alarm, 1 when they coincide (the archive did not separate them)."""
+        return 1 if self.warning == self.alarm else 2
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        if data["operating"] is None:
+            del data["operating"]  # as bundles before it wrote it: their model ids stay
+        return data
+
+    def operating_point(self) -> dict:
+        """What the status message shows (docs/protocol.md): the score, the levels' thresholds and,
+        when training chose them by a stated rule, the rule and what each level achieved held out."""
+        return {"score": self.score, "warning": self.warning, "alarm": self.alarm, "levels": self.levels,
+                **({"chosen": self.operating} if self.operating else {})}
+
+    def describe(self) -> str:
+        """One line for the start line and ``check``: the levels, and the stated rule if any."""
+        levels = (f"one level: alarm > {self.alarm:.4g}" if self.levels == 1 else
+                  f"warning > {self.warning:.4g}, alarm > {self.alarm:.4g}")
+        text = f"{self.score} {levels}"
+        rule = (self.operating or {}).get("rule")
+        if rule:
+            text += (f" (chosen for at most {rule['max_false_alarms']:.0%} of healthy tool lives alarmed, "
+                     f"{rule['max_false_warnings']:.0%} warned)")
+        return text
 
     def of(self, level: Level) -> float:
         if level == Level.NORMAL:
@@ -86,8 +118,23 @@ class Thresholds(Spec):
 
     @classmethod
     def from_dict(cls, data: Any, *, required: bool = True, context: Any = None) -> Thresholds:
-        """From :meth:`to_dict`'s output; every key is required (a bundle states all four)."""
+        """From :meth:`to_dict`'s output; every key is required (a bundle states all four) but
+        ``operating``, which bundles before it do not have."""
+        if isinstance(data, Mapping) and "operating" not in data:
+            data = {**data, "operating": None}
         return super().from_dict(data, required=required, context=context)
+
+
+def _operating(value: Any) -> dict | None:
+    """An operating point as training writes it: its rule's two shares, and what each level achieved."""
+    if value is None:
+        return None
+    rule = value.get("rule") if isinstance(value, Mapping) else None
+    if not (isinstance(rule, Mapping) and all(
+            isinstance(rule.get(k), (int, float)) and not isinstance(rule.get(k), bool) and 0 <= rule[k] < 1
+            for k in ("max_false_alarms", "max_false_warnings"))):
+        raise ValueError("must hold 'rule' with max_false_alarms and max_false_warnings, shares from 0 to below 1")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -228,10 +275,9 @@ class AlarmTracker:
         return Transition(old, Level.NORMAL, ts, None, None, None, by)
 
     def _raised_level(self) -> Level:
-        if len(self._recent) < self.policy.persist_cuts:
-            return Level.NORMAL
+        figure = persisted(self._recent, self.policy.persist_cuts)
         for level in (Level.ALARM, Level.WARNING):
-            if min(self._recent) > self.thresholds.of(level):
+            if figure > self.thresholds.of(level):
                 return level
         return Level.NORMAL
 
@@ -260,10 +306,17 @@ class AlarmTracker:
             "late_reference": self._late_reference,
         }
 
-    def for_model(self, policy: AlarmPolicy, thresholds: Thresholds) -> "AlarmTracker":
+    def for_model(self, policy: AlarmPolicy, thresholds: Thresholds, same_scores: bool = False) -> "AlarmTracker":
         """This machine's tracker under another model's thresholds (and the policy of a reloaded
-        configuration): what :func:`carried_over` keeps."""
-        return AlarmTracker.from_dict(policy, thresholds, carried_over(self.to_dict(), thresholds))
+        configuration): what :func:`carried_over` keeps. With ``same_scores`` (the new model scores
+        as the old one did: only its thresholds moved) and a policy that judges cuts the same way,
+        the judged history and the references are the same figures and stay too."""
+        snapshot = self.to_dict()
+        if same_scores and judges_alike(self.policy, policy):
+            state = Level.parse(snapshot["state"])
+            snapshot["threshold"] = None if state == Level.NORMAL else thresholds.of(state)
+            return AlarmTracker.from_dict(policy, thresholds, snapshot)
+        return AlarmTracker.from_dict(policy, thresholds, carried_over(snapshot, thresholds))
 
     @classmethod
     def from_dict(cls, policy: AlarmPolicy, thresholds: Thresholds, data: Mapping[str, Any]) -> "AlarmTracker":
@@ -295,6 +348,36 @@ class AlarmTracker:
             tracker._below = below
             tracker._late_reference = late
         return tracker
+
+
+def persisted(recent: Sequence[float], persist: int) -> float:
+    """The figure the last ``persist`` judged cuts all exceed: a level whose threshold is below it
+    is raised (-inf before ``persist`` cuts are judged). The one raising rule of the tracker, and
+    what training sweeps thresholds with (:func:`raise_points`)."""
+    if len(recent) < persist:
+        return -math.inf
+    return min(list(recent)[-persist:])  # a deque has no slices; this runs once per cut
+
+
+def raise_points(figures: Sequence[float | None], persist: int) -> list[float]:
+    """For each cut of a tool's life in order (its judged figure, None when not judged): the
+    highest threshold the state would have been raised above by the end of that cut, by
+    :func:`persisted` (-inf: none). The state shows a level at a cut exactly when the level's
+    threshold is below that cut's value, without ``auto_clear`` (the default: wear does not heal).
+    So every threshold's outcome over a life comes from one pass."""
+    recent: list[float] = []
+    highest, out = -math.inf, []
+    for value in figures:
+        if value is not None:
+            recent.append(float(value))
+            highest = max(highest, persisted(recent, persist))
+        out.append(highest)
+    return out
+
+
+def judges_alike(a: AlarmPolicy, b: AlarmPolicy) -> bool:
+    """Whether two policies judge every cut by the same figure (same references and evidence)."""
+    return (a.reference_cuts, a.min_windows) == (b.reference_cuts, b.min_windows)
 
 
 def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:

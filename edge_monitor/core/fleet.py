@@ -154,10 +154,14 @@ class Fleet:
         if (spec.window, spec.stable, spec.fs, spec.limits) != (self.spec.window, self.spec.stable,
                                                                 self.spec.fs, self.spec.limits):
             raise ValueError("the new model must window cuts as the running one does, with the same limits")
+        same_scores = bool(spec.scoring_id) and spec.scoring_id == self.spec.scoring_id
+        old_policy = self.spec.policy
         self.spec = spec
         for pipe in self._pipelines.values():
             pipe.switch_model(spec)
-        self._restored = {m: carried_over(s, spec.thresholds) for m, s in self._restored.items()}
+        self._restored = {m: AlarmTracker.from_dict(old_policy, spec.thresholds, s)
+                          .for_model(spec.policy, spec.thresholds, same_scores).to_dict()
+                          if same_scores else carried_over(s, spec.thresholds) for m, s in self._restored.items()}
         return self.announcements()
 
     def snapshots(self) -> dict[str, dict]:

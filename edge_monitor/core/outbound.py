@@ -128,6 +128,7 @@ class StatusMessage:
     counters: Mapping[str, int] | None = field(default=None)
     backlog: Mapping[str, float] | None = field(default=None)  # lag_s, queued, unacknowledged
     runtime: str | None = field(default=None)  # what serves the model: "onnxruntime", "tensorflow"
+    operating_point: Mapping[str, Any] | None = field(default=None)  # Thresholds.operating_point()
 
     def to_dict(self) -> dict:
         if self.state not in STATUS_STATES:
@@ -141,6 +142,8 @@ class StatusMessage:
             "since": finite(self.since),
             "protocol": PROTOCOL_VERSION,
         }
+        if self.operating_point is not None:
+            out["operating_point"] = dict(self.operating_point)
         if self.counters is not None:
             out["counters"] = {k: int(v) for k, v in self.counters.items()}
         if self.backlog is not None:

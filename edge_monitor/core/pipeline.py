@@ -348,9 +348,11 @@ class MachinePipeline:
             raise RuntimeError(f"machine {self.machine}: score the outstanding windows before switching models")
         if (spec.window, spec.stable, spec.fs) != (self.spec.window, self.spec.stable, self.spec.fs):
             raise ValueError(f"machine {self.machine}: a new model must window cuts as the old one does")
+        same_scores = bool(spec.scoring_id) and spec.scoring_id == self.spec.scoring_id
         self.spec = spec
-        self.tracker = self.tracker.for_model(spec.policy, spec.thresholds)
-        self.forget_scores()
+        self.tracker = self.tracker.for_model(spec.policy, spec.thresholds, same_scores)
+        if not same_scores:
+            self.forget_scores()
 
     def forget_scores(self) -> None:
         """Drop the scores of the cuts not summarised yet (another model's: see :meth:`switch_model`);

@@ -26,6 +26,7 @@ class PipelineSpec:
     policy: AlarmPolicy
     model_id: str
     limits: Limits = DEFAULT_LIMITS
+    scoring_id: str = ""  # what makes the scores (model/meta.scoring_id); "" unknown
 
 
 @dataclass(frozen=True, eq=False)

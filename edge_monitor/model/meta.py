@@ -177,6 +177,36 @@ def read_bundle_meta(path: str | Path) -> BundleMeta:
     return meta
 
 
+def rewrite_meta(path: str | Path, meta: BundleMeta) -> BundleMeta:
+    """Write ``meta`` as the bundle's ``bundle.json`` with the model id over its files and the new
+    content (e.g. thresholds moved by ``python -m training thresholds``): the model files stay, the
+    JSON file is replaced atomically, so a reader sees the old bundle or the new one."""
+    path = Path(path)
+    files = [MODEL_FILE] + ([meta.serving.file] if meta.serving else [])
+    meta.model_id = _model_id(*((path / f).read_bytes() for f in files), meta=meta)
+    tmp = path / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta.to_dict(), indent=2, allow_nan=False) + "\n")
+    tmp.chmod(0o644)
+    tmp.replace(path / META_FILE)
+    return meta
+
+
+def scoring_id(meta: BundleMeta, path: str | Path) -> str:
+    """What makes a bundle's scores, hashed: its model files and everything in ``bundle.json`` that
+    shapes a score (not its thresholds, metrics or training record). Two bundles with the same
+    scoring id judge every cut by the same figures, so a machine's alarm history and reference
+    carry over from one to the other (thresholds moved without training)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for f in [MODEL_FILE] + ([meta.serving.file] if meta.serving else []):
+        digest.update((path / f).read_bytes())
+    content = meta._content()
+    digest.update(_canonical({k: content[k] for k in ("channels", "window", "stable_region", "scaler",
+                                                      "calibration", "hyperparams")}
+                             | {"score": meta.thresholds.score}))
+    return digest.hexdigest()[:16]
+
+
 def check_keras(meta: BundleMeta, path: Path) -> None:
     """``model.keras`` can be loaded by the installed Keras (its major version): for TensorFlow
     serving and training only, which need it."""
@@ -225,6 +255,9 @@ def _as_current(data: dict) -> dict:
     """``bundle.json`` of an older format with the keys the current format added, as they were then."""
     if "serving" not in data:  # none exported (every bundle before format 3)
         data = {**data, "serving": None}
+    thresholds = data.get("thresholds")
+    if isinstance(thresholds, dict) and "operating" not in thresholds:  # chosen by no stated rule (before it)
+        data = {**data, "thresholds": {**thresholds, "operating": None}}
     region = data.get("stable_region")
     if data.get("format") == 1 and isinstance(region, dict) and "lookahead" not in region and "half_width" in region:
         data = {**data, "stable_region": {**region, "lookahead": region["half_width"]}}

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .meta import BundleError, BundleMeta, read_bundle_meta
+from .meta import BundleError, BundleMeta, read_bundle_meta, scoring_id
 from .runtime import RuntimeChoice, ServingError
 from .scorer import WindowScorer
 
@@ -22,6 +22,11 @@ class ServingModel:
     meta: BundleMeta
     runtime: RuntimeChoice  # what serves it, where, and why
     _scorer: WindowScorer
+    scoring_id: str = ""  # what makes its scores (meta.scoring_id): thresholds moved alone keep it
+
+    def __post_init__(self) -> None:
+        if not self.scoring_id:
+            self.scoring_id = scoring_id(self.meta, self.path)
 
     def scorer(self) -> WindowScorer:
         return self._scorer

@@ -70,7 +70,10 @@ def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
     reloader.runtime = choice
     th = bundle.meta.thresholds
     log.info("bundle", path=str(config.bundle), model=bundle.meta.model_id, score=th.score,
-             warning=th.warning, alarm=th.alarm)
+             warning=th.warning, alarm=th.alarm, levels=th.levels, operating_point=th.describe())
+    if th.levels == 1:
+        log.info("one_alarm_level", detail="the bundle's warning and alarm thresholds coincide: on its archive a "
+                 "lower warning gave no earlier notice of a failing tool, so machines go from normal to alarm")
     mismatch = policy_mismatch(bundle.meta.training.get("alarm_policy"), config.alarm)
     if mismatch:
         log.warning("alarm_policy_differs", detail=mismatch)

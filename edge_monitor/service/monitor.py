@@ -47,7 +47,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..core.alarm import policy_mismatch
+from ..core.alarm import judges_alike, policy_mismatch
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
 from ..core.inbound import Command
@@ -88,10 +88,10 @@ class NetworkStalled(RuntimeError):
 PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the broker
 
 
-def pipeline_spec(meta: BundleMeta, config: Config) -> PipelineSpec:
+def pipeline_spec(meta: BundleMeta, config: Config, scoring_id: str = "") -> PipelineSpec:
     """What every machine's pipeline shares: the bundle's specs and the configuration's policies."""
     return PipelineSpec(window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
-                        policy=config.alarm, model_id=meta.model_id, limits=config.limits)
+                        policy=config.alarm, model_id=meta.model_id, limits=config.limits, scoring_id=scoring_id)
 
 
 class Monitor:
@@ -104,7 +104,7 @@ class Monitor:
         self.log = get_logger().bind(instance=config.instance)
         self.meta = bundle.meta  # the running model's: a reload replaces it
         self.reloader = reloader  # systemctl reload (SIGHUP): a new configuration and bundle (service/reload.py)
-        self.fleet = Fleet(pipeline_spec(self.meta, config), config.monitors, config.machines)
+        self.fleet = Fleet(pipeline_spec(self.meta, config, bundle.scoring_id), config.monitors, config.machines)
         self.topics = Topics(config.topic_root, config.instance)
         self.counters = Counters()
         self.scoring = Scoring(bundle.scorer(), config.batching, self.counters)
@@ -422,11 +422,14 @@ class Monitor:
         while len(self.scoring):
             self._score_ready(force=True)
         config, meta = new.config, new.bundle.meta
+        kept = False  # whether the machines' alarm histories and references stay
         if meta.model_id != old_model or config.alarm != old.alarm:
-            announcements = self.fleet.switch_model(pipeline_spec(meta, config))
+            spec = pipeline_spec(meta, config, new.bundle.scoring_id)
+            kept = spec.scoring_id == self.fleet.spec.scoring_id and judges_alike(old.alarm, config.alarm)
+            announcements = self.fleet.switch_model(spec)
             self._touched.update(self.fleet.states())  # the open cuts' scores so far were the old model's
         else:
-            announcements = []  # the same model and rule: the alarm history stands
+            announcements, kept = [], True  # the same model and rule: the alarm history stands
         self.scoring.switch(new.scorer, config.batching)
         self.outbox.configure(config.qos, config.errors)
         if config.logging.level != old.logging.level:
@@ -442,6 +445,7 @@ class Monitor:
         self._publish_status()
         self.log.info("reloaded", model=self.model_id, previous_model=old_model, bundle=str(config.bundle),
                       thresholds={"warning": meta.thresholds.warning, "alarm": meta.thresholds.alarm},
+                      operating_point=meta.thresholds.describe(), kept_history=kept,
                       announced=len(announcements), waiting_for_restart=list(new.waiting))
         mismatch = policy_mismatch(meta.training.get("alarm_policy"), config.alarm)
         if mismatch:
@@ -465,7 +469,8 @@ class Monitor:
     def _status(self, state: str, counters: bool = False) -> StatusMessage:
         return StatusMessage(state=state, model=self.model_id, device=self.device, version=__version__,
                              since=self.since, counters=asdict(self.counters) if counters else None,
-                             backlog=self.backlog.figures() if counters else None, runtime=self.runtime)
+                             backlog=self.backlog.figures() if counters else None, runtime=self.runtime,
+                             operating_point=self.meta.thresholds.operating_point())
 
     def _publish_status(self, state: str | None = None):
         state = state or self.backlog.state()

@@ -1,0 +1,246 @@
+"""The operating point: the trade-off counts what the daemon's tracker decides, the stated rule
+picks its threshold, and a bundle's operating point moves without training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_monitor.core.alarm import AlarmPolicy, AlarmTracker, Thresholds, persisted, raise_points
+from training.operating import (
+    HeldOutLife,
+    OperatingRule,
+    choose_operating_point,
+    format_trade_off,
+    rechoose,
+    stored_trade_off,
+    trade_off,
+)
+from training.toollife import decide_on_cut_medians, tool_totals
+
+POLICY = AlarmPolicy()  # the daemon's default: 2 judged cuts in a row, over the first cut
+
+
+def random_lives(seed: int, dealings: int = 3, tools: int = 8) -> list[HeldOutLife]:
+    """Tool lives that wear (growth over the start) with noise, some reaching failure; the same
+    tools in every dealing, scored a little differently (another fold model)."""
+    rng = np.random.default_rng(seed)
+    shapes = [(int(rng.integers(3, 12)), rng.uniform(0.3, 1.2), rng.uniform(0.5, 2.0)) for _ in range(tools)]
+    lives = []
+    for d in range(dealings):
+        for case, (n, wear, level) in enumerate(shapes, 1):
+            growth = np.cumprod(1 + rng.uniform(0, 0.15, n)) * level * rng.lognormal(0, 0.08, n)
+            vb = np.linspace(0, wear, n)
+            classes = np.where(vb >= 0.7, 2, np.where(vb >= 0.2, 1, 0))
+            lives.append(HeldOutLife(d, case, list(range(1, n + 1)), classes.tolist(),
+                                     {"kl": growth.tolist(), "recon": (growth * 2).tolist()},
+                                     [int(w) for w in rng.integers(10, 40, n)], ["r"] * n))
+    return lives
+
+
+def test_the_trade_off_counts_what_the_tracker_decides():
+    lives = random_lives(1)
+    table = trade_off(lives, "kl", POLICY)
+    assert np.all(np.diff(table.thresholds) > 0)
+    for i in range(0, table.thresholds.size, 3):
+        t = float(table.thresholds[i])
+        for d in range(table.dealings):
+            decided = [decide_on_cut_medians(life.case, [str(r) for r in life.runs], life.runs, [0.0] * len(life.runs),
+                                             life.classes, life.medians["kl"], life.windows, life.regimes, POLICY,
+                                             Thresholds(warning=t, alarm=t))
+                       for life in lives if life.dealing == d]
+            totals = tool_totals(decided)
+            for key in ("failing_tools", "failing_caught_in_time", "failing_alarmed_late", "failing_missed",
+                        "tools_alarmed_on_a_healthy_cut", "never_failed_tools_alarmed"):
+                assert table.counts[key][i, d] == totals[key], (key, t, d)
+    # one threshold asked for exactly gives the row of the table it falls in
+    assert table.at(float(table.thresholds[5]))["failing_caught_in_time"] == table.row(5)["failing_caught_in_time"]
+
+
+def test_raise_points_are_the_trackers_rule():
+    figures = [None, 1.2, 1.5, 1.1, None, 2.0, 2.5]
+    points = raise_points(figures, 2)
+    assert points[:2] == [-np.inf, -np.inf] and points[2] == 1.2 and points[3] == 1.2
+    assert points[5] == 1.2 and points[6] == 2.0
+    assert persisted([1.0, 3.0, 2.0], 2) == 2.0 and persisted([1.0], 2) == -np.inf
+    # the tracker raises a level exactly when its threshold is below the cut's raise point
+    for threshold in (1.0, 1.19, 1.2, 1.9, 2.1):
+        tracker = AlarmTracker(AlarmPolicy(persist_cuts=2, reference_cuts=0, min_windows=1),
+                               Thresholds(warning=threshold, alarm=threshold))
+        for i, (value, point) in enumerate(zip(figures, points)):
+            tracker.cut_ended(value, 1 if value is not None else 0, f"c{i}", float(i))
+            assert (tracker.state.label == "alarm") == (point > threshold)
+
+
+def test_the_rule_picks_the_most_sensitive_threshold_within_the_stated_share():
+    lives = random_lives(2, dealings=4, tools=10)
+    table = trade_off(lives, "kl", POLICY)
+    share = np.nanmean(table.share(), axis=1)
+    chosen = {}
+    for cap in (0.0, 0.1, 0.3):
+        point = choose_operating_point(table, OperatingRule(cap, max(cap, 0.3)), POLICY)
+        alarm = point.thresholds.alarm
+        i = int(np.argmin(np.abs(table.thresholds - alarm)))
+        assert share[i] <= cap + 1e-12  # within the stated share...
+        below = np.flatnonzero((table.thresholds < alarm) & (table.thresholds >= 1.0))
+        assert all(share[j] > cap for j in below)  # ...and nothing more sensitive is
+        assert f"at most {cap:.0%}" in point.thresholds.rule
+        assert point.thresholds.operating["rule"]["max_false_alarms"] == cap
+        chosen[cap] = alarm
+    assert chosen[0.0] >= chosen[0.1] >= chosen[0.3]  # a larger share buys a lower threshold
+    text = format_trade_off(choose_operating_point(table, OperatingRule(), POLICY))
+    assert "<- alarm" in text and "caught in time" in text
+
+
+def test_a_warning_that_gives_no_earlier_notice_is_one_level_said_plainly():
+    # Two tools, five cuts each: one healthy all its life, one failing abruptly (1 → 3 in one cut).
+    healthy = HeldOutLife(0, 1, [1, 2, 3, 4, 5], [0] * 5, {"kl": [1.0, 1.05, 1.1, 1.0, 1.08]}, [20] * 5, ["r"] * 5)
+    failing = HeldOutLife(0, 2, [1, 2, 3, 4, 5], [0, 0, 0, 2, 2], {"kl": [1.0, 1.02, 1.0, 3.0, 3.2]}, [20] * 5, ["r"] * 5)
+    point = choose_operating_point(trade_off([healthy, failing], "kl", POLICY), OperatingRule(0.0, 0.5), POLICY)
+    assert point.thresholds.warning == point.thresholds.alarm and point.thresholds.levels == 1
+    assert point.warning is None and "One level" in point.thresholds.rule
+    # A tool that creeps up gives a lower level earlier notice: two levels.
+    creeping = HeldOutLife(0, 3, [1, 2, 3, 4, 5, 6], [0, 0, 1, 1, 2, 2], {"kl": [1.0, 1.0, 1.2, 1.22, 1.4, 3.0]},
+                           [20] * 6, ["r"] * 6)
+    noisy = HeldOutLife(0, 4, [1, 2, 3, 4], [0] * 4, {"kl": [1.0, 1.25, 1.3, 1.0]}, [20] * 4, ["r"] * 4)
+    point = choose_operating_point(trade_off([healthy, failing, creeping, noisy], "kl", POLICY),
+                                   OperatingRule(0.0, 0.4), POLICY)
+    assert point.thresholds.levels == 2 and point.thresholds.warning < point.thresholds.alarm
+    assert "earlier notice" in point.thresholds.rule
+    assert point.warning["failing_warned_early"]["mean"] > point.alarm["failing_warned_early"]["mean"]
+
+
+def test_the_rule_is_checked():
+    with pytest.raises(ValueError, match="max-false-alarms"):
+        OperatingRule(1.0, 1.0)
+    with pytest.raises(ValueError, match="must not be below"):
+        OperatingRule(0.2, 0.1)
+
+
+def test_a_bundles_operating_point_moves_on_its_stored_lives():
+    lives = random_lives(3)
+    point = choose_operating_point(trade_off(lives, "kl", POLICY), OperatingRule(), POLICY, "Alarms on kl, because.")
+    stored = stored_trade_off(point)
+    assert len(stored["lives"]) == len(lives) and stored["trade_off"]["rule"] == OperatingRule().to_dict()
+    moved = rechoose(stored, point.thresholds, OperatingRule(0.3, 0.5), POLICY)
+    assert moved.thresholds.alarm <= point.thresholds.alarm
+    assert moved.thresholds.rule.startswith("Alarms on kl, because.")
+    same = rechoose(stored, point.thresholds, OperatingRule(), POLICY)
+    assert same.thresholds == point.thresholds  # nothing trained, nothing random: the same choice again
+    with pytest.raises(ValueError, match="no held-out tool lives"):
+        rechoose({}, point.thresholds, OperatingRule(), POLICY)
+    broken = {"lives": [{**stored["lives"][0], "runs": [1]}]}
+    with pytest.raises(ValueError, match="differ in length"):
+        rechoose(broken, point.thresholds, OperatingRule(), POLICY)
+
+
+# ------------------------------------------------------------------ moved thresholds in the daemon
+
+
+def test_thresholds_moved_alone_keep_every_machines_history_and_reference():
+    from edge_monitor.core.alarm import Level
+    from edge_monitor.core.channels import SAMPLE_RATE_HZ
+    from edge_monitor.core.fleet import Fleet
+    from edge_monitor.core.stable_region import StableRegionSpec
+    from edge_monitor.core.steps import PipelineSpec
+    from edge_monitor.core.windowing import WindowSpec
+
+    policy = AlarmPolicy(persist_cuts=2, reference_cuts=1, min_windows=1)
+    old, new = Thresholds(1.2, 1.5, "recon"), Thresholds(1.1, 1.3, "recon")
+    tracker = AlarmTracker(policy, old)
+    for i, median in enumerate((1.0, 1.25, 1.25)):
+        tracker.cut_ended(median, 50, f"c{i}", float(i))
+    assert tracker.state == Level.WARNING
+    moved = tracker.for_model(policy, new, same_scores=True)
+    assert moved.to_dict()["references"] == {"": [1.0]} and moved.to_dict()["recent"] == [1.25, 1.25]
+    assert moved.threshold == new.warning  # the rule that holds it from now on
+    # judged over the kept reference: 1.25 and 1.35 are not both above the new alarm level, 1.35 and 1.4 are
+    assert moved.cut_ended(1.35, 50, "c3", 3.0) is None
+    assert moved.cut_ended(1.4, 50, "c4", 4.0).new == Level.ALARM
+    other = tracker.for_model(policy, new, same_scores=False)  # another model: other figures
+    assert other.to_dict()["references"] == {} and other.to_dict()["recent"] == []
+    # another way of judging cuts (more reference cuts) makes other figures too
+    assert tracker.for_model(AlarmPolicy(reference_cuts=2), new, same_scores=True).to_dict()["references"] == {}
+
+    def spec(thresholds, model_id, scoring_id):
+        return PipelineSpec(WindowSpec(64, 64), StableRegionSpec(), SAMPLE_RATE_HZ, thresholds, policy, model_id,
+                            scoring_id=scoring_id)
+
+    fleet = Fleet(spec(old, "a", "s1"), lambda m: True, ("*",))
+    fleet.restore({"m1": tracker.to_dict()})
+    fleet.switch_model(spec(new, "b", "s1"))
+    assert fleet.snapshots()["m1"]["references"] == {"": [1.0]}
+    fleet.switch_model(spec(new, "c", "s2"))
+    assert fleet.snapshots()["m1"].get("references", {}) == {}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from daemon_support import model_fixture
+
+    return model_fixture(tmp_path_factory)
+
+
+def test_a_bundles_thresholds_moved_by_the_command_reach_the_daemon_on_reload(module_broker, model, tmp_path):
+    """`python -m training thresholds` on the bundle a daemon serves, then SIGHUP: the daemon
+    shows the new operating point, with the new model id, and keeps the machines' histories."""
+    import dataclasses
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from daemon_support import REPO, Collector, Daemon
+
+    from edge_monitor.model.meta import read_bundle_meta, rewrite_meta
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model.bundle, bundle)
+    meta = read_bundle_meta(bundle)  # the fixture's bundle, with held-out lives to move on
+    lives = [life.to_dict() for life in random_lives(5)]
+    rewrite_meta(bundle, dataclasses.replace(meta, metrics={**meta.metrics, "out_of_fold": {"lives": lives}},
+                                             training={**meta.training, "alarm_policy": AlarmPolicy().to_dict()}))
+    before = read_bundle_meta(bundle)
+    root, instance = "t-operating", "op1"
+    status_topic = f"{root}/_monitor/{instance}/status"
+    collector = Collector(module_broker, [f"{root}/#"], "collector-operating")
+    daemon = Daemon(tmp_path, module_broker, bundle, root, instance, "status_interval_s: 1\n", without_tensorflow=True)
+    try:
+        daemon.start()
+        status = daemon.wait_online(collector, 90)
+        assert status["operating_point"]["alarm"] == before.thresholds.alarm
+        assert "chosen" not in status["operating_point"]  # the fixture's thresholds came by no stated rule
+        moved = subprocess.run([sys.executable, "-m", "training", "thresholds", "--bundle", str(bundle),
+                                "--max-false-alarms", "30%"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert "<- alarm" in moved.stdout and "keeping every machine's alarm history" in moved.stdout
+        after = read_bundle_meta(bundle)
+        assert after.model_id != before.model_id and after.thresholds.operating["rule"]["max_false_alarms"] == 0.3
+        daemon.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while not daemon.events("reloaded") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reloaded = daemon.events("reloaded")
+        assert reloaded, daemon.fail("no reload")
+        assert reloaded[0]["model"] == after.model_id and reloaded[0]["kept_history"] is True
+        assert "at most 30% of healthy tool lives alarmed" in reloaded[0]["operating_point"]
+
+        def shows_new() -> bool:
+            shown = [b for t, b, _ in collector.messages if t == status_topic and isinstance(b, dict)]
+            return bool(shown) and shown[-1].get("model") == after.model_id
+        assert collector.wait(shows_new, 30)
+        point = [b for t, b, _ in collector.messages if t == status_topic][-1]["operating_point"]
+        assert point["alarm"] == after.thresholds.alarm and point["warning"] == after.thresholds.warning
+        assert point["chosen"]["rule"] == {"max_false_alarms": 0.3, "max_false_warnings": 0.3}
+        assert point["levels"] == after.thresholds.levels
+        # no stored lives: the command names what is missing, and changes nothing
+        rewrite_meta(bundle, dataclasses.replace(after, metrics={}))
+        kept = read_bundle_meta(bundle).model_id
+        refused = subprocess.run([sys.executable, "-m", "training", "thresholds", "--bundle", str(bundle)],
+                                 cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "no held-out tool lives" in refused.stderr
+        assert read_bundle_meta(bundle).model_id == kept
+    finally:
+        daemon.kill()
+        collector.close()
