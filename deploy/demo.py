@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "edge_monitor", "run", "--config", str(config_path)],
             stdout=log, stderr=subprocess.STDOUT,
         )
-        print(f"monitor: model {meta.model_id} (alarms on {meta.thresholds.score}); log {log.name}")
+        print(f"monitor: model {meta.model_id}, {meta.thresholds.describe()}; log {log.name}")
 
         clock = CompletionClock(meta.window.length, meta.stable_region.block, meta.stable_region.lookahead)
         scada = broker.settings("scada", "demo-scada", tls=True)  # dashboards connect over TLS
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         if tty and last_lines:
             sys.stdout.write(f"\x1b[{last_lines}F\x1b[J")
         print(dashboard.table())
-        summary(dashboard, stats_box.get("stats"), time.monotonic() - started)
+        summary(dashboard, stats_box.get("stats"), time.monotonic() - started, wear_of(plan))
         return 0
     finally:
         if daemon is not None and daemon.poll() is None:
@@ -279,7 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped the monitor and the broker")
 
 
-def summary(dashboard: Dashboard, stats, seconds: float) -> None:
+def wear_of(plan) -> dict[str, str]:
+    """Each replayed cut's flank wear and class, as training labels it (VB interpolated between the
+    measured runs of its tool): what an alarm in the summary is set against."""
+    from training.wear import CLASS_NAMES, interpolate_vb, tool_class
+
+    jobs = [job for machine_jobs in plan.values() for job in machine_jobs]
+    vb = interpolate_vb([j.case for j in jobs], [j.cut.run for j in jobs], [j.cut.vb for j in jobs])
+    return {job.cut.cut_id: "VB unknown" if np.isnan(v) else f"VB {v:.2f} mm, {CLASS_NAMES[int(tool_class(v))]} tool"
+            for job, v in zip(jobs, vb)}
+
+
+def summary(dashboard: Dashboard, stats, seconds: float, wear: dict[str, str] | None = None) -> None:
     lat = np.asarray(dashboard.latencies) * 1000
     print()
     print(f"demo summary ({seconds:.0f} s)")
@@ -288,7 +299,7 @@ def summary(dashboard: Dashboard, stats, seconds: float) -> None:
     print(f"  windows scored      {dashboard.windows}")
     print(f"  alarms raised       {len(dashboard.alarms)}")
     for machine, state, cut, _ in dashboard.alarms:
-        print(f"    {machine}: {state} at cut {cut}")
+        print(f"    {machine}: {state} at cut {cut}" + (f" ({wear[cut]})" if wear and cut in wear else ""))
     if lat.size:
         print(f"  end-to-end latency  p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms "
               f"(message completing a window -> its score at the dashboard; {lat.size} windows)")

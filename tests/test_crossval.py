@@ -84,6 +84,14 @@ def test_crossval_reports_every_tool_once_per_repeat(archive_path, tmp_path, mon
         assert [t["alarm"] for t in new["thresholds"]] == [t["alarm"] for t in old["thresholds"]]
         assert new["figures"]["failing_caught_in_time"] == old["figures"]["failing_caught_in_time"]
         assert new["figures"]["tools_alarmed_on_a_healthy_cut"] == old["figures"]["tools_alarmed_on_a_healthy_cut"]
+    # The evidence study's row of the daemon's own figure is what crossval decided
+    from training.evidence_study import FIGURES, format_study, study_archive
+
+    study = study_archive(tmp_path, OperatingRule())
+    daemon_row = study[FIGURES[0].name]
+    for key in ("failing_caught_in_time", "failing_missed", "tools_alarmed_on_a_healthy_cut", "never_failed_tools_alarmed"):
+        assert daemon_row[key] == [r["figures"][key] for r in report["repeats"]], key
+    assert FIGURES[-1].name in format_study("test", study)
     looser = crossval(archive_path, tmp_path / "looser", from_dir=tmp_path, rule=OperatingRule(0.5, 0.6))
     assert all(n["alarm"] <= o["alarm"] for r_old, r_new in zip(report["repeats"], looser["repeats"])
                for o, n in zip(r_old["thresholds"], r_new["thresholds"]))

@@ -1,4 +1,4 @@
-"""``python -m training {synth,fit,export,thresholds,search,evaluate,crossval,lookahead-study,plot-bench}``: the training package's command line."""
+"""``python -m training {synth,fit,export,thresholds,search,evaluate,crossval,lookahead-study,evidence-study,plot-bench}``: the training package's command line."""
 
 from __future__ import annotations
 
@@ -132,6 +132,12 @@ def _cmd_lookahead_study(args: argparse.Namespace) -> None:
     run(args.seeds, args.lookaheads, args.half_width, args.exit_ramp_scale, args.entry_ramp_scale)
 
 
+def _cmd_evidence_study(args: argparse.Namespace) -> None:
+    from .evidence_study import run
+
+    run([Path(d) for d in args.dirs], _rule(args))
+
+
 def _cmd_plot_bench(args: argparse.Namespace) -> None:
     import json
 
@@ -233,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entry-ramp-scale", type=float, default=1.0,
                    help="stretch the generator's entry ramps (a stress test; default 1)")
     p.set_defaults(func=_cmd_lookahead_study)
+
+    p = sub.add_parser("evidence-study", help="compare figures per cut (median, quantiles, exceedance, per channel) "
+                                              "on crossval's stored scores, under one operating rule; trains nothing")
+    p.add_argument("dirs", metavar="DIR", nargs="+", help="a crossval --out directory (oof_scores.npz, crossval.json)")
+    _rule_args(p)
+    p.set_defaults(func=_cmd_evidence_study)
 
     p = sub.add_parser("plot-bench", help="plot edge-monitor bench's scaling: CPU and latency p99 over machines")
     p.add_argument("bench_json", metavar="BENCH_JSON", nargs="+",
