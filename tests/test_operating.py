@@ -244,3 +244,43 @@ def test_a_bundles_thresholds_moved_by_the_command_reach_the_daemon_on_reload(mo
     finally:
         daemon.kill()
         collector.close()
+
+
+def test_progress_says_which_model_its_epochs_and_what_is_left():
+    from training.progress import Progress, _ModelProgress
+
+    now = [0.0]
+    lines: list[str] = []
+    progress = Progress(3, 10, every=5.0, out=lines.append, clock=lambda: now[0])
+    first = _ModelProgress(progress, 1, "the bundle's model")
+    first.on_train_begin()
+    assert lines[-1] == "model 1/3 (the bundle's model): training, at most 10 epochs"
+    for epoch in range(4):  # 2 s an epoch; early stopping after 4
+        now[0] += 2.0
+        first.on_epoch_end(epoch, {"val_loss": 1.0 / (epoch + 1)})
+    assert any("epoch 3/10, 2.0 s per epoch, best validation loss 0.33333" in line for line in lines)
+    first.on_train_end()
+    assert lines[-1].startswith("model 1/3 (the bundle's model): 4 epochs in 8 s; 1 of 3 models done")
+    second = _ModelProgress(progress, 2, "fold 1 of 2")
+    second.on_train_begin()
+    # the finished model ran 4 epochs: about 2 models x 4 epochs x 2 s left, at most 2 x 10 x 2 s
+    assert lines[-1] == "model 2/3 (fold 1 of 2): training, at most 10 epochs; about 16 s left in all (at most 40 s)"
+
+
+def test_a_restart_with_thresholds_moved_alone_keeps_the_history_from_the_state_file():
+    from edge_monitor.core.alarm import Level
+    from edge_monitor.service.state import restore_alarm_states
+
+    policy = AlarmPolicy(persist_cuts=2, reference_cuts=1, min_windows=1)
+    old, new = Thresholds(1.2, 1.5, "recon"), Thresholds(1.1, 1.3, "recon")
+    tracker = AlarmTracker(policy, old)
+    for i, median in enumerate((1.0, 1.25, 1.25)):
+        tracker.cut_ended(median, 50, f"c{i}", float(i))
+    saved = {"m1": tracker.to_dict()}
+    kept, republish = restore_alarm_states(saved, {}, lambda m: True, policy, new, print, checkpoint=True,
+                                           model="b", saved_model="a", same_scores=True)
+    assert kept["m1"].state == Level.WARNING and kept["m1"].threshold == new.warning and republish == ["m1"]
+    assert kept["m1"].to_dict()["references"] == {"": [1.0]} and kept["m1"].to_dict()["recent"] == [1.25, 1.25]
+    other, _ = restore_alarm_states(saved, {}, lambda m: True, policy, new, print, checkpoint=True,
+                                    model="b", saved_model="a", same_scores=False)
+    assert other["m1"].to_dict()["references"] == {}  # another model's figures: taken again

@@ -69,6 +69,17 @@ def test_quick_fit_writes_a_loadable_bundle(trained):
     assert dealing["tools"]["totals"]["failing_tools"] >= 1 and "over that of the tool's first 1 cut(s)" in meta.thresholds.rule
     assert meta.training["alarm_policy"] == AlarmPolicy().to_dict()
     assert len(meta.training["dropped_cuts"]) == 2  # the synthetic archive's corrupt cuts
+    # the operating point: chosen by the stated rule, its trade-off printed, drawn and stored
+    out = _fit_run["fit"].stdout
+    assert "trade-off on held-out tool lives" in out and "<- alarm" in out
+    assert meta.thresholds.operating["rule"] == {"max_false_alarms": 0.1, "max_false_warnings": 0.25}
+    assert (bundle / "trade_off.png").read_bytes().startswith(b"\x89PNG")
+    lives = meta.metrics["out_of_fold"]["lives"]
+    assert sorted(life["case"] for life in lives) == sorted(dealt)
+    # and the progress of its three models, each named, with what is left
+    for n in (1, 2, 3):
+        assert f"model {n}/3 (" in out
+    assert "model 2/3 (fold 1 of 2, dealing seed 0): training, at most 20 epochs; about" in out
 
 
 def test_evaluate_on_its_own_archive_uses_the_test_split(trained, capsys):

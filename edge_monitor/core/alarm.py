@@ -313,9 +313,7 @@ class AlarmTracker:
         the judged history and the references are the same figures and stay too."""
         snapshot = self.to_dict()
         if same_scores and judges_alike(self.policy, policy):
-            state = Level.parse(snapshot["state"])
-            snapshot["threshold"] = None if state == Level.NORMAL else thresholds.of(state)
-            return AlarmTracker.from_dict(policy, thresholds, snapshot)
+            return AlarmTracker.from_dict(policy, thresholds, thresholds_moved(snapshot, thresholds))
         return AlarmTracker.from_dict(policy, thresholds, carried_over(snapshot, thresholds))
 
     @classmethod
@@ -412,6 +410,14 @@ def carried_over(snapshot: Mapping[str, Any], thresholds: Thresholds) -> dict:
         "score": snapshot.get("score"),
         "threshold": None if state == Level.NORMAL else thresholds.of(state),
     }
+
+
+def thresholds_moved(snapshot: Mapping[str, Any], thresholds: Thresholds) -> dict:
+    """An alarm snapshot under other thresholds of the same scores (a bundle whose operating point
+    alone moved): everything stays, the history and references too (the same figures); a raised
+    state shows the threshold of its level that holds it from now on."""
+    state = Level.parse(snapshot.get("state"))
+    return {**snapshot, "threshold": None if state == Level.NORMAL else thresholds.of(state)}
 
 
 def _optional_number(data: Mapping[str, Any], key: str) -> float | None:

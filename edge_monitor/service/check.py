@@ -114,6 +114,7 @@ def _bundle(config: Config, load_model: bool) -> Iterator[Result]:
         yield fail(str(exc))
         return
     yield ok(f"bundle {config.bundle} (model {meta.model_id}: bundle.json valid, its files match the id)")
+    yield ok(f"operating point: {meta.thresholds.describe()}")
     if not load_model:
         yield skip("model not loaded (--no-model)")
         return

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
-from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds, carried_over
+from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds, carried_over, thresholds_moved
 from ..core.fleet import Fleet
 from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import SENSOR_FAULT, AlarmMessage
@@ -85,6 +85,7 @@ def restore_alarm_states(
     checkpoint: bool = False,
     model: str | None = None,
     saved_model: str | None = None,
+    same_scores: bool = False,
 ) -> tuple[dict[str, AlarmTracker], list[str]]:
     """The alarm tracker each watched machine restarts with, and the machines whose retained alarm
     is stale and must be republished. A snapshot that cannot be restored is reported with ``warn``
@@ -92,7 +93,9 @@ def restore_alarm_states(
 
     A state decided under another model than ``model`` (the state file's ``saved_model``, or the
     retained message's ``model``) is carried over as a reload carries it (:func:`carried_over`) and
-    announced again with the running model's id."""
+    announced again with the running model's id. With ``same_scores`` (the state file was written
+    by a model that scores as the running one: only its thresholds differ) the state file's
+    snapshots keep their history and references (:func:`thresholds_moved`)."""
     trackers: dict[str, AlarmTracker] = {}
     republish: list[str] = []
     saved, retained = dict(saved), dict(retained)
@@ -116,7 +119,8 @@ def restore_alarm_states(
                 continue
             decided_by = saved_model if chosen is saved.get(machine) else retained[machine].model
             if model is not None and decided_by is not None and decided_by != model:
-                chosen, stale = carried_over(chosen, thresholds), True
+                kept = same_scores and chosen is saved.get(machine) and "references" in chosen
+                chosen, stale = (thresholds_moved if kept else carried_over)(chosen, thresholds), True
             trackers[machine] = AlarmTracker.from_dict(policy, thresholds, chosen)
         except (ValueError, TypeError, AttributeError, OverflowError) as exc:
             warn("alarm_state_ignored", machine=machine, reason=str(exc)[:300])
@@ -140,6 +144,7 @@ class SavedState:
     streams: dict[str, Any] = field(default_factory=dict)  # open cuts (MachinePipeline.to_state), by machine
     checkpoint: bool = False  # format 2: covers exactly the acknowledged inputs
     model: str | None = None  # the model whose outputs the file's alarm states decided (format 2)
+    scoring: str | None = None  # what made that model's scores (model/meta.scoring_id), if written
     problems: list[str] = field(default_factory=list)  # what could not be used, to log
 
 
@@ -150,13 +155,14 @@ def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], w
     restored and the machines whose retained alarm must be republished. Whatever the file holds,
     this warns (``warn(event, **fields)``) rather than raises."""
     spec = fleet.spec
+    same_scores = bool(spec.scoring_id) and saved.scoring == spec.scoring_id
     trackers, stale = restore_alarm_states(saved.alarms, retained, fleet.watches, spec.policy, spec.thresholds,
                                            warn, checkpoint=saved.checkpoint, model=spec.model_id,
-                                           saved_model=saved.model)
+                                           saved_model=saved.model, same_scores=same_scores)
     fleet.restore({m: t.to_dict() for m, t in trackers.items()})
     for machine, problem in fleet.resume(saved.streams, now):
         warn("open_cut_not_resumed", machine=str(machine)[:64], reason=problem)
-    if saved.model is not None and saved.model != spec.model_id:
+    if saved.model is not None and saved.model != spec.model_id and not same_scores:
         for machine in saved.streams:  # another model scored them so far: judged on this one's windows
             if machine in fleet:
                 fleet[machine].forget_scores()
@@ -199,6 +205,7 @@ class StateFile:
         saved.checkpoint = version == STATE_FORMAT
         if saved.checkpoint and isinstance(data.get("model"), str):
             saved.model = data["model"]
+            saved.scoring = data["scoring"] if isinstance(data.get("scoring"), str) else None
         streams = data.get("streams", {})
         if not isinstance(streams, dict):
             saved.problems.append(f"state file {self.path}: 'streams' is not an object; open cuts start afresh")
@@ -216,11 +223,15 @@ class StateFile:
         return saved
 
     @staticmethod
-    def compose(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None) -> str:
+    def compose(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None,
+                scoring: str = "") -> str:
         """The file's text: ``streams`` holds each machine's open cut already as JSON text
         (checkpoint.snapshot_text), so that only the machines that changed are encoded again;
-        ``windowing`` says how they were cut into windows (``model.meta.windowing_of``)."""
+        ``windowing`` says how they were cut into windows (``model.meta.windowing_of``);
+        ``scoring`` what made the model's scores (``model.meta.scoring_id``)."""
         head = {"format": STATE_FORMAT, "model": model, "machines": alarms}
+        if scoring:
+            head["scoring"] = scoring
         if windowing is not None:
             head["windowing"] = windowing
         head = json.dumps(head, allow_nan=False)
