@@ -136,6 +136,17 @@ def test_a_bundles_operating_point_moves_on_its_stored_lives():
 
 # ------------------------------------------------------------------ moved thresholds in the daemon
 
+MOVE_POLICY = AlarmPolicy(persist_cuts=2, reference_cuts=1, min_windows=1)
+OLD, NEW = Thresholds(1.2, 1.5, "recon"), Thresholds(1.1, 1.3, "recon")  # the operating point moved
+
+
+def warned_tracker() -> AlarmTracker:
+    """A tool that grew by a quarter over its first cut, twice: in warning under ``OLD``."""
+    tracker = AlarmTracker(MOVE_POLICY, OLD)
+    for i, median in enumerate((1.0, 1.25, 1.25)):
+        tracker.cut_ended(median, 50, f"c{i}", float(i))
+    return tracker
+
 
 def test_thresholds_moved_alone_keep_every_machines_history_and_reference():
     from edge_monitor.core.alarm import Level
@@ -145,11 +156,8 @@ def test_thresholds_moved_alone_keep_every_machines_history_and_reference():
     from edge_monitor.core.steps import PipelineSpec
     from edge_monitor.core.windowing import WindowSpec
 
-    policy = AlarmPolicy(persist_cuts=2, reference_cuts=1, min_windows=1)
-    old, new = Thresholds(1.2, 1.5, "recon"), Thresholds(1.1, 1.3, "recon")
-    tracker = AlarmTracker(policy, old)
-    for i, median in enumerate((1.0, 1.25, 1.25)):
-        tracker.cut_ended(median, 50, f"c{i}", float(i))
+    policy, new = MOVE_POLICY, NEW
+    tracker = warned_tracker()
     assert tracker.state == Level.WARNING
     moved = tracker.for_model(policy, new, same_scores=True)
     assert moved.to_dict()["references"] == {"": [1.0]} and moved.to_dict()["recent"] == [1.25, 1.25]
@@ -166,7 +174,7 @@ def test_thresholds_moved_alone_keep_every_machines_history_and_reference():
         return PipelineSpec(WindowSpec(64, 64), StableRegionSpec(), SAMPLE_RATE_HZ, thresholds, policy, model_id,
                             scoring_id=scoring_id)
 
-    fleet = Fleet(spec(old, "a", "s1"), lambda m: True, ("*",))
+    fleet = Fleet(spec(OLD, "a", "s1"), lambda m: True, ("*",))
     fleet.restore({"m1": tracker.to_dict()})
     fleet.switch_model(spec(new, "b", "s1"))
     assert fleet.snapshots()["m1"]["references"] == {"": [1.0]}
@@ -271,11 +279,8 @@ def test_a_restart_with_thresholds_moved_alone_keeps_the_history_from_the_state_
     from edge_monitor.core.alarm import Level
     from edge_monitor.service.state import restore_alarm_states
 
-    policy = AlarmPolicy(persist_cuts=2, reference_cuts=1, min_windows=1)
-    old, new = Thresholds(1.2, 1.5, "recon"), Thresholds(1.1, 1.3, "recon")
-    tracker = AlarmTracker(policy, old)
-    for i, median in enumerate((1.0, 1.25, 1.25)):
-        tracker.cut_ended(median, 50, f"c{i}", float(i))
+    policy, new = MOVE_POLICY, NEW
+    tracker = warned_tracker()
     saved = {"m1": tracker.to_dict()}
     kept, republish = restore_alarm_states(saved, {}, lambda m: True, policy, new, print, checkpoint=True,
                                            model="b", saved_model="a", same_scores=True)

@@ -264,8 +264,8 @@ def plot_operating_point(point, path: str | Path, *, others: dict[str, tuple[flo
         x, y = row["healthy_share_alarmed"]["mean"], row["failing_caught_in_time"]["mean"]
         if x is not None:
             left.plot([x], [y], "o", color=colour, markersize=8, label=f"{name} > {row['threshold']:.3g}")
-    for name, (x, y) in (others or {}).items():
-        left.plot([x], [y], "s", color="tab:blue", markersize=7, label=name)
+    for (name, (x, y)), colour in zip((others or {}).items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown")):
+        left.plot([x], [y], "s", color=colour, markersize=7, label=name)
     failing = table.counts["failing_tools"].mean()
     left.axhline(failing, color="grey", linestyle=":", linewidth=0.8)
     left.axvline(point.rule.max_false_alarms, color="tab:red", linestyle="--", linewidth=0.8)
