@@ -94,7 +94,7 @@ def read_meta_unchecked(data: dict):
 def test_save_writes_the_documented_layout(saved):
     assert sorted(p.name for p in saved.iterdir()) == ["bundle.json", "model.keras"]
     data = json.loads((saved / "bundle.json").read_text())
-    assert data["format"] == BUNDLE_FORMAT and data["channels"] == list(CHANNELS)
+    assert data["format"] == 3 and data["channels"] == list(CHANNELS)
     assert len(data["model_id"]) == 16 and int(data["model_id"], 16) >= 0
     assert data["metrics"]["validation"] == {"pr_auc_kl": 0.5, "undefined": None}  # NaN -> null
     assert data["training"] == {"seed": 3, "dilations": [1, 2]}
@@ -257,7 +257,7 @@ def as_format_1(path: Path, half_width: int = 2) -> dict:
 
 def test_new_bundles_state_the_look_ahead(saved):
     data = json.loads((saved / "bundle.json").read_text())
-    assert data["format"] == BUNDLE_FORMAT == 3
+    assert data["format"] == 3 and BUNDLE_FORMAT == 4  # 4 only with an operating point (thresholds.operating)
     assert data["stable_region"]["lookahead"] == StableRegionSpec().lookahead
 
 

@@ -75,7 +75,7 @@ def test_crossval_reports_every_tool_once_per_repeat(archive_path, tmp_path, mon
     assert caught["mean"] == pytest.approx(np.mean(caught["values"]))
     assert caught["sd"] == pytest.approx(np.std(caught["values"], ddof=1))
     assert (tmp_path / "trade_off.png").read_bytes().startswith(b"\x89PNG")
-    assert report["trade_off"]["rule"] == {"max_false_alarms": 0.1, "max_false_warnings": 0.25}
+    assert report["trade_off"]["rule"] == {"max_false_alarms": 0.1, "max_false_warnings": 0.2}
 
     # Decided again on the stored scores, without training: the same rule gives the same thresholds
     # and outcomes (the stored cut medians are what the replay judged), another rule other ones.

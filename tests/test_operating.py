@@ -225,6 +225,10 @@ def test_a_bundles_thresholds_moved_by_the_command_reach_the_daemon_on_reload(mo
         assert "<- alarm" in moved.stdout and "keeping every machine's alarm history" in moved.stdout
         after = read_bundle_meta(bundle)
         assert after.model_id != before.model_id and after.thresholds.operating["rule"]["max_false_alarms"] == 0.3
+        assert after.format == 4
+        # what the bundle reports the thresholds achieve is the moved thresholds' outcome
+        summary = after.metrics["out_of_fold"]["summary"]
+        assert summary["failing_caught_in_time"]["mean"] == after.thresholds.operating["alarm"]["failing_caught_in_time"]
         daemon.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
         while not daemon.events("reloaded") and time.monotonic() < deadline:
@@ -240,7 +244,7 @@ def test_a_bundles_thresholds_moved_by_the_command_reach_the_daemon_on_reload(mo
         assert collector.wait(shows_new, 30)
         point = [b for t, b, _ in collector.messages if t == status_topic][-1]["operating_point"]
         assert point["alarm"] == after.thresholds.alarm and point["warning"] == after.thresholds.warning
-        assert point["chosen"]["rule"] == {"max_false_alarms": 0.3, "max_false_warnings": 0.3}
+        assert point["chosen"]["rule"] == {"max_false_alarms": 0.3, "max_false_warnings": 0.5}
         assert point["levels"] == after.thresholds.levels
         # no stored lives: the command names what is missing, and changes nothing
         rewrite_meta(bundle, dataclasses.replace(after, metrics={}))
@@ -289,3 +293,29 @@ def test_a_restart_with_thresholds_moved_alone_keeps_the_history_from_the_state_
     other, _ = restore_alarm_states(saved, {}, lambda m: True, policy, new, print, checkpoint=True,
                                     model="b", saved_model="a", same_scores=False)
     assert other["m1"].to_dict()["references"] == {}  # another model's figures: taken again
+
+
+def test_growth_of_one_is_a_threshold_the_rule_can_take():
+    # a healthy tool never grows (0.9), one failing tool barely (1.02), one clearly (1.3): the
+    # midpoints skip 1.0, but the rule may take it, and there it catches both with no false alarm
+    policy = AlarmPolicy(persist_cuts=1, reference_cuts=0, min_windows=1)
+    lives = [HeldOutLife(0, 1, [1, 2], [0, 0], {"kl": [0.9, 0.9]}, [5, 5], ["", ""]),
+             HeldOutLife(0, 2, [1, 2], [0, 2], {"kl": [0.5, 1.02]}, [5, 5], ["", ""]),
+             HeldOutLife(0, 3, [1, 2], [0, 2], {"kl": [0.5, 1.3]}, [5, 5], ["", ""])]
+    point = choose_operating_point(trade_off(lives, "kl", policy), OperatingRule(), policy)
+    assert point.thresholds.alarm == 1.0 and point.alarm["failing_caught_in_time"]["mean"] == 2
+    assert point.thresholds.operating["alarm"]["threshold"] == 1.0
+    # an overflowing score (the largest float) makes no infinite threshold: the bundle stays JSON
+    big = HeldOutLife(0, 4, [1, 2], [0, 2], {"kl": [1.0, float(np.finfo(float).max)]}, [5, 5], ["", ""])
+    assert np.isfinite(trade_off([*lives, big], "kl", policy).thresholds).all()
+
+
+def test_the_state_file_says_what_made_the_scores_and_how_cuts_were_judged(tmp_path):
+    from edge_monitor.service.state import StateFile
+
+    state = StateFile(tmp_path / "state.json")
+    state.path.write_text(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a", None, "s1", MOVE_POLICY))
+    saved = state.read("b")
+    assert saved.scoring == "s1" and saved.judging == {"reference_cuts": 1, "min_windows": 1}
+    state.path.write_text(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a"))
+    assert state.read("b").scoring is None  # not written: nothing kept on a restart with another model

@@ -45,10 +45,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
 def _rule(args: argparse.Namespace):
     from .operating import OperatingRule
 
-    warnings = args.max_false_warnings
-    if warnings is None:  # the default, or the alarm's share when that is larger: the warning comes first
-        warnings = max(OperatingRule().max_false_warnings, args.max_false_alarms)
-    return OperatingRule(args.max_false_alarms, warnings)
+    return OperatingRule(args.max_false_alarms, args.max_false_warnings)  # warnings None: twice the alarms' share
 
 
 def _share(text: str) -> float:
@@ -70,7 +67,7 @@ def _rule_args(p: argparse.ArgumentParser) -> None:
                         "the held-out healthy tool lives (default %(default)s; 0.1 or 10%%)")
     p.add_argument("--max-false-warnings", type=_share, metavar="SHARE",
                    help="the same for the warning, a lower level for earlier notice; one level when it gives "
-                        f"none (default {default.max_false_warnings}, or --max-false-alarms when larger)")
+                        f"none (default: twice --max-false-alarms, up to 0.5; {default.max_false_warnings} by default)")
 
 
 def _cmd_thresholds(args: argparse.Namespace) -> None:

@@ -148,6 +148,8 @@ def crossval(archive_path: str | Path, out: str | Path, preset: str = "quick", f
     out.mkdir(parents=True, exist_ok=True)
     if stored is not None:
         preset, folds = stored["preset"], stored["folds"]
+        print(f"--from {from_dir}: its {len(stored['repeats'])} repeat(s) of {folds} folds ({preset} preset) are "
+              f"decided again; --folds, --repeats, --preset and --seed do not apply", flush=True)
         results = [redecide_repeat(ws, r_seed, groups, scores, rule) for r_seed, groups, scores in stored["repeats"]]
         for r, rep in enumerate(results):
             print(f"\nrepeat {r + 1}/{len(results)} (seed {rep.seed}, folds {rep.folds}; stored scores "

@@ -39,7 +39,7 @@ from edge_monitor.core.alarm import AlarmPolicy
 from edge_monitor.core.scores import WindowScores
 
 from .metrics import labelled_scores
-from .operating import HeldOutLife, OperatingRule, choose_operating_point, trade_off
+from .operating import DEFAULT_GROWTH, HeldOutLife, OperatingRule, choose_operating_point, trade_off
 from .thresholds import choose_score
 
 MIN_WINDOWS = AlarmPolicy().min_windows
@@ -112,6 +112,9 @@ def study_archive(where: Path, rule: OperatingRule, figures=FIGURES) -> dict[str
     report = json.loads((where / "crossval.json").read_text())
     with np.load(where / "oof_scores.npz") as data:
         stored = {k: data[k] for k in data.files}
+    if "channels" not in stored:
+        raise ValueError(f"{where}: oof_scores.npz has no per-channel scores (written before they were kept); "
+                         f"run `python -m training crossval` again")
     cut, case, run, label = stored["cut"], stored["case"], stored["run"], stored["label"]
     keep = label >= 0
     results: dict[str, dict[str, list[float]]] = {f.name: {k: [] for k in SHOWN} for f in figures}
@@ -129,8 +132,11 @@ def study_archive(where: Path, rule: OperatingRule, figures=FIGURES) -> dict[str
                 policy = AlarmPolicy(persist_cuts=f.persist, reference_cuts=0, min_windows=MIN_WINDOWS)
                 args = lambda m: (scores[score][m], channels[m], cut[m], case[m], run[m], label[m])  # noqa: E731
                 train = figure_lives(f, 0, *args(outside))
-                point = choose_operating_point(trade_off(train, "recon", policy), rule, policy)
-                held = trade_off(figure_lives(f, 0, *args(inside)), "recon", policy, [point.thresholds.alarm])
+                try:
+                    alarm = choose_operating_point(trade_off(train, "recon", policy), rule, policy).thresholds.alarm
+                except ValueError:  # no judged healthy cut on the other folds: the rule's growth by half
+                    alarm = DEFAULT_GROWTH
+                held = trade_off(figure_lives(f, 0, *args(inside)), "recon", policy, [alarm])
                 for k in SHOWN:
                     totals[k] += int(held.counts[k][0, 0])
             for k in SHOWN:

@@ -41,7 +41,8 @@ MIN_THRESHOLD = 1.0
 DEFAULT_GROWTH = 1.5
 #: The counts of one threshold on one dealing's tools, in table order.
 COUNTS = ("failing_tools", "failing_caught_in_time", "failing_alarmed_late", "failing_missed",
-          "failing_warned_early", "healthy_lives", "tools_alarmed_on_a_healthy_cut", "never_failed_tools_alarmed")
+          "failing_warned_early", "healthy_lives", "healthy_lives_alarmed", "tools_alarmed_on_a_healthy_cut",
+          "never_failed_tools_alarmed")
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class TradeOff:
         """Share of healthy tool lives alarmed, per threshold and dealing (nan without any)."""
         lives = self.counts["healthy_lives"].astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(lives > 0, self.counts["tools_alarmed_on_a_healthy_cut"] / lives, np.nan)
+            return np.where(lives > 0, self.counts["healthy_lives_alarmed"] / lives, np.nan)
 
     def row(self, i: int) -> dict:
         """Mean and sd over dealings of every count of threshold ``i``, the share and its bound."""
@@ -123,7 +124,7 @@ class TradeOff:
         leads = [lead for per in self.leads[i] for lead in per]
         out["alarm_lead_cuts_median"] = float(np.median(leads)) if leads else None
         n = float(np.mean(self.counts["healthy_lives"][i]))
-        k = float(np.mean(self.counts["tools_alarmed_on_a_healthy_cut"][i]))
+        k = float(np.mean(self.counts["healthy_lives_alarmed"][i]))
         out["healthy_share_alarmed_upper95"] = jeffreys_upper(k, n)
         return out
 
@@ -172,8 +173,14 @@ def trade_off(lives: Sequence[HeldOutLife], score: str, policy: AlarmPolicy,
         if points.size == 0:
             grid = np.array([DEFAULT_GROWTH])
         else:
-            below, above = points[0] - 0.1 * abs(points[0]), points[-1] + 0.1 * abs(points[-1])
-            grid = np.concatenate([[below], (points[:-1] + points[1:]) / 2, [above]])
+            # one below them all, the midpoints (halves first: no overflow near the largest float,
+            # an overflowing KL), one above them all, and the least threshold a rule may take
+            below = points[0] - 0.1 * abs(points[0])
+            above = points[-1] * 1.1 if points[-1] < np.finfo(float).max / 1.1 else np.finfo(float).max
+            grid = np.concatenate([[below], points[:-1] / 2 + points[1:] / 2, [above]])
+            if grid[0] < MIN_THRESHOLD < grid[-1]:
+                grid = np.unique(np.append(grid, MIN_THRESHOLD))
+            grid = grid[np.isfinite(grid)]
     else:
         grid = np.sort(np.asarray(thresholds, dtype=float))
     m, d = grid.size, len(dealing_ids)
@@ -186,9 +193,11 @@ def trade_off(lives: Sequence[HeldOutLife], score: str, policy: AlarmPolicy,
         any_flag = flagged.any(axis=1)
         first = np.where(any_flag, flagged.argmax(axis=1), -1)
         healthy = classes == HEALTHY
-        if (healthy & judged).any():
+        on_healthy = (flagged & healthy[None, :]).any(axis=1)
+        counts["tools_alarmed_on_a_healthy_cut"][:, j] += on_healthy
+        if (healthy & judged).any():  # a healthy tool life: the share's denominator, and its numerator
             counts["healthy_lives"][:, j] += 1
-        counts["tools_alarmed_on_a_healthy_cut"][:, j] += (flagged & healthy[None, :]).any(axis=1)
+            counts["healthy_lives_alarmed"][:, j] += on_healthy
         failed = np.flatnonzero(classes >= FAILED)
         if failed.size == 0:
             counts["never_failed_tools_alarmed"][:, j] += any_flag
@@ -211,9 +220,15 @@ class OperatingRule:
     ``thresholds`` take it as ``--max-false-alarms`` and ``--max-false-warnings``)."""
 
     max_false_alarms: float = 0.10  # share of healthy tool lives the alarm may flag
-    max_false_warnings: float = 0.25  # ... the warning may flag, for earlier notice
+    # ... the warning may flag, for earlier notice; default twice the alarm's: early notice may cost
+    # at most as many false warnings again as there are false alarms
+    max_false_warnings: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_false_warnings is None:
+            alarms = self.max_false_alarms
+            default = min(2 * alarms, max(alarms, 0.5)) if isinstance(alarms, (int, float)) else alarms
+            object.__setattr__(self, "max_false_warnings", default)
         for name in ("max_false_alarms", "max_false_warnings"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
@@ -280,14 +295,18 @@ def choose_operating_point(table: TradeOff, rule: OperatingRule, policy: AlarmPo
     if a is None:
         if not np.isnan(mean_share(table)).all():
             a = table.thresholds.size - 1  # no threshold within the cap but the highest: flags nothing seen
+        elif policy.reference_cuts == 0:  # judged by the median itself: a healthy cut is judged when it has evidence
+            raise ValueError(
+                f"thresholds need held-out healthy cuts that the alarm rule judges, and there are none: a cut "
+                f"needs {policy.min_windows} stable windows (alarm.min_windows); check the stable-region settings")
         else:
             th = Thresholds(score=table.score, warning=DEFAULT_GROWTH, alarm=DEFAULT_GROWTH, rule=" ".join(filter(None, (
                 why_score, f"One level, at growth by {DEFAULT_GROWTH:g} over the tool's start: no held-out healthy "
                            f"cut is judged (each tool's healthy cuts are its reference), so no share of false "
                            f"alarms can be estimated.", tail))))
             return _stated(OperatingPoint(th, table.at(DEFAULT_GROWTH), None, rule, table))
-    alarm_row = table.row(a)
     alarm = float(max(table.thresholds[a], MIN_THRESHOLD))
+    alarm_row = table.row(a) if table.thresholds[a] == alarm else table.at(alarm)
     n_dealings = f"mean over {table.dealings} dealing(s) of the tools" if table.dealings > 1 else "one dealing"
     why_alarm = (f"Alarm above {alarm:.4g}: the most sensitive threshold whose held-out share of healthy tool "
                  f"lives alarmed is at most {rule.max_false_alarms:.0%} ({_pct(alarm_row)}; {n_dealings}); "
@@ -299,7 +318,7 @@ def choose_operating_point(table: TradeOff, rule: OperatingRule, policy: AlarmPo
         (warning_row["failing_warned_early"]["mean"] or 0) > (alarm_row["failing_warned_early"]["mean"] or 0)
         or (warning_row["failing_caught_in_time"]["mean"] or 0) > (alarm_row["failing_caught_in_time"]["mean"] or 0))
     if earlier:
-        warning = float(max(table.thresholds[w], MIN_THRESHOLD))
+        warning = float(table.thresholds[w])  # at least MIN_THRESHOLD: found by _lowest_within
         why_warning = (f"Warning above {warning:.4g}, for earlier notice at up to {rule.max_false_warnings:.0%} "
                        f"of healthy tool lives ({_pct(warning_row)}): it flagged "
                        f"{_n(warning_row, 'failing_warned_early')} failing tools before their first failed cut, "

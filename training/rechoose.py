@@ -28,6 +28,9 @@ def rechoose_bundle(path: str | Path, rule: OperatingRule, *, dry_run: bool = Fa
 
     path = Path(path).resolve()  # a symlink (install.sh's bundle link) keeps pointing at it
     meta = read_bundle_meta(path)
+    if path.parent.name == "bundles" and path.name == meta.model_id and not dry_run:
+        raise BundleError(f"bundle {path} is installed (bundles/<model id>, the rollback of install.sh): copy it, "
+                          f"move the copy's operating point and install that with `deploy/install.sh --bundle COPY`")
     chosen_for = meta.training.get("alarm_policy") if isinstance(meta.training, dict) else None
     try:
         policy = AlarmPolicy.from_dict(chosen_for or {})
@@ -47,11 +50,38 @@ def rechoose_bundle(path: str | Path, rule: OperatingRule, *, dry_run: bool = Fa
         print("dry run: the bundle is unchanged", flush=True)
         return point
     stored = stored_trade_off(point)
-    metrics = {**meta.metrics, "out_of_fold": {**out_of_fold, "trade_off": stored["trade_off"],
+    metrics = {**meta.metrics, "out_of_fold": {**out_of_fold, **outcomes_at(point, out_of_fold),
+                                               "trade_off": stored["trade_off"],
                                                "rechosen_from": {k: v for k, v in old.to_dict().items()
                                                                  if k not in ("rule", "operating")}}}
     new = rewrite_meta(path, dataclasses.replace(meta, thresholds=point.thresholds, metrics=metrics))
-    print(f"bundle {path}: now model {new.model_id} (was {meta.model_id}); the monitor takes it up on "
-          f"`systemctl reload edge-monitor` (or SIGHUP), keeping every machine's alarm history", flush=True)
+    print(f"bundle {path}: now model {new.model_id} (was {meta.model_id}); a monitor serving it takes it up on "
+          f"`systemctl reload edge-monitor` (or SIGHUP), keeping every machine's alarm history; on an edge box, "
+          f"install it with `deploy/install.sh --bundle {path}`", flush=True)
     print(f"wrote {plot_operating_point(point, path / TRADE_OFF_PLOT)}", flush=True)
     return point
+
+
+TOTALS = ("failing_tools", "failing_caught_in_time", "failing_alarmed_late", "failing_missed",
+          "tools_alarmed_on_a_healthy_cut", "never_failed_tools_alarmed")
+
+
+def outcomes_at(point, out_of_fold: dict) -> dict:
+    """``metrics.out_of_fold``'s tool outcomes (``dealings[*].tools.totals`` and ``summary``) at
+    the moved thresholds, counted on the stored lives, so that the bundle does not report what the
+    old thresholds achieved. The window metrics stay: they do not depend on thresholds."""
+    from .metrics import spread
+    from .operating import trade_off
+
+    th = point.thresholds
+    at = trade_off(point.table.lives, th.score, point.table.policy, [th.alarm, th.warning])
+    dealings = [dict(d) for d in out_of_fold.get("dealings") or []]
+    rows = []
+    for j in range(at.dealings):
+        totals = {k: int(at.counts[k][0, j]) for k in TOTALS}
+        totals["tools_warned_on_a_healthy_cut"] = int(at.counts["tools_alarmed_on_a_healthy_cut"][1, j])
+        rows.append(totals)
+        if j < len(dealings):  # the per-tool detail was the old thresholds': only the totals now
+            dealings[j]["tools"] = {"totals": {**(dealings[j].get("tools") or {}).get("totals", {}), **totals}}
+    summary = {**(out_of_fold.get("summary") or {}), **spread(rows, [*TOTALS, "tools_warned_on_a_healthy_cut"])}
+    return {"dealings": dealings, "summary": summary}

@@ -373,9 +373,14 @@ def raise_points(figures: Sequence[float | None], persist: int) -> list[float]:
     return out
 
 
+def judging(policy: AlarmPolicy) -> dict:
+    """What of a policy makes the figure each cut is judged by (its references and evidence)."""
+    return {"reference_cuts": policy.reference_cuts, "min_windows": policy.min_windows}
+
+
 def judges_alike(a: AlarmPolicy, b: AlarmPolicy) -> bool:
     """Whether two policies judge every cut by the same figure (same references and evidence)."""
-    return (a.reference_cuts, a.min_windows) == (b.reference_cuts, b.min_windows)
+    return judging(a) == judging(b)
 
 
 def policy_mismatch(chosen_for: object, running: AlarmPolicy) -> str | None:

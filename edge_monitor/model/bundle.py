@@ -16,7 +16,7 @@ recomputes it, so a bundle edited or mixed up after saving is refused instead of
 with the wrong scaler or thresholds. Non-finite floats in ``metrics`` and ``training`` are stored
 as ``null`` (JSON has no NaN).
 
-Formats: 3 adds ``serving``, the exported scoring graph (older bundles get one with
+Formats: 4 adds ``thresholds.operating`` (written only by bundles that have one); 3 adds ``serving``, the exported scoring graph (older bundles get one with
 ``python -m training export``, which writes format 3 and so a new model id). 2 states the stable-region detector's look-ahead (``stable_region.lookahead``). A format 1
 bundle has no such key; it reads as ``lookahead = half_width`` (what it was trained and calibrated
 with), and its model id stays the one computed over the file as written.
@@ -118,6 +118,9 @@ def save_bundle(
         archive_sha256=str(archive_sha256),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
+        # the oldest format that holds it, so that a monitor of the previous release still reads
+        # a bundle without an operating point
+        format=BUNDLE_FORMAT if thresholds.operating is not None else 3,
     )
     _check_meta(meta, path)
     _check_model(model, meta, path)
@@ -161,7 +164,7 @@ def export_bundle(path: str | Path, parity_windows: np.ndarray) -> BundleMeta:
     try:
         tmp.chmod(0o755)
         shutil.copy2(path / MODEL_FILE, tmp / MODEL_FILE)
-        meta = dataclasses.replace(bundle.meta, format=BUNDLE_FORMAT)
+        meta = dataclasses.replace(bundle.meta, format=max(bundle.meta.format, 3))  # the format adding serving
         meta.serving = export_onnx(bundle.model, tmp, meta.scaler.transform(parity_windows))
         _write_meta(tmp, meta)
         _replace_dir(tmp, path)

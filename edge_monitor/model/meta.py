@@ -25,8 +25,10 @@ from .hyperparams import VAEHyperParams
 from .scaling import MinMaxScaler
 
 # 2: stable_region.lookahead (format 1 had none: its look-ahead was the half width); 3: serving, the
-# scoring graph exported for runtimes without TensorFlow (formats 1 and 2 have none)
-BUNDLE_FORMAT = 3
+# scoring graph exported for runtimes without TensorFlow (formats 1 and 2 have none); 4:
+# thresholds.operating, the operating point's stated rule (an older monitor would refuse the key
+# without saying why: it says "upgrade" for a newer format)
+BUNDLE_FORMAT = 4
 MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 ONNX_FILE = "scoring.onnx"
@@ -182,6 +184,9 @@ def rewrite_meta(path: str | Path, meta: BundleMeta) -> BundleMeta:
     content (e.g. thresholds moved by ``python -m training thresholds``): the model files stay, the
     JSON file is replaced atomically, so a reader sees the old bundle or the new one."""
     path = Path(path)
+    if meta.thresholds.operating is not None and meta.format < 4:
+        meta.format = 4  # the key it adds
+    _check_meta(meta, path)
     files = [MODEL_FILE] + ([meta.serving.file] if meta.serving else [])
     meta.model_id = _model_id(*((path / f).read_bytes() for f in files), meta=meta)
     tmp = path / f".{META_FILE}.tmp"
@@ -242,6 +247,8 @@ def _check_meta(meta: BundleMeta, path: Path) -> None:
         )
     if meta.serving is not None and meta.format < 3:
         raise BundleError(f"bundle {path}: format {meta.format} has no key 'serving' (format 3 added it)")
+    if meta.thresholds.operating is not None and meta.format < 4:
+        raise BundleError(f"bundle {path}: format {meta.format} has no key 'thresholds.operating' (format 4 added it)")
 
 
 def _meta_from_dict(data: dict, path: Path) -> BundleMeta:

@@ -391,7 +391,8 @@ class Monitor:
             for machine, state in self.fleet.streams(self._touched).items():
                 self._stream_texts[machine] = snapshot_text(state)
             snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id,
-                                               windowing_of(self.meta), self.fleet.spec.scoring_id)
+                                               windowing_of(self.meta), self.fleet.spec.scoring_id,
+                                               self.fleet.spec.policy)
         self._touched.clear()
         self.checkpoints.close(snapshot)
         self.counters.checkpoints += 1

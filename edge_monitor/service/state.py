@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as paho
 
-from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds, carried_over, thresholds_moved
+from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds, carried_over, judging, thresholds_moved
 from ..core.fleet import Fleet
 from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import SENSOR_FAULT, AlarmMessage
@@ -145,6 +145,7 @@ class SavedState:
     checkpoint: bool = False  # format 2: covers exactly the acknowledged inputs
     model: str | None = None  # the model whose outputs the file's alarm states decided (format 2)
     scoring: str | None = None  # what made that model's scores (model/meta.scoring_id), if written
+    judging: dict | None = None  # how its alarm policy judged cuts (core/alarm.judging), if written
     problems: list[str] = field(default_factory=list)  # what could not be used, to log
 
 
@@ -155,7 +156,8 @@ def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], w
     restored and the machines whose retained alarm must be republished. Whatever the file holds,
     this warns (``warn(event, **fields)``) rather than raises."""
     spec = fleet.spec
-    same_scores = bool(spec.scoring_id) and saved.scoring == spec.scoring_id
+    same_scores = (bool(spec.scoring_id) and saved.scoring == spec.scoring_id
+                   and saved.judging == judging(spec.policy))  # the same figures: history and references stand
     trackers, stale = restore_alarm_states(saved.alarms, retained, fleet.watches, spec.policy, spec.thresholds,
                                            warn, checkpoint=saved.checkpoint, model=spec.model_id,
                                            saved_model=saved.model, same_scores=same_scores)
@@ -206,6 +208,7 @@ class StateFile:
         if saved.checkpoint and isinstance(data.get("model"), str):
             saved.model = data["model"]
             saved.scoring = data["scoring"] if isinstance(data.get("scoring"), str) else None
+            saved.judging = data["judging"] if isinstance(data.get("judging"), dict) else None
         streams = data.get("streams", {})
         if not isinstance(streams, dict):
             saved.problems.append(f"state file {self.path}: 'streams' is not an object; open cuts start afresh")
@@ -224,14 +227,15 @@ class StateFile:
 
     @staticmethod
     def compose(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None,
-                scoring: str = "") -> str:
+                scoring: str = "", policy: AlarmPolicy | None = None) -> str:
         """The file's text: ``streams`` holds each machine's open cut already as JSON text
         (checkpoint.snapshot_text), so that only the machines that changed are encoded again;
         ``windowing`` says how they were cut into windows (``model.meta.windowing_of``);
-        ``scoring`` what made the model's scores (``model.meta.scoring_id``)."""
+        ``scoring`` what made the model's scores (``model.meta.scoring_id``) and ``policy`` how
+        cuts were judged: with both the same, a restart keeps the histories and references."""
         head = {"format": STATE_FORMAT, "model": model, "machines": alarms}
-        if scoring:
-            head["scoring"] = scoring
+        if scoring and policy is not None:
+            head["scoring"], head["judging"] = scoring, judging(policy)
         if windowing is not None:
             head["windowing"] = windowing
         head = json.dumps(head, allow_nan=False)
