@@ -319,3 +319,20 @@ def test_the_state_file_says_what_made_the_scores_and_how_cuts_were_judged(tmp_p
     assert saved.scoring == "s1" and saved.judging == {"reference_cuts": 1, "min_windows": 1}
     state.path.write_text(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a"))
     assert state.read("b").scoring is None  # not written: nothing kept on a restart with another model
+
+
+def test_moved_thresholds_report_each_levels_own_outcomes():
+    from training.rechoose import outcomes_at
+
+    healthy = HeldOutLife(0, 1, [1, 2, 3, 4, 5], [0] * 5, {"kl": [1.0, 1.05, 1.1, 1.0, 1.08]}, [20] * 5, ["r"] * 5)
+    failing = HeldOutLife(0, 2, [1, 2, 3, 4, 5], [0, 0, 0, 2, 2], {"kl": [1.0, 1.02, 1.0, 3.0, 3.2]}, [20] * 5, ["r"] * 5)
+    creeping = HeldOutLife(0, 3, [1, 2, 3, 4, 5, 6], [0, 0, 1, 1, 2, 2], {"kl": [1.0, 1.0, 1.2, 1.22, 1.4, 3.0]},
+                           [20] * 6, ["r"] * 6)
+    noisy = HeldOutLife(0, 4, [1, 2, 3, 4], [0] * 4, {"kl": [1.0, 1.25, 1.3, 1.0]}, [20] * 4, ["r"] * 4)
+    point = choose_operating_point(trade_off([healthy, failing, creeping, noisy], "kl", POLICY),
+                                   OperatingRule(0.0, 0.4), POLICY)
+    assert point.thresholds.levels == 2
+    totals = outcomes_at(point, {"dealings": [{"seed": 0}]})["dealings"][0]["tools"]["totals"]
+    assert totals["tools_alarmed_on_a_healthy_cut"] == point.alarm["tools_alarmed_on_a_healthy_cut"]["mean"] == 0
+    assert totals["tools_warned_on_a_healthy_cut"] == point.warning["tools_alarmed_on_a_healthy_cut"]["mean"] == 1
+    assert totals["failing_caught_in_time"] == point.alarm["failing_caught_in_time"]["mean"]

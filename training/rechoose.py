@@ -74,12 +74,13 @@ def outcomes_at(point, out_of_fold: dict) -> dict:
     from .operating import trade_off
 
     th = point.thresholds
-    at = trade_off(point.table.lives, th.score, point.table.policy, [th.alarm, th.warning])
+    at = trade_off(point.table.lives, th.score, point.table.policy, [th.warning, th.alarm])  # ascending rows
+    warning, alarm = 0, 1
     dealings = [dict(d) for d in out_of_fold.get("dealings") or []]
     rows = []
     for j in range(at.dealings):
-        totals = {k: int(at.counts[k][0, j]) for k in TOTALS}
-        totals["tools_warned_on_a_healthy_cut"] = int(at.counts["tools_alarmed_on_a_healthy_cut"][1, j])
+        totals = {k: int(at.counts[k][alarm, j]) for k in TOTALS}
+        totals["tools_warned_on_a_healthy_cut"] = int(at.counts["tools_alarmed_on_a_healthy_cut"][warning, j])
         rows.append(totals)
         if j < len(dealings):  # the per-tool detail was the old thresholds': only the totals now
             dealings[j]["tools"] = {"totals": {**(dealings[j].get("tools") or {}).get("totals", {}), **totals}}
