@@ -180,7 +180,6 @@ def trade_off(lives: Sequence[HeldOutLife], score: str, policy: AlarmPolicy,
             grid = np.concatenate([[below], points[:-1] / 2 + points[1:] / 2, [above]])
             if grid[0] < MIN_THRESHOLD < grid[-1]:
                 grid = np.unique(np.append(grid, MIN_THRESHOLD))
-            grid = grid[np.isfinite(grid)]
     else:
         grid = np.sort(np.asarray(thresholds, dtype=float))
     m, d = grid.size, len(dealing_ids)

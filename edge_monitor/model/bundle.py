@@ -55,6 +55,7 @@ from .meta import (  # re-exported: the metadata part of a bundle, which needs n
     BundleMeta,
     _check_meta,
     check_keras,
+    format_holding,
     _meta_from_dict,  # noqa: F401
     _model_id,
     read_bundle_meta,
@@ -118,10 +119,9 @@ def save_bundle(
         archive_sha256=str(archive_sha256),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
-        # the oldest format that holds it, so that a monitor of the previous release still reads
-        # a bundle without an operating point
-        format=BUNDLE_FORMAT if thresholds.operating is not None else 3,
+        format=3,  # serving (format 3) and what format_holding adds
     )
+    meta.format = format_holding(meta)
     _check_meta(meta, path)
     _check_model(model, meta, path)
     if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / META_FILE).exists())):

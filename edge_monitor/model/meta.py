@@ -184,8 +184,7 @@ def rewrite_meta(path: str | Path, meta: BundleMeta) -> BundleMeta:
     content (e.g. thresholds moved by ``python -m training thresholds``): the model files stay, the
     JSON file is replaced atomically, so a reader sees the old bundle or the new one."""
     path = Path(path)
-    if meta.thresholds.operating is not None and meta.format < 4:
-        meta.format = 4  # the key it adds
+    meta.format = format_holding(meta)
     _check_meta(meta, path)
     files = [MODEL_FILE] + ([meta.serving.file] if meta.serving else [])
     meta.model_id = _model_id(*((path / f).read_bytes() for f in files), meta=meta)
@@ -194,6 +193,13 @@ def rewrite_meta(path: str | Path, meta: BundleMeta) -> BundleMeta:
     tmp.chmod(0o644)
     tmp.replace(path / META_FILE)
     return meta
+
+
+def format_holding(meta: BundleMeta) -> int:
+    """The oldest format that holds ``meta``'s content from its own format on: 4 once it has an
+    operating point (``thresholds.operating``), so that a monitor of the previous release still
+    reads a bundle without one and says "upgrade" for one with it."""
+    return max(meta.format, 4) if meta.thresholds.operating is not None else meta.format
 
 
 def scoring_id(meta: BundleMeta, path: str | Path) -> str:
