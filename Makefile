@@ -7,9 +7,9 @@ ARCHIVE ?= $(if $(wildcard data/mill.mat),data/mill.mat,data/synthetic-mill.mat)
 DEMO_DIR := runs/demo
 BUNDLE  := $(DEMO_DIR)/bundle
 
-.PHONY: install debian-packages test test-fast demo evaluate-demo bench bench-windowing clean
+.PHONY: install debian-packages sparkplug-decoder test test-fast demo evaluate-demo bench bench-windowing clean
 
-install: $(STAMP) debian-packages
+install: $(STAMP) debian-packages sparkplug-decoder
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # tools (mosquitto_passwd for the broker users), openssl (the test CA), systemd-analyze (the unit
 # file checks; the package does not make systemd PID 1). Pairs of command:package.
 DEBIAN_NEEDS := mosquitto:mosquitto mosquitto_passwd:mosquitto mosquitto_pub:mosquitto-clients \
-                openssl:openssl systemd-analyze:systemd
+                openssl:openssl systemd-analyze:systemd node:nodejs npm:npm
 debian-packages:
 	@missing=; for need in $(DEBIAN_NEEDS); do cmd=$${need%%:*}; \
 	  command -v $$cmd >/dev/null 2>&1 || test -x /usr/sbin/$$cmd || missing="$$missing $${need#*:}"; \
@@ -32,6 +32,14 @@ debian-packages:
 	  echo "installing Debian packages $$missing(the tests start their own broker and check the unit file)"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+
+# The Sparkplug tests' independent decoder: Eclipse Tahu's JavaScript codec, pinned by its lock file
+# (tests/sparkplug_decoder). Installed again only when the lock file changes.
+DECODER := tests/sparkplug_decoder
+sparkplug-decoder: $(DECODER)/node_modules/.installed
+$(DECODER)/node_modules/.installed: $(DECODER)/package-lock.json | debian-packages
+	npm ci --prefix $(DECODER) --no-audit --no-fund --loglevel=error
+	touch $@
 
 test: install
 	$(PY) -m pytest -q

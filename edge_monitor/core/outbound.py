@@ -97,6 +97,9 @@ class SummaryMessage:
     # The figure the alarm rule judged the cut by (its median over the tool's reference); None when
     # the cut was no evidence or became the reference.
     judged: float | None = None
+    # When the cut's last sample was taken (unix s): the time of the figures for a consumer that
+    # stamps them (Sparkplug); not on the JSON topic, whose payload protocol v1 fixes.
+    ended: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         _check_level(self.level)

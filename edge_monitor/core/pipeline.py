@@ -465,6 +465,7 @@ class MachinePipeline:
             score_max=highest,
             level=self.level,  # after the cut's decision
             judged=self.tracker.judged,
+            ended=record.end_ts,
         )
 
     def _announce(self, t: Transition, step: Step) -> None:
