@@ -117,6 +117,8 @@ class Host:
         assert subscribed.wait(10), "no SUBACK"
 
     def _on_message(self, client, userdata, message) -> None:
+        if message.topic.split("/")[2:3] in (["NCMD"], ["DCMD"]):
+            return  # commands: this host's own (or another host's), not the node's
         body = self.decoder.decode(bytes(message.payload))
         got = Received(message.topic, message.qos, bool(message.retain), body)
         parts = message.topic.split("/")

@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 from daemon_support import POLICY, REPO, Collector, Daemon, machine_of, model_fixture
 
+from edge_monitor.core import sparkplug_payload as sp
 from edge_monitor.core.alarm import AlarmTracker
 
 ROOT, INSTANCE = "t-crash", "k1"
 MACHINES = 4  # cases 11, 13, 11, 13
-CONFIG = 'machines: "mill-*"\nstate_file: state.json\nstatus_interval_s: 1\n'
+# Sparkplug B on (issue 19): it must not cost the JSON topics anything across crashes
+CONFIG = 'machines: "mill-*"\nstate_file: state.json\nstatus_interval_s: 1\nsparkplug: {enabled: true, group_id: t-crash}\n'
+NODE = f"spBv1.0/t-crash/{{}}/{INSTANCE}"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def model_regime(model, cut: str) -> str:
 
 def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path):
     rng = random.Random(9)
-    collector = Collector(broker, [f"{ROOT}/#"], "collector-crash", persistent=True)
+    collector = Collector(broker, [f"{ROOT}/#", "spBv1.0/t-crash/#"], "collector-crash", persistent=True)
     daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, CONFIG).start()
     crashes = []
     try:
@@ -123,6 +126,15 @@ def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path):
                 if not got or got[-1] != step:
                     got.append(step)
             assert got == expected_transitions(model, case_of(machine)), machine
+        # Sparkplug: every killed process left its will, the NDEATH of its NBIRTH's bdSeq, and
+        # each start took the next bdSeq (the project's decoder here; Tahu's in test_sparkplug.py)
+        births = [sp.decode(raw) for t, raw in collector.payloads if t == NODE.format("NBIRTH")]
+        deaths = [sp.decode(raw) for t, raw in collector.payloads if t == NODE.format("NDEATH")]
+        bd_births = [next(m.value for m in b.metrics if m.name == "bdSeq") for b in births]
+        bd_deaths = [d.metrics[0].value for d in deaths]
+        assert bd_births == list(range(bd_births[0], bd_births[0] + len(crashes) + 1)), bd_births
+        # (a kill during a graceful stop may come after its NDEATH: the will then repeats it)
+        assert sorted(set(bd_deaths)) == bd_births[: len(crashes)], (bd_deaths, bd_births)
     finally:
         daemon.kill()
         collector.close()

@@ -32,6 +32,7 @@ from ..model.runtime import RUNTIMES
 from . import parsers
 from .mqtt import BrokerSettings, parse_address
 from .parsers import local_path
+from .sparkplug import SparkplugSettings
 
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")  # auto: console on a terminal, else json
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
@@ -159,6 +160,15 @@ class Config(Spec):
     status_interval_s: float = setting(30.0, low=1.0)
     logging: Logging = field(default_factory=Logging)
     metrics: MetricsEndpoint = field(default_factory=MetricsEndpoint)
+    sparkplug: SparkplugSettings = field(default_factory=SparkplugSettings)  # docs/scada.md
+
+    @property
+    def bd_seq_file(self) -> Path | None:
+        """Where the Sparkplug edge node keeps its last ``bdSeq``: ``sparkplug.bd_seq_file``, else
+        beside the state file, named after it (instances sharing a directory keep apart)."""
+        if self.sparkplug.bd_seq_file is not None:
+            return self.sparkplug.bd_seq_file
+        return None if self.state_file is None else self.state_file.with_name(self.state_file.name + ".sparkplug-bdseq")
 
     def monitors(self, machine: str) -> bool:
         """Whether ``machine`` is one this monitor watches."""
@@ -198,7 +208,11 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     except SpecError as exc:
         raise ConfigError(f"{path or 'config'}: {exc.key or 'the top level'}: {exc.problem}") from None
     given = {option: value for option, value in (overrides or {}).items() if value is not None}
-    return _override(config, given, client_id_given)
+    config = _override(config, given, client_id_given)
+    if config.sparkplug.enabled and config.bd_seq_file is None:
+        raise ConfigError(f"{path or 'config'}: sparkplug.bd_seq_file: Sparkplug needs a file to keep its bdSeq across "
+                          "restarts (hosts tell an old NDEATH from a new one by it): set it, or set state_file")
+    return config
 
 
 def _override(config: Config, overrides: dict, client_id_given: bool) -> Config:

@@ -74,6 +74,7 @@ COUNTER_HELP: dict[str, str] = {
     "checkpoints_failed": "State file writes that failed (nothing acknowledged)",
     "outputs_dropped": "QoS 0 results dropped while disconnected (as of the last status message)",
     "nonfinite_scores": "Windows that scored non-finite",
+    "sparkplug_unsent": "Sparkplug B messages not sent while its connection was down (the next birth has the state)",
 }
 WEAR_LEVEL: dict[str, int] = {level.label: int(level) for level in Level}
 # seconds, per window: from its input's arrival to its score's publication (max_wait_ms is 50 by default)

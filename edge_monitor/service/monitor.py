@@ -53,7 +53,7 @@ from ..core.fleet import Fleet
 from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
 from ..core.steps import PipelineSpec, Step
-from ..core.topics import ProtocolError, StaleInput, Topics, monitor_topic
+from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem, monitor_topic
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
@@ -66,6 +66,7 @@ from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
 from .reload import Failed, Prepared, Reloader
 from .scoring import Scoring
+from .sparkplug import Refused, SparkplugEdge
 from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
 
@@ -137,6 +138,19 @@ class Monitor:
         self.client.on_disconnect = self._on_disconnect
         self.out.on_connect = self._on_out_connect
         self.out.on_disconnect = self._on_disconnect
+        self.sparkplug = self._sparkplug() if config.sparkplug.enabled else None
+
+    def _sparkplug(self) -> SparkplugEdge:
+        """The Sparkplug B edge node beside the JSON topics (service/sparkplug.py)."""
+        config = self.config
+        try:
+            return SparkplugEdge(config.sparkplug, config.broker, config.instance, config.bd_seq_file,
+                                 self.meta.thresholds, self._alarm_of, self.log)
+        except OSError as exc:
+            raise StartupError(f"sparkplug.bd_seq_file {config.bd_seq_file}: cannot keep the bdSeq there ({exc})") from None
+
+    def _alarm_of(self, machine: str):
+        return self.fleet.announcements([machine])[0].message
 
     @property
     def model_id(self) -> str:
@@ -179,6 +193,12 @@ class Monitor:
         self.log.info("connected", broker=self.config.broker.address, client_id=self.config.broker.client_id)
         self._restore()
         self._publish_status()
+        if self.sparkplug is not None:
+            self.sparkplug.machines(out.message for out in self.fleet.announcements())
+            try:
+                self.sparkplug.start()
+            except BrokerError as exc:
+                raise StartupError(f"Sparkplug connection (sparkplug.username): {exc}") from None
         self.log.info("online", model=self.model_id, device=self.device, machines=list(self.config.machines))
         systemd.ready(self._status_text())
 
@@ -224,6 +244,8 @@ class Monitor:
                 else:
                     self._on_connected(item)
             self.inbox.done(items)
+            if self.sparkplug is not None:
+                self._sparkplug_turn()
             self._score_ready()
             now = time.monotonic()
             if now >= next_checkpoint:
@@ -254,39 +276,60 @@ class Monitor:
         self.metrics.inputs[type(item.message)] += 1
         self.counters.inputs_redelivered += item.delivery.dup
         self.checkpoints.applied(item.delivery)  # acknowledged with the next checkpoint, whatever it did
-        machine = item.where.machine
+        self._take(item.where.machine, item.message, item.where.channel, item.topic, item.delivery.dup, item.received)
+
+    def _take(self, machine: str, message, channel: str | None, topic: str, redelivered: bool,
+              received: float) -> None:
+        """One input to its machine's pipeline, and what it did published: a JSON input, or a
+        reset a Sparkplug host asked for (the same path, limits and checkpoint)."""
         created = machine not in self.fleet
-        if isinstance(item.message, Command) and not self.fleet.known(machine):
+        if isinstance(message, Command) and not self.fleet.known(machine):
             # a new tool before the machine's first cut: its state is normal already, and a
             # made-up id must not get a pipeline nor a retained alarm
-            self.log.info("reset_of_new_machine", machine=machine, by=item.message.by)
+            self.log.info("reset_of_new_machine", machine=machine, by=message.by)
             return
-        refusal = self.fleet.refuse(machine, item.message)  # the inbox refused unwatched machines already
+        refusal = self.fleet.refuse(machine, message)  # the inbox refused unwatched machines already
         if refusal:
-            self._reject(item.topic, refusal, "untracked_machine")
+            self._reject(topic, refusal, "untracked_machine")
             return
         try:
-            step = self.fleet.pipeline(machine).handle(item.message, channel=item.where.channel, now=time.time())
+            step = self.fleet.pipeline(machine).handle(message, channel=channel, now=time.time())
         except StaleInput as exc:
             if created:
                 self.fleet.discard(machine)
-            if item.delivery.dup:  # sent again after a crash or reconnect; the checkpoint has it
+            if redelivered:  # sent again after a crash or reconnect; the checkpoint has it
                 self.counters.duplicate_inputs += 1
-                self.log.debug("duplicate", machine=machine, topic=item.topic, reason=exc.reason)
+                self.log.debug("duplicate", machine=machine, topic=topic, reason=exc.reason)
             else:
-                self._reject(item.topic, exc.reason, "stale")
+                self._reject(topic, exc.reason, "stale")
             return
         except ProtocolError as exc:
             if created:
                 self.fleet.discard(machine)
-            self._reject(item.topic, exc.reason, "pipeline")
+            self._reject(topic, exc.reason, "pipeline")
             return
         self._touched.add(machine)
-        self.backlog.note(self.fleet[machine].stream.current, item.message)
+        self.backlog.note(self.fleet[machine].stream.current, message)
         if step.duplicate_samples:
-            self.log.debug("duplicate", machine=machine, topic=item.topic, samples=step.duplicate_samples)
-        self.scoring.add(step.windows, item.received)
+            self.log.debug("duplicate", machine=machine, topic=topic, samples=step.duplicate_samples)
+        if self.sparkplug is not None:
+            self.sparkplug.seen(machine)  # the device is born at its first cut, before its data
+        self.scoring.add(step.windows, received)
         self._apply(machine, step)
+
+    def _sparkplug_turn(self) -> None:
+        """Births, rebirths and the primary host (service/sparkplug.py); device resets through
+        the path of the JSON reset."""
+        for item in self.sparkplug.turn():
+            if isinstance(item, Refused):
+                self._report(item.topic, item.reason, "sparkplug_command_refused")
+            else:
+                refusal = machine_id_problem(item.machine) or self.fleet.unwatched(item.machine)
+                if refusal:
+                    self._report(item.topic, refusal, "sparkplug_command_refused")
+                    continue
+                self.log.info("sparkplug_reset", machine=item.machine, topic=item.topic)
+                self._take(item.machine, Command("reset", by="sparkplug"), None, item.topic, False, time.monotonic())
 
     def _on_rejected(self, item: Rejected) -> None:
         self.counters.messages_in += 1
@@ -345,6 +388,8 @@ class Monitor:
             getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
         if step.outputs:
             self.metrics.published(step.outputs)
+            if self.sparkplug is not None:
+                self.sparkplug.outputs(step.outputs)
         self.checkpoints.published(self.outbox.publish(step.outputs))
         for fault in step.faults:
             self._report(self.topics.machine(machine, "score"), fault, "nonfinite_score")
@@ -443,6 +488,9 @@ class Monitor:
         gc.collect()
         gc.freeze()
         self.checkpoints.published(self.outbox.publish(announcements))
+        if self.sparkplug is not None:
+            self.sparkplug.configure(meta.thresholds)
+            self.sparkplug.outputs(announcements)
         self._publish_status()
         self.log.info("reloaded", model=self.model_id, previous_model=old_model, bundle=str(config.bundle),
                       thresholds={"warning": meta.thresholds.warning, "alarm": meta.thresholds.alarm},
@@ -480,7 +528,13 @@ class Monitor:
                 "degraded" if state == "degraded" else "caught_up", **self.backlog.figures())
         self._shown = state
         self.counters.outputs_dropped = self.outbox.dropped + self.checkpoints.dropped
-        return self.outbox.status(self._status(state, counters=True))
+        if self.sparkplug is not None:
+            self.counters.sparkplug_unsent = self.sparkplug.unsent
+        status = self._status(state, counters=True)
+        info = self.outbox.status(status)
+        if self.sparkplug is not None:
+            self.sparkplug.status(status, len(self.fleet))
+        return info
 
     def _watch_backlog(self) -> None:
         """Publish the status as soon as the monitor falls behind or catches up."""
@@ -520,6 +574,8 @@ class Monitor:
             info.wait_for_publish(PUBLISH_WAIT)
         except (RuntimeError, ValueError):  # not connected: the will says offline instead
             pass
+        if self.sparkplug is not None:
+            self.sparkplug.stop()  # its NDEATH: the node and its devices are stale in SCADA now
         disconnect(self.client)
         disconnect(self.out)
         self.metrics.stop()

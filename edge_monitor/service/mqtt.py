@@ -76,6 +76,16 @@ class BrokerSettings(Spec):
                        password_file=self.output_password_file)
 
 
+    def for_sparkplug(self, username: str | None, password_file: Path | None) -> "BrokerSettings":
+        """How the Sparkplug edge node's connection logs in (service/sparkplug.py): its own will
+        (the NDEATH) needs a connection of its own, and on a broker that takes client ids from
+        user names a user of its own; its own client id (``<client_id>-sparkplug``). No user:
+        the inputs' user."""
+        if username is None:
+            return replace(self, client_id=f"{self.client_id}-sparkplug")
+        return replace(self, client_id=f"{self.client_id}-sparkplug", username=username, password_file=password_file)
+
+
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``HOST:PORT``, ``HOST`` (default port) or ``[IPv6]:PORT`` as (host, port); ValueError naming
     what is wrong."""

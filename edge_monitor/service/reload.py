@@ -12,7 +12,7 @@ differently) leaves the old configuration and model running, and says why.
 What a reload applies, and what waits for a restart (:data:`RESTART_ONLY`): the bundle, the alarm
 policy, batching, QoS, the errors rate limit, the status interval and the log level apply at the
 switch. The broker and its credentials, the topic root and instance, the device, delivery,
-limits, the state file, the metrics endpoint and the log format belong to connections, threads
+limits, the state file, the metrics endpoint, the Sparkplug edge node and the log format belong to connections, threads
 and files opened at start; the machines watched, to the alarm states read back at start (a
 machine added later would resume as normal while its retained alarm says otherwise). A change to
 them is reported and waits.
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 #: Settings a reload does not apply: they were used to open connections, threads and files.
 RESTART_ONLY: tuple[str, ...] = ("broker", "topic_root", "instance", "machines", "runtime", "device", "delivery", "limits",
-                                 "state_file", "metrics")
+                                 "state_file", "metrics", "sparkplug")
 
 
 @dataclass(frozen=True)
