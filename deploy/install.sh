@@ -344,7 +344,9 @@ if [ -f "$ETC/config.yaml" ]; then
   say "unchanged $ETC/config.yaml (an installed configuration is never overwritten)"
 else
   # The project's config.yaml with the installed values; each value replaced in place, its comment
-  # kept in its column. Fails (naming the key) if a key is no longer where this expects it.
+  # kept in its column. Fails (naming the key) if a key is no longer where this expects it. A key
+  # SECTION.KEY is the first `  KEY:` line below the top-level `SECTION:` line; any other key is the
+  # first line starting with it.
   sets="  host=127.0.0.1
   port=$BROKER_PORT
   username=edge-monitor
@@ -353,7 +355,9 @@ else
   output_password_file=secrets/edge-monitor-out.password
 topic_root=$ROOT
 bundle=$STATE/bundle
-state_file=$STATE/alarm-state.json"
+state_file=$STATE/alarm-state.json
+sparkplug.username=edge-monitor-sparkplug
+sparkplug.password_file=secrets/edge-monitor-sparkplug.password"
   {
     echo "# edge-monitor configuration, installed by deploy/install.sh from the project's config.yaml."
     echo "# Edit freely: the installer never overwrites this file. Then: systemctl restart edge-monitor"
@@ -362,12 +366,15 @@ state_file=$STATE/alarm-state.json"
     sed '1,/^$/d' "$SRC/config.yaml" | awk -v sets="$sets" '
       BEGIN { n = split(sets, pairs, "\n")
               for (i = 1; i <= n; i++) { eq = index(pairs[i], "="); want[substr(pairs[i], 1, eq - 1)] = substr(pairs[i], eq + 1) } }
-      { for (k in want)
-          if (!(k in done) && index($0, k ": ") == 1) {
-            rest = substr($0, length(k) + 3); c = index(rest, "#"); v = want[k]
+      /^[A-Za-z_]+:/ { section = substr($0, 1, index($0, ":") - 1) }
+      { for (k in want) {
+          dot = index(k, "."); line_key = dot ? "  " substr(k, dot + 1) : k
+          if (!(k in done) && (!dot || substr(k, 1, dot - 1) == section) && index($0, line_key ": ") == 1) {
+            rest = substr($0, length(line_key) + 3); c = index(rest, "#"); v = want[k]
             pad = c - 1 - length(v); if (pad < 1) pad = 1
-            $0 = k ": " v (c ? sprintf("%" pad "s", "") substr(rest, c) : ""); done[k] = 1
+            $0 = line_key ": " v (c ? sprintf("%" pad "s", "") substr(rest, c) : ""); done[k] = 1
           }
+        }
         print }
       END { for (k in want) if (!(k in done)) { print "no line \"" k ":\"" > "/dev/stderr"; exit 3 } }'
   } > "$WORK/config.yaml" || die "config.yaml of this checkout: a key this script sets is missing (above)"

@@ -92,8 +92,16 @@ class Received:
         return self.metrics()[name]["value"]
 
 
+def _settings(broker, client_id: str) -> BrokerSettings:
+    """``broker``: a test broker (anonymous) or the :class:`BrokerSettings` to log in with."""
+    if isinstance(broker, BrokerSettings):
+        return broker
+    return BrokerSettings(host=broker.host, port=broker.port, client_id=client_id, reconnect_max_delay=2)
+
+
 class Host:
-    """A host application on ``group``: records everything, follows seq, asks for rebirths."""
+    """A host application on ``group``: records everything, follows seq, asks for rebirths.
+    ``broker``: a test broker (anonymous) or the :class:`BrokerSettings` to log in with."""
 
     def __init__(self, broker, decoder: TahuCodec, group: str, client_id: str = "test-host",
                  rebirth_on_gap: bool = True) -> None:
@@ -107,8 +115,7 @@ class Host:
         self._expect: dict[str, int] = {}  # node topic part -> the next seq
         self._cond = threading.Condition()
         self.aliases: dict[tuple[str, int], str] = {}  # (node, alias) -> name, from births
-        settings = BrokerSettings(host=broker.host, port=broker.port, client_id=client_id, reconnect_max_delay=2)
-        self.client = make_client(settings, clean_start=True)
+        self.client = make_client(_settings(broker, client_id), clean_start=True)
         subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: subscribed.set()
@@ -181,8 +188,7 @@ class Host:
 
 def publish_state(broker, host_id: str, online: bool, client_id: str = "test-primary-host") -> None:
     """The primary host's retained STATE (QoS 1), as a host application publishes it."""
-    settings = BrokerSettings(host=broker.host, port=broker.port, client_id=client_id)
-    client = make_client(settings, clean_start=True)
+    client = make_client(_settings(broker, client_id), clean_start=True)
     connect(client)
     body = json.dumps({"online": online, "timestamp": int(time.time() * 1000)}).encode()
     client.publish(f"spBv1.0/STATE/{host_id}", body, qos=1, retain=True).wait_for_publish(10)

@@ -103,8 +103,12 @@ def test_dashboards_may_not_command_the_monitors_level_nor_an_empty_machine(tmp_
     make_users(tmp_path, "--dashboard", "hall-2")
     for user in ("scada", "scada-hall-2"):
         block = acl_block(tmp_path, user)
-        assert block[-3:] == ["topic write mill/+/cmd", "topic deny mill/_monitor/cmd", "topic deny mill//cmd"]
+        at = block.index("topic write mill/+/cmd")
+        assert block[at:at + 3] == ["topic write mill/+/cmd", "topic deny mill/_monitor/cmd", "topic deny mill//cmd"]
         assert "topic read mill/_monitor/+/status" in block  # not hidden by a wider deny
+        # and, as a Sparkplug host application: everything of Sparkplug, commands, its STATE
+        assert block[at + 3:] == ["topic read spBv1.0/#", "topic write spBv1.0/+/NCMD/+",
+                                  "topic write spBv1.0/+/DCMD/+/+", "topic readwrite spBv1.0/STATE/+"]
 
 
 # ------------------------------------------------------------------------------------ make-test-ca.sh

@@ -196,6 +196,9 @@ def test_the_tree_has_everything_where_the_service_looks(installed, model, ports
     assert config.broker.password_file == prefix / "etc/edge-monitor/secrets/edge-monitor.password"
     assert config.broker.output_username == "edge-monitor-out"
     assert config.broker.output_password_file == prefix / "etc/edge-monitor/secrets/edge-monitor-out.password"
+    # Sparkplug stays off, but turning it on needs no user to be made: its own is there
+    assert not config.sparkplug.enabled and config.sparkplug.username == "edge-monitor-sparkplug"
+    assert config.sparkplug.password_file == prefix / "etc/edge-monitor/secrets/edge-monitor-sparkplug.password"
     broker_conf = (prefix / "etc/mosquitto/conf.d/edge-monitor.conf").read_text()
     assert f"listener {ports[0]} 127.0.0.1" in broker_conf
     assert f"password_file {prefix}/etc/mosquitto/edge-monitor/passwd" in broker_conf

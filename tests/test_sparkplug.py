@@ -33,11 +33,15 @@ def alarm(machine: str, state: str = "normal", cut: str | None = None) -> AlarmM
 
 
 class Edge:
-    """A :class:`SparkplugEdge` and the main loop's turns, as the monitor runs them."""
+    """A :class:`SparkplugEdge` and the main loop's turns, as the monitor runs them. ``broker``: a
+    test broker (anonymous) or the monitor's :class:`BrokerSettings`."""
 
     def __init__(self, broker, tmp_path, group: str, **settings) -> None:
-        self.broker = BrokerSettings(host=broker.host, port=broker.port, client_id=f"edge-{group}-{settings.get('edge_node_id')}",
-                                     reconnect_max_delay=2)
+        if isinstance(broker, BrokerSettings):
+            self.broker = broker
+        else:
+            self.broker = BrokerSettings(host=broker.host, port=broker.port, reconnect_max_delay=2,
+                                         client_id=f"edge-{group}-{settings.get('edge_node_id')}")
         self.settings = SparkplugSettings(enabled=True, group_id=group, **settings)
         self.commands: list = []
         self.edge = SparkplugEdge(self.settings, self.broker, "box-1", tmp_path / "bdseq", THRESHOLDS,
@@ -207,3 +211,32 @@ def test_device_commands_are_refused_unless_resets_are_on_and_carried_out_when_t
         refusing.edge.stop()
         resetting.edge.stop()
         host.close()
+
+
+def test_on_the_deployed_broker_the_node_and_a_scada_host_have_the_rights_they_need(tmp_path, tahu):
+    """make-users.sh's users and ACL: the node logs in as edge-monitor-sparkplug beside the
+    monitor's two connections; the dashboard user scada is a Sparkplug host (reads everything,
+    publishes its STATE and rebirth requests)."""
+    from deploy_broker import DeployBroker
+
+    broker = DeployBroker(tmp_path / "broker", ("mill-01",)).start()
+    try:
+        monitor = broker.settings("edge-monitor", "edge-monitor-edge-1")
+        inputs = Host(monitor, tahu, "plant")  # the monitor's inputs connection stands for itself
+        publish_state(broker.settings("scada", "any"), "scada-primary", online=True)  # (scada's one connection)
+        edge = Edge(monitor, tmp_path, "plant", primary_host_id="scada-primary", username="edge-monitor-sparkplug",
+                    password_file=broker.password_file("edge-monitor-sparkplug"))
+        host = Host(broker.settings("scada", "any"), tahu, "plant")
+        edge.edge.machines([alarm("mill-01", "warning", "c1")])
+        edge.edge.start()
+        assert edge.run_until(lambda: host.of("DBIRTH")), broker.log_tail()
+        assert host.of("DBIRTH")[0].value("Alarm/State") == "warning"
+        host.request_rebirth("box-1")
+        assert edge.run_until(lambda: len(host.of("NBIRTH")) == 2), broker.log_tail()
+        assert inputs.client.is_connected()  # a user of its own: it took over nobody's connection
+        edge.edge.stop()
+        assert host.wait(lambda: host.of("NDEATH"))
+        host.close()
+        inputs.close()
+    finally:
+        broker.kill()

@@ -3,7 +3,8 @@
 #
 #   make-users.sh [options] [MACHINE ...]
 #
-# Users: edge-monitor and edge-monitor-out (the monitor's input and output connections), scada (a
+# Users: edge-monitor and edge-monitor-out (the monitor's input and output connections),
+# edge-monitor-sparkplug (its Sparkplug B edge node, when config.yaml turns it on), scada (a
 # dashboard), scada-<NAME> for each further dashboard (--dashboard), daq-<MACHINE> for each
 # machine's data acquisition, and replay (demo only, when asked for: --replay). The broker takes
 # each client's id from its user name (use_username_as_clientid): one connection per user at a
@@ -117,7 +118,7 @@ umask 077
 WORK=$(mktemp -d "$CONFDIR/.make-users.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-managed() { [[ $1 == edge-monitor || $1 == edge-monitor-out || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
+managed() { [[ $1 == edge-monitor || $1 == edge-monitor-out || $1 == edge-monitor-sparkplug || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
 in_list() { local x=$1; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
 
 # Machines: those of the current password file, plus the arguments, minus --remove; sorted.
@@ -140,7 +141,7 @@ if [ "$REPLAY" = keep ]; then
   REPLAY=0
   if [ -f "$PASSWD" ] && grep -q '^replay:' "$PASSWD"; then REPLAY=1; fi
 fi
-USERS=(edge-monitor edge-monitor-out scada)
+USERS=(edge-monitor edge-monitor-out edge-monitor-sparkplug scada)
 for d in "${BOARDS[@]}"; do USERS+=("scada-$d"); done
 if [ "$REPLAY" = 1 ]; then USERS+=(replay); fi
 for m in "${DAQ[@]}"; do USERS+=("daq-$m"); done
@@ -226,7 +227,8 @@ for f in passwd acl; do
   mv "$WORK/$f" "$CONFDIR/$f"  # atomic: the broker never reads a half-written file
 done
 if [ -n "$MONITOR_OWNER" ]; then
-  chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password" "$SECRETS/edge-monitor-out.password"
+  chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password" "$SECRETS/edge-monitor-out.password" \
+    "$SECRETS/edge-monitor-sparkplug.password"
 fi
 
 boards=scada
@@ -238,5 +240,6 @@ if [ "$REPLAY" = 1 ]; then
     "delete it with --no-replay"
 fi
 echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password,"
-echo "  broker.output_username: edge-monitor-out, broker.output_password_file: $SECRETS/edge-monitor-out.password"
+echo "  broker.output_username: edge-monitor-out, broker.output_password_file: $SECRETS/edge-monitor-out.password,"
+echo "  sparkplug.username: edge-monitor-sparkplug, sparkplug.password_file: $SECRETS/edge-monitor-sparkplug.password"
 echo "apply to a running broker: systemctl reload mosquitto"
