@@ -75,7 +75,8 @@ def broker(tmp_path_factory):
 
 
 def write_config(where: Path, broker: DeployBroker, bundle: Path, *, tls: bool = False, state_file: Path | None = None,
-                 output_user: bool = True, port: int | None = None, password_file: dict | None = None) -> Path:
+                 output_user: bool = True, port: int | None = None, password_file: dict | None = None,
+                 sparkplug: dict | None = None) -> Path:
     """The configuration install.sh writes, pointing at ``broker``; ``password_file`` replaces a
     user's password file."""
     files = {u: broker.password_file(u) for u in ("edge-monitor", "edge-monitor-out")} | (password_file or {})
@@ -89,6 +90,7 @@ def write_config(where: Path, broker: DeployBroker, bundle: Path, *, tls: bool =
         },
         "topic_root": ROOT, "instance": "edge-1", "bundle": str(bundle), "device": "cpu",
         "state_file": str(state_file or where / "state" / "alarm-state.json"),
+        **({"sparkplug": sparkplug} if sparkplug is not None else {}),
     }
     where.mkdir(parents=True, exist_ok=True)
     (where / "state").mkdir(exist_ok=True)
@@ -194,6 +196,41 @@ def test_one_user_for_both_connections_fails_where_user_names_are_client_ids(bro
     assert [re.sub(r" \(.*?\):", " (...):", line, count=1) for line in failures(lines)] == [
         "FAIL  broker login as edge-monitor for the outputs closed the inputs connection (...): on a broker that "
         "takes client ids from user names (the deployed one), broker.output_username must name a user of its own"]
+
+
+def test_the_sparkplug_connection_is_checked_with_its_own_user(broker, bundle, tmp_path, capsys):
+    own = {"enabled": True, "group_id": "plant", "username": "edge-monitor-sparkplug",
+           "password_file": str(broker.password_file("edge-monitor-sparkplug"))}
+    code, lines = check(write_config(tmp_path / "own", broker, bundle, sparkplug=own), "--no-model", capsys=capsys)
+    assert code == 0 and failures(lines) == []
+    assert (f"ok    broker login as edge-monitor-sparkplug at 127.0.0.1:{broker.port} (the monitor's client id "
+            "edge-monitor-edge-1-sparkplug)") in lines
+    assert f"ok    ACL edge-monitor-sparkplug publishes spBv1.0/plant/NDEATH/{PROBE} (Sparkplug)" in lines
+
+    shared = {"enabled": True, "group_id": "plant"}  # the inputs' user: a takeover on this broker
+    code, lines = check(write_config(tmp_path / "shared", broker, bundle, sparkplug=shared), "--no-model", capsys=capsys)
+    assert code == 1
+    assert failures(lines)[0].startswith(
+        "FAIL  broker login as edge-monitor for Sparkplug closed the edge-monitor connection: on a broker that takes "
+        "client ids from user names (the deployed one), sparkplug.username must name a user of its own")
+
+
+def test_a_sparkplug_user_without_its_acl_fails_naming_the_block(tmp_path, bundle, capsys):
+    def without_sparkplug(acl: str) -> str:
+        return "\n".join(line for line in acl.splitlines() if not line.startswith("topic write spBv1.0/+/N"))
+
+    broker = start_broker(tmp_path / "broker", acl_edit=without_sparkplug)
+    try:
+        own = {"enabled": True, "username": "edge-monitor-sparkplug",
+               "password_file": str(broker.password_file("edge-monitor-sparkplug"))}
+        code, lines = check(write_config(tmp_path, broker, bundle, sparkplug=own), "--no-model", capsys=capsys)
+        assert code == 1
+        assert failures(lines) == [
+            f"FAIL  ACL edge-monitor-sparkplug publishes spBv1.0/edge-monitor/NDEATH/{PROBE}: refused (Not authorized); "
+            "the broker's ACL needs `topic write spBv1.0/+/NDEATH/+` and the rest of the edge-monitor-sparkplug block "
+            "(deploy/mosquitto/acl) for user edge-monitor-sparkplug"]
+    finally:
+        broker.kill()
 
 
 def test_an_unwritable_state_directory_fails(broker, bundle, tmp_path, capsys):

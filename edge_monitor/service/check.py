@@ -56,6 +56,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..core.channels import CHANNELS
+from ..core.sparkplug_node import NAMESPACE, EdgeNode
 from ..core.topics import MONITOR_LEVEL, Topics
 from ..model.meta import MODEL_FILE, BundleError, read_bundle_meta  # no TensorFlow
 from .broker_conf import MAIN_CONF, read_broker_conf
@@ -234,9 +235,11 @@ def on_this_host(host: str) -> bool:
 
 def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Result]:
     inputs, outputs = config.broker, config.broker.for_outputs()
+    spb = config.sparkplug
+    sparkplug = config.broker.for_sparkplug(spb.username, spb.password_file) if spb.enabled else None
     running = running_monitors(config_path)
     if running:
-        users = " and ".join(dict.fromkeys(_user(s) for s in (inputs, outputs)))
+        users = " and ".join(dict.fromkeys(_user(s) for s in (inputs, outputs, sparkplug) if s is not None))
         yield skip(f"broker login and ACL as {users}: the monitor runs with this configuration "
                    f"(pid {', '.join(map(str, running))}); logging in as its users would take over its "
                    "connections (the broker takes client ids from user names): stop it to check them")
@@ -247,6 +250,10 @@ def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Re
                        for s in (inputs, outputs))
     topics = Topics(config.topic_root, config.instance)
     ins, outs = Session(inputs, topics.root, inputs=True), Session(outputs, topics.root, inputs=False)
+    node = None
+    if sparkplug is not None:
+        node = Session(replace(sparkplug, reconnect_poll_delay=3600, reconnect_min_delay=3600, reconnect_max_delay=3600),
+                       topics.root, inputs=False)
     try:
         for session in (ins, outs):
             yield session.login(may_be_down)
@@ -261,12 +268,46 @@ def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Re
                        "broker.output_username must name a user of its own")
             return
         yield from _acl(topics, ins, outs)
+        if node is not None:
+            yield from _sparkplug(config, node, ins, outs)
         for session in (ins, outs):
             if session.dropped:
                 yield fail(f"broker connection as {_user(session.settings)} closed by the broker ({session.dropped})")
     finally:
         ins.close()
         outs.close()
+        if node is not None:
+            node.close()
+
+
+def _sparkplug(config: Config, node: Session, ins: Session, outs: Session) -> Iterator[Result]:
+    """The Sparkplug edge node's connection (``sparkplug:``): its login, that it takes over neither
+    of the monitor's other connections, and its right to publish Sparkplug messages. The probe is
+    the NDEATH of an edge node that cannot exist and was never born (hosts ignore it); without a
+    will, so that nothing here can mark the real node dead."""
+    yield node.login(may_be_down=False)
+    if node.client is None:
+        return
+    time.sleep(0.2)  # for a takeover's DISCONNECT
+    taken = [s for s in (ins, outs) if s.dropped]
+    if taken:
+        yield fail(f"broker login as {_user(node.settings)} for Sparkplug closed the "
+                   f"{' and '.join(_user(s.settings) for s in taken)} connection: on a broker that takes client ids "
+                   "from user names (the deployed one), sparkplug.username must name a user of its own "
+                   "(make-users.sh makes edge-monitor-sparkplug)")
+        return
+    group, who = config.sparkplug.group_id, _user(node.settings)
+    probe = f"{NAMESPACE}/{group}/NDEATH/{PROBE}"
+    mid, _ = node.publish(probe, EdgeNode(group, PROBE, aliases=False).death(0, int(time.time() * 1000)))
+    reason = node.outcome(mid)
+    if reason is None:
+        yield fail(f"ACL {who} publishes {probe}: no PUBACK within {WAIT_S:g} s")
+    elif reason:
+        yield fail(f"ACL {who} publishes {probe}: refused ({reason}); the broker's ACL needs "
+                   f"`topic write {NAMESPACE}/+/NDEATH/+` and the rest of the edge-monitor-sparkplug block "
+                   f"(deploy/mosquitto/acl) for user {who}")
+    else:
+        yield ok(f"ACL {who} publishes {probe} (Sparkplug)")
 
 
 def _user(settings: BrokerSettings) -> str:
@@ -380,9 +421,11 @@ class Session:
                    else "no session yet: made with the monitor's subscriptions, as its first start would")
         return ok(f"{what} (the monitor's client id {s.client_id}; {session})")
 
-    def publish(self, topic: str) -> tuple[int, bytes]:
-        payload = json.dumps({"probe": "edge-monitor check: an ACL test, not data",
-                              "nonce": secrets.token_hex(8)}).encode()
+    def publish(self, topic: str, payload: bytes | None = None) -> tuple[int, bytes]:
+        """A probe on ``topic``: ``payload``, or JSON that says what it is."""
+        if payload is None:
+            payload = json.dumps({"probe": "edge-monitor check: an ACL test, not data",
+                                  "nonce": secrets.token_hex(8)}).encode()
         properties = Properties(PacketTypes.PUBLISH)
         properties.MessageExpiryInterval = PROBE_EXPIRY_S
         return self.client.publish(topic, payload, qos=1, retain=False, properties=properties).mid, payload
