@@ -112,6 +112,12 @@ class Host:
         self.drop_next_ddata = False  # pretend one DDATA was lost on the way
         self.dropped: list[Received] = []
         self.rebirths_requested = 0
+        # what a strict host would hold against the node: aliases reused, names in data, data of a
+        # device not born in the present session, an NDEATH whose bdSeq is not the NBIRTH's
+        self.problems: list[str] = []
+        self._bd_seq: dict[str, int] = {}  # node -> the bdSeq of its present NBIRTH
+        self._born: dict[str, set] = {}  # node -> devices born since its NBIRTH
+        self._owners: dict[tuple[str, int], tuple] = {}  # (node, alias) -> (device, name) of this session
         self._expect: dict[str, int] = {}  # node topic part -> the next seq
         self._cond = threading.Condition()
         self.aliases: dict[tuple[str, int], str] = {}  # (node, alias) -> name, from births
@@ -131,6 +137,7 @@ class Host:
         parts = message.topic.split("/")
         node = f"{parts[1]}/{parts[3]}" if len(parts) > 3 else message.topic
         with self._cond:
+            self._check(node, got)
             if got.kind in ("NBIRTH", "DBIRTH"):
                 for m in body["metrics"]:
                     if m["alias"] is not None:
@@ -149,6 +156,43 @@ class Host:
                         self.request_rebirth(message.topic.split("/")[3])
                 self._expect[node] = (got.seq + 1) % 256
             self._cond.notify_all()
+
+    def _check(self, node: str, got: Received) -> None:
+        metrics = got.body["metrics"]
+        if got.kind == "NBIRTH":
+            self._bd_seq[node] = int(next(m["value"] for m in metrics if m["name"] == "bdSeq"))
+            self._born[node] = set()
+            self.aliases = {k: v for k, v in self.aliases.items() if k[0] != node}  # a birth gives them anew
+        elif got.kind == "NDEATH":
+            bd = int(metrics[0]["value"])
+            if bd != self._bd_seq.get(node):
+                self.problems.append(f"NDEATH bdSeq {bd} is not the NBIRTH's {self._bd_seq.get(node)}")
+            self._born.pop(node, None)
+        elif got.kind == "DBIRTH":
+            if node not in self._born:
+                self.problems.append(f"DBIRTH of {got.device} before its node's NBIRTH")
+            self._born.setdefault(node, set()).add(got.device)
+        elif got.kind in ("DDATA", "NDATA"):
+            if node not in self._born or (got.kind == "DDATA" and got.device not in self._born[node]):
+                self.problems.append(f"{got.kind} of {got.device or 'the node'} before its birth")
+            for m in metrics:
+                if m["name"] is not None and m["alias"] is not None:
+                    self.problems.append(f"{got.kind} names {m['name']} although it has an alias")
+                elif m["alias"] is not None and (node, int(m["alias"])) not in self.aliases:
+                    self.problems.append(f"{got.kind}: alias {m['alias']} no birth gave")
+                if m["timestamp"] is None:
+                    self.problems.append(f"{got.kind}: metric {m['name'] or m['alias']} without a timestamp")
+        if got.kind == "NBIRTH":
+            self._owners = {k: v for k, v in self._owners.items() if k[0] != node}
+        if got.kind in ("NBIRTH", "DBIRTH"):
+            for m in metrics:
+                if m["alias"] is None:
+                    continue
+                key, owner = (node, int(m["alias"])), (got.device, m["name"])
+                if self._owners.setdefault(key, owner) != owner:  # unique across the node, devices included
+                    self.problems.append(f"alias {m['alias']} of {owner} already names {self._owners[key]}")
+                if m["timestamp"] is None or m["name"] is None:
+                    self.problems.append(f"{got.kind}: a metric without a name or timestamp: {m}")
 
     def named(self, got: Received) -> dict[str, dict]:
         """A message's metrics by name, aliases resolved from the births."""

@@ -114,7 +114,7 @@ def test_births_come_first_and_seq_has_no_gap(on):
         first = kinds.index(("DBIRTH", machine))
         assert all(k != ("DDATA", machine) for k in kinds[:first])
         assert host.of("DBIRTH", machine)[0].value("Alarm/State") == "normal"
-    assert host.gaps == [] and host.rebirths_requested == 0 and host.of("NDEATH") == []
+    assert host.gaps == [] and host.rebirths_requested == 0 and host.of("NDEATH") == [] and host.problems == []
     assert all((r.qos, r.retain) == (0, False) for r in host.received)
     assert host.wait(lambda: host.of("NDATA"), 5), "the monitor's status as node data (status_interval_s: 1)"
     assert any("Counters/windows_scored" in host.named(r) for r in host.of("NDATA"))
@@ -209,4 +209,4 @@ def test_restart_in_alarm_reset_by_command_and_ndeath_on_stop(on):
     assert daemon.terminate() == 0
     assert host.wait(lambda: len(host.of("NDEATH")) == 2, 10)
     assert int(host.of("NDEATH")[1].value("bdSeq")) == (bd_first + 1) % 256
-    assert host.gaps == []
+    assert host.gaps == [] and host.problems == []

@@ -105,7 +105,7 @@ def test_births_will_and_bdseq_across_a_killed_connection_and_a_restart(broker, 
         assert host.of("DBIRTH", "mill-01")[1].value("Last Cut/Id") == "c0"  # the birth carries the present state
         assert host.received.index(death) < host.received.index(second)
 
-        edge.edge.stop()  # a deliberate stop: the NDEATH of the will in force
+        edge.edge.stop()  # a deliberate stop: disconnect with the will, the NDEATH of the will in force
         assert host.wait(lambda: len(host.of("NDEATH")) == 2)
         assert bd_seq(host.of("NDEATH")[1]) == 1
         time.sleep(0.5)
@@ -116,6 +116,7 @@ def test_births_will_and_bdseq_across_a_killed_connection_and_a_restart(broker, 
         assert restarted.run_until(lambda: len(host.of("NBIRTH")) == 3)
         assert bd_seq(host.of("NBIRTH")[2]) == 2 and (tmp_path / "bdseq").read_text() == "2\n"
         restarted.edge.stop()
+        assert host.problems == []
     finally:
         edge.edge.stop()
         host.close()
@@ -148,6 +149,7 @@ def test_seq_wraps_and_a_host_that_missed_a_message_gets_a_rebirth(broker, tmp_p
         edge.summaries("mill-02", 1, start=150)
         assert edge.run_until(lambda: host.of("DDATA")[-1].seq == 3 and host.of("DDATA")[-1].device == "mill-02")
         assert len(host.gaps) == 1
+        assert host.problems == []
     finally:
         edge.edge.stop()
         host.close()
@@ -174,6 +176,7 @@ def test_births_wait_for_the_primary_host_and_its_going_offline_starts_over(brok
         publish_state(broker, "scada-1", online=True)
         assert edge.run_until(lambda: len(host.of("NBIRTH")) == 2)
         assert bd_seq(host.of("NBIRTH")[1]) == 1 and len(host.of("NDEATH")) == 1  # a new session, one NDEATH
+        assert host.problems == []
     finally:
         edge.edge.stop()
         host.close()
@@ -207,6 +210,7 @@ def test_device_commands_are_refused_unless_resets_are_on_and_carried_out_when_t
         host.client.publish("spBv1.0/g-cmd/NCMD/box-2", b"\xff\xff", qos=0)  # not a payload at all
         assert resetting.run_until(lambda: len(resetting.commands) == 3)
         assert "not a Sparkplug B command" in resetting.commands[2].reason
+        assert host.problems == []
     finally:
         refusing.edge.stop()
         resetting.edge.stop()
@@ -236,7 +240,62 @@ def test_on_the_deployed_broker_the_node_and_a_scada_host_have_the_rights_they_n
         assert inputs.client.is_connected()  # a user of its own: it took over nobody's connection
         edge.edge.stop()
         assert host.wait(lambda: host.of("NDEATH"))
+        assert host.problems == []
         host.close()
         inputs.close()
     finally:
         broker.kill()
+
+
+def test_after_a_lost_connection_births_wait_for_the_primary_host_again(broker, tmp_path, tahu):
+    host = Host(broker, tahu, "g-again")
+    edge = Edge(broker, tmp_path, "g-again", primary_host_id="scada-2")
+    try:
+        publish_state(broker, "scada-2", online=True)
+        edge.edge.machines([alarm("mill-01")])
+        edge.edge.start()
+        assert edge.run_until(lambda: host.of("DBIRTH"))
+        # The connection dies and, while the node is away, the host goes offline: back, the node
+        # must wait for the host again rather than birth on the state it saw before.
+        edge.edge.client.loop_stop()
+        edge.edge.client.socket().shutdown(socket.SHUT_RDWR)
+        assert host.wait(lambda: host.of("NDEATH"))
+        publish_state(broker, "scada-2", online=False)
+        edge.edge.client.loop_start()
+        assert not edge.run_until(lambda: len(host.of("NBIRTH")) == 2, timeout=2.0)
+        publish_state(broker, "scada-2", online=True)
+        assert edge.run_until(lambda: len(host.of("NBIRTH")) == 2)
+        assert bd_seq(host.of("NBIRTH")[1]) == 1 and bd_seq(host.of("NDEATH")[0]) == 0
+        # and this session's will carries this session's bdSeq
+        edge.edge.client.socket().shutdown(socket.SHUT_RDWR)
+        assert host.wait(lambda: len(host.of("NDEATH")) == 2) and bd_seq(host.of("NDEATH")[1]) == 1
+        assert host.problems == []
+    finally:
+        edge.edge.stop()
+        host.close()
+        publish_state(broker, "scada-2", online=False)
+
+
+def test_a_failure_inside_sparkplug_is_contained_and_answered_with_a_birth(broker, tmp_path, tahu):
+    host = Host(broker, tahu, "g-contain")
+    edge = Edge(broker, tmp_path, "g-contain")
+    try:
+        edge.edge.machines([alarm("mill-01", "warning", "c0")])
+        edge.edge.start()
+        assert edge.run_until(lambda: host.of("DBIRTH"))
+        # a data acquisition whose clock sends nanoseconds: no time rather than a wrong one
+        edge.edge.outputs([Output("mill-01", AlarmMessage("mill-01", "alarm", 1.7e18, "c1", 3.0, 2.0, "model-1"))])
+        assert edge.run_until(lambda: host.of("DDATA"))
+        since = host.named(host.of("DDATA")[0])["Alarm/Since"][0]
+        assert since["value"] is None and not since["absent"] and edge.edge.failures == 0
+        # a state no tag knows (a bug, say): logged and counted, the monitor goes on, a new birth
+        # puts the host back in step
+        edge.edge.outputs([Output("mill-01", AlarmMessage("mill-01", "bogus", 1.0, "c2", 3.0, 2.0, "model-1"))])
+        assert edge.edge.failures == 1
+        assert edge.run_until(lambda: len(host.of("DBIRTH")) == 2)
+        assert bd_seq(host.of("NBIRTH")[1]) == bd_seq(host.of("NBIRTH")[0]) and host.of("NDEATH") == []
+        assert host.of("DBIRTH")[1].value("Alarm/State") == "alarm"
+        assert host.problems == []
+    finally:
+        edge.edge.stop()
+        host.close()

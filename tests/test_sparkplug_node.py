@@ -40,6 +40,7 @@ def test_every_datatype_reads_back_in_tahu_as_written(tahu):
     assert got["d"]["value"] == 0.1 + 0.2 and got["b"]["value"] is True and got["f"]["value"] is False
     assert got["s"]["value"] == "mill-01 ✓" and got["t"]["value"] == "1764000000123"
     assert got["null"]["value"] is None and got["nan"]["value"] is None  # is_null: no value, not NaN
+    assert not got["null"]["absent"] and not got["nan"]["absent"]  # a null value, not a missing one
     assert got["alias 300"]["value"] == 2.5 and got["alias 300"]["timestamp"] == "12"
     types = {name: m["type"] for name, m in got.items()}
     assert types == {"i32": "Int32", "i32max": "Int32", "i64": "Int64", "u64": "UInt64", "d": "Double", "b": "Boolean",
@@ -63,6 +64,37 @@ def test_a_command_written_by_tahu_is_read_by_name_and_by_alias(tahu):
         parse_command(node, "spBv1.0/g/NCMD/e", b"\x0a\xff")  # truncated
     with pytest.raises(ValueError, match="alias 99"):
         parse_command(node, "spBv1.0/g/NCMD/e", tahu.encode([{"alias": 99, "type": "Boolean", "value": True}]))
+
+
+def test_a_command_with_a_value_of_the_wrong_wire_type_is_refused_or_valueless_never_a_crash():
+    node = EdgeNode("g", "e", aliases=False)
+    name = sp._bytes(1, REBIRTH.encode())
+    bad_values = [
+        sp._uint(4, sp.DOUBLE) + sp._uint(13, 5),  # a double as a varint
+        sp._uint(4, sp.DOUBLE) + sp._key(13, 1) + b"\x00\x01\x02",  # a double of 3 bytes: runs past the end
+        sp._uint(4, sp.STRING) + sp._uint(15, 7),  # a string as a varint
+        sp._uint(4, sp.INT32) + sp._bytes(10, b"\x01"),  # an int length-delimited
+        sp._uint(4, sp.BOOLEAN) + sp._bytes(14, b"\x01\x02"),  # a bool length-delimited
+        sp._uint(4, 9) + sp._key(12, 1) + b"\x00" * 8,  # a float as 64 bits
+    ]
+    for value in bad_values:
+        payload = sp._bytes(2, name + value)
+        try:
+            command = parse_command(node, "spBv1.0/g/NCMD/e", payload)
+        except ValueError:
+            continue  # refused with a reason
+        assert command.metrics == {REBIRTH: None}, value  # the field of the wrong type is skipped
+    with pytest.raises(ValueError, match="64-bit"):
+        sp.encode(sp.Payload(timestamp=2**64, metrics=()))  # a timestamp that fits no field
+    with pytest.raises(ValueError, match="64-bit"):
+        sp.encode(sp.Payload(timestamp=1, metrics=(sp.Metric("x", sp.INT64, 1, timestamp=-1),)))
+
+
+def test_times_no_datetime_holds_become_null_rather_than_wrong():
+    from edge_monitor.core.sparkplug_tags import ms
+
+    assert ms(1_700_000_000.25) == 1_700_000_000_250 and ms(None) is None
+    assert ms(1.7e18) is None and ms(-1.0) is None and ms(math.inf) is None  # nanoseconds sent as seconds, say
 
 
 def decoded(tahu, publishes):

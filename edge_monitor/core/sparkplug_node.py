@@ -145,7 +145,7 @@ class EdgeNode:
         return self._set(None, self._node, tags, now)
 
     def set_device(self, device: str, tags: Mapping[str, tuple[int, sp.Value]], now: int,
-                   at: int | None = None, series: Iterable[tuple[str, int, sp.Value, int]] = ()) -> list[Publish]:
+                   at: int | None = None, series: Iterable[tuple[str, int, sp.Value, int | None]] = ()) -> list[Publish]:
         """A device's tags as they are now (``at`` their timestamp, default ``now``), and
         ``series``: (name, datatype, value, timestamp) values of metrics in time order, all sent
         (a batch of window scores). A device new to a born node gets its DBIRTH; one born already
@@ -158,7 +158,7 @@ class EdgeNode:
                 raise ValueError(problem)
             current = self._devices[device] = {}
             self._folded[device.lower()] = device
-        series = list(series)
+        series = [(name, dt, value, now if ts is None else ts) for name, dt, value, ts in series]  # None: no time known
         for name, datatype, value, ts in series:  # the last of each goes into the birth
             current[name] = Tag(datatype, value, ts)
         at = now if at is None else at

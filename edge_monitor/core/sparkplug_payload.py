@@ -32,6 +32,10 @@ INT32, INT64, UINT64, DOUBLE, BOOLEAN, STRING, DATETIME = 3, 4, 8, 10, 11, 12, 1
 DATATYPE_NAMES = {INT32: "Int32", INT64: "Int64", UINT64: "UInt64", DOUBLE: "Double", BOOLEAN: "Boolean",
                   STRING: "String", DATETIME: "DateTime"}
 _INT_FIELD = {INT32: 10}  # the rest of the integers (Int64, UInt64, DateTime) go in long_value (11)
+#: The wire type of each value field: int_value, long_value and boolean_value are varints (0),
+#: float_value fixed 32 bits (5), double_value fixed 64 bits (1), string_value length-delimited (2).
+_VALUE_WIRE = {10: 0, 11: 0, 12: 5, 13: 1, 14: 0, 15: 2}
+_U64 = 2**64 - 1
 _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
 
@@ -83,6 +87,8 @@ def _key(field: int, wire: int) -> bytes:
 
 
 def _uint(field: int, n: int) -> bytes:
+    if not 0 <= n <= _U64:
+        raise ValueError(f"field {field}: {n} does not fit an unsigned 64-bit integer")
     return _key(field, 0) + _varint(n)
 
 
@@ -214,8 +220,8 @@ def _decode_metric(data: bytes) -> Metric:
             datatype = value
         elif field == 7 and wire == 0:
             is_null = bool(value)
-        elif 10 <= field <= 15:
-            raw[field] = value
+        elif _VALUE_WIRE.get(field) == wire and (wire != 1 or len(value) == 8) and (wire != 5 or len(value) == 4):
+            raw[field] = value  # a value field of another wire type is not one: skipped, as protobuf does
     value: Value = None
     if not is_null:
         if datatype == BOOLEAN and 14 in raw:

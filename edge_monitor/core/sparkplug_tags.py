@@ -9,6 +9,7 @@ cut's end) and, when enabled, its window scores (``Window/Score``, one value per
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from . import sparkplug_payload as sp
@@ -24,9 +25,19 @@ RESET = "Device Control/Reset"
 WINDOW_SCORE = "Window/Score"
 
 
+#: The latest time a Sparkplug DateTime or timestamp shows: 2**63 - 1 ms (an unsigned 64-bit field,
+#: kept within what a signed 64-bit reader, Java's long, reads back).
+_LATEST_MS = 2**63 - 1
+
+
 def ms(seconds: float | None) -> int | None:
-    """Unix seconds as Sparkplug's milliseconds (None stays None)."""
-    return None if seconds is None else int(round(seconds * 1000))
+    """Unix seconds as Sparkplug's milliseconds; None for None and for a time no DateTime holds
+    (before 1970, or a data acquisition's clock in the wrong unit): the input took it, Sparkplug
+    shows no time rather than a wrong one."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    value = int(round(seconds * 1000))
+    return value if 0 <= value <= _LATEST_MS else None
 
 
 def alarm_tags(alarm: AlarmMessage) -> Tags:
@@ -80,9 +91,9 @@ def device_tags(alarm: AlarmMessage, thresholds: Thresholds, summary: SummaryMes
     return tags
 
 
-def score_point(score: ScoreMessage) -> tuple[str, int, sp.Value, int]:
+def score_point(score: ScoreMessage) -> tuple[str, int, sp.Value, int | None]:
     """One window's score as a value of ``Window/Score`` at the window's time."""
-    return (WINDOW_SCORE, sp.DOUBLE, score.score, ms(score.ts) or 0)
+    return (WINDOW_SCORE, sp.DOUBLE, score.score, ms(score.ts))
 
 
 def node_tags(status: StatusMessage, machines: int) -> Tags:

@@ -388,9 +388,9 @@ class Monitor:
             getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
         if step.outputs:
             self.metrics.published(step.outputs)
-            if self.sparkplug is not None:
-                self.sparkplug.outputs(step.outputs)
         self.checkpoints.published(self.outbox.publish(step.outputs))
+        if step.outputs and self.sparkplug is not None:  # after the JSON topics, which are authoritative
+            self.sparkplug.outputs(step.outputs)
         for fault in step.faults:
             self._report(self.topics.machine(machine, "score"), fault, "nonfinite_score")
 

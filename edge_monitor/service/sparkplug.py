@@ -17,13 +17,18 @@ connection, a message); the main loop calls :meth:`SparkplugEdge.turn` every tur
 births, answers rebirth requests and hands device resets back to the monitor, so that ``seq``
 order is wire order without a lock.
 
-With ``primary_host_id`` the births wait until that host's retained ``STATE`` says online; when it
-goes offline the node publishes its NDEATH, disconnects and starts over (a new ``bdSeq``), as the
-specification asks.
+With ``primary_host_id`` the births wait until that host's retained ``STATE`` says online (on every
+connection: the broker sends it again after each subscription); when it goes offline the node
+disconnects with its will, the NDEATH, and starts over (a new ``bdSeq``), as the specification asks.
+
+A deliberate stop disconnects with reason 0x04, "disconnect with will message": the broker
+publishes the NDEATH, and nothing here waits for it. Sparkplug never takes the monitor down: a
+failure in here is logged, counted (``failures``) and answered with a fresh birth.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -33,6 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from ..core import sparkplug_payload as sp
 from ..core.alarm import Thresholds
@@ -44,8 +51,7 @@ from ..core.steps import Output
 from . import parsers
 from .mqtt import BrokerSettings, connect, make_client
 from .parsers import local_path
-
-NDEATH_WAIT = 5.0  # seconds a deliberate NDEATH may take to reach the broker
+from .state import sync_directory, write_synced
 
 
 def _sparkplug_id(what: str, optional: bool = False) -> Callable[[Any, Any], Any]:
@@ -97,12 +103,12 @@ class BdSeqFile:
         return value
 
     def advance(self, last: int | None) -> int:
-        """The next ``bdSeq`` after ``last`` (0 when None), written before it is used."""
+        """The next ``bdSeq`` after ``last`` (0 when None), on disk before it is used: after a
+        power cut the broker may still hold the old will, and a repeated bdSeq would match it."""
         value = 0 if last is None else (last + 1) % 256
-        tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{value}\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        os.replace(write_synced(self.path.parent, f".{self.path.name}.", f"{value}\n"), self.path)
+        sync_directory(self.path.parent)
         return value
 
 
@@ -122,6 +128,24 @@ class Refused:
     reason: str
 
 
+def _contained(method: Callable) -> Callable:
+    """Sparkplug must never take the monitor down: an exception in ``method`` is logged and
+    counted, and the node births again (same bdSeq) to put the host back in step."""
+
+    @functools.wraps(method)
+    def guarded(self: "SparkplugEdge", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the JSON path goes on whatever happens here
+            self.failures += 1
+            self._rebirth_due = True
+            self.log.error("sparkplug_failed", step=method.__name__, error=f"{type(exc).__name__}: {exc}",
+                           detail="Sparkplug births again; the JSON topics are not affected", exc_info=True)
+            return [] if method.__name__ == "turn" else None
+
+    return guarded
+
+
 class SparkplugEdge:
     def __init__(self, settings: SparkplugSettings, broker: BrokerSettings, instance: str, bd_seq_file: Path,
                  thresholds: Thresholds, alarm_of: Callable[[str], AlarmMessage], log: Any) -> None:
@@ -138,6 +162,8 @@ class SparkplugEdge:
         self._next_scores = 0.0
         self.unsent = 0  # messages that could not be sent (disconnected): the next birth carries the state
         self.births = 0
+        self.failures = 0  # exceptions contained (see _contained)
+        self._rebirth_due = False
         self._bd_file = BdSeqFile(bd_seq_file)
         try:
             last = self._bd_file.last()
@@ -148,8 +174,9 @@ class SparkplugEdge:
         self._used = False  # whether the will in force has been on an accepted connection
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._connections = 0  # accepted connections (network thread)
+        self._handled = 0  # the connection whose "connected" the main thread has taken (its bdSeq below)
         self._born_on = -1  # the connection the present birth was made on
-        self._connection_bd: int | None = None  # the bdSeq of the will of the present connection
+        self._connection_bd: int | None = None  # the bdSeq of the will of connection _handled
         self._host_online = settings.primary_host_id is None
         self._host_ts = -1
         self._stopping = False
@@ -206,6 +233,7 @@ class SparkplugEdge:
         """Connect (raises BrokerError); the births follow in :meth:`turn`."""
         connect(self.client)
 
+    @_contained
     def turn(self) -> list[Reset | Refused]:
         """What happened on the connection since the last turn: births, rebirths, the primary
         host's state; the device resets (and refused commands) for the monitor. Window scores
@@ -218,13 +246,16 @@ class SparkplugEdge:
                 break
             if event[0] == "connected":
                 self.node.lost()
-                self._connection_bd = event[2]
-                if self._host_online:
-                    self._birth(event[1], "connected")
+                self._handled, self._connection_bd = event[1], event[2]
+                self._birth_if_live("connected")
             elif event[0] == "lost":
                 self.node.lost()
+                # a new connection waits for the primary host's STATE again (the broker resends it)
+                self._host_online = self.settings.primary_host_id is None
             else:
                 todo += self._message(event[1], event[2])
+        if self._rebirth_due:
+            self._birth_if_live("after a failure")
         now = time.monotonic()
         interval = self.settings.window_scores_interval_s
         if interval is not None and now >= self._next_scores:
@@ -233,12 +264,19 @@ class SparkplugEdge:
                 self._send(self.node.set_device(machine, {}, _now_ms(), series=self._scores.pop(machine)))
         return todo
 
-    def _birth(self, connection: int, why: str) -> None:
-        self._born_on = connection
-        sent = self._send(self.node.birth(self._connection_bd, _now_ms()), birth=True)
-        self.births += 1
-        self.log.info("sparkplug_birth", why=why, bd_seq=self._connection_bd, devices=len(self.node.devices),
-                      sent=sent, unsent_before=self.unsent)
+    def _live(self) -> bool:
+        """Connected, on the connection whose bdSeq the main thread knows: births may go out (a
+        birth made for a connection paho has replaced already would carry the old will's bdSeq)."""
+        return self.client.is_connected() and self._handled == self._connections
+
+    def _birth_if_live(self, why: str) -> None:
+        if self._host_online and self._live():
+            self._rebirth_due = False
+            self._born_on = self._handled
+            sent = self._send(self.node.birth(self._connection_bd, _now_ms()), birth=True)
+            self.births += 1
+            self.log.info("sparkplug_birth", why=why, bd_seq=self._connection_bd, devices=len(self.node.devices),
+                          sent=sent, unsent_before=self.unsent)
 
     def _message(self, topic: str, payload: bytes) -> list[Reset | Refused]:
         if topic == self.state_topic:
@@ -246,12 +284,11 @@ class SparkplugEdge:
             return []
         try:
             command = parse_command(self.node, topic, payload)
-        except ValueError as exc:
+        except (ValueError, UnicodeError) as exc:
             return [Refused(topic, f"not a Sparkplug B command: {exc}")]
         if command.device is None:
             if command.metrics.get(REBIRTH) is True:
-                if self._host_online and self.client.is_connected():  # same connection, same bdSeq, no NDEATH
-                    self._birth(self._connections, "rebirth requested")
+                self._birth_if_live("rebirth requested")  # same connection, same bdSeq, no NDEATH
                 return []
             return [Refused(topic, f"no such node command: {', '.join(command.metrics) or 'no metrics'}; "
                                    f"this node takes {REBIRTH}")]
@@ -281,34 +318,30 @@ class SparkplugEdge:
         was = self._host_online
         self._host_online = online
         self.log.info("sparkplug_host_state", host=self.settings.primary_host_id, online=online)
-        if online and not self.node.born and self.client.is_connected():
-            self._birth(self._connections, "primary host online")
+        if online and not self.node.born:
+            self._birth_if_live("primary host online")
         elif not online and was and self.node.born:
             self._start_over()
 
     def _start_over(self) -> None:
-        """The primary host went offline: NDEATH, disconnect, connect again (a new bdSeq) and wait
-        for the host to come back before the births."""
+        """The primary host went offline: disconnect with the will (the NDEATH), connect again (a
+        new bdSeq) and wait for the host to come back before the births."""
         self.log.warning("sparkplug_host_offline", host=self.settings.primary_host_id,
                          detail="NDEATH sent; reconnecting, births when the host is back")
-        self._death()
         self.node.lost()
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._disconnect_with_will()
         self.client.connect_async(*self._connect_args, clean_start=True)
         self.client.loop_start()
 
-    def _death(self) -> None:
-        info = self.client.publish(self.node.topic("NDEATH"), self.node.death(self._connection_bd, _now_ms()),
-                                   qos=1, retain=False)
-        try:
-            info.wait_for_publish(NDEATH_WAIT)
-        except (RuntimeError, ValueError):  # not connected: the broker sent the will instead
-            pass
+    def _disconnect_with_will(self) -> None:
+        """MQTT 5 reason 0x04: the broker publishes the will, this connection's NDEATH, so the
+        NDEATH always carries the bdSeq of the will in force, and nothing waits for it here."""
+        self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        self.client.loop_stop()
 
     def _send(self, messages: Iterable[Publish], birth: bool = False) -> int:
         sent = 0
-        live = self.client.is_connected() and (birth or self._born_on == self._connections)
+        live = self._live() and (birth or self._born_on == self._handled)
         for m in messages:
             if live and self.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain).rc == paho.MQTT_ERR_SUCCESS:
                 sent += 1
@@ -318,12 +351,14 @@ class SparkplugEdge:
 
     # --------------------------------------------------------------------- what the monitor shows
 
+    @_contained
     def machines(self, alarms: Iterable[AlarmMessage]) -> None:
         """Machines known before any input (the alarm states restored at start): devices from the
         first birth on, in the state they resume in."""
         for alarm in alarms:
             self._device(alarm.machine, alarm)
 
+    @_contained
     def seen(self, machine: str) -> None:
         """A machine's input was taken: its device is born at its first cut."""
         if not self.node.has_device(machine):
@@ -339,6 +374,7 @@ class SparkplugEdge:
         self._send(self.node.set_device(machine, tags, _now_ms()))
         return True
 
+    @_contained
     def outputs(self, outputs: Iterable[Output]) -> None:
         """What the monitor published as JSON, as tags: alarms and cut summaries at once (with
         the machine's waiting window scores first), window scores batched."""
@@ -359,24 +395,23 @@ class SparkplugEdge:
                 self._summaries[machine] = m
                 self._send(self.node.set_device(machine, summary_tags(m), now, at=ms(m.ended) or now, series=series))
 
+    @_contained
     def configure(self, thresholds: Thresholds) -> None:
         """A reloaded bundle's thresholds, on every device."""
         self.thresholds = thresholds
         for machine in self.node.devices:
             self._send(self.node.set_device(machine, threshold_tags(thresholds), _now_ms()))
 
+    @_contained
     def status(self, status: StatusMessage, machines: int) -> None:
         publish = self.node.set_node(node_tags(status, machines), _now_ms())
         if publish is not None:
             self._send([publish])
 
     def stop(self) -> None:
-        """A deliberate stop: the NDEATH, then disconnect."""
+        """A deliberate stop: disconnect with the will, the NDEATH."""
         self._stopping = True
-        if self.client.is_connected() and self._connection_bd is not None:
-            self._death()
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._disconnect_with_will()
 
 
 def _now_ms() -> int:
