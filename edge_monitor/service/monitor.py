@@ -397,7 +397,8 @@ class Monitor:
     def _check_network(self, now: float) -> None:
         """Raise :class:`NetworkStalled` when paho's network thread died, or when connected but
         its own ping has not come back for ``delivery.stall_timeout_s``."""
-        for client in (self.client, self.out):
+        clients = (self.client, self.out) + ((self.sparkplug.client,) if self.sparkplug is not None else ())
+        for client in clients:  # (the Sparkplug one's is restarted on the main thread only: never seen absent)
             thread = getattr(client, "_thread", None)  # paho keeps its loop thread private
             if thread is None or not thread.is_alive():
                 raise NetworkStalled("an MQTT network thread is not running")
