@@ -531,7 +531,8 @@ def _as_floats(value, in_array=False):
 def test_the_fast_json_parser_takes_exactly_what_the_strict_one_takes():
     """orjson is used only where it provably parses as the strict path does: same objects, and
     every refusal (repeated keys above all) with the strict path's reason."""
-    from edge_monitor.core.inbound import _strict_object, decode_object
+    from edge_monitor.core.inbound import decode_object
+    from edge_monitor.core.json_input import _strict_object
 
     rng = np.random.default_rng(7)
     for payload in _payloads(rng):
@@ -593,5 +594,5 @@ def test_only_the_compact_content_type_changes_how_a_payload_is_read():
         assert inbound.parse_signal(body, content_type=content_type).samples.tolist() == [1.5]
     compact = inbound.SignalChunk("c", 0, np.array([1.5])).to_f32()
     assert inbound.parse_signal(compact, content_type=F32.upper() + "; v=1").samples.tolist() == [1.5]
-    with pytest.raises(ProtocolError, match="is for signal chunks only"):
+    with pytest.raises(ProtocolError, match="is for signal data only"):
         inbound.parse_cut_event(b'{"event":"end","cut":"c","ts":1,"samples":3}', content_type=F32)
