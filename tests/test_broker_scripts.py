@@ -49,17 +49,18 @@ def users(where: Path) -> list[str]:
 
 def test_the_scripts_default_channels_are_the_monitors(tmp_path):
     """The twin of edge_monitor/core/channels.py in the script: the default list, and the ACL it
-    writes (a machine's cut and one signal topic per channel, nothing below them)."""
+    writes (a machine's cut, its frame and one signal topic per channel, nothing below them)."""
     default = re.search(r"^CHANNELS=(\S+)$", MAKE_USERS.read_text(), re.M)
     assert default and tuple(default.group(1).split(",")) == CHANNELS
     make_users(tmp_path, "mill-01")
-    assert acl_block(tmp_path, "daq-mill-01") == ["topic write mill/mill-01/cut"] + [
+    assert acl_block(tmp_path, "daq-mill-01") == ["topic write mill/mill-01/cut", "topic write mill/mill-01/frame"] + [
         f"topic write mill/mill-01/signal/{c}" for c in CHANNELS]
 
 
 def test_other_channels_make_other_exact_topics_and_bad_ones_are_refused(tmp_path):
     make_users(tmp_path, "--channels", "a1,b-2", "--root", "plant/mill", "--replay", "m")
-    assert acl_block(tmp_path, "daq-m") == ["topic write plant/mill/m/cut", "topic write plant/mill/m/signal/a1",
+    assert acl_block(tmp_path, "daq-m") == ["topic write plant/mill/m/cut", "topic write plant/mill/m/frame",
+                                            "topic write plant/mill/m/signal/a1",
                                             "topic write plant/mill/m/signal/b-2"]
     assert [line for line in acl_block(tmp_path, "replay") if "/signal/" in line] == [
         "topic write plant/mill/+/signal/a1", "topic write plant/mill/+/signal/b-2"]
@@ -79,7 +80,8 @@ def test_the_demo_user_is_made_only_when_asked_and_kept_until_deleted(tmp_path):
     assert "replay" in users(tmp_path) and secret.exists()
     assert "DEMO user replay is there" in out
     assert acl_block(tmp_path, "replay") == [
-        "topic write mill/+/cut", *(f"topic write mill/+/signal/{c}" for c in CHANNELS), "topic write mill/+/cmd",
+        "topic write mill/+/cut", *(f"topic write mill/+/signal/{c}" for c in CHANNELS), "topic write mill/+/frame",
+        "topic write mill/+/cmd",
         "topic deny mill/_monitor/#", "topic deny mill//#"]
     password = secret.read_text()
 

@@ -132,7 +132,7 @@ def test_passes_on_the_deployed_broker(broker, bundle, tmp_path, tls, capsys):
                                "edge-monitor-edge-1; ") for line in lines)
     assert f"ok    broker login as edge-monitor-out at {where} (the monitor's client id edge-monitor-edge-1-out)" in lines
     expected = [
-        f"ok    ACL edge-monitor subscribes to {ROOT}/+/cut/#, {ROOT}/+/signal/#, {ROOT}/+/cmd/#, "
+        f"ok    ACL edge-monitor subscribes to {ROOT}/+/cut/#, {ROOT}/+/signal/#, {ROOT}/+/frame/#, {ROOT}/+/cmd/#, "
         f"{ROOT}/_monitor/edge-1/ping",
         f"ok    ACL edge-monitor-out publishes {ROOT}/{PROBE}/score",
         f"ok    ACL edge-monitor-out publishes {ROOT}/{PROBE}/alarm, edge-monitor-out reads it",

@@ -280,10 +280,10 @@ DAQ_DENIED = (
 
 
 def test_a_machine_writes_its_exact_topics_only(edge):
-    """The generated block: the cut, and signal/<channel> for each of the monitor's channels."""
+    """The generated block: the cut, the frame, and signal/<channel> for each of the monitor's channels."""
     acl = (edge.etc / "acl").read_text().split("\n\n")
     [block] = [b for b in acl if b.startswith("user daq-mill-01\n")]
-    assert block.strip().splitlines()[1:] == [f"topic write {ROOT}/mill-01/cut"] + [
+    assert block.strip().splitlines()[1:] == [f"topic write {ROOT}/mill-01/cut", f"topic write {ROOT}/mill-01/frame"] + [
         f"topic write {ROOT}/mill-01/signal/{c}" for c in CHANNELS]
 
 

@@ -177,7 +177,8 @@ def test_figures_match_the_status_counters(run, module_broker, model):
 
     # by the parsed message's type; refused before parsing, by the topic's kind (unparsed: the topic)
     inputs = s.by("edge_monitor_inputs_total", "kind")
-    assert set(inputs) == {"signal", "cut_start", "cut_end", "command", "cut", "unparsed"}
+    assert set(inputs) == {"signal", "frame", "cut_start", "cut_end", "command", "cut", "unparsed"}
+    assert inputs["frame"] == 0  # this replay sends chunks
     assert sum(inputs.values()) == counters["messages_in"]
     assert (inputs["unparsed"], inputs["cut"]) == (1, 1)  # the bad topic; the unwatched machine's cut event
     n_cuts = len(model.archive.cuts)

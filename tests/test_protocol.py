@@ -101,13 +101,15 @@ def test_topic_builders():
     assert topics.cut_topic(ROOT, "m1") == "mill/m1/cut"
     assert topics.signal_topic(ROOT, "m1", "AE_table") == "mill/m1/signal/AE_table"
     assert topics.cmd_topic(ROOT, "m1") == "mill/m1/cmd"
+    assert topics.frame_topic(ROOT, "m1") == "mill/m1/frame"
     assert topics.machine_topic(ROOT, "m1", "score") == "mill/m1/score"
     assert topics.monitor_topic(ROOT, "edge-1", "status") == "mill/_monitor/edge-1/status"
     assert topics.alarm_filter(ROOT) == "mill/+/alarm"
     mine = topics.Topics(ROOT, "edge-1")
     assert (mine.status, mine.errors, mine.sync) == tuple(f"mill/_monitor/edge-1/{leaf}" for leaf in ("status", "errors", "sync"))
     assert mine.machine("m1", "summary") == "mill/m1/summary" and mine.alarms == "mill/+/alarm"
-    assert mine.inputs == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "cmd": "mill/+/cmd/#"}
+    assert mine.inputs == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "frame": "mill/+/frame/#",
+                           "cmd": "mill/+/cmd/#"}
     for bad in (lambda: topics.cut_topic(ROOT, "a/b"), lambda: topics.signal_topic(ROOT, "m1", "x"),
                 lambda: topics.machine_topic(ROOT, "_monitor", "score"), lambda: topics.Topics(ROOT, "a b"),
                 lambda: topics.Topics(ROOT, "_monitor"), lambda: topics.monitor_topic(ROOT, "a/b", "status"),

@@ -30,7 +30,7 @@
 #   --no-replay          deletes `replay` if present (install.sh passes it). Without either option
 #                        the demo user is kept if present and never made
 #   --channels A,B,...   the signal channels a machine publishes, one topic level each: each
-#                        daq-<MACHINE> (and replay) may write exactly R/<MACHINE>/cut and
+#                        daq-<MACHINE> (and replay) may write exactly R/<MACHINE>/cut, R/<MACHINE>/frame and
 #                        R/<MACHINE>/signal/<channel> for these. Default: the monitor's six
 #                        (edge_monitor/core/channels.py),
 #                        smcAC,smcDC,vib_table,vib_spindle,AE_table,AE_spindle. Applies to every
@@ -207,7 +207,7 @@ expand_channels() {
   # Each machine's exact topics: its cut, and one signal topic per channel (no `#`: a data
   # acquisition could otherwise retain a message on any number of topics below signal/).
   for m in "${DAQ[@]}"; do
-    printf '\nuser daq-%s\ntopic write %s/%s/cut\n' "$m" "$ROOT" "$m"
+    printf '\nuser daq-%s\ntopic write %s/%s/cut\ntopic write %s/%s/frame\n' "$m" "$ROOT" "$m" "$ROOT" "$m"
     for c in "${CHANNEL_LIST[@]}"; do printf 'topic write %s/%s/signal/%s\n' "$ROOT" "$m" "$c"; done
   done
   # Further dashboards: the rights of the template's `user scada` block, line for line.

@@ -41,14 +41,16 @@ from ..core.channels import CHANNELS, MATERIALS, SAMPLE_RATE_HZ
 from ..core.inbound import (
     DEFAULT_LIMITS,
     F32_CONTENT_TYPE,
+    F32_FRAME_CONTENT_TYPE,
     Command,
     CutEnd,
     CutParams,
     CutStart,
     SignalChunk,
+    SignalFrame,
 )
 from ..core.outbound import encode
-from ..core.topics import cmd_topic, cut_topic, signal_topic, validate_root
+from ..core.topics import cmd_topic, cut_topic, frame_topic, signal_topic, validate_root
 from ..service.mqtt import BrokerSettings, connect, disconnect, make_client
 from .mill import Archive, Cut
 from .publisher import MAX_UNACKED, Message, Publisher
@@ -60,10 +62,12 @@ TOOL_CHANGE = "tool-change"
 # How signal chunks are encoded: JSON, or compact float32 (docs/protocol.md), with the MQTT 5
 # content type that says so.
 CHUNK_CONTENT_TYPES: dict[str, str | None] = {"json": None, "f32": F32_CONTENT_TYPE}
+FRAME_CONTENT_TYPES: dict[str, str | None] = {"json": None, "f32": F32_FRAME_CONTENT_TYPE}
 ENCODINGS = tuple(CHUNK_CONTENT_TYPES)
 
 
-def chunk_payload(chunk: SignalChunk, encoding: str) -> bytes:
+def chunk_payload(chunk: SignalChunk | SignalFrame, encoding: str) -> bytes:
+    """A chunk's or a frame's payload in ``encoding`` (its content type: CHUNK_ or FRAME_CONTENT_TYPES)."""
     return chunk.to_f32() if encoding == "f32" else encode(chunk)
 
 
@@ -182,7 +186,7 @@ class ReplayEvent:
     due: float  # signal seconds since the replay started
     seq: int
     machine: str = field(compare=False)
-    kind: str = field(compare=False)  # reset | start | chunk | end | tool-change (nothing published)
+    kind: str = field(compare=False)  # reset | start | chunk | frame | end | tool-change (nothing published)
     topic: str = field(compare=False)
     payload: Callable[[], bytes] = field(compare=False)  # built at publish time (start/end carry the clock)
     job: ReplayJob | None = field(compare=False, default=None)
@@ -194,9 +198,10 @@ class ReplayEvent:
 
 def _machine_events(
     root: str, machine: str, jobs: Sequence[ReplayJob], chunk: int, fs: float, loop: bool, seq: Iterator[int],
-    encoding: str = "json", ts_offset: float = 0.0, resets: bool = True,
+    encoding: str = "json", ts_offset: float = 0.0, resets: bool = True, frames: bool = False,
 ) -> Iterator[ReplayEvent]:
     content_type = CHUNK_CONTENT_TYPES[encoding]
+    frame_type = FRAME_CONTENT_TYPES[encoding]
     t = 0.0
     for p in itertools.count(1) if loop else (1,):
         for job in jobs:
@@ -213,6 +218,14 @@ def _machine_events(
                 lambda i=cut_id, pr=params: encode(CutStart(i, time.time() + ts_offset, fs, pr)), job, cut_id, n,
             )
             for first, last in chunk_bounds(n, chunk):
+                if frames:  # every channel of the block in one message, as a data acquisition samples them
+                    yield ReplayEvent(
+                        t + last / fs, next(seq), machine, "frame", frame_topic(root, machine),
+                        lambda i=cut_id, f=first, l=last, s=cut.signals:
+                            chunk_payload(SignalFrame(i, f, s[f:l]), encoding),
+                        job, cut_id, last - first, last, frame_type,
+                    )
+                    continue
                 for c, name in enumerate(CHANNELS):
                     yield ReplayEvent(
                         t + last / fs, next(seq), machine, "chunk", signal_topic(root, machine, name),
@@ -241,6 +254,7 @@ def replay(
     encoding: str = "json",
     ts_offset: float = 0.0,
     resets: bool = True,
+    frames: bool = False,
 ) -> ReplayStats:
     """Publish ``plan`` (machine -> jobs) interleaved in signal time, paced by ``speed`` (0 or
     infinity: as fast as acknowledgements allow). Returns when every message is acknowledged,
@@ -248,7 +262,8 @@ def replay(
     taken from (negative: data taken earlier, as a data acquisition sends it catching up after an
     outage). ``resets=False``: no reset at a tool change, which is counted instead (and passed to
     ``on_event`` as a ``tool-change`` event, with nothing published). ``on_event`` is called after
-    each event."""
+    each event. ``frames``: each block of samples as one frame of every channel
+    (``R/<machine>/frame``) rather than a chunk per channel."""
     validate_root(root)
     if not 1 <= chunk <= DEFAULT_LIMITS.max_chunk:
         raise ValueError(f"chunk must be 1-{DEFAULT_LIMITS.max_chunk} samples, got {chunk}")
@@ -261,7 +276,8 @@ def replay(
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     streams = {
-        m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding, ts_offset, resets) for m, jobs in plan.items()
+        m: _machine_events(root, m, jobs, chunk, fs, loop, seq, encoding, ts_offset, resets, frames)
+        for m, jobs in plan.items()
     }
     heap = [e for e in (next(s, None) for s in streams.values()) if e is not None]
     heapq.heapify(heap)
@@ -305,9 +321,9 @@ def _count(stats: ReplayStats, event: ReplayEvent) -> None:
         stats.resets += 1
     elif event.kind == "start":
         m.case, m.cut, m.cut_samples, m.samples_sent = event.job.case, event.cut_id, event.samples, 0
-    elif event.kind == "chunk":
+    elif event.kind in ("chunk", "frame"):
         stats.chunks += 1
-        if event.topic.endswith("/" + CHANNELS[-1]):  # a row of chunks is complete
+        if event.kind == "frame" or event.topic.endswith("/" + CHANNELS[-1]):  # a row of chunks is complete
             m.samples_sent += event.samples
             stats.samples += event.samples
     elif event.kind == "end":

@@ -119,7 +119,12 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--encoding", choices=ENCODINGS, default="json",
-        help="signal chunks as JSON (default) or f32: compact float32 with an MQTT 5 content type",
+        help="signal chunks (or frames) as JSON (default) or f32: compact float32 with an MQTT 5 content type",
+    )
+    parser.add_argument(
+        "--frames", action="store_true",
+        help="each block of --chunk samples as one frame of every channel (R/<machine>/frame, one message "
+             "where chunks take six; docs/protocol.md) rather than a chunk per channel",
     )
     parser.add_argument("--username", default=None, help="broker user (a broker without anonymous access)")
     parser.add_argument(
@@ -191,7 +196,7 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         replay(
             Publisher(client), args.root, plan, speed=args.speed, chunk=args.chunk, loop=args.loop,
-            stop=stop, on_event=progress, encoding=args.encoding, resets=args.resets,
+            stop=stop, on_event=progress, encoding=args.encoding, resets=args.resets, frames=args.frames,
         )
     except KeyboardInterrupt:
         stop.set()
@@ -204,7 +209,7 @@ def run_replay(args: argparse.Namespace, out: TextIO | None = None) -> int:
         progress.draw(stats)
         out.write(
             f"replayed {stats.cuts} cuts on {len(plan)} machine(s) to {settings.address} under {args.root}/: "
-            f"{stats.chunks} chunks, {stats.samples} samples per channel, {stats.messages} messages "
+            f"{stats.chunks} {'frames' if args.frames else 'chunks'}, {stats.samples} samples per channel, {stats.messages} messages "
             f"in {stats.seconds:.1f} s\n"
         )
         if stats.tool_changes_left:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Mapping
 
 from .alarm import AlarmTracker, carried_over
-from .inbound import Command, CutStart, InboundMessage, SignalChunk
+from .inbound import Command, CutStart, InboundMessage, SignalChunk, SignalFrame
 from .outbound import AlarmMessage
 from .pipeline import MachinePipeline
 from .snapshot import SnapshotError
@@ -96,7 +96,7 @@ class Fleet:
             return self.over_limit(machine)
         if isinstance(message, Command):
             return f"{message.cmd} for machine {machine!r}, which has sent no cut yet: nothing to {message.cmd}"
-        kind = "chunk" if isinstance(message, SignalChunk) else "end"
+        kind = "chunk" if isinstance(message, SignalChunk) else "frame" if isinstance(message, SignalFrame) else "end"
         return f"{kind} for cut {message.cut!r}, which never started"
 
     def known(self, machine: str) -> bool:

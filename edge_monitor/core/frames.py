@@ -33,7 +33,7 @@ import numpy as np
 
 from . import snapshot as snap
 from .channels import CHANNELS, channel_index
-from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, Limits, SignalChunk
+from .inbound import DEFAULT_LIMITS, CutEnd, CutStart, Limits, SignalChunk, SignalFrame
 from .snapshot import SnapshotError
 from .topics import ProtocolError, StaleInput
 
@@ -374,6 +374,15 @@ class MachineStream:
         self._check_open(msg.cut, "chunk")
         assert self._assembler is not None
         return self._assembler.add(channel, msg.offset, msg.samples)
+
+    def frame(self, msg: SignalFrame) -> AddResult:
+        """Every channel's block at once: the six chunks the frame stands for, added in the
+        channels' order, as one result (the rows they complete, in order)."""
+        self._check_open(msg.cut, "frame")
+        assert self._assembler is not None
+        results = [self._assembler.add(channel, chunk.offset, chunk.samples) for channel, chunk in msg.chunks()]
+        return AddResult(results[0].start, tuple(part for r in results for part in r.parts),
+                         sum(r.duplicate_samples for r in results), sum(r.gap_samples for r in results))
 
     def abort(self) -> FinishResult | None:
         """Close the open cut (its end never came) at the furthest sample any channel delivered."""

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .channels import MATERIALS
+from .channels import CHANNELS, MATERIALS
 from . import json_input
 from .json_input import json_type as _json_type
 from .json_input import media_type as _media_type
@@ -96,6 +96,33 @@ class SignalChunk:
         return _F32_HEADER.pack(int(self.offset), len(cut)) + cut + samples.tobytes()
 
 
+@dataclass(frozen=True, eq=False)
+class SignalFrame:
+    """Every channel of one machine for one block of samples (``R/<machine>/frame``): the rows
+    ``offset .. offset + k`` of the cut, one column per channel in the monitor's order. What a
+    data acquisition samples together, sent together: one message where chunks take six."""
+
+    cut: str
+    offset: int  # index in the cut of samples[0]
+    samples: np.ndarray  # (k, 6) float64, finite, read-only, columns in CHANNELS order
+
+    def to_dict(self) -> dict:
+        rows = np.asarray(self.samples, np.float64)
+        return {"cut": self.cut, "offset": int(self.offset),
+                "channels": {name: rows[:, c].tolist() for c, name in enumerate(CHANNELS)}}
+
+    def to_f32(self) -> bytes:
+        """The compact encoding (content type :data:`F32_FRAME_CONTENT_TYPE`, docs/protocol.md):
+        rows interleaved, as a data acquisition samples them."""
+        cut = self.cut.encode("ascii")
+        rows = np.ascontiguousarray(self.samples, dtype="<f4")
+        return _F32_HEADER.pack(int(self.offset), len(cut)) + cut + bytes([rows.shape[1]]) + rows.tobytes()
+
+    def chunks(self) -> list[tuple[str, SignalChunk]]:
+        """The frame as the six chunks it stands for: the one way signal data enters a cut."""
+        return [(name, SignalChunk(self.cut, self.offset, self.samples[:, c])) for c, name in enumerate(CHANNELS)]
+
+
 @dataclass(frozen=True)
 class Command:
     cmd: str  # "reset"
@@ -109,7 +136,7 @@ class Command:
         return out
 
 
-InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
+InboundMessage = Union[CutStart, CutEnd, SignalChunk, SignalFrame, Command]
 
 
 #: MQTT 5 content type of the compact encoding of a signal chunk: offset (uint32), cut id length
@@ -117,7 +144,10 @@ InboundMessage = Union[CutStart, CutEnd, SignalChunk, Command]
 #: Any other content type, or none, is JSON (as before the compact encoding existed).
 F32_CONTENT_TYPE = "application/vnd.edge-monitor.chunk+f32le"
 _F32_HEADER = struct.Struct("<IB")
-BINARY_CONTENT_TYPES: tuple[str, ...] = (F32_CONTENT_TYPE,)  # signal data only: other inputs are JSON
+#: MQTT 5 content type of the compact encoding of a frame: the chunk's header, the number of
+#: channels (uint8, the monitor's six), then the rows interleaved as float32 (docs/protocol.md).
+F32_FRAME_CONTENT_TYPE = "application/vnd.edge-monitor.frame+f32le"
+BINARY_CONTENT_TYPES: tuple[str, ...] = (F32_CONTENT_TYPE, F32_FRAME_CONTENT_TYPE)  # signal data only
 
 
 def decode_object(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> dict:
@@ -160,6 +190,77 @@ def parse_signal(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: 
     return SignalChunk(cut, offset, samples)
 
 
+def parse_frame(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> SignalFrame:
+    """A frame in JSON (``channels``: each channel's samples by name) or, with the MQTT 5 content
+    type :data:`F32_FRAME_CONTENT_TYPE`, compact. Every channel, equal lengths, finite values."""
+    if content_type is not None and _media_type(content_type) == F32_FRAME_CONTENT_TYPE:
+        cut, offset, rows = _f32_frame(payload, limits)
+    else:
+        obj = decode_object(payload, limits, content_type)
+        cut = _cut_id(obj)
+        offset = _integer(_get(obj, "offset"), "offset")
+        rows = _frame_rows(_get(obj, "channels"), limits)
+    if offset + rows.shape[0] > limits.max_cut_samples:
+        raise ProtocolError(
+            f"offset {offset} is absurd: the frame would end past the limit of {limits.max_cut_samples} samples per cut"
+        )
+    return SignalFrame(cut, offset, rows)
+
+
+def _frame_rows(value: Any, limits: Limits) -> np.ndarray:
+    if type(value) is not dict:
+        raise ProtocolError(f"channels must be an object of each channel's samples, got {_json_type(value)}")
+    unknown = [name for name in value if name not in CHANNELS]
+    if unknown:
+        raise ProtocolError(f"unknown channel {show(unknown[0])} in channels; expected {', '.join(CHANNELS)}")
+    missing = [name for name in CHANNELS if name not in value]
+    if missing:
+        raise ProtocolError(f"channels lacks {', '.join(missing)}: a frame carries every channel "
+                            "(send a channel alone as a chunk on signal/<channel>)")
+    columns = []
+    for name in CHANNELS:
+        try:
+            columns.append(_samples(value[name], limits))
+        except ProtocolError as exc:
+            raise ProtocolError(f"channels.{name}: {exc.reason}") from None
+    lengths = {c.size for c in columns}
+    if len(lengths) > 1:
+        sizes = ", ".join(f"{name} {c.size}" for name, c in zip(CHANNELS, columns))
+        raise ProtocolError(f"channels have unequal lengths ({sizes}): a frame is one block of samples of every channel")
+    rows = np.stack(columns, axis=1)
+    rows.setflags(write=False)
+    return rows
+
+
+def _f32_frame(payload: bytes, limits: Limits) -> tuple[str, int, np.ndarray]:
+    """Cut id, offset and rows of a compact frame, checked as strictly as the JSON one."""
+    size = memoryview(payload).nbytes
+    cut, offset, start = _f32_header(payload, size, limits, "frame")
+    if size < start + 1:
+        raise ProtocolError("compact frame: the channel count is missing after the cut id")
+    n_channels = payload[start]
+    if n_channels != len(CHANNELS):
+        raise ProtocolError(f"compact frame of {n_channels} channels: a frame carries the monitor's {len(CHANNELS)} "
+                            f"({', '.join(CHANNELS)}, in that order)")
+    body = size - start - 1
+    row_bytes = 4 * n_channels
+    if body % row_bytes:
+        raise ProtocolError(f"compact frame: {body} bytes of samples is not a whole number of rows of "
+                            f"{n_channels} float32 values")
+    n = body // row_bytes
+    if n == 0:
+        raise ProtocolError("samples is empty")
+    if n > limits.max_chunk:
+        raise ProtocolError(f"frame has {n} rows, over the limit of {limits.max_chunk} per chunk")
+    rows = np.frombuffer(payload, dtype="<f4", offset=start + 1).astype(np.float64).reshape(n, n_channels)
+    finite = np.isfinite(rows)
+    if not finite.all():
+        row, c = divmod(int(np.argmin(finite.reshape(-1))), n_channels)
+        raise ProtocolError(f"channels.{CHANNELS[c]}: samples[{row}] is not a finite number")
+    rows.setflags(write=False)
+    return cut, offset, rows
+
+
 def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type: str | None = None) -> Command:
     obj = decode_object(payload, limits, content_type)
     cmd = _get(obj, "cmd")
@@ -177,26 +278,32 @@ def parse_command(payload: bytes, limits: Limits = DEFAULT_LIMITS, content_type:
 
 #: The payload parser of each input kind (the topic level after the machine id); each takes the
 #: payload, the limits and the message's MQTT 5 content type (None when it has none).
-PAYLOAD_PARSERS = {"cut": parse_cut_event, "signal": parse_signal, "cmd": parse_command}
+PAYLOAD_PARSERS = {"cut": parse_cut_event, "signal": parse_signal, "frame": parse_frame, "cmd": parse_command}
+
+
+def _f32_header(payload: bytes, size: int, limits: Limits, what: str) -> tuple[str, int, int]:
+    """Cut id and offset of a compact chunk or frame, and where the rest starts."""
+    if size > limits.max_payload_bytes:
+        raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
+    if size < _F32_HEADER.size:
+        raise ProtocolError(f"compact {what} of {size} bytes is shorter than its {_F32_HEADER.size}-byte header")
+    offset, n_cut = _F32_HEADER.unpack_from(payload)
+    if size - _F32_HEADER.size - n_cut < 0:
+        raise ProtocolError(f"compact {what}: its cut id of {n_cut} bytes runs past the payload's end")
+    try:
+        cut = bytes(payload[_F32_HEADER.size:_F32_HEADER.size + n_cut]).decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"compact {what}: the cut id is not ASCII") from None
+    if not CUT_ID.fullmatch(cut):
+        raise ProtocolError(f"cut id {show(cut)} is not 1-64 characters of A-Z a-z 0-9 _ . : + -")
+    return cut, offset, _F32_HEADER.size + n_cut
 
 
 def _f32_chunk(payload: bytes, limits: Limits) -> tuple[str, int, np.ndarray]:
     """Cut id, offset and samples of a compact chunk, checked as strictly as the JSON one."""
     size = memoryview(payload).nbytes
-    if size > limits.max_payload_bytes:
-        raise ProtocolError(f"payload of {size} bytes is over the limit of {limits.max_payload_bytes} bytes")
-    if size < _F32_HEADER.size:
-        raise ProtocolError(f"compact chunk of {size} bytes is shorter than its {_F32_HEADER.size}-byte header")
-    offset, n_cut = _F32_HEADER.unpack_from(payload)
-    body = size - _F32_HEADER.size - n_cut
-    if body < 0:
-        raise ProtocolError(f"compact chunk: its cut id of {n_cut} bytes runs past the payload's end")
-    try:
-        cut = bytes(payload[_F32_HEADER.size:_F32_HEADER.size + n_cut]).decode("ascii")
-    except UnicodeDecodeError:
-        raise ProtocolError("compact chunk: the cut id is not ASCII") from None
-    if not CUT_ID.fullmatch(cut):
-        raise ProtocolError(f"cut id {show(cut)} is not 1-64 characters of A-Z a-z 0-9 _ . : + -")
+    cut, offset, start = _f32_header(payload, size, limits, "chunk")
+    body = size - start
     if body % 4:
         raise ProtocolError(f"compact chunk: {body} bytes of samples is not a whole number of float32 values")
     n = body // 4

@@ -2,7 +2,7 @@
 
 The functional core of the daemon for one machine, with no MQTT, no model and no clock:
 
-    CutStart / SignalChunk / CutEnd / Command
+    CutStart / SignalChunk or SignalFrame / CutEnd / Command
         → frames.MachineStream (aligns the six channels, duplicates, gaps)
         → windowing.CutWindower (the bundle's window and stable-region specs: the windows training
           cuts from the same signals)
@@ -32,13 +32,14 @@ from .alarm import AlarmTracker, Level, Transition
 from .calibration import GLOBAL, regime_key
 from .channels import CHANNELS
 from .fault import SensorFault
-from .frames import FinishResult, MachineStream
+from .frames import AddResult, FinishResult, MachineStream
 from .inbound import (
     Command,
     CutEnd,
     CutStart,
     InboundMessage,
     SignalChunk,
+    SignalFrame,
     parse_cut_event,
 )
 from .outbound import (
@@ -130,7 +131,9 @@ class MachinePipeline:
         if isinstance(message, SignalChunk):
             if channel is None:
                 raise ValueError("a signal chunk needs its channel")
-            self._chunk(channel, message, step)
+            self._signal(self.stream.chunk(channel, message), message, channel, step)
+        elif isinstance(message, SignalFrame):
+            self._signal(self.stream.frame(message), message, "all", step)
         elif isinstance(message, CutStart):
             self._start(message, step)
         elif isinstance(message, CutEnd):
@@ -194,8 +197,8 @@ class MachinePipeline:
         self._records[msg.cut] = self._record
         self._counted_dup = self._counted_gap = 0
 
-    def _chunk(self, channel: str, msg: SignalChunk, step: Step) -> None:
-        result = self.stream.chunk(channel, msg)
+    def _signal(self, result: AddResult, msg: SignalChunk | SignalFrame, channel: str, step: Step) -> None:
+        """What a chunk (or a frame: ``channel`` "all") added to the open cut, on to the windows."""
         self._count(step, result.duplicate_samples, result.gap_samples)
         if result.gap_samples:
             fields = {"cut": msg.cut, "channel": channel, "offset": msg.offset, "samples": result.gap_samples}

@@ -1,7 +1,7 @@
 """Wire protocol v1, topics: where every message of the monitor lives (``docs/protocol.md``).
 
-Inputs come from machines under ``R/<machine>/cut``, ``R/<machine>/signal/<channel>`` and
-``R/<machine>/cmd``; outputs go to ``R/<machine>/<leaf>`` (``score``, ``alarm``, ``summary``) and
+Inputs come from machines under ``R/<machine>/cut``, ``R/<machine>/signal/<channel>``,
+``R/<machine>/frame`` (every channel at once) and ``R/<machine>/cmd``; outputs go to ``R/<machine>/<leaf>`` (``score``, ``alarm``, ``summary``) and
 to the monitor's own ``R/_monitor/<instance>/<leaf>`` (``status``, ``errors``, ``sync``).
 :class:`Topics` binds the root and the instance once, so the service never builds a topic by hand.
 Pure: no MQTT.
@@ -19,7 +19,7 @@ from .channels import CHANNELS
 MACHINE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: The topic level under the root that the monitor's own topics live in; not a machine id.
 MONITOR_LEVEL = "_monitor"
-INBOUND_KINDS: dict[str, int] = {"cut": 2, "signal": 3, "cmd": 2}  # kind -> levels below the root
+INBOUND_KINDS: dict[str, int] = {"cut": 2, "signal": 3, "frame": 2, "cmd": 2}  # kind -> levels below the root
 
 
 class ProtocolError(ValueError):
@@ -63,7 +63,7 @@ def machine_id_problem(machine: str) -> str | None:
 
 def parse_topic(root: str, topic: str) -> InboundTopic:
     """Which machine and input kind ``topic`` addresses: ``R/<machine>/cut``,
-    ``R/<machine>/signal/<channel>`` or ``R/<machine>/cmd``."""
+    ``R/<machine>/signal/<channel>``, ``R/<machine>/frame`` or ``R/<machine>/cmd``."""
     prefix = root + "/"
     if not topic.startswith(prefix):
         raise ProtocolError(f"topic {show(topic)} is not under the root {root!r}")
@@ -75,7 +75,7 @@ def parse_topic(root: str, topic: str) -> InboundTopic:
         raise ProtocolError("wrong topic depth: nothing after the machine id")
     machine, kind = levels[0], levels[1]
     if kind not in INBOUND_KINDS:
-        raise ProtocolError(f"unknown topic kind {show(kind)}; expected cut, signal/<channel> or cmd")
+        raise ProtocolError(f"unknown topic kind {show(kind)}; expected cut, signal/<channel>, frame or cmd")
     if len(levels) != INBOUND_KINDS[kind]:
         shape = "R/<machine>/signal/<channel>" if kind == "signal" else f"R/<machine>/{kind}"
         raise ProtocolError(f"wrong topic depth for {kind}: expected {shape}")
@@ -115,6 +115,10 @@ def signal_topic(root: str, machine: str, channel: str) -> str:
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
     return machine_topic(root, machine, "signal", channel)
+
+
+def frame_topic(root: str, machine: str) -> str:
+    return machine_topic(root, machine, "frame")
 
 
 def cmd_topic(root: str, machine: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from ..core.inbound import CutStart, SignalChunk
+from ..core.inbound import CutStart, SignalChunk, SignalFrame
 from .checkpoint import Checkpoints
 from .inbox import Inbox
 
@@ -26,9 +26,9 @@ class Backlog:
 
     def note(self, cut: CutStart | None, message: object) -> None:
         """An input was applied to the machine whose open cut is ``cut``: how old is its data?"""
-        if cut is None or not isinstance(message, SignalChunk):
+        if cut is None or not isinstance(message, (SignalChunk, SignalFrame)):
             return
-        age = time.time() - (cut.ts + (message.offset + message.samples.size) / cut.fs)
+        age = time.time() - (cut.ts + (message.offset + len(message.samples)) / cut.fs)
         if age > self.session_expiry:
             return  # older than the broker keeps input: a clock that is not set (or a test's), not a lag
         self._freshest = age if self._freshest is None else min(self._freshest, age)

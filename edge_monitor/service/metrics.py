@@ -42,7 +42,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..core.alarm import Level
-from ..core.inbound import Command, CutEnd, CutStart, SignalChunk
+from ..core.inbound import Command, CutEnd, CutStart, SignalChunk, SignalFrame
 from ..core.outbound import LEVELS, SENSOR_FAULT, ScoreMessage
 from ..core.steps import Output
 from .config import MetricsEndpoint
@@ -55,9 +55,10 @@ if TYPE_CHECKING:
 
 PREFIX = "edge_monitor_"
 #: inputs by kind: the parsed message's type ...
-INPUT_KINDS: dict[type, str] = {SignalChunk: "signal", CutStart: "cut_start", CutEnd: "cut_end", Command: "command"}
+INPUT_KINDS: dict[type, str] = {SignalChunk: "signal", SignalFrame: "frame", CutStart: "cut_start", CutEnd: "cut_end",
+                                 Command: "command"}
 #: ... or, refused before their payload was parsed, their topic's kind ("unparsed": the topic itself)
-TOPIC_KINDS: dict[str, str] = {"signal": "signal", "cut": "cut", "cmd": "command"}
+TOPIC_KINDS: dict[str, str] = {"signal": "signal", "frame": "frame", "cut": "cut", "cmd": "command"}
 #: where an input was refused: a bounded label (the reasons themselves are free text)
 REJECT_STAGES: tuple[str, ...] = ("topic", "unwatched_machine", "payload", "untracked_machine", "pipeline", "stale")
 COUNTER_HELP: dict[str, str] = {
