@@ -55,7 +55,8 @@ def model_regime(model, cut: str) -> str:
     return regime_key(c.doc, c.feed, c.material)
 
 
-def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path):
+@pytest.mark.parametrize("signals", ["chunks", "frames"])
+def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path, signals):
     rng = random.Random(9)
     collector = Collector(broker, [f"{ROOT}/#", "spBv1.0/t-crash/#"], "collector-crash", persistent=True)
     daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, CONFIG).start()
@@ -64,7 +65,7 @@ def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path):
         daemon.wait_online(collector)
         args = [sys.executable, "-m", "edge_monitor", "replay", "--archive", str(model.archive_path),
                 "--broker", broker.address, "--machines", str(MACHINES), "--cases", "11,13",
-                "--speed", "10", "--root", ROOT]
+                "--speed", "10", "--root", ROOT, *(["--frames", "--chunk", "64"] if signals == "frames" else [])]
         replay = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         n_cuts = sum(len(model.cuts_by_case[case_of(f"mill-0{i + 1}")]) for i in range(MACHINES))
         assert collector.wait(lambda: len(collector.on("/score")) > 20, 60), "no scores"
