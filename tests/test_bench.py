@@ -15,7 +15,7 @@ import pytest
 from daemon_support import REPO, model_fixture
 
 from edge_monitor.bench.accounting import Due, account, expected_windows
-from edge_monitor.bench.load import CHUNK, END, CutSlot, plan_slots
+from edge_monitor.bench.load import CHUNK, END, FRAME, CutSlot, LoadInput, plan_slots
 from edge_monitor.core.stable_region import StableRegionSpec
 from edge_monitor.core.windowing import WindowSpec
 
@@ -57,6 +57,25 @@ def test_a_window_is_complete_with_its_last_row_and_decidable_with_its_look_ahea
     assert due[("bench-001", "c1", 512)] == Due(published(575 // 32), end)
 
 
+def test_a_frame_completes_its_rows_at_once():
+    window, stable = WindowSpec(64, 64), StableRegionSpec(block=64)
+    slot = CutSlot("bench-001", "c1", archive_index=0, n_samples=640, start=0.0)
+    plan = plan_slots("r", 100, 250.0, 1.0, ["bench-001"], [slot], frames=True)
+    assert plan.frames and list(plan.kind) == [0] + [FRAME] * 7 + [END]  # start, 7 frames of 100 rows, end
+    assert plan.topics()[1] == "r/bench-001/frame"
+    times = np.arange(len(plan)) * 0.01
+    due = expected_windows(plan, times, {0: np.array([128])}, window, stable)
+    assert due[("bench-001", "c1", 128)].complete == times[1 + 191 // 100]
+
+
+def test_load_inputs_are_named_and_checked():
+    assert LoadInput.parse("frames:250", 64) == LoadInput(True, 250)
+    assert LoadInput.parse("chunks", 64).label == "chunks64"
+    for bad in ("frame", "chunks:0", "frames:x"):
+        with pytest.raises(ValueError, match="chunks or frames|positive"):
+            LoadInput.parse(bad, 64)
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return model_fixture(tmp_path_factory)
@@ -78,6 +97,7 @@ def test_a_tiny_bench_reports_every_figure_and_loses_nothing(model, tmp_path):
     out = tmp_path / "bench"
     args = [sys.executable, "-m", "edge_monitor", "bench", "--bundle", str(model.bundle),
             "--archive", str(model.archive_path), "--machines", "2", "--cuts", "1", "--no-realtime", "--speed0",
+            "--inputs", "chunks,frames:100",
             "--model-seconds", "0.05", "--baseline-windows", "3", "--device", "cpu", "--out", str(out)]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
@@ -90,10 +110,16 @@ def test_a_tiny_bench_reports_every_figure_and_loses_nothing(model, tmp_path):
     assert [r["batch"] for r in model_rows["scoring"]] == [1, 8, 32, 128, 256]  # and the default max_batch
     assert all(r["windows_per_s"] > 0 for r in model_rows["scoring"])
     assert model_rows["predict_baseline"]["windows_per_s"] > 0
-    assert report["fanin"]["received"] == report["fanin"]["messages"] > 0
-    assert report["ratios"]["speed0_daemon_over_fanin"] > 0
+    assert [f["input"] for f in report["fanin"]] == ["chunks64", "frames100"]
+    assert all(f["received"] == f["messages"] > 0 for f in report["fanin"])
+    assert report["ratios"]["speed0_daemon_over_fanin"].keys() == {"chunks64", "frames100"}
+    assert report["ratios"]["speed0_windows_frames_over_chunks"]["frames100/chunks64"] > 0
 
-    (run,) = report["runs"]
+    chunks, run = report["runs"]
+    assert (chunks["input"], run["input"], run["frames"]) == ("chunks64", "frames100", True)
+    assert run["messages"] < chunks["messages"] / 3  # one frame stands for six chunks
+    assert run["windows_expected"] == chunks["windows_expected"]  # the same cuts, the same windows
+    assert chunks["scores_received"] == chunks["windows_expected"] and chunks["lost"] == 0
     assert (run["machines"], run["speed"], run["complete"], run["daemon_exit_code"]) == (2, 0.0, True, 0)
     assert run["windows_expected"] > 0 and run["scores_received"] == run["windows_expected"]
     assert (run["lost"], run["duplicated"], run["unexpected"]) == (0, 0, 0)
@@ -111,6 +137,6 @@ def test_a_tiny_bench_reports_every_figure_and_loses_nothing(model, tmp_path):
 
     from training.plots import plot_bench_scaling
 
-    report["runs"] = [{**run, "speed": 1.0}, {**run, "machines": 4, "speed": 1.0}]  # as if real time
+    report["runs"] = [{**r, "speed": 1.0, "machines": m} for r in (chunks, run) for m in (2, 4)]  # as if real time
     png = plot_bench_scaling({"": report}, tmp_path / "scaling.png")
     assert png.stat().st_size > 10_000

@@ -302,8 +302,14 @@ def plot_bench_scaling(benches: dict[str, dict], path: str | Path) -> Path:
     ax_cpu, ax_lat = fig.subplots(1, 2)
     styles = ["o--", "s-", "^-.", "d:"]
     latencies = []
-    for k, (label, bench) in enumerate(benches.items()):
-        runs = sorted((r for r in bench["runs"] if r["speed"] > 0), key=lambda r: r["machines"])
+    lines = []  # (label, runs): one line per benchmark and input kind
+    for label, bench in benches.items():
+        kinds = list(dict.fromkeys(r.get("input", "") for r in bench["runs"]))
+        for kind in kinds:
+            name = ", ".join(filter(None, [label, kind if len(kinds) > 1 else ""]))
+            lines.append((name, [r for r in bench["runs"] if r.get("input", "") == kind]))
+    for k, (label, runs) in enumerate(lines):
+        runs = sorted((r for r in runs if r["speed"] > 0), key=lambda r: r["machines"])
         if not runs:
             continue
         style, name = styles[k % len(styles)], f"{label}: " if label else ""
@@ -338,6 +344,7 @@ def plot_bench_scaling(benches: dict[str, dict], path: str | Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
-    fig.suptitle(f"edge-monitor bench: device {first.get('device')}, chunk {first.get('chunk')}, "
-                 f"{first.get('cuts_per_machine')} cut(s) per machine, {first.get('encoding', 'json')} chunks")
+    inputs = ", ".join(first.get("inputs") or [f"chunks{first.get('chunk')}"])
+    fig.suptitle(f"edge-monitor bench: device {first.get('device')}, {inputs}, "
+                 f"{first.get('cuts_per_machine')} cut(s) per machine, {first.get('encoding', 'json')} payloads")
     return _save(fig, path)

@@ -5,7 +5,7 @@ window and stable-region specs: the code path the daemon runs live. For each win
 from the generator's publish times (monotonic, comparable across processes):
 
 - *complete*: the last of the six channels' chunks that carry the window's last sample was
-  published (the daemon aligns rows only when every channel has them);
+  published (the daemon aligns rows only when every channel has them), or the frame carrying it;
 - *decidable*: the same for sample ``block_end + lookahead - 1``, where ``block_end`` ends the
   stable-region block holding the window's last sample: the detector decides a block once its
   look-ahead has arrived. The cut's end decides the rest, so it counts if it came first.
@@ -27,7 +27,7 @@ from ..archive.mill import Archive
 from ..core.channels import CHANNELS
 from ..core.stable_region import StableRegionSpec
 from ..core.windowing import WindowSpec, cut_windows
-from .load import CHUNK, END, LoadPlan
+from .load import CHUNK, END, FRAME, LoadPlan
 
 WindowKey = tuple[str, str, int]  # machine, cut id, offset
 
@@ -50,13 +50,15 @@ def expected_windows(plan: LoadPlan, times: np.ndarray, starts: Mapping[int, np.
     """Every window the plan's cuts hold, with when it became complete and decidable."""
     lookahead = stable.lookahead_samples
     out: dict[WindowKey, Due] = {}
-    chunks = plan.kind == CHUNK
+    chunks, frames = plan.kind == CHUNK, plan.kind == FRAME
     for i, slot in enumerate(plan.slots):
         mine = plan.slot == i
         n_chunks = -(-slot.n_samples // plan.chunk)
         published = np.full((n_chunks, len(CHANNELS)), np.nan)
         sel = mine & chunks
         published[plan.index[sel], plan.channel[sel]] = times[sel]
+        sel = mine & frames
+        published[plan.index[sel], :] = times[sel, None]
         rows = published.max(axis=1)  # a row of chunks is complete when its last channel is out
         ended = float(times[mine & (plan.kind == END)][0])
         for offset in starts[slot.archive_index].tolist():

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ..archive.replay import ENCODINGS
+from .load import LoadInput
 from ..model.runtime import DEVICE_PREFERENCES, RUNTIMES  # no TensorFlow
 
 MODEL_BATCHES = (1, 8, 32, 128)  # and the configuration's batching.max_batch
@@ -42,6 +43,19 @@ def machine_levels(text: str) -> list[int]:
     return levels
 
 
+def load_inputs(text: str) -> list[str]:
+    """Checked here, parsed with --chunk's default later (argparse has no order between options)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        for item in items:
+            LoadInput.parse(item, 1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not items:
+        raise argparse.ArgumentTypeError("expected chunks, frames or both")
+    return items
+
+
 def positive(text: str) -> int:
     try:
         value = int(text)
@@ -58,7 +72,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="archive to replay (default: data/mill.mat, else data/synthetic-mill.mat)")
     p.add_argument("--machines", type=machine_levels, default=[25, 50, 100], metavar="N,N,...",
                    help="machine counts of the daemon runs (default: 25,50,100)")
-    p.add_argument("--chunk", type=positive, default=64, help="samples per chunk message (default: %(default)s)")
+    p.add_argument("--chunk", type=positive, default=64,
+                   help="samples per chunk or frame where --inputs does not say (default: %(default)s)")
+    p.add_argument("--inputs", type=load_inputs, default="chunks", metavar="KIND[:SAMPLES],...",
+                   help="how the machines send their samples, each kind its own runs: chunks (six per block, "
+                        "one per channel) or frames (every channel in one message), e.g. chunks:64,frames:250 "
+                        "(default: %(default)s)")
     p.add_argument("--cuts", type=positive, default=1, help="whole cuts each machine replays (default: %(default)s)")
     p.add_argument("--encoding", default="json", choices=ENCODINGS,
                    help="chunk payloads: JSON or compact float32, as the replay sends them (default: %(default)s)")
@@ -140,6 +159,7 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"edge-monitor bench: error: {exc}", file=sys.stderr)
         return 2
     device = served.runtime.device
+    inputs = list(dict.fromkeys(LoadInput.parse(i, args.chunk) for i in args.inputs))
     print(f"runtime {served.runtime.runtime} on {device} ({served.runtime.reason}); bundle {args.bundle} "
           f"(model {meta.model_id}); archive {args.archive}", flush=True)
     archive = read_archive(args.archive)
@@ -148,9 +168,10 @@ def _bench(args: argparse.Namespace) -> int:
         "daemon_source": None if args.daemon_source is None else str(args.daemon_source),
         "runtime": served.runtime.runtime, "device": device, "cpu_count": os.cpu_count(),
         "host": platform.node(), "bundle": str(args.bundle), "model_id": meta.model_id,
-        "archive": str(args.archive), "encoding": args.encoding, "chunk": args.chunk, "cuts_per_machine": args.cuts,
+        "archive": str(args.archive), "encoding": args.encoding, "inputs": [i.label for i in inputs],
+        "cuts_per_machine": args.cuts,
         "lookahead_samples": meta.stable_region.lookahead_samples, "window": meta.window.to_dict(),
-        "daemon_config": daemon_config, "model": None, "fanin": None, "runs": [], "errors": [],
+        "daemon_config": daemon_config, "model": None, "fanin": [], "runs": [], "errors": [],
     }
     out_json = args.out / "bench.json"
     out_json.unlink(missing_ok=True)  # a failed run must not leave the last one's figures behind
@@ -169,21 +190,22 @@ def _bench(args: argparse.Namespace) -> int:
                 report["model"] = model_figures(served, archive, MODEL_BATCHES, max_batch, args.model_seconds,
                                                 args.baseline_windows)
                 save()
-            bench = Bench(broker, args.archive, archive, args.bundle, meta, args.out, chunk=args.chunk,
-                          cuts=args.cuts, seed=args.seed, encoding=args.encoding, daemon_config=daemon_config,
+            bench = Bench(broker, args.archive, archive, args.bundle, meta, args.out, cuts=args.cuts, seed=args.seed, encoding=args.encoding, daemon_config=daemon_config,
                           stall_timeout=args.stall_timeout, daemon_source=args.daemon_source)
-            if not args.skip_fanin:
-                print(f"fan-in: {levels[-1]} machines as fast as possible to a do-nothing subscriber ...", flush=True)
-                report["fanin"] = run_fanin(bench, levels[-1])
+            for inp in inputs if not args.skip_fanin else []:
+                print(f"fan-in: {levels[-1]} machines as fast as possible to a do-nothing subscriber, "
+                      f"{inp.label} ...", flush=True)
+                report["fanin"].append(run_fanin(bench, levels[-1], inp))
                 save()
-            runs = [(n, 1.0) for n in levels] if args.realtime else []
-            if args.speed0:
-                runs.append((levels[-1], 0.0))
-            for machines, speed in runs:
-                print(f"daemon: {machines} machines, {'real time' if speed else 'as fast as possible'} ...",
-                      flush=True)
-                report["runs"].append(run_daemon(bench, machines, speed))
-                save()
+            for inp in inputs:
+                runs = [(n, 1.0) for n in levels] if args.realtime else []
+                if args.speed0:
+                    runs.append((levels[-1], 0.0))
+                for machines, speed in runs:
+                    print(f"daemon: {machines} machines, {'real time' if speed else 'as fast as possible'}, "
+                          f"{inp.label} ...", flush=True)
+                    report["runs"].append(run_daemon(bench, machines, speed, inp))
+                    save()
     except (BenchError, BrokerStartError, BundleError) as exc:
         report["errors"].append(str(exc))
         save()
@@ -220,10 +242,18 @@ def source_version(here: Path | None = None) -> dict:
 
 
 def ratios(report: dict) -> dict:
+    """Figures of one run over another of the same benchmark (the box's noise mostly cancels)."""
     out: dict = {}
-    fast = [r for r in report["runs"] if r["speed"] == 0]
-    if fast and report["fanin"]:
-        out["speed0_daemon_over_fanin"] = round(fast[-1]["msgs_per_s_in"] / report["fanin"]["msgs_per_s"], 3)
+    fanin = {f["input"]: f for f in report["fanin"]}
+    fast = {r["input"]: r for r in report["runs"] if r["speed"] == 0}
+    over_fanin = {k: round(r["msgs_per_s_in"] / fanin[k]["msgs_per_s"], 3) for k, r in fast.items() if k in fanin}
+    if over_fanin:
+        out["speed0_daemon_over_fanin"] = over_fanin
+    chunks = [r for k, r in fast.items() if k.startswith("chunks")]
+    frames = [r for k, r in fast.items() if k.startswith("frames")]
+    if chunks and frames:  # windows/s as fast as possible: what one process can take
+        out["speed0_windows_frames_over_chunks"] = {
+            f"{f['input']}/{c['input']}": round(f["windows_per_s"] / c["windows_per_s"], 2) for f in frames for c in chunks}
     if report["model"] and "speedup_max_batch_over_predict" in report["model"]:
         out["max_batch_over_predict"] = report["model"]["speedup_max_batch_over_predict"]
     return out
@@ -241,7 +271,7 @@ def _ms(figures: dict, key: str) -> str:
     return "-" if figures[key] is None else f"{figures[key]:.0f}"
 
 
-COLUMNS = (("machines", 8), ("speed", 6), ("chunk", 6), ("msgs/s in", 10), ("windows/s", 10), ("CPU cores", 10),
+COLUMNS = (("machines", 8), ("speed", 6), ("input", 11), ("msgs/s in", 10), ("windows/s", 10), ("CPU cores", 10),
            ("CPU ms/msg", 11), ("RSS MiB", 8), ("lat p50", 8), ("lat p99", 8), ("beyond p50", 11),
            ("beyond p99", 11), ("lost", 5), ("dup", 5))
 
@@ -250,7 +280,7 @@ def format_report(report: dict) -> str:
     source = report.get("source") or {}
     changed = f" + {len(source['modified'])} modified files" if source.get("modified") else ""
     lines = [f"runtime {report.get('runtime', 'tensorflow')} on {report['device']}, {report['cpu_count']} cores; model {report['model_id']}; "
-             f"{report['cuts_per_machine']} cut(s) per machine, {report['encoding']} chunks; "
+             f"{report['cuts_per_machine']} cut(s) per machine, {report['encoding']} payloads; "
              f"source {source.get('commit')}{changed}; latencies in ms"]
     model = report["model"]
     if model:
@@ -266,16 +296,15 @@ def format_report(report: dict) -> str:
         for name, parity in model.get("parity", {}).items():
             lines.append(f"model  {name} vs tensorflow on the same windows: max relative difference "
                          + ", ".join(f"{k} {v['max_rel']:.2g}" for k, v in parity.items()))
-    fanin = report["fanin"]
-    if fanin:
-        lines.append(f"broker fan-in to a do-nothing QoS 1 subscriber: {fanin['msgs_per_s']:.0f} msgs/s "
-                     f"({fanin['received']} of {fanin['messages']} messages, {fanin['machines']} machines, chunk "
-                     f"{fanin['chunk']}; the generator published {fanin['publish_msgs_per_s']:.0f} msgs/s)")
+    for fanin in report["fanin"]:
+        lines.append(f"broker fan-in to a do-nothing QoS 1 subscriber, {fanin['input']}: {fanin['msgs_per_s']:.0f} "
+                     f"msgs/s ({fanin['received']} of {fanin['messages']} messages, {fanin['machines']} machines; "
+                     f"the generator published {fanin['publish_msgs_per_s']:.0f} msgs/s)")
     if report["runs"]:
         lines.append("")
         lines.append("".join(f"{name:>{width}}" for name, width in COLUMNS))
         for r in report["runs"]:
-            cells = (r["machines"], "max" if r["speed"] == 0 else f"{r['speed']:g}", r["chunk"],
+            cells = (r["machines"], "max" if r["speed"] == 0 else f"{r['speed']:g}", r["input"],
                      f"{r['msgs_per_s_in']:.0f}", f"{r['windows_per_s']:.0f}", f"{r['cpu_cores_steady']:.2f}",
                      f"{r['cpu_ms_per_msg']:.3f}", f"{r['rss_max_mib']:.0f}",
                      _ms(r["latency_ms"], "p50"), _ms(r["latency_ms"], "p99"),
@@ -289,8 +318,10 @@ def format_report(report: dict) -> str:
     if busy:
         lines.append(f"other processes on the box used CPU cores during: {', '.join(busy)} (figures disturbed)")
     ratio = report.get("ratios", {})
-    if "speed0_daemon_over_fanin" in ratio:
-        lines.append(f"speed-0 daemon input rate / broker fan-in: {ratio['speed0_daemon_over_fanin']:.2f}")
+    for label, value in ratio.get("speed0_daemon_over_fanin", {}).items():
+        lines.append(f"speed-0 daemon input rate / broker fan-in, {label}: {value:.2f}")
+    for label, value in ratio.get("speed0_windows_frames_over_chunks", {}).items():
+        lines.append(f"speed-0 windows/s, {label}: {value:.2f}x")
     if "max_batch_over_predict" in ratio:
         lines.append(f"scoring at max_batch / one predict per window: {ratio['max_batch_over_predict']:.0f}x")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The load generator: a process publishing a :class:`~.load.LoadPlan` and recording when.
 
     python -m edge_monitor.bench.loadgen --broker HOST:PORT --archive A --root R --machines N
-        --records FILE [--cuts K] [--chunk C] [--speed S] [--seed X] [--encoding json|f32]
+        --records FILE [--cuts K] [--chunk C] [--frames] [--speed S] [--seed X] [--encoding json|f32]
 
 It encodes every chunk first, connects, prints ``ready <messages>`` and waits for a line on
 stdin (``go``); only then does the clock start, so the generator costs little while it
@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--machines", type=int, required=True)
     p.add_argument("--records", required=True, help="where to write the plan and the publish times (.npz)")
     p.add_argument("--cuts", type=int, default=1, help="cuts per machine")
-    p.add_argument("--chunk", type=int, default=64, help="samples per chunk")
+    p.add_argument("--chunk", type=int, default=64, help="samples per chunk (or frame)")
+    p.add_argument("--frames", action="store_true", help="each block of samples as one frame of every channel")
     p.add_argument("--speed", type=float, default=1.0, help="real time times S; 0: as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="of the staggered start times")
     p.add_argument("--encoding", default="json", choices=ENCODINGS)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = parse_address(args.broker)
     archive = read_archive(args.archive)
     plan = build_plan(archive, args.machines, cuts=args.cuts, chunk=args.chunk, speed=args.speed,
-                      root=args.root, seed=args.seed)
+                      root=args.root, seed=args.seed, frames=args.frames)
     topics = plan.topics()
     payloads = chunk_payloads(plan, archive, args.encoding)
     client = make_client(BrokerSettings(host=host, port=port, client_id=args.client_id or f"bench-loadgen-{args.root}"),

@@ -25,7 +25,7 @@ from ..model.meta import BundleMeta
 from ..service.config import ConfigError, load_config
 from .accounting import account, expected_windows, window_starts
 from .broker import BenchBroker
-from .load import LoadPlan, active_span, build_plan
+from .load import LoadInput, LoadPlan, active_span, build_plan
 from .loadgen import read_records
 from .probe import ScoreProbe
 from .procs import Child, ProcSampler
@@ -48,7 +48,6 @@ class Bench:
     bundle_path: Path
     meta: BundleMeta
     out: Path
-    chunk: int = 64
     cuts: int = 1
     seed: int = 0
     encoding: str = "json"
@@ -57,9 +56,9 @@ class Bench:
     python: str = sys.executable
     daemon_source: Path | None = None  # another checkout whose daemon to run (comparing versions)
 
-    def plan(self, root: str, machines: int, speed: float) -> LoadPlan:
-        return build_plan(self.archive, machines, cuts=self.cuts, chunk=self.chunk, speed=speed, root=root,
-                          seed=self.seed)
+    def plan(self, root: str, machines: int, speed: float, inp: LoadInput) -> LoadPlan:
+        return build_plan(self.archive, machines, cuts=self.cuts, chunk=inp.samples, speed=speed, root=root,
+                          seed=self.seed, frames=inp.frames)
 
     def daemon_env(self) -> dict:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -74,11 +73,12 @@ class Bench:
         where.mkdir(parents=True)
         return where
 
-    def loadgen(self, where: Path, root: str, machines: int, speed: float) -> Child:
+    def loadgen(self, where: Path, root: str, machines: int, speed: float, inp: LoadInput) -> Child:
         args = [self.python, "-m", "edge_monitor.bench.loadgen", "--broker", self.broker.address,
                 "--archive", str(self.archive_path), "--root", root, "--machines", str(machines),
-                "--records", str(where / "records.npz"), "--cuts", str(self.cuts), "--chunk", str(self.chunk),
-                "--speed", str(speed), "--seed", str(self.seed), "--encoding", self.encoding]
+                "--records", str(where / "records.npz"), "--cuts", str(self.cuts), "--chunk", str(inp.samples),
+                "--speed", str(speed), "--seed", str(self.seed), "--encoding", self.encoding,
+                *(["--frames"] if inp.frames else [])]
         return Child("load generator", args, log=where / "loadgen.log", stdin=True)
 
 
@@ -102,13 +102,13 @@ def finish_loadgen(gen: Child, plan: LoadPlan, where: Path, timeout: float) -> t
     return times, cpu
 
 
-def run_fanin(bench: Bench, machines: int) -> dict:
+def run_fanin(bench: Bench, machines: int, inp: LoadInput) -> dict:
     """Messages/s the broker delivers to a do-nothing QoS 1 subscriber, from the generator at speed 0."""
-    label = f"fanin-{machines:03d}"
+    label = f"fanin-{inp.label}-{machines:03d}"
     where, root = bench.run_dir(label), f"bench-{label}"
-    plan = bench.plan(root, machines, 0.0)
+    plan = bench.plan(root, machines, 0.0, inp)
     with ExitStack() as stack:
-        gen = bench.loadgen(where, root, machines, 0.0)
+        gen = bench.loadgen(where, root, machines, 0.0, inp)
         stack.callback(gen.stop)
         wait_ready(gen, plan)
         sink = Child("sink", [bench.python, "-m", "edge_monitor.bench.sink", "--broker", bench.broker.address,
@@ -126,7 +126,7 @@ def run_fanin(bench: Bench, machines: int) -> dict:
         raise BenchError(f"the fan-in subscriber received nothing{sink.log_tail()}")
     first = float(times.min())
     seconds = got["last"] - first
-    return {"machines": machines, "chunk": bench.chunk, "messages": len(plan), "received": got["received"],
+    return {"machines": machines, "chunk": inp.samples, "frames": inp.frames, "input": inp.label, "messages": len(plan), "received": got["received"],
             "seconds": round(seconds, 3), "msgs_per_s": round(got["received"] / seconds, 1),
             "publish_msgs_per_s": round(len(plan) / (float(times.max()) - first), 1)}
 
@@ -143,17 +143,17 @@ def write_daemon_config(bench: Bench, where: Path) -> Path:
     return path
 
 
-def run_daemon(bench: Bench, machines: int, speed: float) -> dict:
+def run_daemon(bench: Bench, machines: int, speed: float, inp: LoadInput) -> dict:
     """The daemon (its own process) fed ``machines`` at ``speed`` (0: as fast as possible)."""
-    label = f"{'realtime' if speed == 1 else f'speed{speed:g}'}-{machines:03d}"
+    label = f"{'realtime' if speed == 1 else f'speed{speed:g}'}-{inp.label}-{machines:03d}"
     where, root = bench.run_dir(label), f"bench-{label}"
-    plan = bench.plan(root, machines, speed)
+    plan = bench.plan(root, machines, speed, inp)
     starts = window_starts(bench.archive, plan, bench.meta.window, bench.meta.stable_region)
     config = write_daemon_config(bench, where)
     with ExitStack() as stack:
         probe = ScoreProbe(bench.broker.host, bench.broker.port, root, label).start()
         stack.callback(probe.stop)
-        gen = bench.loadgen(where, root, machines, speed)
+        gen = bench.loadgen(where, root, machines, speed, inp)
         stack.callback(gen.stop)
         started = time.monotonic()
         daemon = Child("daemon", [bench.python, "-m", "edge_monitor", "run", "--config", str(config),
@@ -230,6 +230,8 @@ def _daemon_figures(plan: LoadPlan, times: np.ndarray, acc, probe: ScoreProbe, s
         "machines": len(plan.machines),
         "speed": plan.speed,
         "chunk": plan.chunk,
+        "frames": plan.frames,
+        "input": label.split("-")[1],
         "cuts": len(plan.slots),
         "messages": len(plan),
         "publish_seconds": round(last_publish - first, 3),

@@ -2,7 +2,7 @@
 
     python -m edge_monitor.bench.sink --broker HOST:PORT --root R --expect N [--idle-timeout S]
 
-MQTT 5, QoS 1 subscriptions to the input topics (``R/+/cut/#``, ``R/+/signal/#``), as the daemon
+MQTT 5, QoS 1 subscriptions to the input topics (``R/+/cut/#``, ``R/+/signal/#``, ``R/+/frame/#``), as the daemon
 subscribes; it only counts. It prints ``subscribed`` once the broker granted the subscriptions,
 then, after N messages or S seconds without one, a JSON line: how many it received and the
 ``time.monotonic()`` of the first and the last.
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = parse_address(args.broker)
     counter = Counter(args.expect)
     subscribed = threading.Event()
-    filters = [(f"{args.root}/+/cut/#", 1), (f"{args.root}/+/signal/#", 1)]
+    filters = [(f"{args.root}/+/cut/#", 1), (f"{args.root}/+/signal/#", 1), (f"{args.root}/+/frame/#", 1)]
     client = make_client(BrokerSettings(host=host, port=port, client_id=f"bench-sink-{args.root}"), clean_start=True)
     client.on_message = counter.on_message
     client.on_connect = lambda c, u, f, reason, p: None if reason.is_failure else c.subscribe(filters)
