@@ -108,8 +108,13 @@ def test_topic_builders():
     mine = topics.Topics(ROOT, "edge-1")
     assert (mine.status, mine.errors, mine.sync) == tuple(f"mill/_monitor/edge-1/{leaf}" for leaf in ("status", "errors", "sync"))
     assert mine.machine("m1", "summary") == "mill/m1/summary" and mine.alarms == "mill/+/alarm"
-    assert mine.inputs == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "frame": "mill/+/frame/#",
-                           "cmd": "mill/+/cmd/#"}
+    assert dict(mine.inputs) == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "frame": "mill/+/frame/#",
+                                 "cmd": "mill/+/cmd/#"}
+    assert mine.statuses == "mill/_monitor/+/status"
+    # a partition of ids: each instance subscribes to its own machines only
+    ids = topics.Topics(ROOT, "edge-1", ("m1", "m2", "m1"))
+    assert [f for _, f in ids.inputs] == [f"mill/{m}/{k}/#" for m in ("m1", "m2") for k in ("cut", "signal", "frame", "cmd")]
+    assert dict(topics.Topics(ROOT, "e", ("m1", "line2-*")).inputs)["frame"] == "mill/+/frame/#"  # a pattern: all
     for bad in (lambda: topics.cut_topic(ROOT, "a/b"), lambda: topics.signal_topic(ROOT, "m1", "x"),
                 lambda: topics.machine_topic(ROOT, "_monitor", "score"), lambda: topics.Topics(ROOT, "a b"),
                 lambda: topics.Topics(ROOT, "_monitor"), lambda: topics.monitor_topic(ROOT, "a/b", "status"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 from .channels import CHANNELS
 
@@ -132,6 +132,7 @@ class StatusMessage:
     backlog: Mapping[str, float] | None = field(default=None)  # lag_s, queued, unacknowledged
     runtime: str | None = field(default=None)  # what serves the model: "onnxruntime", "tensorflow"
     operating_point: Mapping[str, Any] | None = field(default=None)  # Thresholds.operating_point()
+    machines: Sequence[str] | None = field(default=None)  # the partition: ids and patterns it watches
 
     def to_dict(self) -> dict:
         if self.state not in STATUS_STATES:
@@ -145,6 +146,8 @@ class StatusMessage:
             "since": finite(self.since),
             "protocol": PROTOCOL_VERSION,
         }
+        if self.machines is not None:
+            out["machines"] = list(self.machines)
         if self.operating_point is not None:
             out["operating_point"] = dict(self.operating_point)
         if self.counters is not None:

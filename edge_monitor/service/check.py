@@ -60,6 +60,8 @@ from ..core.sparkplug_node import NAMESPACE, EdgeNode
 from ..core.topics import MONITOR_LEVEL, Topics
 from ..model.meta import MODEL_FILE, BundleError, read_bundle_meta  # no TensorFlow
 from .broker_conf import MAIN_CONF, read_broker_conf
+from .check_partition import announced_partitions, configured_partitions
+from .check_result import Result, fail, ok, skip, warn
 from .config import Config, ConfigError, load_config
 from .mqtt import BrokerError, BrokerSettings, connect, disconnect, make_client
 from .native_log import NativeCapture
@@ -68,18 +70,6 @@ from .state import sync_directory, write_synced
 PROBE = "edge-monitor.check"  # a machine id / instance name no real one can have: '.' is not allowed
 PROBE_EXPIRY_S = 3  # seconds a probe may wait in a queue (e.g. of the monitor's offline session)
 WAIT_S = 5.0  # for a CONNACK, each PUBACK and each probe's delivery
-
-
-@dataclass(frozen=True)
-class Result:
-    status: str  # "ok", "FAIL", "WARN" (does not fail the check) or "skip"
-    text: str
-
-    def line(self) -> str:
-        return f"{self.status:<6}{self.text}"
-
-
-ok, fail, warn, skip = (functools.partial(Result, status) for status in ("ok", "FAIL", "WARN", "skip"))
 
 
 def run_check(config_path: str | Path, overrides: dict | None = None, *, load_model: bool = True,
@@ -91,7 +81,8 @@ def run_check(config_path: str | Path, overrides: dict | None = None, *, load_mo
     results: list[Result] = []
     try:
         config = load_config(config_path, overrides)
-        steps = [iter([ok(f"config {config_path}")]), _bundle(config, load_model), _state(config.state_file),
+        steps = [iter([ok(f"config {config_path}")]), configured_partitions(config, Path(config_path)),
+                 _bundle(config, load_model), _state(config.state_file),
                  _listeners(config, None if broker_conf is None else Path(broker_conf)),
                  _broker(config, Path(config_path), broker_may_be_down)]
     except ConfigError as exc:
@@ -248,7 +239,7 @@ def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Re
     # stays down rather than take the other one over in turn.
     inputs, outputs = (replace(s, reconnect_poll_delay=3600, reconnect_min_delay=3600, reconnect_max_delay=3600)
                        for s in (inputs, outputs))
-    topics = Topics(config.topic_root, config.instance)
+    topics = Topics(config.topic_root, config.instance, config.machines)
     ins, outs = Session(inputs, topics.root, inputs=True), Session(outputs, topics.root, inputs=False)
     node = None
     if sparkplug is not None:
@@ -268,6 +259,7 @@ def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Re
                        "broker.output_username must name a user of its own")
             return
         yield from _acl(topics, ins, outs)
+        yield from announced_partitions(config, outs.retained(topics.statuses))
         if node is not None:
             yield from _sparkplug(config, node, ins, outs)
         for session in (ins, outs):
@@ -319,10 +311,13 @@ def _acl(topics: Topics, ins: Session, outs: Session) -> Iterator[Result]:
     # The monitor's own subscriptions, with its options (inbox.Inbox.subscribe): made again, they
     # change nothing in its session; none is ever removed.
     keep = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-    filters = [(f, keep) for f in topics.inputs.values()] + [(topics.ping, SubscribeOptions(qos=0))]
+    filters = [(f, keep) for _, f in topics.inputs] + [(topics.ping, SubscribeOptions(qos=0))]
     refused = [f"{f} ({reason})" for (f, _), reason in zip(filters, ins.subscribe(filters)) if reason]
-    yield (fail(f"ACL {me} may not subscribe to {'; '.join(refused)}") if refused
-           else ok(f"ACL {me} subscribes to {', '.join(f for f, _ in filters)}"))
+    shown = [f for f, _ in filters]
+    if len(shown) > 8:  # a partition of machine ids: four filters each
+        shown = shown[:4] + [f"... {len(shown)} filters in all"]
+    yield (fail(f"ACL {me} may not subscribe to {'; '.join(refused[:8])}") if refused
+           else ok(f"ACL {me} subscribes to {', '.join(shown)}"))
     alarm, own = f"{root}/{PROBE}/alarm", f"{root}/{MONITOR_LEVEL}/{PROBE}"  # own: a probe "instance"
     outs.subscribe([(alarm, SubscribeOptions(qos=1)), (topics.sync, SubscribeOptions(qos=1))])  # end with it
     monitor_rw = f"topic readwrite {root}/{MONITOR_LEVEL}/#"
@@ -442,6 +437,16 @@ class Session:
             if not self._cond.wait_for(lambda: mid in self._subacks, WAIT_S):
                 return [f"no SUBACK within {WAIT_S:g} s"] * len(filters)
             return self._subacks[mid]
+
+    def retained(self, topic_filter: str, settle: float = 0.5) -> dict[str, bytes]:
+        """The retained messages under ``topic_filter`` (its one ``+`` level -> payload)."""
+        self.subscribe([(topic_filter, SubscribeOptions(qos=0))])
+        time.sleep(settle)  # the broker sends them right after its SUBACK
+        with self._cond:
+            got = list(self._got)
+        prefix, _, suffix = topic_filter.partition("+")
+        return {t[len(prefix):len(t) - len(suffix)]: p for t, p in got
+                if t.startswith(prefix) and t.endswith(suffix) and "/" not in t[len(prefix):len(t) - len(suffix)]}
 
     def received(self, topic: str, payload: bytes) -> bool:
         with self._cond:

@@ -14,7 +14,6 @@ and are validated the same way.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import re
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ import yaml
 
 from ..core.alarm import AlarmPolicy
 from ..core.inbound import Limits
+from ..core.partition import PATTERN, matches
 from ..core.spec import Spec, SpecError, from_mapping, parse_field, setting
 from ..core.topics import instance_problem, validate_root
 from ..model.runtime import DEVICE_PREFERENCES as DEVICES  # no TensorFlow
@@ -37,7 +37,7 @@ from .sparkplug import SparkplugSettings
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")  # auto: console on a terminal, else json
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 #: Machine selectors: machine ids, or shell-style patterns of them with ``*`` and ``?``.
-MACHINE_PATTERN = re.compile(r"[A-Za-z0-9_*?-]{1,64}")
+MACHINE_PATTERN = PATTERN  # core/partition.py
 #: Command-line overrides and the setting each replaces (``broker`` is HOST:PORT).
 OVERRIDES: dict[str, str] = {"broker": "broker", "bundle": "bundle", "root": "topic_root", "instance": "instance",
                              "metrics": "metrics"}
@@ -177,7 +177,7 @@ class Config(Spec):
 
 @functools.lru_cache(maxsize=4096)  # asked for every input; bounded, since ids come off the wire
 def _watches(patterns: tuple[str, ...], machine: str) -> bool:
-    return any(fnmatch.fnmatchcase(machine, pattern) for pattern in patterns)
+    return matches(patterns, machine)
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:

@@ -75,6 +75,7 @@ COUNTER_HELP: dict[str, str] = {
     "checkpoints_failed": "State file writes that failed (nothing acknowledged)",
     "outputs_dropped": "QoS 0 results dropped while disconnected (as of the last status message)",
     "nonfinite_scores": "Windows that scored non-finite",
+    "inputs_other_instance": "Inputs of machines another monitor instance on the topic root owns, dropped unreported",
     "sparkplug_unsent": "Sparkplug B messages not sent while its connection was down (the next birth has the state)",
 }
 WEAR_LEVEL: dict[str, int] = {level.label: int(level) for level in Level}

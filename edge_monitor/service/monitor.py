@@ -52,6 +52,7 @@ from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
 from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
+from ..core.partition import Siblings, partition_of
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem, monitor_topic
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
@@ -59,7 +60,7 @@ from . import systemd
 from .backlog import Backlog
 from .checkpoint import Checkpoints, snapshot_text
 from .config import Config
-from .inbox import Connected, Inbox, Received, Rejected
+from .inbox import OTHER_INSTANCE, Connected, Inbox, Received, Rejected
 from .logging import configure_logging, get_logger
 from .metrics import Metrics, MetricsError
 from .mqtt import BrokerError, connect, disconnect, make_client
@@ -106,7 +107,8 @@ class Monitor:
         self.meta = bundle.meta  # the running model's: a reload replaces it
         self.reloader = reloader  # systemctl reload (SIGHUP): a new configuration and bundle (service/reload.py)
         self.fleet = Fleet(pipeline_spec(self.meta, config, bundle.scoring_id), config.monitors, config.machines)
-        self.topics = Topics(config.topic_root, config.instance)
+        self.topics = Topics(config.topic_root, config.instance, config.machines)
+        self.siblings = Siblings(config.instance)  # the other instances' partitions (core/partition.py)
         self.counters = Counters()
         self.scoring = Scoring(bundle.scorer(), config.batching, self.counters)
         self.metrics = Metrics(config.metrics, self)  # the endpoint (service/metrics.py)
@@ -128,8 +130,9 @@ class Monitor:
         self.out = make_client(config.broker.for_outputs(), will=will, clean_start=True)
         self.outbox = Outbox(self.out, self.topics, config.qos, config.errors)
         self._out_reconnected = threading.Event()
-        self.inbox = Inbox(self.client, self.topics, config.limits, self.fleet.unwatched,
+        self.inbox = Inbox(self.client, self.topics, config.limits, self._unwatched,
                            max_queued=delivery.max_queued_inputs)
+        self.client.message_callback_add(self.topics.statuses, self._on_sibling_status)
         self.checkpoints = Checkpoints(self.client)
         self.backlog = Backlog(self.inbox, self.checkpoints, config.broker.session_expiry, delivery.degraded_lag_s)
         self._touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
@@ -161,6 +164,21 @@ class Monitor:
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if not reason.is_failure:
             self.inbox.subscribe(client, bool(flags.session_present))
+
+    def _unwatched(self, machine: str) -> str | None:
+        """Why ``machine``'s inputs are not this instance's (None: they are); OTHER_INSTANCE when
+        another instance on the root owns it."""
+        problem = self.fleet.unwatched(machine)
+        if problem is None or self.siblings.owner(machine) is None:
+            return problem
+        return OTHER_INSTANCE
+
+    def _on_sibling_status(self, client, userdata, message) -> None:  # network thread
+        """An instance's retained status (ours too): its partition, for :meth:`_unwatched`."""
+        instance = message.topic.split("/")[-2]
+        patterns = partition_of(message.payload)
+        if patterns is not None or not message.payload:
+            self.siblings.update(instance, patterns)
 
     def _on_out_connect(self, client, userdata, flags, reason, properties) -> None:
         if not reason.is_failure:
@@ -335,6 +353,9 @@ class Monitor:
         self.counters.messages_in += 1
         self.checkpoints.applied(item.delivery)
         self.metrics.refused(item)
+        if item.reason == OTHER_INSTANCE:  # another instance's machine: not an error, not ours
+            self.counters.inputs_other_instance += 1
+            return
         self._reject(item.topic, item.reason, item.stage)
 
     def _on_connected(self, item: Connected) -> None:
@@ -518,6 +539,7 @@ class Monitor:
 
     def _status(self, state: str, counters: bool = False) -> StatusMessage:
         return StatusMessage(state=state, model=self.model_id, device=self.device, version=__version__,
+                             machines=self.config.machines,
                              since=self.since, counters=asdict(self.counters) if counters else None,
                              backlog=self.backlog.figures() if counters else None, runtime=self.runtime,
                              operating_point=self.meta.thresholds.operating_point())

@@ -25,6 +25,7 @@ class Counters:
     checkpoints_failed: int = 0  # the state file could not be written (nothing acknowledged)
     outputs_dropped: int = 0  # QoS 0 results published while disconnected
     nonfinite_scores: int = 0  # windows that scored non-finite (reported on the errors topic)
+    inputs_other_instance: int = 0  # inputs of machines another instance on the root owns, dropped
     sparkplug_unsent: int = 0  # Sparkplug messages not sent while disconnected (the next birth has the state)
 
 
