@@ -130,8 +130,9 @@ class CompletionClock:
     """When the replay published the message that lets the monitor decide each window.
 
     A window [o, o + 64) is decided once every channel holds the samples up to the end of the
-    stable-region detector's look-ahead after it, or when its cut ends. The replay publishes the
-    channels of each chunk in channel order, so the last channel's chunk completes a row block.
+    stable-region detector's look-ahead after it, or when its cut ends. The replay publishes a
+    block of rows as one frame, or as six chunks in channel order (the last channel's chunk
+    completes the block).
     """
 
     def __init__(self, window: int, block: int, lookahead_blocks: int) -> None:
@@ -143,7 +144,7 @@ class CompletionClock:
     def record(self, machine: str, cut: str, kind: str, topic: str, last_sample: int) -> None:
         now = time.perf_counter()
         with self._lock:
-            if kind == "chunk" and topic.endswith("/AE_spindle"):
+            if kind == "frame" or (kind == "chunk" and topic.endswith("/AE_spindle")):
                 self._chunks[(machine, cut)].append((last_sample, now))
             elif kind == "end":
                 self._ends[(machine, cut)] = now
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machines", type=int, default=4)
     parser.add_argument("--cases", default=DEFAULT_CASES)
     parser.add_argument("--speed", type=float, default=20.0, help="real time times X (default %(default)s)")
+    parser.add_argument("--frames", action=argparse.BooleanOptionalAction, default=True,
+                        help="each block of samples as one frame of every channel, as a data acquisition "
+                             "samples them (default); --no-frames: a chunk per channel")
     parser.add_argument("--workdir", type=Path, default=Path("runs/demo/live"))
     args = parser.parse_args(argv)
 
@@ -243,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_replay() -> None:
             try:
-                stats_box["stats"] = replay(Publisher(client), ROOT, plan, speed=args.speed, on_event=on_event)
+                stats_box["stats"] = replay(Publisher(client), ROOT, plan, speed=args.speed, on_event=on_event,
+                                             frames=args.frames)
             finally:
                 done.set()
 

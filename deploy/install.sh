@@ -19,7 +19,8 @@
 #                                             test CA on a first install); no demo user `replay`
 #   PREFIX/usr/local/share/edge-monitor/mosquitto/   the broker scripts, to add machines later
 #   PREFIX/etc/systemd/system/edge-monitor.service and edge-monitor-broker-save.service (saves the
-#                                             broker's database every 5 s while it is small)
+#                                             broker's database every 5 s while it is small), and
+#                                             the template edge-monitor@.service (not enabled)
 # and, without --prefix: the Debian packages it needs (python3-venv mosquitto mosquitto-clients
 # openssl), the system user edge-monitor, and `systemctl enable --now` of mosquitto and
 # edge-monitor (skipped with a message when systemd is not PID 1).
@@ -389,14 +390,20 @@ fi
 
 # ------------------------------------------------------------------------------------ systemd unit
 
-if [ -n "$PREFIX" ]; then  # the paths the service uses, moved into the prefix
-  sed -e "/^#/!s|/opt/edge-monitor|$OPT|g" -e "/^#/!s|/etc/edge-monitor|$ETC|g" -e "/^#/!s|/var/lib/edge-monitor|$STATE|g" \
-    "$HERE/edge-monitor.service" > "$WORK/edge-monitor.service"
-else
-  cp "$HERE/edge-monitor.service" "$WORK/edge-monitor.service"
-fi
+# edge-monitor.service, and the template edge-monitor@.service for several instances on this box
+# (docs/deploy.md, "Several instances"; installed, not enabled: an instance needs its own config).
+for unit in edge-monitor.service edge-monitor@.service; do
+  if [ -n "$PREFIX" ]; then  # the paths the service uses, moved into the prefix
+    sed -e "/^#/!s|/opt/edge-monitor|$OPT|g" -e "/^#/!s|/etc/edge-monitor|$ETC|g" -e "/^#/!s|/var/lib/edge-monitor|$STATE|g" \
+      "$HERE/$unit" > "$WORK/$unit"
+  else
+    cp "$HERE/$unit" "$WORK/$unit"
+  fi
+done
 make_dir "$PREFIX/etc/systemd"
 make_dir "$UNIT_DIR"
+put_file "$WORK/edge-monitor@.service" "$UNIT_DIR/edge-monitor@.service" 0644
+CHANGED_TEMPLATE=$CHANGED
 put_file "$WORK/edge-monitor.service" "$UNIT_DIR/edge-monitor.service" 0644
 CHANGED_UNIT=$CHANGED
 # The broker's database saved every 5 s while it is small (save-while-small says why).
@@ -412,7 +419,10 @@ if [ "$PRIVILEGED" = 0 ]; then
 elif [ ! -d /run/systemd/system ]; then
   say "skipped (systemd is not PID 1 here: $(ps -o comm= -p 1 2>/dev/null || echo unknown)): systemctl enable --now mosquitto.service edge-monitor.service edge-monitor-broker-save.service"
 else
-  [ "$CHANGED_UNIT" = 1 ] && run systemctl daemon-reload
+  if [ "$CHANGED_UNIT" = 1 ] || [ "$CHANGED_TEMPLATE" = 1 ]; then run systemctl daemon-reload; fi
+  if [ "$CHANGED_TEMPLATE" = 1 ] && systemctl list-units --quiet --no-legend 'edge-monitor@*.service' | grep -q .; then
+    say "edge-monitor@.service changed: its running instances take it at their next restart (systemctl restart 'edge-monitor@*')"
+  fi
   run systemctl enable mosquitto.service edge-monitor.service edge-monitor-broker-save.service
   if [ "$CHANGED_BROKER" = 1 ]; then run systemctl restart mosquitto.service; else run systemctl start mosquitto.service; fi
   if [ "$CHANGED_SAVER" = 1 ]; then run systemctl restart edge-monitor-broker-save.service

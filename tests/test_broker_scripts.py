@@ -101,6 +101,23 @@ def test_the_demo_user_is_made_only_when_asked_and_kept_until_deleted(tmp_path):
     assert done.returncode == 2 and "contradict" in done.stderr
 
 
+def test_each_monitor_instance_gets_users_with_the_monitors_rights_kept_until_removed(tmp_path):
+    make_users(tmp_path, "--instance", "line1", "--instance", "line2")
+    for role in ("", "-out", "-sparkplug"):
+        assert acl_block(tmp_path, f"edge-monitor-line1{role}") == acl_block(tmp_path, f"edge-monitor{role}")
+        assert acl_block(tmp_path, f"edge-monitor{role}")  # not empty
+        assert (tmp_path / "secrets" / f"edge-monitor-line2{role}.password").is_file()
+    make_users(tmp_path, "mill-01")  # a later run keeps them
+    assert {"edge-monitor-line1", "edge-monitor-line2-out"} <= set(users(tmp_path))
+    make_users(tmp_path, "--remove-instance", "line1")
+    assert not [u for u in users(tmp_path) if u.startswith("edge-monitor-line1")]
+    assert not list((tmp_path / "secrets").glob("edge-monitor-line1*"))
+    assert "edge-monitor-line2" in users(tmp_path)
+    for bad in ("out", "a-sparkplug", "a/b", "x" * 41):
+        done = make_users(tmp_path, "--instance", bad, check=False)
+        assert done.returncode == 2 and "instance name" in done.stderr, bad
+
+
 def test_dashboards_may_not_command_the_monitors_level_nor_an_empty_machine(tmp_path):
     make_users(tmp_path, "--dashboard", "hall-2")
     for user in ("scada", "scada-hall-2"):

@@ -27,6 +27,7 @@ from edge_monitor.service.config import load_config
 INSTALL = REPO / "deploy" / "install.sh"
 UNIT = "etc/systemd/system/edge-monitor.service"
 SAVER_UNIT = "etc/systemd/system/edge-monitor-broker-save.service"
+TEMPLATE_UNIT = "etc/systemd/system/edge-monitor@.service"
 VENV = Path(sys.prefix)  # the project's venv, running these tests
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 NEEDS_ANALYZE = pytest.mark.skipif(
@@ -215,11 +216,23 @@ def test_the_tree_has_everything_where_the_service_looks(installed, model, ports
 
 
 @NEEDS_ANALYZE
-@pytest.mark.parametrize("unit", [UNIT, SAVER_UNIT])
+@pytest.mark.parametrize("unit", [UNIT, SAVER_UNIT, TEMPLATE_UNIT])
 def test_systemd_analyze_verify_accepts_the_units(installed, unit):
     prefix, _ = installed
     done = analyze("verify", str(prefix / unit))
     assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+def test_the_template_unit_is_the_single_unit_per_instance(installed):
+    from unit_template import DEPLOY, template_unit
+
+    shipped = (DEPLOY / "edge-monitor@.service").read_text()
+    assert shipped == template_unit((DEPLOY / "edge-monitor.service").read_text()), \
+        "deploy/edge-monitor@.service is out of date: run python tests/unit_template.py"
+    prefix, _ = installed
+    installed_text = (prefix / TEMPLATE_UNIT).read_text()
+    assert f"--config {prefix}/etc/edge-monitor/%i.yaml" in installed_text
+    assert "StateDirectory=edge-monitor edge-monitor/%i\n" in installed_text
 
 
 def test_the_broker_saver_runs_the_installed_script(installed):

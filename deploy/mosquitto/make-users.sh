@@ -38,7 +38,13 @@
 #   --remove MACHINE     delete daq-MACHINE and its ACL block (its password file too); repeatable
 #   --dashboard NAME     a further dashboard user scada-NAME with the rights of scada; repeatable
 #   --remove-dashboard NAME  delete scada-NAME (its password file too); repeatable
-#   --monitor-owner U[:G]  chown the monitor's password file to the service user
+#   --instance NAME      a further monitor instance (edge-monitor@NAME.service, docs/deploy.md,
+#                        "Several instances"): users edge-monitor-NAME, edge-monitor-NAME-out and
+#                        edge-monitor-NAME-sparkplug with the rights of edge-monitor, edge-monitor-out
+#                        and edge-monitor-sparkplug (the broker keeps one connection per user, so
+#                        every instance needs its own); repeatable, kept by later runs
+#   --remove-instance NAME  delete that instance's users (their password files too); repeatable
+#   --monitor-owner U[:G]  chown the monitor's password files to the service user
 #   --broker-group G     group that may read passwd and acl (mode 0640). Default: mosquitto when
 #                        that group exists and the script runs as root (the broker drops to that
 #                        user and re-reads both files on reload); otherwise mode 0600.
@@ -59,6 +65,8 @@ MACHINES=()
 REMOVE=()
 DASHBOARDS=()
 REMOVE_DASHBOARDS=()
+INSTANCES=()
+REMOVE_INSTANCES=()
 
 die() { echo "make-users.sh: $*" >&2; exit 2; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -74,6 +82,8 @@ while [ $# -gt 0 ]; do
     --remove) REMOVE+=("${2:?--remove needs a machine id}"); shift 2 ;;
     --dashboard) DASHBOARDS+=("${2:?--dashboard needs a name}"); shift 2 ;;
     --remove-dashboard) REMOVE_DASHBOARDS+=("${2:?--remove-dashboard needs a name}"); shift 2 ;;
+    --instance) INSTANCES+=("${2:?--instance needs a name}"); shift 2 ;;
+    --remove-instance) REMOVE_INSTANCES+=("${2:?--remove-instance needs a name}"); shift 2 ;;
     --monitor-owner) MONITOR_OWNER=${2:?--monitor-owner needs USER or USER:GROUP}; shift 2 ;;
     --broker-group) BROKER_GROUP=${2?--broker-group needs a group (or '' for none)}; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -92,6 +102,11 @@ for m in "${MACHINES[@]}" "${REMOVE[@]}"; do
 done
 for d in "${DASHBOARDS[@]}" "${REMOVE_DASHBOARDS[@]}"; do
   [[ $d =~ ^[A-Za-z0-9_-]{1,57}$ ]] || die "dashboard name '$d' is not 1-57 characters of A-Z a-z 0-9 _ -"
+done
+# An instance name is the monitor's `instance` (edge_monitor/core/topics.py), short enough for its users' names.
+for i in "${INSTANCES[@]}" "${REMOVE_INSTANCES[@]}"; do
+  [[ $i =~ ^[A-Za-z0-9_-]{1,40}$ && $i != out && $i != sparkplug && $i != *-out && $i != *-sparkplug ]] ||
+    die "instance name '$i' is not 1-40 characters of A-Z a-z 0-9 _ - (nor out, sparkplug, or ending in -out or -sparkplug)"
 done
 [[ -n $ROOT && $ROOT != */ && $ROOT != /* && $ROOT != *//* && $ROOT != *[+#]* && $ROOT != *[[:space:]]* ]] ||
   die "topic root '$ROOT' must be levels separated by '/', without '+', '#', spaces or empty levels"
@@ -118,7 +133,7 @@ umask 077
 WORK=$(mktemp -d "$CONFDIR/.make-users.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-managed() { [[ $1 == edge-monitor || $1 == edge-monitor-out || $1 == edge-monitor-sparkplug || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
+managed() { [[ $1 == edge-monitor || $1 == edge-monitor-* || $1 == scada || $1 == scada-* || $1 == replay || $1 == daq-* ]]; }
 in_list() { local x=$1; shift; for y in "$@"; do [ "$x" = "$y" ] && return 0; done; return 1; }
 
 # Machines: those of the current password file, plus the arguments, minus --remove; sorted.
@@ -126,8 +141,13 @@ if [ -f "$PASSWD" ]; then
   while IFS=: read -r user _; do
     if [[ $user == daq-* ]] && valid_machine "${user#daq-}"; then MACHINES+=("${user#daq-}"); fi
     if [[ $user == scada-* ]]; then DASHBOARDS+=("${user#scada-}"); fi
+    if [[ $user =~ ^edge-monitor-(.+)-out$ ]]; then INSTANCES+=("${BASH_REMATCH[1]}"); fi
   done < "$PASSWD"
 fi
+MONITORS=()
+while IFS= read -r i; do
+  if [ -n "$i" ] && ! in_list "$i" "${REMOVE_INSTANCES[@]}"; then MONITORS+=("$i"); fi
+done < <(printf '%s\n' "${INSTANCES[@]}" | LC_ALL=C sort -u)
 BOARDS=()
 while IFS= read -r d; do
   if [ -n "$d" ] && ! in_list "$d" "${REMOVE_DASHBOARDS[@]}"; then BOARDS+=("$d"); fi
@@ -142,6 +162,7 @@ if [ "$REPLAY" = keep ]; then
   if [ -f "$PASSWD" ] && grep -q '^replay:' "$PASSWD"; then REPLAY=1; fi
 fi
 USERS=(edge-monitor edge-monitor-out edge-monitor-sparkplug scada)
+for i in "${MONITORS[@]}"; do USERS+=("edge-monitor-$i" "edge-monitor-$i-out" "edge-monitor-$i-sparkplug"); done
 for d in "${BOARDS[@]}"; do USERS+=("scada-$d"); done
 if [ "$REPLAY" = 1 ]; then USERS+=(replay); fi
 for m in "${DAQ[@]}"; do USERS+=("daq-$m"); done
@@ -198,6 +219,12 @@ expand_channels() {
     fi
   done
 }
+# The topic lines of the template's block for user $1: up to the next user, or an empty line
+# after its first topic line.
+rights_of() {
+  awk -v head="user $1" '$0 == head { on = 1; next } on && /^user / { exit } on && /^$/ && seen { exit }
+                         on && /^topic / { print; seen = 1 }' "$TEMPLATE"
+}
 {
   if [ "$REPLAY" = 1 ]; then
     expand_channels < "$TEMPLATE" | sed "s|@ROOT@|$root_sed|g"
@@ -210,10 +237,17 @@ expand_channels() {
     printf '\nuser daq-%s\ntopic write %s/%s/cut\ntopic write %s/%s/frame\n' "$m" "$ROOT" "$m" "$ROOT" "$m"
     for c in "${CHANNEL_LIST[@]}"; do printf 'topic write %s/%s/signal/%s\n' "$ROOT" "$m" "$c"; done
   done
+  # Further monitor instances: the rights of the template's monitor users, line for line.
+  for i in "${MONITORS[@]}"; do
+    for role in "" -out -sparkplug; do
+      printf '\nuser edge-monitor-%s%s\n' "$i" "$role"
+      rights_of "edge-monitor$role" | expand_channels | sed "s|@ROOT@|$root_sed|g"
+    done
+  done
   # Further dashboards: the rights of the template's `user scada` block, line for line.
   for d in "${BOARDS[@]}"; do
     printf '\nuser scada-%s\n' "$d"
-    sed -n '/^user scada$/,/^$/{/^topic /p}' "$TEMPLATE" | expand_channels | sed "s|@ROOT@|$root_sed|g"
+    rights_of scada | expand_channels | sed "s|@ROOT@|$root_sed|g"
   done
 } > "$WORK/acl"
 
@@ -227,8 +261,9 @@ for f in passwd acl; do
   mv "$WORK/$f" "$CONFDIR/$f"  # atomic: the broker never reads a half-written file
 done
 if [ -n "$MONITOR_OWNER" ]; then
-  chown "$MONITOR_OWNER" "$SECRETS/edge-monitor.password" "$SECRETS/edge-monitor-out.password" \
-    "$SECRETS/edge-monitor-sparkplug.password"
+  for user in "${USERS[@]}"; do
+    if [[ $user == edge-monitor || $user == edge-monitor-* ]]; then chown "$MONITOR_OWNER" "$SECRETS/$user.password"; fi
+  done
 fi
 
 boards=scada
@@ -242,4 +277,8 @@ fi
 echo "monitor's config.yaml: broker.username: edge-monitor, broker.password_file: $SECRETS/edge-monitor.password,"
 echo "  broker.output_username: edge-monitor-out, broker.output_password_file: $SECRETS/edge-monitor-out.password,"
 echo "  sparkplug.username: edge-monitor-sparkplug, sparkplug.password_file: $SECRETS/edge-monitor-sparkplug.password"
+for i in "${MONITORS[@]}"; do
+  echo "instance $i's /etc/edge-monitor/$i.yaml: the same keys with users edge-monitor-$i, edge-monitor-$i-out," \
+    "edge-monitor-$i-sparkplug and their files in $SECRETS"
+done
 echo "apply to a running broker: systemctl reload mosquitto"
