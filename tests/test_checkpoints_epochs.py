@@ -39,7 +39,8 @@ def test_acknowledged_after_results_and_snapshot(module_broker):
         time.sleep(0.01)
     assert sent == [] and checkpoints.unacknowledged == 2  # nothing acknowledged without the file
     progress = checkpoints.confirm(lambda: 1, threading.Lock(), written.append)
-    assert written == ["snapshot-2"]  # the newest confirmed snapshot only
+    assert written == [["snapshot-1", "snapshot-2"]]  # every snapshot since the last write, in order
+    assert checkpoints.idle
     assert sent == [11] and progress.acknowledged == 1 and progress.forgotten == 1
     assert checkpoints.unacknowledged == 0 and not checkpoints.waiting
     collector.close()

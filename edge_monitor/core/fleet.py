@@ -70,6 +70,10 @@ class Fleet:
             self._pipelines[machine] = pipe
         return problems
 
+    def machines(self) -> list[str]:
+        """The machines with a pipeline in memory."""
+        return list(self._pipelines)
+
     def streams(self, machines: Iterable[str]) -> dict[str, dict]:
         """The open-cut snapshots (``MachinePipeline.to_state``) of ``machines`` that have a pipeline."""
         return {m: self._pipelines[m].to_state() for m in machines if m in self._pipelines}

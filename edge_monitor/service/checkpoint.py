@@ -137,14 +137,15 @@ def taken(info: paho.MQTTMessageInfo) -> bool | None:
 @dataclass
 class Epoch:
     """Inputs applied since the previous checkpoint, the results they led to, and the snapshot
-    that covers them (None: no state file, nothing to write)."""
+    that covers them (none: no state file, nothing to write). Epochs confirmed together keep every
+    snapshot, in order: each may hold only the machines that changed (checkpoint_writer.py)."""
 
     acks: list[Delivery] = field(default_factory=list)
     outputs: list[paho.MQTTMessageInfo] = field(default_factory=list)
-    snapshot: str | None = None
+    snapshots: list[Any] = field(default_factory=list)
 
     def merge(self, later: "Epoch") -> "Epoch":
-        return Epoch(self.acks + later.acks, self.outputs + later.outputs, later.snapshot)
+        return Epoch(self.acks + later.acks, self.outputs + later.outputs, self.snapshots + later.snapshots)
 
 
 @dataclass
@@ -157,19 +158,32 @@ class Progress:
 
 
 class Checkpoints:
-    """The open epoch and the closed ones waiting for the broker (see the module docstring)."""
+    """The open epoch and the closed ones waiting for the broker (see the module docstring).
+
+    The main loop applies inputs and closes epochs; :meth:`confirm` may run on another thread
+    (checkpoint_writer.py): the closed epochs are handed over under a lock, and the open one is
+    the main loop's alone."""
 
     def __init__(self, client: paho.Client) -> None:
         self.client = client
         self.open = Epoch()
         self.waiting: deque[Epoch] = deque()
+        self.working: Epoch | None = None  # confirmed, being written and acknowledged
         self.dropped = 0  # results paho dropped or lost with a connection (QoS 0)
+        self._lock = threading.Lock()
 
     @property
     def unacknowledged(self) -> int:
-        # The epochs waiting are copied first (a tuple of a deque is taken at once, holding the
-        # GIL): the metrics scrape thread reads this while the main loop changes them.
-        return len(self.open.acks) + sum(len(e.acks) for e in tuple(self.waiting))
+        # The epochs are copied first (a tuple of a deque is taken at once, holding the GIL): the
+        # metrics scrape thread and the writer change them while the main loop reads this.
+        working = self.working
+        return (len(self.open.acks) + sum(len(e.acks) for e in tuple(self.waiting))
+                + (0 if working is None else len(working.acks)))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing closed waits to be confirmed, written or acknowledged."""
+        return not self.waiting and self.working is None
 
     def applied(self, delivery: Delivery) -> None:
         """An input was applied (or refused): acknowledge it with the next confirmed checkpoint."""
@@ -182,42 +196,48 @@ class Checkpoints:
     def can_close(self) -> bool:
         return len(self.waiting) < MAX_UNCONFIRMED
 
-    def close(self, snapshot: str | None) -> None:
+    def close(self, snapshot: Any | None) -> None:
         """Close the open epoch with ``snapshot``, taken after every window of it was scored."""
-        self.open.snapshot = snapshot
-        self.waiting.append(self.open)
-        self.open = Epoch()
+        epoch, self.open = self.open, Epoch()
+        epoch.snapshots = [] if snapshot is None else [snapshot]
+        with self._lock:
+            self.waiting.append(epoch)
 
     def confirm(self, connection: Callable[[], int], lock: threading.Lock, write) -> Progress:
-        """Write the newest epoch the broker has confirmed with ``write(snapshot)`` and acknowledge
-        the inputs of every confirmed epoch that came on the current ``connection()``; ``lock`` is
-        held while acknowledging, so that the connection cannot change meanwhile. When ``write``
-        raises (OSError), nothing is acknowledged and the epochs wait for the next call."""
+        """Write the snapshots of the epochs the broker has confirmed with ``write(snapshots)``
+        (every one since the last write, oldest first: the newest is the file's) and acknowledge
+        their inputs that came on the current ``connection()``; ``lock`` is held while
+        acknowledging, so that the connection cannot change meanwhile. When ``write`` raises
+        (OSError), nothing is acknowledged and the epochs wait for the next call."""
         done = Epoch()
         n = 0
-        while self.waiting:
-            head = self.waiting[0]
-            # the broker acknowledges in order, mostly: drop what it has from the front, so that
-            # each loop turn looks at a few messages rather than the whole epoch's
-            outputs = head.outputs
-            i = 0
-            while i < len(outputs) and (state := taken(outputs[i])) is not False:
-                self.dropped += state is None
-                i += 1
-            del outputs[:i]
-            if outputs:
-                break
-            done = done.merge(self.waiting.popleft()) if n else self.waiting.popleft()
-            n += 1
+        with self._lock:
+            while self.waiting:
+                head = self.waiting[0]
+                # the broker acknowledges in order, mostly: drop what it has from the front, so
+                # that each call looks at a few messages rather than the whole epoch's
+                outputs = head.outputs
+                i = 0
+                while i < len(outputs) and (state := taken(outputs[i])) is not False:
+                    self.dropped += state is None
+                    i += 1
+                del outputs[:i]
+                if outputs:
+                    break
+                done = done.merge(self.waiting.popleft()) if n else self.waiting.popleft()
+                n += 1
+            self.working = done if n else None
         progress = Progress(confirmed=n)
         if not n:
             return progress
-        if done.snapshot is not None:
-            try:
-                write(done.snapshot)
-            except BaseException:
+        try:
+            if done.snapshots:
+                write(done.snapshots)
+        except BaseException:
+            with self._lock:
                 self.waiting.appendleft(done)  # its outputs are confirmed already
-                raise
+                self.working = None
+            raise
         with lock:
             current = connection() if self.client.is_connected() else None
             for d in done.acks:
@@ -226,4 +246,5 @@ class Checkpoints:
                     progress.acknowledged += 1
                 else:  # the broker sends it again on the connection after
                     progress.forgotten += 1
+        self.working = None
         return progress

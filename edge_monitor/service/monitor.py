@@ -58,7 +58,8 @@ from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem,
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
-from .checkpoint import Checkpoints, snapshot_text
+from .checkpoint import Checkpoints
+from .checkpoint_writer import CheckpointWriter, SnapshotEncoder, SnapshotJob
 from .config import Config
 from .inbox import OTHER_INSTANCE, Connected, Inbox, Received, Rejected
 from .logging import configure_logging, get_logger
@@ -83,8 +84,8 @@ class StartupError(RuntimeError):
 
 
 class NetworkStalled(RuntimeError):
-    """The MQTT network thread died or stopped delivering: exit 1, and systemd restarts the
-    service (nothing is lost: what was not acknowledged comes again)."""
+    """The MQTT network thread (or the checkpoint writer's) died, or stopped delivering: exit 1,
+    and systemd restarts the service (nothing is lost: what was not acknowledged comes again)."""
 
 
 PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the broker
@@ -134,9 +135,11 @@ class Monitor:
                            max_queued=delivery.max_queued_inputs)
         self.client.message_callback_add(self.topics.statuses, self._on_sibling_status)
         self.checkpoints = Checkpoints(self.client)
+        # writes the state file and acknowledges, off the main loop (checkpoint_writer.py)
+        self.writer = CheckpointWriter(self.checkpoints, SnapshotEncoder(self.state_file), lambda: self.inbox.connection,
+                                       self.inbox.ack_lock, self._confirmed, self._not_written)
         self.backlog = Backlog(self.inbox, self.checkpoints, config.broker.session_expiry, delivery.degraded_lag_s)
         self._touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
-        self._stream_texts: dict[str, str] = {}  # each machine's open cut as JSON, at the last checkpoint
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.out.on_connect = self._on_out_connect
@@ -210,6 +213,7 @@ class Monitor:
         self._out_reconnected.clear()
         self.log.info("connected", broker=self.config.broker.address, client_id=self.config.broker.client_id)
         self._restore()
+        self.writer.start()
         self._publish_status()
         if self.sparkplug is not None:
             self.sparkplug.machines(out.message for out in self.fleet.announcements())
@@ -273,7 +277,6 @@ class Monitor:
                 self.metrics.look(self.fleet, self.backlog.lag())
                 self._watch_backlog()
                 next_checkpoint = now + checkpoint_every
-            self._confirm()
             if self._out_reconnected.is_set():
                 self._out_reconnected.clear()
                 self._announce_again()
@@ -423,6 +426,10 @@ class Monitor:
             thread = getattr(client, "_thread", None)  # paho keeps its loop thread private
             if thread is None or not thread.is_alive():
                 raise NetworkStalled("an MQTT network thread is not running")
+        if not self.writer.alive:
+            failure = self.writer.failure
+            raise NetworkStalled("the checkpoint writer stopped"
+                                 + ("" if failure is None else f": {type(failure).__name__}: {failure}"))
         if not (self.client.is_connected() and self.out.is_connected()):
             return  # paho reconnects by itself; the will says offline meanwhile
         if now - self._pinged >= PING_EVERY:  # out on one connection, back on the other
@@ -439,9 +446,6 @@ class Monitor:
             self._touched.add(machine)
             self.scoring.add(step.windows, time.monotonic())
             self._apply(machine, step)
-        for machine in list(self._stream_texts):
-            if machine not in self.fleet:  # left memory: no open cut to keep (its alarm state stays)
-                del self._stream_texts[machine]
 
     # --------------------------------------------------------------------- checkpoints
 
@@ -454,30 +458,24 @@ class Monitor:
         while len(self.scoring):
             self._score_ready(force=True)
         snapshot = None
-        if self.state_file.path is not None:
-            for machine, state in self.fleet.streams(self._touched).items():
-                self._stream_texts[machine] = snapshot_text(state)
-            snapshot = self.state_file.compose(self.fleet.snapshots(), self._stream_texts, self.model_id,
-                                               windowing_of(self.meta), self.fleet.spec.scoring_id,
-                                               self.fleet.spec.policy)
+        if self.state_file.path is not None:  # copies: encoded and written by the writer's thread
+            snapshot = SnapshotJob(self.fleet.streams(self._touched), frozenset(self.fleet.machines()),
+                                   self.fleet.snapshots(), self.model_id, windowing_of(self.meta),
+                                   self.fleet.spec.scoring_id, self.fleet.spec.policy)
         self._touched.clear()
         self.checkpoints.close(snapshot)
+        self.writer.wake()
         self.counters.checkpoints += 1
 
-    def _confirm(self) -> None:
-        """Write the newest checkpoint the broker has the results of; acknowledge what it covers."""
-        if not self.checkpoints.waiting:
-            return
-        try:
-            progress = self.checkpoints.confirm(lambda: self.inbox.connection, self.inbox.ack_lock,
-                                                self.state_file.write)
-        except (OSError, ValueError) as exc:
-            self.counters.checkpoints_failed += 1
-            self.log.error("state_file_not_written", path=str(self.state_file.path), reason=str(exc),
-                           unacknowledged=self.checkpoints.unacknowledged)
-            return
+    def _confirmed(self, progress) -> None:  # the writer's thread
+        """A checkpoint was written and the inputs it covers acknowledged."""
         self.counters.inputs_acknowledged += progress.acknowledged
         self.metrics.confirmed(progress.confirmed)
+
+    def _not_written(self, exc: Exception) -> None:  # the writer's thread
+        self.counters.checkpoints_failed += 1
+        self.log.error("state_file_not_written", path=str(self.state_file.path), reason=str(exc),
+                       unacknowledged=self.checkpoints.unacknowledged)
 
     # --------------------------------------------------------------------- reload
 
@@ -588,10 +586,8 @@ class Monitor:
         self.log.info("stopping", pending=len(self.scoring), queued=self.inbox.qsize(),
                       unacknowledged=self.checkpoints.unacknowledged)
         self._checkpoint(always=True)
-        until = time.monotonic() + PUBLISH_WAIT
-        while self.checkpoints.waiting and time.monotonic() < until and self.out.is_connected():
-            self._confirm()
-            time.sleep(0.01)
+        self.writer.flush(time.monotonic() + PUBLISH_WAIT, self.out.is_connected)
+        self.writer.stop()
         info = self._publish_status("offline")
         try:
             info.wait_for_publish(PUBLISH_WAIT)
