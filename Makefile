@@ -63,12 +63,17 @@ evaluate-demo: install $(ARCHIVE)
 	$(PY) -m training evaluate --bundle $(BUNDLE) --archive $(ARCHIVE) --out $(DEMO_DIR)/eval
 
 # Throughput of the daemon on this box (runs/bench/bench.json and bench-scaling.png): its own broker,
-# the model's scoring call, the broker's fan-in, the daemon at 25/50/100 machines in real time and
-# at 100 as fast as possible. Fails when a window is lost or duplicated (the plot is drawn anyway).
+# the model's scoring call, the broker's fan-in, the daemon at 25/50/100 machines in 64-sample
+# chunks in real time and at 100 as fast as possible; then (runs/bench-frames/) 100/300/1000
+# machines in 250-sample frames. Fails when a window is lost or duplicated (the plots are drawn anyway).
 bench: install $(ARCHIVE)
 	test -f $(BUNDLE)/bundle.json || $(PY) -m training fit --archive $(ARCHIVE) --out $(BUNDLE) --quick
 	$(PY) -m edge_monitor bench --bundle $(BUNDLE) --archive $(ARCHIVE) --out runs/bench; status=$$?; \
-	  test ! -f runs/bench/bench.json || $(PY) -m training plot-bench runs/bench/bench.json; exit $$status
+	  test ! -f runs/bench/bench.json || $(PY) -m training plot-bench runs/bench/bench.json; \
+	$(PY) -m edge_monitor bench --bundle $(BUNDLE) --archive $(ARCHIVE) --out runs/bench-frames --skip-model \
+	  --inputs frames:250 --encoding f32 --machines 100,300,1000; status2=$$?; \
+	  test ! -f runs/bench-frames/bench.json || $(PY) -m training plot-bench runs/bench-frames/bench.json; \
+	  test $$status = 0 && test $$status2 = 0
 
 # Preparing every window of the archive, offline and incrementally.
 bench-windowing: install

@@ -131,9 +131,12 @@ def run_fanin(bench: Bench, machines: int, inp: LoadInput) -> dict:
             "publish_msgs_per_s": round(len(plan) / (float(times.max()) - first), 1)}
 
 
-def write_daemon_config(bench: Bench, where: Path) -> Path:
+def write_daemon_config(bench: Bench, where: Path, machines: int) -> Path:
     config = {"metrics": {"port": 0}, **bench.daemon_config, "machines": "*", "state_file": str(where / "state.json"),
               "status_interval_s": 1, "logging": {"format": "json", "level": "info"}}
+    limits = dict(config.get("limits") or {})
+    limits["max_machines"] = max(int(limits.get("max_machines", 0)), machines)  # room for every machine of the run
+    config["limits"] = limits
     path = where / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     try:
@@ -149,7 +152,7 @@ def run_daemon(bench: Bench, machines: int, speed: float, inp: LoadInput) -> dic
     where, root = bench.run_dir(label), f"bench-{label}"
     plan = bench.plan(root, machines, speed, inp)
     starts = window_starts(bench.archive, plan, bench.meta.window, bench.meta.stable_region)
-    config = write_daemon_config(bench, where)
+    config = write_daemon_config(bench, where, machines)
     with ExitStack() as stack:
         probe = ScoreProbe(bench.broker.host, bench.broker.port, root, label).start()
         stack.callback(probe.stop)
