@@ -14,8 +14,8 @@ from daemon_support import Collector, Daemon, machine_of, model_fixture, replay_
 from edge_monitor.service.check import PROBE, run_check
 
 ROOT = "plant"
-# A: machine ids (it subscribes to their topics only); B: patterns (it receives every machine's
-# inputs and drops A's, whose retained status names them).
+# A: machine ids, B: patterns. Each receives every machine's inputs and drops the other's, whose
+# status names them.
 PARTITIONS = {"edge-a": ["mill-01", "mill-02"], "edge-b": ["*-03", "*-04"]}
 
 
@@ -84,8 +84,7 @@ def test_two_instances_partition_the_machines(broker, model, tmp_path):
     assert {i: s["machines"] for i, s in statuses.items()} == PARTITIONS
     assert a["rejected"] == b["rejected"] == 0
     assert [t for t, _ in collector.on("/errors") if PROBE not in t] == []
-    assert a["inputs_other_instance"] == 0  # subscribed to its own machines only
-    assert b["inputs_other_instance"] > 0  # received A's, dropped them
+    assert a["inputs_other_instance"] > 0 and b["inputs_other_instance"] > 0  # the other's, dropped quietly
     # each state file holds its own machines' alarm states
     for instance, owned in (("edge-a", {"mill-01", "mill-02"}), ("edge-b", {"mill-03", "mill-04"})):
         state = json.loads((tmp_path / instance / "state.json").read_text())

@@ -111,10 +111,6 @@ def test_topic_builders():
     assert dict(mine.inputs) == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "frame": "mill/+/frame/#",
                                  "cmd": "mill/+/cmd/#"}
     assert mine.statuses == "mill/_monitor/+/status"
-    # a partition of ids: each instance subscribes to its own machines only
-    ids = topics.Topics(ROOT, "edge-1", ("m1", "m2", "m1"))
-    assert [f for _, f in ids.inputs] == [f"mill/{m}/{k}/#" for m in ("m1", "m2") for k in ("cut", "signal", "frame", "cmd")]
-    assert dict(topics.Topics(ROOT, "e", ("m1", "line2-*")).inputs)["frame"] == "mill/+/frame/#"  # a pattern: all
     for bad in (lambda: topics.cut_topic(ROOT, "a/b"), lambda: topics.signal_topic(ROOT, "m1", "x"),
                 lambda: topics.machine_topic(ROOT, "_monitor", "score"), lambda: topics.Topics(ROOT, "a b"),
                 lambda: topics.Topics(ROOT, "_monitor"), lambda: topics.monitor_topic(ROOT, "a/b", "status"),

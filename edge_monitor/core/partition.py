@@ -1,19 +1,16 @@
 """The machines split between monitor instances (``machines:`` in each instance's configuration).
 
 Several instances may share one topic root, each owning a partition of the machines: on one box
-(``edge-monitor@.service``) to spread the per-message cost over cores, or on several. Three
-questions, answered here without I/O:
+(``edge-monitor@.service``) to spread the work over cores, or on several. Two questions,
+answered here without I/O:
 
 - *Do two partitions overlap?* (:func:`overlap`): a machine in both would be scored twice, with
   two alarm states. The answer is an example id, so that the refusal can name it. Patterns are
   shell-style with ``*`` and ``?`` only (the configuration allows nothing else), over the machine
   id alphabet, so the product of the two patterns decides it exactly.
-- *What does an instance subscribe to?* (``topics.input_filters``): a partition given as ids brings
-  each instance only its own machines' inputs (MQTT filters per machine); one with a wildcard
-  pattern cannot be said in MQTT's filters, so that instance receives every machine's inputs and
-  drops the others'.
-- *Whose is a machine this instance does not watch?* (:class:`Siblings`): the other instances on
-  the root announce their patterns in their retained status; inputs of a machine another
+- *Whose is a machine this instance does not watch?* (:class:`Siblings`): every instance receives
+  every machine's inputs (``topics.input_filters``), and the other instances on the root announce
+  their patterns in their retained status; inputs of a machine another
   instance owns are none of this one's business (counted, not reported as errors), and those of a
   machine no instance owns are reported as before.
 """

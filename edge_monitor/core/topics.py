@@ -88,21 +88,18 @@ def parse_topic(root: str, topic: str) -> InboundTopic:
 
 
 def inbound_filters(root: str) -> tuple[str, ...]:
-    """Subscription filters for every machine's inputs."""
-    return tuple(f for _, f in input_filters(root, ("*",)))
+    return tuple(f for _, f in input_filters(root))
 
 
-def input_filters(root: str, machines: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
-    """(input kind, subscription filter) pairs of a monitor watching ``machines`` (ids and shell
-    patterns) under ``root``: per machine when every one is an id, so that instances sharing the
-    root each receive only their own machines' inputs (core/partition.py); else every machine's
-    (MQTT's filters cannot say ``mill-1*``). The trailing ``#`` also catches topics of the wrong
-    depth under a known kind, so they are rejected with a reason rather than never seen."""
+def input_filters(root: str) -> tuple[tuple[str, str], ...]:
+    """(input kind, subscription filter) pairs for every machine's inputs. Every machine's, also
+    with ``machines`` a list of ids: an input of a machine nobody watches (a data acquisition with
+    a mistyped id) is then reported on the errors topic rather than never seen, and one of a
+    machine another instance watches is dropped quietly (core/partition.py). The trailing ``#``
+    also catches topics of the wrong depth under a known kind, so they are rejected with a reason
+    rather than never seen."""
     validate_root(root)
-    ids = list(dict.fromkeys(machines))
-    if not all(MACHINE_ID.fullmatch(m) for m in ids):  # a pattern (a * or ?) among them
-        ids = ["+"]
-    return tuple((kind, f"{root}/{m}/{kind}/#") for m in ids for kind in INBOUND_KINDS)
+    return tuple((kind, f"{root}/+/{kind}/#") for kind in INBOUND_KINDS)
 
 
 def alarm_filter(root: str) -> str:
@@ -157,7 +154,6 @@ class Topics:
 
     root: str
     instance: str
-    machines: tuple[str, ...] = ("*",)  # the machines: ids and shell patterns
     status: str = field(init=False)
     errors: str = field(init=False)
     sync: str = field(init=False)  # the private round trip that ends the retained-alarm read-back
@@ -172,7 +168,7 @@ class Topics:
             object.__setattr__(self, name, monitor_topic(self.root, self.instance, leaf))
         object.__setattr__(self, "alarms", alarm_filter(self.root))
         object.__setattr__(self, "statuses", f"{self.root}/{MONITOR_LEVEL}/+/status")
-        object.__setattr__(self, "inputs", input_filters(self.root, self.machines))
+        object.__setattr__(self, "inputs", input_filters(self.root))
 
     def machine(self, machine: str, leaf: str) -> str:
         """``R/<machine>/<leaf>`` for an output leaf such as ``score``. ``machine`` is an id that

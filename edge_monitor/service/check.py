@@ -239,7 +239,7 @@ def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Re
     # stays down rather than take the other one over in turn.
     inputs, outputs = (replace(s, reconnect_poll_delay=3600, reconnect_min_delay=3600, reconnect_max_delay=3600)
                        for s in (inputs, outputs))
-    topics = Topics(config.topic_root, config.instance, config.machines)
+    topics = Topics(config.topic_root, config.instance)
     ins, outs = Session(inputs, topics.root, inputs=True), Session(outputs, topics.root, inputs=False)
     node = None
     if sparkplug is not None:

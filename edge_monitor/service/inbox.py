@@ -45,7 +45,6 @@ MAX_TAKE = 2000  # items per take: the loop still turns (scores, checkpoints) du
 # What ``unwatched`` says of a machine another instance on the root owns (core/partition.py):
 # its inputs are dropped, counted, and not reported as errors.
 OTHER_INSTANCE = "the machine of another instance"
-SUBSCRIBE_BATCH = 400  # filters per SUBSCRIBE packet: a partition of 1 000 machine ids has 4 000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +130,7 @@ class Inbox:
         self.last_delivery = time.monotonic()
         # the other instances' retained statuses too: whose machines are whose
         filters = [(f, options) for _, f in self.topics.inputs] + [(self.topics.ping, 0), (self.topics.statuses, 0)]
-        for at in range(0, len(filters), SUBSCRIBE_BATCH):
-            client.subscribe(filters[at:at + SUBSCRIBE_BATCH])
+        client.subscribe(filters)
         self._put(Connected(session_present), counts=False)
 
     def take(self, timeout: float) -> list[Item]:

@@ -108,7 +108,7 @@ class Monitor:
         self.meta = bundle.meta  # the running model's: a reload replaces it
         self.reloader = reloader  # systemctl reload (SIGHUP): a new configuration and bundle (service/reload.py)
         self.fleet = Fleet(pipeline_spec(self.meta, config, bundle.scoring_id), config.monitors, config.machines)
-        self.topics = Topics(config.topic_root, config.instance, config.machines)
+        self.topics = Topics(config.topic_root, config.instance)
         self.siblings = Siblings(config.instance)  # the other instances' partitions (core/partition.py)
         self.counters = Counters()
         self.scoring = Scoring(bundle.scorer(), config.batching, self.counters)
