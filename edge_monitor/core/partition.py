@@ -29,10 +29,6 @@ PATTERN = re.compile(r"[A-Za-z0-9_*?-]{1,64}")  # a machine id, or a shell patte
 FILLER = "x"  # a character every machine id may hold, for the example an overlap shows
 
 
-def is_literal(pattern: str) -> bool:
-    return not WILDCARDS & set(pattern)
-
-
 def matches(patterns: Iterable[str], machine: str) -> bool:
     return any(fnmatch.fnmatchcase(machine, p) for p in patterns)
 
