@@ -108,8 +108,8 @@ def test_topic_builders():
     mine = topics.Topics(ROOT, "edge-1")
     assert (mine.status, mine.errors, mine.sync) == tuple(f"mill/_monitor/edge-1/{leaf}" for leaf in ("status", "errors", "sync"))
     assert mine.machine("m1", "summary") == "mill/m1/summary" and mine.alarms == "mill/+/alarm"
-    assert dict(mine.inputs) == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "frame": "mill/+/frame/#",
-                                 "cmd": "mill/+/cmd/#"}
+    assert mine.inputs == {"cut": "mill/+/cut/#", "signal": "mill/+/signal/#", "frame": "mill/+/frame/#",
+                           "cmd": "mill/+/cmd/#"}
     assert mine.statuses == "mill/_monitor/+/status"
     for bad in (lambda: topics.cut_topic(ROOT, "a/b"), lambda: topics.signal_topic(ROOT, "m1", "x"),
                 lambda: topics.machine_topic(ROOT, "_monitor", "score"), lambda: topics.Topics(ROOT, "a b"),

@@ -9,7 +9,7 @@ answered here without I/O:
   shell-style with ``*`` and ``?`` only (the configuration allows nothing else), over the machine
   id alphabet, so the product of the two patterns decides it exactly.
 - *Whose is a machine this instance does not watch?* (:class:`Siblings`): every instance receives
-  every machine's inputs (``topics.input_filters``), and the other instances on the root announce
+  every machine's inputs (``topics.inbound_filters``), and the other instances on the root announce
   their patterns in their retained status; inputs of a machine another
   instance owns are none of this one's business (counted, not reported as errors), and those of a
   machine no instance owns are reported as before.

@@ -88,18 +88,14 @@ def parse_topic(root: str, topic: str) -> InboundTopic:
 
 
 def inbound_filters(root: str) -> tuple[str, ...]:
-    return tuple(f for _, f in input_filters(root))
-
-
-def input_filters(root: str) -> tuple[tuple[str, str], ...]:
-    """(input kind, subscription filter) pairs for every machine's inputs. Every machine's, also
-    with ``machines`` a list of ids: an input of a machine nobody watches (a data acquisition with
-    a mistyped id) is then reported on the errors topic rather than never seen, and one of a
-    machine another instance watches is dropped quietly (core/partition.py). The trailing ``#``
-    also catches topics of the wrong depth under a known kind, so they are rejected with a reason
-    rather than never seen."""
+    """Subscription filters for every machine's inputs. Every machine's, also with ``machines`` a
+    list of ids: an input of a machine nobody watches (a data acquisition with a mistyped id) is
+    then reported on the errors topic rather than never seen, and one of a machine another
+    instance watches is dropped quietly (core/partition.py). The trailing ``#`` also catches
+    topics of the wrong depth under a known kind, so they are rejected with a reason rather than
+    never seen."""
     validate_root(root)
-    return tuple((kind, f"{root}/+/{kind}/#") for kind in INBOUND_KINDS)
+    return tuple(f"{root}/+/{kind}/#" for kind in INBOUND_KINDS)
 
 
 def alarm_filter(root: str) -> str:
@@ -160,7 +156,7 @@ class Topics:
     ping: str = field(init=False)  # the private round trip that shows the network thread delivers
     alarms: str = field(init=False)  # filter: every machine's retained alarm
     statuses: str = field(init=False)  # filter: every instance's retained status (partitions)
-    inputs: tuple[tuple[str, str], ...] = field(init=False)  # (input kind, subscription filter)
+    inputs: dict[str, str] = field(init=False)  # input kind -> subscription filter
 
     def __post_init__(self) -> None:
         validate_root(self.root)
@@ -168,7 +164,7 @@ class Topics:
             object.__setattr__(self, name, monitor_topic(self.root, self.instance, leaf))
         object.__setattr__(self, "alarms", alarm_filter(self.root))
         object.__setattr__(self, "statuses", f"{self.root}/{MONITOR_LEVEL}/+/status")
-        object.__setattr__(self, "inputs", input_filters(self.root))
+        object.__setattr__(self, "inputs", dict(zip(INBOUND_KINDS, inbound_filters(self.root))))
 
     def machine(self, machine: str, leaf: str) -> str:
         """``R/<machine>/<leaf>`` for an output leaf such as ``score``. ``machine`` is an id that

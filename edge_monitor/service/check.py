@@ -46,7 +46,7 @@ import ssl
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -311,13 +311,10 @@ def _acl(topics: Topics, ins: Session, outs: Session) -> Iterator[Result]:
     # The monitor's own subscriptions, with its options (inbox.Inbox.subscribe): made again, they
     # change nothing in its session; none is ever removed.
     keep = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-    filters = [(f, keep) for _, f in topics.inputs] + [(topics.ping, SubscribeOptions(qos=0))]
+    filters = [(f, keep) for f in topics.inputs.values()] + [(topics.ping, SubscribeOptions(qos=0))]
     refused = [f"{f} ({reason})" for (f, _), reason in zip(filters, ins.subscribe(filters)) if reason]
-    shown = [f for f, _ in filters]
-    if len(shown) > 8:  # a partition of machine ids: four filters each
-        shown = shown[:4] + [f"... {len(shown)} filters in all"]
-    yield (fail(f"ACL {me} may not subscribe to {'; '.join(refused[:8])}") if refused
-           else ok(f"ACL {me} subscribes to {', '.join(shown)}"))
+    yield (fail(f"ACL {me} may not subscribe to {'; '.join(refused)}") if refused
+           else ok(f"ACL {me} subscribes to {', '.join(f for f, _ in filters)}"))
     alarm, own = f"{root}/{PROBE}/alarm", f"{root}/{MONITOR_LEVEL}/{PROBE}"  # own: a probe "instance"
     outs.subscribe([(alarm, SubscribeOptions(qos=1)), (topics.sync, SubscribeOptions(qos=1))])  # end with it
     monitor_rw = f"topic readwrite {root}/{MONITOR_LEVEL}/#"

@@ -115,9 +115,8 @@ class Inbox:
         # can hold the ping back for minutes behind inputs (Mosquitto 2.0.11 sends far more than
         # the receive maximum), but then inputs keep coming.
         self.last_delivery = time.monotonic()
-        receivers = {kind: self._receiver(kind) for kind in dict(topics.inputs)}
-        for kind, topic_filter in topics.inputs:
-            client.message_callback_add(topic_filter, receivers[kind])
+        for kind, topic_filter in topics.inputs.items():
+            client.message_callback_add(topic_filter, self._receiver(kind))
         client.message_callback_add(topics.ping, self._on_ping)
         client.on_message = _ignore  # only late retained alarms and sync echoes of the start-up read-back
 
@@ -129,7 +128,7 @@ class Inbox:
             self.connection += 1  # before any message of this connection is queued
         self.last_delivery = time.monotonic()
         # the other instances' retained statuses too: whose machines are whose
-        filters = [(f, options) for _, f in self.topics.inputs] + [(self.topics.ping, 0), (self.topics.statuses, 0)]
+        filters = [(f, options) for f in self.topics.inputs.values()] + [(self.topics.ping, 0), (self.topics.statuses, 0)]
         client.subscribe(filters)
         self._put(Connected(session_present), counts=False)
 
