@@ -21,7 +21,7 @@ from edge_monitor.core.windowing import WindowSpec
 from edge_monitor.model.bundle import BundleError, export_bundle, load_bundle, save_bundle
 from edge_monitor.model.export import ExportError, export_onnx
 from edge_monitor.model.meta import ONNX_FILE, PARITY_TOLERANCE, SCORE_OUTPUTS, read_bundle_meta
-from edge_monitor.model.onnx_inference import OnnxInference
+from edge_monitor.model.onnx_inference import OnnxInference, call_rows
 from edge_monitor.model.runtime import ServingError, choose_runtime
 from edge_monitor.model.scaling import MinMaxScaler
 from edge_monitor.model.scorer import WindowScorer
@@ -174,3 +174,26 @@ def test_the_command_line_exports_a_bundle(unexported, tmp_path, model):
 
     assert main(["export", "--bundle", str(old), "--archive", str(archive)]) == 0
     assert read_bundle_meta(old).serving is not None
+
+
+class _OddRowsDiffer:
+    """A runtime whose windows get other last bits at odd rows when their values say so, as ONNX
+    Runtime's CPU kernels do for a tiny model on AVX-512: the probe must see it on any CPU."""
+
+    window_length, n_channels = 4, 2
+
+    def __init__(self, from_rows: int = 0) -> None:
+        self.from_rows = from_rows  # position-dependent only in calls of at least this many rows
+
+    def __call__(self, x):
+        recon = x.sum(axis=(1, 2)).astype(np.float32)
+        if len(x) >= self.from_rows:
+            odd = (np.arange(len(x)) % 2 == 1) & (x[:, 0, 0] > 0.5)
+            recon[odd] = np.nextafter(recon[odd], np.float32(np.inf))
+        return recon, recon.copy(), np.repeat(recon[:, None], self.n_channels, axis=1)
+
+
+def test_the_call_size_is_one_a_runtime_scores_every_window_alike_at():
+    assert call_rows(_OddRowsDiffer()) == 1
+    assert call_rows(_OddRowsDiffer(from_rows=17)) == 16
+    assert call_rows(_OddRowsDiffer(from_rows=10 ** 6)) == 48
