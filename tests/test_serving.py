@@ -24,8 +24,8 @@ from edge_monitor.model.meta import ONNX_FILE, PARITY_TOLERANCE, SCORE_OUTPUTS, 
 from edge_monitor.model.onnx_inference import OnnxInference, call_rows
 from edge_monitor.model.runtime import ServingError, choose_runtime
 from edge_monitor.model.scaling import MinMaxScaler
-from edge_monitor.model.scorer import WindowScorer
-from edge_monitor.model.serving import load_serving
+from edge_monitor.model.scorer import INFERENCE_ROWS, WindowScorer
+from edge_monitor.model.serving import ServingModel, call_size_warning, load_serving
 from edge_monitor.model.tf_inference import tf_scorer
 from edge_monitor.model.vae import VAEHyperParams, build_beta_vae
 
@@ -87,7 +87,10 @@ def test_the_export_scores_as_tensorflow_within_the_stated_tolerance(model, expo
 
 def test_a_windows_onnx_scores_do_not_depend_on_its_batch(exported):
     """Duplicates after a crash are published byte for byte: whichever batch a window is in."""
-    scorer = WindowScorer(OnnxInference(exported / ONNX_FILE), SCALER)
+    inference = OnnxInference(exported / ONNX_FILE)
+    # exact at the full call size, not by falling back to small calls (which the next lines would pass)
+    assert inference.rows == INFERENCE_ROWS
+    scorer = WindowScorer(inference, SCALER)
     x = SCALER.transform(RAW[:100])
     whole = scorer.score_scaled(x)
     for i, j in ((0, 1), (1, 8), (8, 57), (57, 100)):
@@ -180,7 +183,7 @@ class _OddRowsDiffer:
     """A runtime whose windows get other last bits at odd rows when their values say so, as ONNX
     Runtime's CPU kernels do for a tiny model on AVX-512: the probe must see it on any CPU."""
 
-    window_length, n_channels = 4, 2
+    window_length, n_channels = 4, len(CHANNELS)
 
     def __init__(self, from_rows: int = 0) -> None:
         self.from_rows = from_rows  # position-dependent only in calls of at least this many rows
@@ -197,3 +200,17 @@ def test_the_call_size_is_one_a_runtime_scores_every_window_alike_at():
     assert call_rows(_OddRowsDiffer()) == 1
     assert call_rows(_OddRowsDiffer(from_rows=17)) == 16
     assert call_rows(_OddRowsDiffer(from_rows=10 ** 6)) == 48
+
+
+def test_a_runtime_that_must_score_in_small_calls_is_reported_with_the_fix(exported):
+    meta = read_bundle_meta(exported)
+    choice = choose_runtime("onnxruntime", "cpu", meta, str(exported))
+    assert call_size_warning(load_serving(exported, choice)) is None
+    inference = _OddRowsDiffer()
+    inference.rows = call_rows(inference)
+    slow = ServingModel(exported, meta, choice, WindowScorer(inference, SCALER), scoring_id="x")
+    assert call_size_warning(slow) == (
+        f"on this CPU, ONNX Runtime gives the windows of bundle {exported} other last bits at other places in a "
+        "batch, so every call scores 1 window instead of 48: exact, but more CPU per window. Older exports "
+        "averaged the channels' errors in a way that does this (docs/performance.md); exporting again removes "
+        f"that cause: `python -m training export --bundle {exported}`")

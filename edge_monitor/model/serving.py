@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .meta import BundleError, BundleMeta, read_bundle_meta, scoring_id
 from .runtime import RuntimeChoice, ServingError
-from .scorer import WindowScorer
+from .scorer import INFERENCE_ROWS, WindowScorer
 
 
 CPU_THREADS = 1  # ONNX Runtime's intra-op threads on the CPU
@@ -33,6 +33,18 @@ class ServingModel:
 
     def scorer(self) -> WindowScorer:
         return self._scorer
+
+
+def call_size_warning(serving: ServingModel) -> str | None:
+    """What to tell the user when the runtime must score fewer windows per call than usual to give
+    a window the same bits in any batch (:func:`.onnx_inference.call_rows`), else None."""
+    rows = serving.scorer().inference.rows
+    if rows >= INFERENCE_ROWS:
+        return None
+    return (f"on this CPU, ONNX Runtime gives the windows of bundle {serving.path} other last bits at other places "
+            f"in a batch, so every call scores {rows} window{'s' if rows > 1 else ''} instead of {INFERENCE_ROWS}: "
+            "exact, but more CPU per window. Older exports averaged the channels' errors in a way that does "
+            f"this (docs/performance.md); exporting again removes that cause: `python -m training export --bundle {serving.path}`")
 
 
 def load_serving(path: str | Path, choice: RuntimeChoice, meta: BundleMeta | None = None) -> ServingModel:

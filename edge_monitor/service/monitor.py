@@ -56,6 +56,7 @@ from ..core.partition import Siblings, partition_of
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem, monitor_topic
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
+from ..model.serving import call_size_warning  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
 from .checkpoint import Checkpoints
@@ -519,6 +520,9 @@ class Monitor:
         mismatch = policy_mismatch(meta.training.get("alarm_policy"), config.alarm)
         if mismatch:
             self.log.warning("alarm_policy_differs", detail=mismatch)
+        slow = call_size_warning(new.bundle)
+        if slow:
+            self.log.warning("small_inference_calls", rows=new.scorer.inference.rows, detail=slow)
         if new.waiting:
             self.log.warning("restart_needed", settings=list(new.waiting),
                              detail="changed in the configuration, applied at the next restart")
