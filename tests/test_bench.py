@@ -71,8 +71,10 @@ def test_a_frame_completes_its_rows_at_once():
 def test_load_inputs_are_named_and_checked():
     assert LoadInput.parse("frames:250", 64) == LoadInput(True, 250)
     assert LoadInput.parse("chunks", 64).label == "chunks64"
-    for bad in ("frame", "chunks:0", "frames:x"):
-        with pytest.raises(ValueError, match="chunks or frames|positive"):
+    assert LoadInput.parse("frames:250:f32", 64) == LoadInput(True, 250, "f32")
+    assert LoadInput.parse("chunks::json", 64).label == "chunks64-json"
+    for bad in ("frame", "chunks:0", "frames:x", "frames:250:f16"):
+        with pytest.raises(ValueError, match="chunks or frames|positive|encoding must be one of json, f32"):
             LoadInput.parse(bad, 64)
 
 

@@ -74,13 +74,14 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="machine counts of the daemon runs (default: 25,50,100)")
     p.add_argument("--chunk", type=positive, default=64,
                    help="samples per chunk or frame where --inputs does not say (default: %(default)s)")
-    p.add_argument("--inputs", type=load_inputs, default="chunks", metavar="KIND[:SAMPLES],...",
+    p.add_argument("--inputs", type=load_inputs, default="chunks", metavar="KIND[:SAMPLES[:ENCODING]],...",
                    help="how the machines send their samples, each kind its own runs: chunks (six per block, "
-                        "one per channel) or frames (every channel in one message), e.g. chunks:64,frames:250 "
-                        "(default: %(default)s)")
+                        "one per channel) or frames (every channel in one message), e.g. chunks:64,frames:250, "
+                        "or chunks:64:json,frames:250:f32 to compare encodings in one run (default: %(default)s)")
     p.add_argument("--cuts", type=positive, default=1, help="whole cuts each machine replays (default: %(default)s)")
     p.add_argument("--encoding", default="json", choices=ENCODINGS,
-                   help="chunk payloads: JSON or compact float32, as the replay sends them (default: %(default)s)")
+                   help="chunk and frame payloads where --inputs does not say: JSON or compact float32, as the "
+                        "replay sends them (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory (default: %(default)s)")
     p.add_argument("--runtime", default="auto", choices=RUNTIMES,
                    help="what serves the model in the daemon and the model figures (default: %(default)s; "
@@ -271,7 +272,7 @@ def _ms(figures: dict, key: str) -> str:
     return "-" if figures[key] is None else f"{figures[key]:.0f}"
 
 
-COLUMNS = (("machines", 8), ("speed", 6), ("input", 11), ("msgs/s in", 10), ("windows/s", 10), ("CPU cores", 10),
+COLUMNS = (("machines", 8), ("speed", 6), ("input", 14), ("msgs/s in", 10), ("windows/s", 10), ("CPU cores", 10),
            ("CPU ms/msg", 11), ("RSS MiB", 8), ("lat p50", 8), ("lat p99", 8), ("beyond p50", 11),
            ("beyond p99", 11), ("lost", 5), ("dup", 5))
 
@@ -280,7 +281,8 @@ def format_report(report: dict) -> str:
     source = report.get("source") or {}
     changed = f" + {len(source['modified'])} modified files" if source.get("modified") else ""
     lines = [f"runtime {report.get('runtime', 'tensorflow')} on {report['device']}, {report['cpu_count']} cores; model {report['model_id']}; "
-             f"{report['cuts_per_machine']} cut(s) per machine, {report['encoding']} payloads; "
+             f"{report['cuts_per_machine']} cut(s) per machine, {report['encoding']} payloads"
+             f"{' where the input does not say' if any('-' in i for i in report.get('inputs', [])) else ''}; "
              f"source {source.get('commit')}{changed}; latencies in ms"]
     model = report["model"]
     if model:

@@ -37,28 +37,33 @@ DATA = (CHUNK, FRAME)  # the kinds carrying samples
 
 @dataclass(frozen=True)
 class LoadInput:
-    """How the machines send their samples: six chunks per block, or one frame; ``samples`` per block."""
+    """How the machines send their samples: six chunks per block, or one frame; ``samples`` per
+    block; ``encoding`` of the payloads (None: the benchmark's ``--encoding``)."""
 
     frames: bool
     samples: int
+    encoding: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{'frames' if self.frames else 'chunks'}{self.samples}"
+        return f"{'frames' if self.frames else 'chunks'}{self.samples}" + (f"-{self.encoding}" if self.encoding else "")
 
     @staticmethod
     def parse(text: str, default_samples: int) -> "LoadInput":
-        """``chunks``, ``frames``, ``chunks:64``, ``frames:250``."""
-        kind, _, samples = text.strip().partition(":")
+        """``chunks``, ``frames``, ``chunks:64``, ``frames:250``, ``frames:250:f32``, ``chunks::json``."""
+        kind, _, rest = text.strip().partition(":")
+        samples, _, encoding = rest.partition(":")
         if kind not in ("chunks", "frames"):
-            raise ValueError(f"expected chunks or frames, optionally with :<samples>, got {text!r}")
+            raise ValueError(f"expected chunks or frames, optionally with :<samples> and :<encoding>, got {text!r}")
         try:
             n = int(samples) if samples else default_samples
         except ValueError:
             n = 0
         if n < 1:
             raise ValueError(f"samples per block must be a positive integer, got {text!r}")
-        return LoadInput(kind == "frames", n)
+        if encoding and encoding not in CHUNK_CONTENT_TYPES:
+            raise ValueError(f"encoding must be one of {', '.join(CHUNK_CONTENT_TYPES)}, got {text!r}")
+        return LoadInput(kind == "frames", n, encoding or None)
 
 
 def machine_names(n: int) -> list[str]:

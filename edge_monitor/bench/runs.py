@@ -77,7 +77,7 @@ class Bench:
         args = [self.python, "-m", "edge_monitor.bench.loadgen", "--broker", self.broker.address,
                 "--archive", str(self.archive_path), "--root", root, "--machines", str(machines),
                 "--records", str(where / "records.npz"), "--cuts", str(self.cuts), "--chunk", str(inp.samples),
-                "--speed", str(speed), "--seed", str(self.seed), "--encoding", self.encoding,
+                "--speed", str(speed), "--seed", str(self.seed), "--encoding", inp.encoding or self.encoding,
                 *(["--frames"] if inp.frames else [])]
         return Child("load generator", args, log=where / "loadgen.log", stdin=True)
 
@@ -178,7 +178,7 @@ def run_daemon(bench: Bench, machines: int, speed: float, inp: LoadInput) -> dic
     expected = expected_windows(plan, times, starts, bench.meta.window, bench.meta.stable_region)
     acc = account(expected, probe.scores)
     return {**_daemon_figures(plan, times, acc, probe, sampler, loadgen_cpu, complete, exit_code, label),
-            "start_to_online_s": round(online_s, 2)}
+            "input": inp.label, "start_to_online_s": round(online_s, 2)}
 
 
 def _wait_online(daemon: Child, probe: ScoreProbe) -> None:
@@ -234,7 +234,6 @@ def _daemon_figures(plan: LoadPlan, times: np.ndarray, acc, probe: ScoreProbe, s
         "speed": plan.speed,
         "chunk": plan.chunk,
         "frames": plan.frames,
-        "input": label.split("-")[1],
         "cuts": len(plan.slots),
         "messages": len(plan),
         "publish_seconds": round(last_publish - first, 3),
