@@ -79,6 +79,11 @@ class Accounting:
     latency: np.ndarray = field(default_factory=lambda: np.empty(0))  # seconds, complete -> first arrival
     beyond_lookahead: np.ndarray = field(default_factory=lambda: np.empty(0))  # decidable -> first arrival
     last_arrival: float | None = None
+    arrivals: np.ndarray = field(default_factory=lambda: np.empty(0))  # monotonic, in the order of latency
+
+    def save(self, path) -> None:
+        """The windows' latencies with their arrival times, to see when a tail happened."""
+        np.savez(path, arrival=self.arrivals, latency=self.latency, beyond_lookahead=self.beyond_lookahead)
 
     @property
     def ok(self) -> bool:
@@ -117,7 +122,8 @@ def account(expected: Mapping[WindowKey, Due], arrivals: Iterable[tuple[WindowKe
     got = [k for k in expected if k in first]
     latency = np.array([first[k] - expected[k].complete for k in got])
     beyond = np.array([first[k] - expected[k].decidable for k in got])
-    return Accounting(len(expected), received, missing, duplicated, unexpected, latency, beyond, last)
+    return Accounting(len(expected), received, missing, duplicated, unexpected, latency, beyond, last,
+                      np.array([first[k] for k in got]))
 
 
 def percentiles(seconds: np.ndarray) -> dict:

@@ -177,6 +177,7 @@ def run_daemon(bench: Bench, machines: int, speed: float, inp: LoadInput) -> dic
         times, loadgen_cpu = finish_loadgen(gen, plan, where, 60)
     expected = expected_windows(plan, times, starts, bench.meta.window, bench.meta.stable_region)
     acc = account(expected, probe.scores)
+    acc.save(where / "latencies.npz")
     return {**_daemon_figures(plan, times, acc, probe, sampler, loadgen_cpu, complete, exit_code, label),
             "input": inp.label, "start_to_online_s": round(online_s, 2)}
 

@@ -19,8 +19,10 @@ acknowledged (the broker sends them again on the new one, and they are acknowled
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,27 +42,38 @@ ARRAY_DTYPES = {"float64": np.float64, "int64": np.int64, "bool": np.bool_}
 def encode_arrays(value: Any) -> Any:
     """A snapshot as JSON-able data: every numpy array becomes {"array": dtype, "shape", "data"}
     with its bytes in base64 (exact, and far faster than a list of numbers)."""
+    return _encode(value, [])
+
+
+def _encode(value: Any, nonfinite: list) -> Any:
+    """:func:`encode_arrays`, appending to ``nonfinite`` each float outside the arrays that is NaN
+    or infinite: one walk of the snapshot, not two (at 1 000 machines every second counts)."""
     kind = type(value)
     if kind is np.ndarray:
         name = _DTYPE_NAMES.get(value.dtype)  # dtype.name is slow Python: a checkpoint asks it thousands of times
         if name is None:
             raise TypeError(f"cannot checkpoint an array of {value.dtype.name}")
-        data = np.ascontiguousarray(value).astype(value.dtype.newbyteorder("<"), copy=False)
-        return {"array": name, "shape": list(value.shape), "data": base64.b64encode(data.tobytes()).decode("ascii")}
+        # tobytes() is C order whatever the strides; the file's bytes are little-endian
+        data = value.tobytes() if _LITTLE_ENDIAN else value.astype(value.dtype.newbyteorder("<")).tobytes()
+        return {"array": name, "shape": list(value.shape), "data": binascii.b2a_base64(data, newline=False).decode("ascii")}
+    if kind is float:
+        if not math.isfinite(value):
+            nonfinite.append(value)
+        return value
     if kind is dict:
-        return {str(k): v if type(v) in _SCALARS else encode_arrays(v) for k, v in value.items()}
+        return {str(k): v if type(v) in _EXACT else _encode(v, nonfinite) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [v if type(v) in _SCALARS else encode_arrays(v) for v in value]
+        return [v if type(v) in _EXACT else _encode(v, nonfinite) for v in value]
     if isinstance(value, np.generic):  # a numpy scalar (np.float64 from a median, say): the Python number
-        return value.item()
+        return _encode(value.item(), nonfinite)
     if isinstance(value, float):  # a subclass of float
-        return float(value)
+        return _encode(float(value), nonfinite)
     if isinstance(value, np.ndarray):  # a subclass
-        return encode_arrays(np.asarray(value))
+        return _encode(np.asarray(value), nonfinite)
     if isinstance(value, dict):
-        return encode_arrays(dict(value))
+        return _encode(dict(value), nonfinite)
     if isinstance(value, (list, tuple)):
-        return encode_arrays(list(value))
+        return _encode(list(value), nonfinite)
     return value
 
 
@@ -71,8 +84,9 @@ def snapshot_text(state: Any) -> str:
     null; a snapshot holding such a number outside its arrays (an air level of a cut whose first
     samples were all lost) goes through the json module, whose NaN the state file's reader reads
     back."""
-    encoded = encode_arrays(state)
-    if _finite(encoded):
+    nonfinite: list = []
+    encoded = _encode(state, nonfinite)
+    if not nonfinite:
         try:
             return orjson.dumps(encoded).decode("utf-8")
         except TypeError:  # what the json module writes and orjson refuses: an int beyond 64 bits, a lone surrogate
@@ -80,19 +94,9 @@ def snapshot_text(state: Any) -> str:
     return json.dumps(encoded, separators=(",", ":"))
 
 
-def _finite(value: Any) -> bool:
-    kind = type(value)
-    if kind is float:
-        return math.isfinite(value)
-    if kind is dict:
-        return all(_finite(v) for v in value.values())
-    if kind is list:
-        return all(_finite(v) for v in value)
-    return True
-
-
 _DTYPE_NAMES = {np.dtype(t): name for name, t in ARRAY_DTYPES.items()}
-_SCALARS = {int, float, str, bool, type(None)}  # nothing to convert (exact types: not subclasses)
+_EXACT = {int, str, bool, type(None)}  # nothing to convert or check (exact types: not subclasses)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def decode_arrays(value: Any, where: str = "snapshot") -> Any:

@@ -49,15 +49,16 @@ class SnapshotEncoder:
         self.state_file = state_file
         self._texts: dict[str, str] = {}  # machine -> its open cut as JSON, at its last change
 
-    def text(self, jobs: list[SnapshotJob]) -> str:
+    def text(self, jobs: list[SnapshotJob]) -> list[str]:
+        """The file's text, in pieces (:meth:`.StateFile.compose_parts`)."""
         for job in jobs:
             for machine, state in job.streams.items():
                 self._texts[machine] = snapshot_text(state)
         last = jobs[-1]
         for machine in [m for m in self._texts if m not in last.live]:
             del self._texts[machine]  # left memory: no open cut to keep (its alarm state stays)
-        return self.state_file.compose(last.alarms, self._texts, last.model, last.windowing, last.scoring,
-                                       last.policy)
+        return self.state_file.compose_parts(last.alarms, self._texts, last.model, last.windowing,
+                                             last.scoring, last.policy)
 
     def write(self, jobs: list[SnapshotJob]) -> None:
         self.state_file.write(self.text(jobs))
