@@ -21,7 +21,7 @@ from edge_monitor.core.windowing import WindowSpec
 from edge_monitor.model.bundle import BundleError, export_bundle, load_bundle, save_bundle
 from edge_monitor.model.export import ExportError, export_onnx
 from edge_monitor.model.meta import ONNX_FILE, PARITY_TOLERANCE, SCORE_OUTPUTS, read_bundle_meta
-from edge_monitor.model.onnx_inference import OnnxInference, call_rows
+from edge_monitor.model.onnx_inference import OnnxInference, call_rows, call_sizes
 from edge_monitor.model.runtime import ServingError, choose_runtime
 from edge_monitor.model.scaling import MinMaxScaler
 from edge_monitor.model.scorer import INFERENCE_ROWS, WindowScorer
@@ -194,6 +194,45 @@ class _OddRowsDiffer:
             odd = (np.arange(len(x)) % 2 == 1) & (x[:, 0, 0] > 0.5)
             recon[odd] = np.nextafter(recon[odd], np.float32(np.inf))
         return recon, recon.copy(), np.repeat(recon[:, None], self.n_channels, axis=1)
+
+
+class _EightDiffers(_OddRowsDiffer):
+    """Exact at every position, but a call of 8 rounds otherwise."""
+
+    rows = INFERENCE_ROWS
+
+    def __call__(self, x):
+        recon, kl, channels = super().__call__(x)
+        if len(x) == 8:
+            recon = np.nextafter(recon, np.float32(np.inf))
+        return recon, kl, channels
+
+
+def test_small_calls_are_offered_only_where_they_score_as_a_full_call():
+    assert call_sizes(_EightDiffers(from_rows=10 ** 6)) == (2, 4, 16, INFERENCE_ROWS)
+
+
+def test_a_few_windows_cost_a_small_call_and_the_same_bits(exported):
+    inference = OnnxInference(exported / ONNX_FILE)
+    calls = []
+
+    class Recording:
+        runtime, rows, sizes = inference.runtime, inference.rows, inference.sizes
+        window_length, n_channels = inference.window_length, inference.n_channels
+
+        def __call__(self, x):
+            calls.append(len(x))
+            return inference(x)
+
+    # which sizes are exact depends on the CPU's kernels (here: 2, 4, 8, 16 and 48)
+    assert inference.sizes[-1] == INFERENCE_ROWS and list(inference.sizes) == sorted(set(inference.sizes))
+    x = SCALER.transform(RAW[:60])
+    whole = WindowScorer(Recording(), SCALER).score_scaled(x)
+    few = WindowScorer(Recording(), SCALER).score_scaled(x[:5])
+    smallest = lambda n: min(size for size in inference.sizes if size >= n)  # noqa: E731
+    assert calls == [INFERENCE_ROWS, smallest(12), smallest(5)]
+    for name in SCORE_OUTPUTS:
+        assert np.array_equal(getattr(few, name), getattr(whole, name)[:5]), name
 
 
 def test_the_call_size_is_one_a_runtime_scores_every_window_alike_at():

@@ -43,7 +43,11 @@ class Inference(Protocol):
     runtime: str  # "tensorflow", "onnxruntime"
     window_length: int
     n_channels: int
-    rows: int  # every call has exactly this many rows (the scorer pads the last one)
+    rows: int  # every call but the last has exactly this many rows
+    # the last call's sizes (ascending, the last is rows; the scorer pads to the smallest that
+    # holds what is left): a window gets the same bits in each, and a batch of a few windows
+    # costs less in a small call
+    sizes: tuple[int, ...]
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
@@ -91,10 +95,12 @@ class WindowScorer:
             empty = np.empty(0, np.float32)
             return WindowScores(empty, empty.copy(), np.empty((0, self.n_channels), np.float32))
         rows = self.inference.rows
-        padded = np.zeros((-(-n // rows) * rows, *x.shape[1:]), np.float32)
+        full, rest = divmod(n, rows)
+        last = next(size for size in self.inference.sizes if size >= rest) if rest else 0
+        padded = np.zeros((full * rows + last, *x.shape[1:]), np.float32)
         padded[:n] = x
-        calls = [padded[i : i + rows] for i in range(0, len(padded), rows)]
-        parts = [self.inference(np.ascontiguousarray(c)) for c in calls]
+        calls = [padded[i : i + rows] for i in range(0, full * rows, rows)] + ([padded[full * rows :]] if rest else [])
+        parts = [self.inference(c) for c in calls]
         recon, kl, channels = (np.concatenate([p[k] for p in parts])[:n] for k in range(3))
         return WindowScores(recon, kl, channels)
 

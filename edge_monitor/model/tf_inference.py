@@ -21,6 +21,7 @@ from .vae import scoring_model
 class TensorFlowInference:
     runtime = "tensorflow"
     rows = INFERENCE_ROWS
+    sizes = (INFERENCE_ROWS,)  # one traced shape
 
     def __init__(self, model: keras.Model) -> None:
         self.graph = scoring_model(model)
