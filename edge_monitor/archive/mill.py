@@ -219,6 +219,9 @@ def read_archive(path: str | os.PathLike[str]) -> Archive:
     return Archive(path, file_sha256(path), tuple(cuts), tuple(dropped), n_samples)
 
 
+MAT_HEADER_TEXT = b"MATLAB 5.0 MAT-file, written by edge-monitor".ljust(116)
+
+
 def write_archive(path: str | os.PathLike[str], records: Iterable[dict]) -> Path:
     """Write records in the ``mill.mat`` layout.
 
@@ -238,6 +241,10 @@ def write_archive(path: str | os.PathLike[str], records: Iterable[dict]) -> Path
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         _scipy_io().savemat(fh, {ARCHIVE_VARIABLE: mill}, do_compression=False)
+        # SciPy writes the time into the file's 116-byte text header: a fixed text instead, so that
+        # the same records make the same file, byte for byte (and the same hash in a bundle)
+        fh.seek(0)
+        fh.write(MAT_HEADER_TEXT)
     os.replace(tmp, path)
     return path
 
