@@ -1,4 +1,4 @@
-"""``python -m training {synth,fit,export,thresholds,search,evaluate,crossval,lookahead-study,evidence-study,plot-bench}``: the training package's command line."""
+"""``python -m training {synth,fit,demo-bundle,export,thresholds,search,evaluate,crossval,lookahead-study,evidence-study,plot-bench}``: the training package's command line."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def _cmd_fit(args: argparse.Namespace) -> None:
         split_kind=args.split, seed=args.seed, overrides=overrides, folds=args.folds, repeats=args.repeats,
         rule=_rule(args),
     )
+
+
+def _cmd_demo_bundle(args: argparse.Namespace) -> None:
+    from .demo_bundle import provide
+
+    provide(_archive_arg(args.archive), args.out)
 
 
 def _rule(args: argparse.Namespace):
@@ -178,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "on all of them; reports mean ± sd")
     _rule_args(p)
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("demo-bundle", help="the demo's bundle: the shipped one (deploy/demo-bundle) for the "
+                       "synthetic archive it was trained on, else a quick fit")
+    p.add_argument("--archive", help="archive the demo replays (default: the synthetic data/synthetic-mill.mat)")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory (kept when there already)")
+    p.set_defaults(func=_cmd_demo_bundle)
 
     p = sub.add_parser("thresholds", help="move a bundle's operating point without training, on the held-out "
                                           "tool lives it stores; prints the trade-off")
