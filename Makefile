@@ -7,9 +7,9 @@ ARCHIVE ?= $(if $(wildcard data/mill.mat),data/mill.mat,data/synthetic-mill.mat)
 DEMO_DIR := runs/demo
 BUNDLE  := $(DEMO_DIR)/bundle
 
-.PHONY: install debian-packages sparkplug-decoder test test-fast demo demo-bundle evaluate-demo bench bench-windowing clean
+.PHONY: install debian-packages sparkplug-decoder node-red test test-fast demo demo-bundle evaluate-demo bench bench-windowing clean
 
-install: $(STAMP) debian-packages sparkplug-decoder
+install: $(STAMP) debian-packages sparkplug-decoder node-red
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ DECODER := tests/sparkplug_decoder
 sparkplug-decoder: $(DECODER)/node_modules/.installed
 $(DECODER)/node_modules/.installed: $(DECODER)/package-lock.json | debian-packages
 	npm ci --prefix $(DECODER) --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Node-RED 4.1 (the last line for Node 20), headless in tests/test_node_red.py with the shipped
+# dashboard flow deploy/node-red/. Pinned by its lock file; installed again only when it changes.
+NODE_RED := tests/node_red
+node-red: $(NODE_RED)/node_modules/.installed
+$(NODE_RED)/node_modules/.installed: $(NODE_RED)/package-lock.json | debian-packages
+	npm ci --prefix $(NODE_RED) --no-audit --no-fund --loglevel=error
 	touch $@
 
 test: install
