@@ -46,7 +46,9 @@ def local_broker(workdir: Path, machines: list[str]):
     sys.path.insert(0, str(HERE.parent / "tests"))
     from deploy_broker import DeployBroker
 
-    return DeployBroker(workdir, tuple(machines), root=ROOT, replay=True)
+    # The demo's own dashboard user: `scada` stays free for a dashboard you connect yourself
+    # (docs/scada.md), since a second connection of one user takes the first one's place.
+    return DeployBroker(workdir, tuple(machines), root=ROOT, replay=True, dashboards=(DASHBOARD_NAME,))
 
 
 @dataclass
@@ -62,10 +64,16 @@ class MachineView:
     state_cut: str = "-"
 
 
+DASHBOARD_NAME = "demo"  # make-users.sh --dashboard demo: the user scada-demo
+DASHBOARD_USER = f"scada-{DASHBOARD_NAME}"
+
+
 class Dashboard:
     """A SCADA-like subscriber: retained alarms, scores and summaries; measures latency."""
 
-    def __init__(self, settings: BrokerSettings, machines: list[str], completes: "CompletionClock") -> None:
+    def __init__(self, settings: BrokerSettings, machines: list[str], completes: "CompletionClock",
+                 broker_log: Path | None = None) -> None:
+        self.user, self.broker_log = settings.username, broker_log
         self.view = {m: MachineView() for m in machines}
         self.alarms: list[tuple[str, str, str, float]] = []  # machine, state, cut, since
         self.latencies: list[float] = []
@@ -73,8 +81,27 @@ class Dashboard:
         self.status = "-"
         self._completes = completes
         self._lock = threading.Lock()
+        self.dropped = 0  # times the connection was lost
         self.client = make_client(settings, clean_start=True)
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.dropped += 1
+
+    def problem(self) -> str | None:
+        """What keeps this dashboard from seeing the monitor, when it is not the monitor: its
+        connection closed by the broker, by another client logging in as its user (Mosquitto
+        closes the older connection of a client id, and it takes the id from the user name,
+        without telling an MQTT 5 client why: the broker's log says it)."""
+        if not self.dropped:
+            return None
+        log = self.broker_log.read_text(errors="replace") if self.broker_log and self.broker_log.exists() else ""
+        if f"Client {self.user} already connected, closing old connection" in log:
+            return (f"another client logged in as {self.user}, the demo dashboard's user, and took its connection "
+                    "(the broker allows one connection per user): give that client a user of its own, "
+                    "`make-users.sh --dashboard NAME` (docs/scada.md, \"Connecting\")")
+        return f"the broker closed the demo dashboard's connection {self.dropped} times; its log: {self.broker_log}"
 
     def start(self) -> None:
         connect(self.client)
@@ -123,6 +150,8 @@ class Dashboard:
                     f"{v.state.upper() if v.state != 'normal' else v.state:<8}{v.state_cut:<12}"
                 )
             rows.append(f"monitor {self.status}; {self.windows} windows scored")
+            if self.problem():
+                rows.append(f"WARNING: {self.problem()}")
             return "\n".join(rows)
 
 
@@ -225,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"monitor: model {meta.model_id}, {meta.thresholds.describe()}; log {log.name}")
 
         clock = CompletionClock(meta.window.length, meta.stable_region.block, meta.stable_region.lookahead)
-        scada = broker.settings("scada", "demo-scada", tls=True)  # dashboards connect over TLS
-        dashboard = Dashboard(scada, list(plan), clock)
+        scada = broker.settings(DASHBOARD_USER, "demo-scada", tls=True)  # dashboards connect over TLS
+        dashboard = Dashboard(scada, list(plan), clock, broker.log)
         for machine, jobs in plan.items():
             dashboard.view[machine].case = jobs[0].case
         dashboard.start()
         deadline = time.monotonic() + 120
         while dashboard.status != "online":
+            if dashboard.problem():
+                raise RuntimeError(dashboard.problem())
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the monitor did not come online; see {log.name}")
             time.sleep(0.1)
