@@ -67,7 +67,7 @@ demo: install $(ARCHIVE)
 
 # The bundle the demo ships (deploy/demo-bundle/, used for the synthetic archive) trained again:
 # after a change to the model, the training or the scoring graph (tests/test_demo_bundle.py says
-# when). About 5 minutes on 2 cores.
+# when). 3-7 minutes on 2 cores.
 demo-bundle: install data/synthetic-mill.mat
 	$(PY) -m training fit --archive data/synthetic-mill.mat --out deploy/demo-bundle --quick
 

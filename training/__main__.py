@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", help=f"mill.mat (default: the synthetic {DEFAULT_ARCHIVE})")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--quick", action="store_true",
-                   help="small model, few epochs (about 5 minutes on 2 cores, with its fold models)")
+                   help="small model, few epochs (3-7 minutes on 2 cores, with its fold models)")
     p.add_argument("--preset", default="default", choices=["default", "quick"])
     p.add_argument("--split", default="cut", choices=["cut", "window"])
     p.add_argument("--seed", type=int, default=0)

@@ -53,9 +53,9 @@ def provide(archive: Path, out: Path, shipped: Path = SHIPPED) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         print(f"demo bundle: the shipped one ({shipped.name}, trained on the synthetic archive, seed {SHIPPED_SEED}) "
-              f"copied to {out}; `make demo-bundle` trains it again here (about 5 minutes)", flush=True)
+              f"copied to {out}; `make demo-bundle` trains it again here (3-7 minutes)", flush=True)
         return out
-    print(f"demo bundle: fitting a quick model into {out}, about 5 minutes on 2 cores: {why}", flush=True)
+    print(f"demo bundle: fitting a quick model into {out}, 3-7 minutes on 2 cores: {why}", flush=True)
     from .fit import fit
 
     fit(archive, out, preset="quick")
