@@ -43,6 +43,8 @@ SETTINGS = """module.exports = {{
     credentialSecret: false,  // the test's flows_cred.json is plain JSON in its own folder
     httpAdminRoot: false,     // no editor: headless
     logging: {{console: {{level: "info", metrics: false, audit: false}}}},
+    // as docs/scada.md advises: the table kept across restarts, machines that never alarmed too
+    contextStorage: {{default: {{module: "localfilesystem"}}}},
 }};
 """
 
@@ -91,9 +93,13 @@ class NodeRed:
         self.fail(f"timed out after {timeout} s: {why}")
 
     def table(self) -> dict:
+        """The flow's table, from its HTTP endpoint ({} while Node-RED is not serving yet)."""
         url = f"http://127.0.0.1:{self.port}/edge-monitor/machines"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            return {"machines": {}, "monitors": {}, "changes": []}
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -114,11 +120,26 @@ def model(tmp_path_factory):
     return model_fixture(tmp_path_factory)
 
 
+def _changes(alarms: list[tuple[str, str]], before: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The state changes in a sequence of published (machine, state): what the flow must report."""
+    state = dict(before or {})
+    out = []
+    for machine, to in alarms:
+        if to != state.get(machine, "normal"):
+            out.append((machine, to))
+        state[machine] = to
+    return out
+
+
+def _states(table: dict) -> dict:
+    """What an operator sees of the table: each machine's state and since, and the changes."""
+    return {"machines": {m: (r["state"], r["since"]) for m, r in table["machines"].items()},
+            "changes": table["changes"], "monitors": {i: m["state"] for i, m in table["monitors"].items()}}
+
+
 def test_node_red_shows_every_alarm_and_the_states_survive_restarts(model, tmp_path):
-    broker = DeployBroker(tmp_path / "broker", MACHINES, root=ROOT, dashboards=("nodered",), replay=True).start()
+    broker = DeployBroker(tmp_path / "broker", MACHINES, root=ROOT, dashboards=("nodered",), replay=True)
     red = NodeRed(tmp_path / "node-red", broker)
-    watch = Collector(broker.settings("scada", "test-watch", tls=True), [f"{ROOT}/+/alarm", f"{ROOT}/+/summary",
-                                                                          f"{ROOT}/_monitor/+/status"])
     config = (
         "broker:\n  username: edge-monitor\n"
         f"  password_file: {broker.password_file('edge-monitor')}\n"
@@ -127,55 +148,134 @@ def test_node_red_shows_every_alarm_and_the_states_survive_restarts(model, tmp_p
         f"state_file: {tmp_path / 'state.json'}\nstatus_interval_s: 1\n"
     )
     daemon = Daemon(tmp_path, broker, model.bundle, ROOT, "edge-1", config)
+    watch = None
     try:
+        broker.start()
+        watch = Collector(broker.settings("scada", "test-watch", tls=True),
+                          [f"{ROOT}/+/alarm", f"{ROOT}/+/summary", f"{ROOT}/_monitor/+/status"])
         red.start()
         red.wait(lambda: red.connections() >= 1, why="Node-RED did not connect to the broker over TLS")
         daemon.start().wait_online(watch)
+        replay = broker.settings("replay", "test-replay")
         cuts = {case: [c for c in model.archive.cuts if c.case == case] for case in (11, 13)}
-        replay_cuts(broker.settings("replay", "test-replay"), ROOT, "mill-01", cuts[11])
-        replay_cuts(broker.settings("replay", "test-replay"), ROOT, "mill-02", cuts[13], reset_first=True)
-        n_cuts = len(cuts[11]) + len(cuts[13])
-        if not watch.wait(lambda: len(watch.on("/summary")) >= n_cuts, 60):
-            daemon.fail(f"got {len(watch.on('/summary'))} of {n_cuts} summaries")
-        published = [(t.split("/")[1], b["state"], b["since"]) for t, b in watch.on("/alarm")]
-        assert published and published[-1][:2] == ("mill-02", "alarm"), published
-        # the reset of the new tool on mill-02 confirmed `normal`, then its wear raised the rest
-        raised = [(m, s) for m, s, _ in published]
 
-        def shows_everything() -> bool:
-            t = red.table()
-            return [(c["machine"], c["to"]) for c in t["changes"]] == [x for x in raised if x != ("mill-02", "normal")] \
-                and len(t["machines"]) == 2 and t["monitors"].get("edge-1", {}).get("state") == "online"
+        def published() -> list[tuple[str, str, float]]:
+            return [(t.split("/")[1], b["state"], b["since"]) for t, b in watch.on("/alarm")]
 
-        red.wait(shows_everything, 30, why=f"Node-RED's table: {red.table()}; published: {published}")
-        table = red.table()
-        assert table["machines"]["mill-02"]["state"] == "alarm"
-        assert table["machines"]["mill-02"]["since"] == published[-1][2]
-        assert table["machines"]["mill-01"]["state"] == "normal"  # no alarm message: normal
-        assert table["machines"]["mill-01"]["last_cut"] == cuts[11][-1].cut_id
-        assert not any(c["while_away"] for c in table["changes"])
+        def summaries(n: int) -> None:
+            if not watch.wait(lambda: len(watch.on("/summary")) >= n, 60):
+                daemon.fail(f"got {len(watch.on('/summary'))} of {n} summaries")
 
-        # Node-RED restarts: the retained alarms give the same table, and no change is reported
+        # While Node-RED watches: a healthy tool on mill-01, a new tool's first cut on mill-02
+        replay_cuts(replay, ROOT, "mill-01", cuts[11])
+        replay_cuts(replay, ROOT, "mill-02", cuts[13][:1], reset_first=True)
+        summaries(len(cuts[11]) + 1)
+        seen = published()
+        # the reset before mill-02's first cut is of a machine the monitor never saw: not confirmed
+        assert seen == [], seen
+        red.wait(lambda: red.table()["machines"].get("mill-02", {}).get("last_cut") == cuts[13][0].cut_id, 30,
+                 why=f"Node-RED's table: {red.table()}")
+        assert red.table()["machines"]["mill-02"]["state"] == "normal" and red.table()["changes"] == []
+
+        # Node-RED away (its session kept by the broker): the tool wears out on mill-02
         red.stop()
+        replay_cuts(replay, ROOT, "mill-02", cuts[13][1:])
+        summaries(len(cuts[11]) + len(cuts[13]))
+        raised = published()[len(seen):]
+        assert raised and raised[-1][:2] == ("mill-02", "alarm"), raised
+        want = _changes([(m, s) for m, s, _ in raised])
+
+        # back: what was queued for its session arrives, then the retained states; each change once
         red.start()
         red.wait(lambda: red.connections() >= 2, why="Node-RED did not connect again")
-        red.wait(lambda: red.table()["machines"].get("mill-02", {}).get("state") == "alarm", 30,
-                 why=f"after Node-RED's restart: {red.table()}")
-        assert red.table()["changes"] == []
+        red.wait(lambda: [(c["machine"], c["to"]) for c in red.table()["changes"]] == want, 30,
+                 why=f"Node-RED's table: {red.table()}; published while it was away: {raised}")
+        table = red.table()
+        assert not any(c["while_away"] for c in table["changes"])  # queued live changes, not retained ones
+        assert table["machines"]["mill-02"]["state"] == "alarm"
+        assert table["machines"]["mill-02"]["since"] == raised[-1][2]
+        assert table["machines"]["mill-02"]["last_cut"] == cuts[13][-1].cut_id
+        assert table["machines"]["mill-01"]["state"] == "normal"  # no alarm message: normal
+        assert table["machines"]["mill-01"]["last_cut"] == cuts[11][-1].cut_id
+        assert table["monitors"]["edge-1"]["state"] == "online"
 
-        # The broker restarts (persistence: the retained alarms are on its disk); Node-RED and the
-        # monitor reconnect, the monitor announces every state again: a repeat, not a change
+        # Node-RED restarts with nothing new: the same table (kept on its disk, and the retained
+        # alarms agree with it), no change reported again
         before = red.table()
+        red.stop()
+        red.start()
+        red.wait(lambda: red.connections() >= 3, why="Node-RED did not connect again")
+        red.wait(lambda: red.table()["monitors"], 30, why="Node-RED's table did not come back")
+        time.sleep(1)  # the retained alarms and status, delivered on subscribing
+        assert red.table() == before  # not a field changed
+
+        # The broker restarts (the retained alarms are on its disk); Node-RED and the monitor
+        # reconnect, and the monitor announces every state again: a repeat, not a change
+        before = red.table()
+        announced = len(watch.on("/mill-02/alarm"))
         broker.stop()
         broker.start()
-        red.wait(lambda: red.connections() >= 3, 60, why="Node-RED did not reconnect to the restarted broker")
-        daemon.wait_online(watch)
-        time.sleep(2)  # the monitor's announcements after its reconnection
-        after = red.table()
-        assert after["machines"]["mill-02"] == before["machines"]["mill-02"]
-        assert after["changes"] == []
+        red.wait(lambda: red.connections() >= 4, 60, why="Node-RED did not reconnect to the restarted broker")
+        if not watch.wait(lambda: len(watch.on("/mill-02/alarm")) > announced, 60):
+            daemon.fail("the monitor did not announce mill-02's state again after the broker's restart")
+        time.sleep(1)  # Node-RED gets the announcement the same moment
+        # every machine's state announced, mill-01's normal too (its first alarm message: no change)
+        assert _states(red.table()) == _states(before)
+        assert red.table()["machines"]["mill-01"]["alarm_seen"] is True
     finally:
         daemon.kill()
         red.stop()
-        watch.close()
+        if watch is not None:
+            watch.close()
         broker.kill()
+
+
+RUN_FUNCTION = """
+const flowJson = require(process.argv[1]);
+const func = flowJson.find(n => n.type === "function" && n.name === "machine states").func;
+const store = {};
+const flow = {get: k => store[k], set: (k, v) => { store[k] = v; }};
+const node = {warn: m => { throw new Error(m); }};
+const run = new Function("msg", "node", "flow", func);
+const out = [];
+for (const msg of JSON.parse(process.argv[2])) {
+    const result = run(msg, node, flow);
+    out.push(result && result[1] ? result[1].payload : null);
+}
+console.log(JSON.stringify({changes: out, machines: store.machines}));
+"""
+
+
+def _run_function(messages: list[dict]) -> dict:
+    """The flow's "machine states" function on ``messages``, in Node.js, with an in-memory context
+    (Node-RED's default: the table starts empty at every restart)."""
+    done = subprocess.run(["node", "-e", RUN_FUNCTION, str(FLOW), json.dumps(messages)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def alarm(machine: str, state: str, since, retain: bool) -> dict:
+    return {"topic": f"mill/{machine}/alarm", "retain": retain,
+            "payload": {"state": state, "since": since, "cut": "c1", "score": 2.0, "threshold": 1.5, "model": "m"}}
+
+
+def summary(machine: str) -> dict:
+    return {"topic": f"mill/{machine}/summary", "retain": False,
+            "payload": {"cut": "c9", "windows": 10, "judged": 1.0, "score_median": 1.0, "level": "alarm"}}
+
+
+def test_the_flow_tells_changes_from_states_as_they_stand():
+    out = _run_function([
+        summary("m1"),                      # queued for the session while Node-RED restarted ...
+        alarm("m1", "alarm", 100.0, True),  # ... then the state as it stands: not news
+        alarm("m1", "alarm", 100.0, False),  # the monitor's announcement after a broker crash: a repeat
+        alarm("m2", "warning", 50.0, False),  # live: a change from normal
+        alarm("m2", "alarm", 40.0, False),  # older than what the table holds: dropped
+        alarm("m2", "normal", None, False),  # a reset's confirmation (since null is allowed): a change
+        alarm("m1", "normal", 200.0, True),  # retained, differing from a row with an alarm: changed while away
+    ])
+    changes = [c and (c["machine"], c["from"], c["to"], c["while_away"]) for c in out["changes"]]
+    assert changes == [None, None, None, ("m2", "normal", "warning", False), None, ("m2", "warning", "normal", False),
+                       ("m1", "alarm", "normal", True)]
+    assert {m: r["state"] for m, r in out["machines"].items()} == {"m1": "normal", "m2": "normal"}
