@@ -5,9 +5,11 @@ On the CPU, or on an NVIDIA GPU through ONNX Runtime's CUDA execution provider (
 to the CPU silently when the CUDA provider cannot start (no driver, a missing CUDA library), so
 the session is asked what it really uses.
 
-Every call has a fixed number of windows, the last one padded (:func:`call_rows`, probed when
-the model loads): at another batch size or position a window can get other last bits, and a window
-scored again after a crash must be published byte for byte as the first time.
+Every call has a fixed number of windows (:func:`call_rows`) but the last of a batch, which is
+padded to the smallest of a few sizes (:func:`call_sizes`); both are probed when the model loads,
+and only sizes at which every probed window gets the bits of a full call are used: at another
+batch size or position a window can get other last bits, and a window scored again after a crash
+must be published byte for byte as the first time.
 """
 
 from __future__ import annotations
@@ -92,22 +94,35 @@ SMALL_CALLS = (2, 4, 8, 16)
 
 def call_sizes(inference: OnnxInference) -> tuple[int, ...]:
     """The call sizes up to :attr:`rows` at which every window of a probe gets the bits it gets in
-    a call of ``rows``, at two places in the call and beside zero padding; ascending."""
+    a call of ``rows``: each window at two places in such calls, and with the call filled from the
+    next smaller size plus one up to all but one row, the rest zero padding; ascending."""
     rows = inference.rows
     batch = _probe(inference, rows, 1)
     whole = inference(batch)
     rolled = np.roll(batch, 1, axis=0)
     whole_rolled = [np.roll(w, 1, axis=0) for w in whole]
-    return tuple(size for size in SMALL_CALLS if size < rows and _agrees(inference, batch, whole, size)
-                 and _agrees(inference, rolled, whole_rolled, size)) + (rows,)
+    sizes, smaller = [], 1
+    for size in (s for s in SMALL_CALLS if s < rows):
+        fills = sorted({smaller + 1, -(-size // 2), size - 1} & set(range(1, size)))
+        if (_agrees(inference, batch, whole, size) and _agrees(inference, rolled, whole_rolled, size)
+                and all(_padded_agrees(inference, batch, whole, size, kept) for kept in fills)):
+            sizes.append(size)
+        smaller = size
+    return (*sizes, rows)
 
 
 def _agrees(inference: OnnxInference, batch: np.ndarray, whole, size: int) -> bool:
+    """Calls of ``size`` windows over ``batch`` score each as ``whole`` (its scores in one call)."""
     for start in range(0, len(batch) - size + 1, size):
         scores = inference(batch[start : start + size])
         if not all(np.array_equal(s, w[start : start + size]) for s, w in zip(scores, whole)):
             return False
-    kept = -(-size // 2)
+    return True
+
+
+def _padded_agrees(inference: OnnxInference, batch: np.ndarray, whole, size: int, kept: int) -> bool:
+    """A call of ``size`` holding ``batch``'s first ``kept`` windows and zero padding, as the
+    scorer's last call of a batch, scores them as ``whole`` does."""
     padded = np.zeros_like(batch[:size])
     padded[:kept] = batch[:kept]
     return all(np.array_equal(s[:kept], w[:kept]) for s, w in zip(inference(padded), whole))
@@ -120,17 +135,14 @@ def _probe(inference: OnnxInference, n: int, seed: int) -> np.ndarray:
 
 def position_invariant(inference: OnnxInference, rows: int) -> bool:
     """Every window of a call of ``rows`` windows scores the same, to the last bit, when the call is
-    rotated by one, two, three and ``rows - 1`` places, and when its second half is zero padding
-    (the scorer's last call). Every window is compared, not one: whether a window's bits move
-    depends on its values as well as its position."""
+    rotated by one, two, three and ``rows - 1`` places, and when its second half or its last row is
+    zero padding (the scorer's last call). Every window is compared, not one: whether a window's
+    bits move depends on its values as well as its position."""
     batch = _probe(inference, rows, 1)
     whole = inference(batch)
     for shift in sorted({1, 2, 3, rows - 1} & set(range(1, rows))):
         scores = inference(np.roll(batch, shift, axis=0))
         if not all(np.array_equal(np.roll(s, -shift, axis=0), w) for s, w in zip(scores, whole)):
             return False
-    kept = -(-rows // 2)
-    padded = np.zeros_like(batch)
-    padded[:kept] = batch[:kept]
-    scores = inference(padded)
-    return all(np.array_equal(s[:kept], w[:kept]) for s, w in zip(scores, whole))
+    return all(_padded_agrees(inference, batch, whole, rows, kept)
+               for kept in sorted({-(-rows // 2), rows - 1} & set(range(1, rows))))

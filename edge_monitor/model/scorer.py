@@ -14,7 +14,8 @@ Scores use the coding mean μ, never a sample, and the same window always gets t
 the last bit, whichever windows share its batch: a window scored again after a crash is published
 byte for byte as the first time. At another batch size or position a row can get other last bits
 (TensorFlow's and ONNX Runtime's CPU kernels do), so every runtime declares a fixed number of
-:attr:`Inference.rows` per call, and the scorer pads the last call.
+:attr:`Inference.rows` per call and the :attr:`Inference.sizes` at which the last call of a batch
+scores each window alike, and the scorer pads the last call to the smallest that holds it.
 """
 
 from __future__ import annotations
