@@ -150,8 +150,9 @@ class Dashboard:
                     f"{v.state.upper() if v.state != 'normal' else v.state:<8}{v.state_cut:<12}"
                 )
             rows.append(f"monitor {self.status}; {self.windows} windows scored")
-            if self.problem():
-                rows.append(f"WARNING: {self.problem()}")
+            problem = self.problem()
+            if problem:
+                rows.append(f"WARNING: {problem}")
             return "\n".join(rows)
 
 

@@ -24,13 +24,14 @@ def _demo_module():
 
 def test_the_demo_dashboard_has_its_own_user_and_says_when_another_client_takes_it(tmp_path):
     demo = _demo_module()
-    broker = demo.local_broker(tmp_path / "broker", ["mill-01"]).start()
-    other = None
-    board = demo.Dashboard(broker.settings(demo.DASHBOARD_USER, "demo-scada", tls=True), ["mill-01"],
-                           demo.CompletionClock(64, 64, 3), broker.log)
+    broker = demo.local_broker(tmp_path / "broker", ["mill-01"])
+    other = board = None
     try:
+        broker.start()
         assert demo.DASHBOARD_USER == "scada-demo"
         assert broker.password_file("scada").exists()  # free for your own dashboard (docs/scada.md)
+        board = demo.Dashboard(broker.settings(demo.DASHBOARD_USER, "demo-scada", tls=True), ["mill-01"],
+                               demo.CompletionClock(64, 64, 3), broker.log)
         board.start()
         assert board.problem() is None
         other = make_client(broker.settings(demo.DASHBOARD_USER, "someone-else", tls=True), clean_start=True)
@@ -46,5 +47,7 @@ def test_the_demo_dashboard_has_its_own_user_and_says_when_another_client_takes_
     finally:
         if other is not None:
             disconnect(other)
-        board.stop()
+        if board is not None:
+            board.stop()
         broker.kill()
+        sys.modules.pop("edge_monitor_demo", None)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.model.bundle import export_bundle
@@ -52,6 +53,12 @@ def test_the_demo_takes_the_shipped_bundle_only_for_the_archive_it_was_trained_o
     assert read_bundle_meta(out).model_id == read_bundle_meta(SHIPPED).model_id
     assert "the shipped one" in capsys.readouterr().out
     assert provide(archive, out) == out and "there already" in capsys.readouterr().out
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "model.keras").write_bytes(b"a fit stopped half-way")
+    with pytest.raises(SystemExit, match=r"half holds files but no bundle.json; remove it"):
+        provide(archive, half)
+    assert (half / "model.keras").read_bytes() == b"a fit stopped half-way"  # left as it was
     real = tmp_path / "mill.mat"
     real.write_bytes(b"")
     assert shipped_fits(real) == f"{real} is not the synthetic archive (no mill.mat.truth.json beside it)"

@@ -250,6 +250,6 @@ def test_a_runtime_that_must_score_in_small_calls_is_reported_with_the_fix(expor
     slow = ServingModel(exported, meta, choice, WindowScorer(inference, SCALER), scoring_id="x")
     assert call_size_warning(slow) == (
         f"on this CPU, ONNX Runtime gives the windows of bundle {exported} other last bits at other places in a "
-        "batch, so every call scores 1 window instead of 48: exact, but more CPU per window. Older exports "
-        "averaged the channels' errors in a way that does this (docs/performance.md); exporting again removes "
-        f"that cause: `python -m training export --bundle {exported}`")
+        "batch, so every call scores 1 window instead of 48: exact, but more CPU per window. Exports made before "
+        "2026-12-06 averaged the channels' errors in a way that does this on AVX-512 CPUs (docs/performance.md); "
+        f"if this bundle's is one, exporting it again removes that cause: `python -m training export --bundle {exported}`")

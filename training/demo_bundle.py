@@ -43,12 +43,18 @@ def provide(archive: Path, out: Path, shipped: Path = SHIPPED) -> Path:
     if (out / "bundle.json").exists():
         print(f"demo bundle: {out} (there already; remove it to get the shipped one or a new fit)", flush=True)
         return out
+    if out.exists() and any(out.iterdir()):
+        # not a bundle (a fit stopped half-way, something else): nothing here decides what to do with it
+        raise SystemExit(f"demo bundle: {out} holds files but no bundle.json; remove it (or move it away) "
+                         "and run make demo again")
     why = shipped_fits(archive) if (shipped / "bundle.json").exists() else f"no shipped bundle in {shipped}"
     if why is None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             shutil.copytree(shipped, tmp / "bundle")
+            if out.exists():
+                out.rmdir()  # empty (checked above)
             (tmp / "bundle").replace(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

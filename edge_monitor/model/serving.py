@@ -43,8 +43,9 @@ def call_size_warning(serving: ServingModel) -> str | None:
         return None
     return (f"on this CPU, ONNX Runtime gives the windows of bundle {serving.path} other last bits at other places "
             f"in a batch, so every call scores {rows} window{'s' if rows > 1 else ''} instead of {INFERENCE_ROWS}: "
-            "exact, but more CPU per window. Older exports averaged the channels' errors in a way that does "
-            f"this (docs/performance.md); exporting again removes that cause: `python -m training export --bundle {serving.path}`")
+            "exact, but more CPU per window. Exports made before 2026-12-06 averaged the channels' errors in a way "
+            "that does this on AVX-512 CPUs (docs/performance.md); if this bundle's is one, exporting it again "
+            f"removes that cause: `python -m training export --bundle {serving.path}`")
 
 
 def load_serving(path: str | Path, choice: RuntimeChoice, meta: BundleMeta | None = None) -> ServingModel:

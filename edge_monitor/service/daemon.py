@@ -23,7 +23,7 @@ from .monitor import Monitor, NetworkStalled, StartupError
 from .mqtt import BrokerError
 from .native_log import NativeCapture
 from .reload import Reloader
-from .scoring import warm_up
+from .scoring import report_call_size, warm_up
 
 
 def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
@@ -39,7 +39,7 @@ def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
     systemd.status("loading the model")
     from ..model.meta import BundleError, read_bundle_meta
     from ..model.runtime import ServingError, choose_runtime, pick_runtime
-    from ..model.serving import call_size_warning, load_serving
+    from ..model.serving import load_serving
 
     try:
         meta = read_bundle_meta(config.bundle)
@@ -68,9 +68,7 @@ def run(config: Config, read_config: Callable[[], Config] | None = None) -> int:
     log.info("device", requested=config.device, device=choice.device, runtime=choice.runtime,
              requested_runtime=config.runtime, reason=f"{choice.reason} (CUDA: {note})" if note else choice.reason)
     reloader.runtime = choice
-    slow = call_size_warning(bundle)
-    if slow:
-        log.warning("small_inference_calls", rows=bundle.scorer().inference.rows, detail=slow)
+    report_call_size(log, bundle)
     th = bundle.meta.thresholds
     log.info("bundle", path=str(config.bundle), model=bundle.meta.model_id, score=th.score,
              warning=th.warning, alarm=th.alarm, levels=th.levels, operating_point=th.describe())

@@ -56,7 +56,6 @@ from ..core.partition import Siblings, partition_of
 from ..core.steps import PipelineSpec, Step
 from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem, monitor_topic
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
-from ..model.serving import call_size_warning  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
 from .checkpoint import Checkpoints
@@ -68,7 +67,7 @@ from .metrics import Metrics, MetricsError
 from .mqtt import BrokerError, connect, disconnect, make_client
 from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
 from .reload import Failed, Prepared, Reloader
-from .scoring import Scoring
+from .scoring import Scoring, report_call_size
 from .sparkplug import Refused, SparkplugEdge
 from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
@@ -520,9 +519,7 @@ class Monitor:
         mismatch = policy_mismatch(meta.training.get("alarm_policy"), config.alarm)
         if mismatch:
             self.log.warning("alarm_policy_differs", detail=mismatch)
-        slow = call_size_warning(new.bundle)
-        if slow:
-            self.log.warning("small_inference_calls", rows=new.scorer.inference.rows, detail=slow)
+        report_call_size(self.log, new.bundle)
         if new.waiting:
             self.log.warning("restart_needed", settings=list(new.waiting),
                              detail="changed in the configuration, applied at the next restart")

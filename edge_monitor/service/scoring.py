@@ -20,11 +20,13 @@ import numpy as np
 from ..core.batching import Batcher
 from ..core.scores import WindowScores
 from ..core.steps import WindowBatch
+from ..model.serving import call_size_warning  # no TensorFlow
 from .config import Batching
 from .status import Counters
 
 if TYPE_CHECKING:  # the scorer module loads TensorFlow
     from ..model.scorer import WindowScorer
+    from ..model.serving import ServingModel
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +69,14 @@ class ScoringObserver(Protocol):
     def batch(self, size: int, infer_seconds: float, latencies: list[tuple[float, int]]) -> None:
         """A batch was scored and its results published: its windows, its inference time and
         (seconds from input to publication, windows) of each run of windows in it."""
+
+
+def report_call_size(log, serving: "ServingModel") -> None:
+    """Warn when the runtime scores in smaller calls than usual to keep each window's bits
+    (model/serving.call_size_warning): at start and after a reload."""
+    slow = call_size_warning(serving)
+    if slow:
+        log.warning("small_inference_calls", rows=serving.scorer().inference.rows, detail=slow)
 
 
 def warm_up(scorer: WindowScorer) -> None:
