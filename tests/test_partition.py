@@ -63,3 +63,15 @@ def test_whose_machine_it_is():
     siblings.update("edge-b", None)  # its status cleared: gone
     assert siblings.owner("line2-07") is None
     assert siblings.partitions() == {"edge-c": ("press-?",)}
+
+
+def test_an_owner_is_remembered_until_the_partitions_change():
+    siblings = Siblings("a")
+    siblings.update("b", ["mill-0*"])
+    assert siblings.owner("mill-01") == "b" and siblings.owner("mill-01") == "b"
+    siblings.update("c", ["mill-01"])
+    assert siblings.owner("mill-01") == "b"  # the first by name
+    siblings.update("b", ["line2-*"])
+    assert siblings.owner("mill-01") == "c"
+    siblings.update("c", None)
+    assert siblings.owner("mill-01") is None
