@@ -13,20 +13,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 
 from ..core.batching import Batcher
 from ..core.scores import WindowScores
 from ..core.steps import WindowBatch
-from ..model.serving import call_size_warning  # no TensorFlow
+from ..model.scorer import WindowScorer  # neither this nor serving imports TensorFlow
+from ..model.serving import ServingModel, call_size_warning
 from .config import Batching
 from .status import Counters
-
-if TYPE_CHECKING:  # the scorer module loads TensorFlow
-    from ..model.scorer import WindowScorer
-    from ..model.serving import ServingModel
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +68,7 @@ class ScoringObserver(Protocol):
         (seconds from input to publication, windows) of each run of windows in it."""
 
 
-def report_call_size(log, serving: "ServingModel") -> None:
+def report_call_size(log, serving: ServingModel) -> None:
     """Warn when the runtime scores in smaller calls than usual to keep each window's bits
     (model/serving.call_size_warning): at start and after a reload."""
     slow = call_size_warning(serving)
