@@ -92,7 +92,7 @@ class RefStableRegionDetector:
             "partial": self._partial.copy(),
             "means": np.asarray(self._means, dtype=np.float64),
             "baseline": baseline,
-            "air": None if self._air is None else list(self._air),
+            "air": None if self._air is None else np.array(self._air),
             "stable": np.asarray(self.stable, dtype=bool),
             "finished": self.finished,
         }
@@ -107,6 +107,8 @@ class RefStableRegionDetector:
         baseline = snap.array(state, "baseline", where, np.float64, 1)
         stable = snap.array(state, "stable", where, bool, 1)
         air = snap.mapping(state, where).get("air")
+        if isinstance(air, np.ndarray):
+            air = snap.array(state, "air", where, np.float64, 1).tolist()
         if partial.size >= b or baseline.size % b or baseline.size > b * spec.baseline_blocks:
             raise SnapshotError(f"{where}: partial or baseline samples do not fit blocks of {b}")
         if stable.size > means.size:

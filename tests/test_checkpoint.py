@@ -127,29 +127,36 @@ def test_no_checkpoint_while_windows_are_being_scored(cuts):
         p.to_state()
 
 
-def test_snapshot_text_reads_back_as_the_json_module_wrote_it_also_with_nan_outside_arrays():
-    """orjson writes the snapshot unless a number outside the arrays is not finite (orjson would
-    write null for it); either way the state file's reader gets the same values back."""
-    import json as std_json
-    import math
+def test_a_snapshot_reads_back_from_the_state_file_bit_for_bit():
+    """encode_record writes arrays as raw bytes (float64 as float32 only where every value comes back
+    with the same bits), numpy scalars as numbers, and what orjson refuses through the json module;
+    parse gives the same values back."""
+    from edge_monitor.service import state_format
 
-    from edge_monitor.service.checkpoint import (
-        decode_arrays,
-        encode_arrays,
-        snapshot_text,
-    )
-
-    state = {"air": [1.5, 0.25], "n": 3, "cut": "c1", "ids": ["a", "é"], "none": None, "flag": True,
-             "rows": np.arange(12, dtype=np.float64).reshape(4, 3) / 7, "stable": np.array([True, False]),
-             # numpy scalars (a median, a count): the json module took np.float64, orjson takes none
+    rows = np.arange(600, dtype=np.float64).reshape(100, 6) / 7  # not float32 values: kept float64
+    samples = rows.astype(np.float32).astype(np.float64)  # float32 values (the compact encoding): stored as float32
+    samples[3] = np.nan  # a lost row
+    samples[4, 0], samples[4, 1] = -0.0, np.inf
+    state = {"air": np.array([np.nan, 0.25]), "n": 3, "cut": "c1", "ids": ["a", "é"], "none": None, "flag": True,
+             "rows": rows, "samples": samples, "stable": np.array([True, False]), "counts": np.arange(6),
+             "empty": np.empty((0, 6)), "strided": rows[::2, 1:3],
+             # numpy scalars (a median, a count): orjson writes none itself
              "median": np.float64(0.5), "count": np.int64(7), "seen": np.bool_(True), "tuple": (1, 2.5)}
-    text = snapshot_text(state)
-    assert std_json.loads(text) == std_json.loads(std_json.dumps(encode_arrays(state)))
-    assert std_json.loads(text)["median"] == 0.5 and std_json.loads(text)["count"] == 7
-    assert std_json.loads(snapshot_text({"big": 2**70, "odd": "\ud800"})) == {"big": 2**70, "odd": "\ud800"}
-    back = decode_arrays(std_json.loads(text))
-    np.testing.assert_array_equal(back["rows"], state["rows"])
-    for odd in (math.nan, math.inf):
-        text = snapshot_text({**state, "air": [odd, np.float64(0.25)], "median": np.float64(odd)})
-        value = std_json.loads(text)["air"][0]
-        assert value is not None and (math.isnan(value) if odd != odd else value == odd)
+
+    def round_trip(value):
+        contents = state_format.parse(b"".join(state_format.compose({"machines": {}}, {"m": state_format.encode_record(value)})))
+        assert contents.problems == []
+        return contents.streams["m"]
+
+    back = round_trip(state)
+    for key in ("air", "rows", "samples", "stable", "counts", "empty", "strided"):
+        assert back[key].dtype == np.asarray(state[key]).dtype and back[key].shape == state[key].shape, key
+        assert back[key].tobytes() == np.ascontiguousarray(state[key]).tobytes(), key
+    assert {k: back[k] for k in ("n", "cut", "ids", "none", "flag", "median", "count", "seen", "tuple")} == {
+        "n": 3, "cut": "c1", "ids": ["a", "é"], "none": None, "flag": True, "median": 0.5, "count": 7, "seen": True,
+        "tuple": [1, 2.5]}
+    record = state_format.encode_record({"rows": rows, "samples": samples})
+    assert record.size == rows.nbytes + samples.nbytes // 2  # the float32 values in half the bytes
+    assert round_trip({"big": 2**70, "odd": "\ud800"}) == {"big": 2**70, "odd": "\ud800"}
+    with pytest.raises(TypeError, match="float16"):
+        state_format.encode_record({"x": np.zeros(3, np.float16)})

@@ -5,7 +5,6 @@ either restore in the other."""
 
 from __future__ import annotations
 
-import json
 import math
 from itertools import pairwise
 
@@ -297,9 +296,11 @@ def fake_scores(data: np.ndarray) -> WindowScores:
 
 
 def state_file_round_trip(state: dict) -> dict:
-    from edge_monitor.service.checkpoint import decode_arrays, encode_arrays
+    from edge_monitor.service import state_format
 
-    return decode_arrays(json.loads(json.dumps(encode_arrays(state))))
+    contents = state_format.parse(b"".join(state_format.compose({"machines": {}}, {"m": state_format.encode_record(state)})))
+    assert contents.problems == []
+    return contents.streams["m"]
 
 
 @pytest.mark.parametrize("seed", range(4))

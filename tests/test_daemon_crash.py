@@ -19,6 +19,8 @@ from daemon_support import POLICY, REPO, Collector, Daemon, machine_of, model_fi
 
 from edge_monitor.core import sparkplug_payload as sp
 from edge_monitor.core.alarm import AlarmTracker
+from edge_monitor.service.state import StateFile
+from edge_monitor.service.state_format import encode_record
 
 ROOT, INSTANCE = "t-crash", "k1"
 MACHINES = 4  # cases 11, 13, 11, 13
@@ -154,10 +156,13 @@ def test_the_daemon_comes_online_whatever_the_state_file_holds(broker, model, tm
         (json.dumps({"format": 1, "model": "m", "machines": {"mill-02": {"state": "warning", "since": "yesterday"}}}),
          False),
         (json.dumps({"format": 2, "model": "m", "machines": {}, "streams": {"mill-01": {"stream": {}}}})[:-17], True),
+        # the format written now, cut short in its last record
+        (b"".join(StateFile.compose({}, {"mill-01": encode_record({"stream": {}, "rows": np.zeros((9, 6))})}, "m"))[:-17],
+         True),
     ]
     try:
         for text, warned in contents:
-            (tmp_path / "state.json").write_text(text)
+            (tmp_path / "state.json").write_bytes(text if isinstance(text, bytes) else text.encode())
             daemon = Daemon(tmp_path, broker, model.bundle, root, instance, CONFIG).start()
             try:
                 daemon.wait_online(collector)

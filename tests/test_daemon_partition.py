@@ -12,6 +12,7 @@ import pytest
 from daemon_support import Collector, Daemon, machine_of, model_fixture, replay_cli
 
 from edge_monitor.service.check import PROBE, run_check
+from edge_monitor.service.state import StateFile
 
 ROOT = "plant"
 # A: machine ids, B: patterns. Each receives every machine's inputs and drops the other's, whose
@@ -87,8 +88,8 @@ def test_two_instances_partition_the_machines(broker, model, tmp_path):
     assert a["inputs_other_instance"] > 0 and b["inputs_other_instance"] > 0  # the other's, dropped quietly
     # each state file holds its own machines' alarm states
     for instance, owned in (("edge-a", {"mill-01", "mill-02"}), ("edge-b", {"mill-03", "mill-04"})):
-        state = json.loads((tmp_path / instance / "state.json").read_text())
-        assert set(state["machines"]) == owned, (instance, sorted(state["machines"]))
+        alarms = StateFile(tmp_path / instance / "state.json").read("").alarms
+        assert set(alarms) == owned, (instance, sorted(alarms))
 
 
 def _status(collector: Collector, instance: str) -> dict:

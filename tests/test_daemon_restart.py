@@ -5,7 +5,6 @@ window published after the daemon reconnected by itself."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from edge_monitor.core.outbound import AlarmMessage, encode
 from edge_monitor.core.topics import cmd_topic, machine_topic
 from edge_monitor.service.mqtt import BrokerSettings
 from edge_monitor.service.state import SavedState, StateFile, choose_alarm_state
+from edge_monitor.service.state_format import encode_record
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,8 @@ def test_alarm_survives_restart_and_reset_clears_it(broker, model, tmp_path):
         assert collector.wait(lambda: len(collector.on("/summary")) >= len(model.archive.cuts), 60)
         assert first.terminate() == 0
         assert collector.on(status)[-1][1]["state"] == "offline" and "counters" in collector.on(status)[-1][1]
-        saved = json.loads((tmp_path / "state.json").read_text())
-        assert saved["machines"]["mill-02"]["state"] == "alarm"
+        saved = StateFile(tmp_path / "state.json").read("")
+        assert saved.alarms["mill-02"]["state"] == "alarm"
         announced = collector.on("/alarm")[-1][1]
 
         # 2. the broker lost the retained alarm (say, restarted without persistence): the state
@@ -124,7 +124,7 @@ def test_alarm_survives_restart_and_reset_clears_it(broker, model, tmp_path):
         cleared = collector.on("/alarm")[-1][1]
         assert (cleared["state"], cleared["cut"], cleared["score"]) == ("normal", None, None)
         assert third.terminate() == 0
-        assert json.loads((tmp_path / "state.json").read_text())["machines"]["mill-02"]["state"] == "normal"
+        assert StateFile(tmp_path / "state.json").read("").alarms["mill-02"]["state"] == "normal"
 
         # 5. restarting again publishes no alarm at all: file and retained agree on normal
         n_alarms = len(collector.on("/alarm"))
@@ -235,7 +235,7 @@ def test_state_file_round_trip_and_problems(tmp_path):
     state = StateFile(tmp_path / "sub" / "state.json")
     assert state.read("model") == SavedState()  # no file yet: no problem
     alarms = {"m1": {"state": "alarm", "since": 1.0, "recent": [2.0]}}
-    state.write(StateFile.compose(alarms, {"m1": '{"x":1}'}, "model"))
+    state.write(StateFile.compose(alarms, {"m1": encode_record({"x": 1})}, "model"))
     saved = state.read("model")
     assert (saved.alarms, saved.streams, saved.checkpoint, saved.problems) == (alarms, {"m1": {"x": 1}}, True, [])
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["state.json"]  # no temporary left
@@ -243,7 +243,7 @@ def test_state_file_round_trip_and_problems(tmp_path):
     assert other.alarms == alarms and other.streams == {} and "start afresh" in other.problems[0]
     (tmp_path / "sub" / "state.json").write_text("{not json")
     saved = state.read("model")
-    assert saved.alarms == {} and "not JSON, ignored" in saved.problems[0] and "using the retained alarms" in saved.problems[0]
+    assert saved.alarms == {} and "not JSON" in saved.problems[0] and "ignored; using the retained alarms" in saved.problems[0]
     assert StateFile(None).read("model") == SavedState()
 
 

@@ -314,10 +314,10 @@ def test_the_state_file_says_what_made_the_scores_and_how_cuts_were_judged(tmp_p
     from edge_monitor.service.state import StateFile
 
     state = StateFile(tmp_path / "state.json")
-    state.path.write_text(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a", None, "s1", MOVE_POLICY))
+    state.write(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a", None, "s1", MOVE_POLICY))
     saved = state.read("b")
     assert saved.scoring == "s1" and saved.judging == {"reference_cuts": 1, "min_windows": 1}
-    state.path.write_text(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a"))
+    state.write(StateFile.compose({"m1": warned_tracker().to_dict()}, {}, "a"))
     assert state.read("b").scoring is None  # not written: nothing kept on a restart with another model
 
 

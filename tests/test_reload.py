@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import secrets
 import shutil
 import signal
@@ -311,8 +310,8 @@ def test_a_broken_bundle_leaves_the_running_model_and_says_why(run):
 def test_open_cuts_survive_a_restart_with_another_model_that_windows_alike(tmp_path):
     """A crash right after a reload, before a checkpoint under the new model: the file's open cuts
     are the old model's, windowed as the new one windows, so they resume (their scores dropped)."""
-    from edge_monitor.service.checkpoint import encode_arrays
     from edge_monitor.service.state import StateFile, resume
+    from edge_monitor.service.state_format import encode_record
 
     signals = real_cut()
     old = Fleet(spec(OLD, "old"), lambda m: True, ("*",))
@@ -321,9 +320,9 @@ def test_open_cuts_survive_a_restart_with_another_model_that_windows_alike(tmp_p
     for batch in feed(pipe, "c1", signals, 0, signals.shape[0] // 2):
         pipe.scored(batch, scores(len(batch), 100.0))
     windowing = {"channels": list(CHANNELS), "window": {"length": 64, "stride": 64}, "stable_region": {}}
-    streams = {m: json.dumps(encode_arrays(s)) for m, s in old.streams(["m1"]).items()}
+    streams = {m: encode_record(s) for m, s in old.streams(["m1"]).items()}
     path = tmp_path / "state.json"
-    path.write_text(StateFile.compose(old.snapshots(), streams, "old", windowing))
+    path.write_bytes(b"".join(StateFile.compose(old.snapshots(), streams, "old", windowing)))
 
     def restart(windows_alike: bool):
         new = Fleet(spec(NEW, "new"), lambda m: True, ("*",))

@@ -5,6 +5,10 @@ lists and numpy arrays) so that it resumes after a restart where it stopped. A s
 a file that may be truncated, edited, or written by another version: every read here checks the
 type, shape and range of what it takes and raises :class:`SnapshotError` naming the field, never
 anything else. Pure: the service turns snapshots into bytes and back.
+
+Floats outside arrays are finite in every snapshot: a value that may be NaN (an air level of a
+cut whose first samples were all lost) goes in an array, which keeps its bits exactly; the state
+file's writer relies on it (service/state_format.py).
 """
 
 from __future__ import annotations

@@ -124,10 +124,10 @@ class StableRegionDetector:
         """Everything the detector needs to go on after a restart (plain data and arrays)."""
         baseline = np.concatenate(self._baseline_samples) if self._baseline_samples else np.empty(0)
         return {
-            "partial": self._partial.copy(),
+            "partial": self._partial,  # never written in place (push makes a new one): no copy
             "means": np.asarray(self._means, dtype=np.float64),
             "baseline": baseline,
-            "air": None if self._air is None else list(self._air),
+            "air": None if self._air is None else np.array(self._air),  # an array: it may be NaN (snapshot.py)
             "stable": np.asarray(self.stable, dtype=bool),
             "finished": self.finished,
         }
@@ -142,6 +142,8 @@ class StableRegionDetector:
         baseline = snap.array(state, "baseline", where, np.float64, 1)
         stable = snap.array(state, "stable", where, bool, 1)
         air = snap.mapping(state, where).get("air")
+        if isinstance(air, np.ndarray):  # as written since state file format 3; a list before
+            air = snap.array(state, "air", where, np.float64, 1).tolist()
         if partial.size >= b or baseline.size % b or baseline.size > b * spec.baseline_blocks:
             raise SnapshotError(f"{where}: partial or baseline samples do not fit blocks of {b}")
         if stable.size > means.size:

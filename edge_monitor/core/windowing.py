@@ -65,7 +65,7 @@ class CutWindower:
     n_channels: int = len(CHANNELS)
     _detector: StableRegionDetector = field(init=False)
     # The rows a future window can still use are _store[_lo:_hi] (see _buffer): appended in place,
-    # dropped by moving _lo, moved to the front only when the store is full.
+    # dropped by moving _lo, copied to the front of a new store when this one is full.
     _store: np.ndarray = field(init=False)
     _lo: int = field(init=False, default=0)
     _hi: int = field(init=False, default=0)
@@ -130,9 +130,12 @@ class CutWindower:
         return out
 
     def to_state(self) -> dict:
-        """Everything the windower needs to go on after a restart (plain data and arrays)."""
+        """Everything the windower needs to go on after a restart (plain data and arrays). The
+        rows are a read-only view, not a copy: nothing writes them again (see _append)."""
+        rows = self._buffer
+        rows.flags.writeable = False
         return {
-            "buffer": self._buffer.copy(),
+            "buffer": rows,
             "buffer_start": self._buffer_start,
             "segment_start": self._segment_start,
             "segment_stop": self._segment_stop,
@@ -173,10 +176,10 @@ class CutWindower:
         k = frames.shape[0]
         if self._hi + k > self._store.shape[0]:
             held = self._hi - self._lo
-            if held + k > self._store.shape[0]:
-                store = np.empty((max(held + k, 2 * self._store.shape[0], self._capacity), self.n_channels))
-            else:
-                store = self._store  # move the rows held to the front (numpy copes with the overlap)
+            # A new store, never the rows moved to the front of this one: rows held are never
+            # written again, so a checkpoint keeps a view of them rather than a copy (to_state).
+            size = self._store.shape[0]
+            store = np.empty((max(held + k, size if held + k <= size else 2 * size, self._capacity), self.n_channels))
             store[:held] = self._store[self._lo : self._hi]
             self._store, self._lo, self._hi = store, 0, held
         self._store[self._hi : self._hi + k] = frames

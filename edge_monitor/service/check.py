@@ -155,7 +155,7 @@ def _state(state_file: Path | None) -> Iterator[Result]:
         return
     try:
         before = os.stat(where)
-        write_synced(where, f".{state_file.name}.check-", "edge-monitor check: a probe, removed at once\n").unlink()
+        write_synced(where, f".{state_file.name}.check-", b"edge-monitor check: a probe, removed at once\n").unlink()
         sync_directory(where)
     except OSError as exc:
         yield fail(f"state {state_file}: user {user} cannot write a file in {where} ({exc.strerror or exc})")

@@ -2,7 +2,7 @@
 
 The monitor acknowledges its inputs by hand (paho's ``manual_ack``). Every ``interval`` it closes
 an *epoch*: it scores every window still waiting, publishes the results, and takes a snapshot of
-every machine (alarm state and open cut) as the text of the state file. An epoch is *confirmed*
+every machine (alarm state and open cut) for the state file. An epoch is *confirmed*
 once the broker has taken all of its results (QoS 1: acknowledged; QoS 0: written to the socket);
 then the newest confirmed snapshot is written to the state file atomically, and only then are the
 epoch's inputs acknowledged.
@@ -18,113 +18,16 @@ acknowledged (the broker sends them again on the new one, and they are acknowled
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
-import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-import orjson
 import paho.mqtt.client as paho
 
-from ..core.snapshot import SnapshotError
 from .inbox import Delivery
 
 MAX_UNCONFIRMED = 8  # epochs waiting for the broker: beyond this the current one grows instead
-ARRAY_DTYPES = {"float64": np.float64, "int64": np.int64, "bool": np.bool_}
-
-
-def encode_arrays(value: Any) -> Any:
-    """A snapshot as JSON-able data: every numpy array becomes {"array": dtype, "shape", "data"}
-    with its bytes in base64 (exact, and far faster than a list of numbers)."""
-    return _encode(value, [])
-
-
-def _encode(value: Any, nonfinite: list) -> Any:
-    """:func:`encode_arrays`, appending to ``nonfinite`` each float outside the arrays that is NaN
-    or infinite: one walk of the snapshot, not two (at 1 000 machines every second counts)."""
-    kind = type(value)
-    if kind is np.ndarray:
-        name = _DTYPE_NAMES.get(value.dtype)  # dtype.name is slow Python: a checkpoint asks it thousands of times
-        if name is None:
-            raise TypeError(f"cannot checkpoint an array of {value.dtype.name}")
-        # tobytes() is C order whatever the strides; the file's bytes are little-endian
-        data = value.tobytes() if _LITTLE_ENDIAN else value.astype(value.dtype.newbyteorder("<")).tobytes()
-        return {"array": name, "shape": list(value.shape), "data": binascii.b2a_base64(data, newline=False).decode("ascii")}
-    if kind is float:
-        if not math.isfinite(value):
-            nonfinite.append(value)
-        return value
-    if kind is dict:
-        return {str(k): v if type(v) in _EXACT else _encode(v, nonfinite) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [v if type(v) in _EXACT else _encode(v, nonfinite) for v in value]
-    if isinstance(value, np.generic):  # a numpy scalar (np.float64 from a median, say): the Python number
-        return _encode(value.item(), nonfinite)
-    if isinstance(value, float):  # a subclass of float
-        return _encode(float(value), nonfinite)
-    if isinstance(value, np.ndarray):  # a subclass
-        return _encode(np.asarray(value), nonfinite)
-    if isinstance(value, dict):
-        return _encode(dict(value), nonfinite)
-    if isinstance(value, (list, tuple)):
-        return _encode(list(value), nonfinite)
-    return value
-
-
-def snapshot_text(state: Any) -> str:
-    """A machine's snapshot as compact JSON text (arrays as :func:`encode_arrays` makes them).
-
-    orjson writes it about six times faster than the json module, but writes NaN and infinity as
-    null; a snapshot holding such a number outside its arrays (an air level of a cut whose first
-    samples were all lost) goes through the json module, whose NaN the state file's reader reads
-    back."""
-    nonfinite: list = []
-    encoded = _encode(state, nonfinite)
-    if not nonfinite:
-        try:
-            return orjson.dumps(encoded).decode("utf-8")
-        except TypeError:  # what the json module writes and orjson refuses: an int beyond 64 bits, a lone surrogate
-            pass
-    return json.dumps(encoded, separators=(",", ":"))
-
-
-_DTYPE_NAMES = {np.dtype(t): name for name, t in ARRAY_DTYPES.items()}
-_EXACT = {int, str, bool, type(None)}  # nothing to convert or check (exact types: not subclasses)
-_LITTLE_ENDIAN = sys.byteorder == "little"
-
-
-def decode_arrays(value: Any, where: str = "snapshot") -> Any:
-    """The inverse of :func:`encode_arrays`; :class:`SnapshotError` for an array that does not
-    decode (unknown type, shape and bytes that disagree, bad base64)."""
-    if isinstance(value, dict):
-        if "array" in value and set(value) == {"array", "shape", "data"}:
-            return _array(value, where)
-        return {k: decode_arrays(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode_arrays(v, where) for v in value]
-    return value
-
-
-def _array(value: dict, where: str) -> np.ndarray:
-    dtype, shape, data = value["array"], value["shape"], value["data"]
-    if type(dtype) is not str or dtype not in ARRAY_DTYPES or not isinstance(shape, list) or not isinstance(data, str) or any(
-        type(n) is not int or not 0 <= n < 2**31 for n in shape
-    ):
-        raise SnapshotError(f"{where}: not an array")
-    try:
-        raw = base64.b64decode(data.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise SnapshotError(f"{where}: the array's data is not base64 ({exc})") from None
-    kind = np.dtype(ARRAY_DTYPES[dtype]).newbyteorder("<")
-    if len(shape) > 3 or len(raw) != kind.itemsize * math.prod(shape):
-        raise SnapshotError(f"{where}: {len(raw)} bytes do not hold a {dtype} array of shape {shape}")
-    return np.frombuffer(raw, dtype=kind).reshape(shape).astype(ARRAY_DTYPES[dtype])
 
 
 def taken(info: paho.MQTTMessageInfo) -> bool | None:

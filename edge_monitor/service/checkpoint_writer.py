@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..core.alarm import AlarmPolicy
-from .checkpoint import Checkpoints, Progress, snapshot_text
+from .checkpoint import Checkpoints, Progress
+from .state_format import Record, encode_record
 from .state import StateFile
 
 POLL_S = 0.01  # how often the writer looks whether the broker took an epoch's results
@@ -43,25 +44,25 @@ class SnapshotJob:
 
 
 class SnapshotEncoder:
-    """The state file's text from the jobs, with each machine's open cut encoded once per change."""
+    """The state file's bytes from the jobs, with each machine's open cut encoded once per change."""
 
     def __init__(self, state_file: StateFile) -> None:
         self.state_file = state_file
-        self._texts: dict[str, str] = {}  # machine -> its open cut as JSON, at its last change
+        self._records: dict[str, Record] = {}  # machine -> its open cut, encoded at its last change
 
-    def text(self, jobs: list[SnapshotJob]) -> list[str]:
-        """The file's text, in pieces (:meth:`.StateFile.compose_parts`)."""
+    def parts(self, jobs: list[SnapshotJob]) -> list:
+        """The file's bytes, in pieces (:meth:`.StateFile.compose`)."""
         for job in jobs:
             for machine, state in job.streams.items():
-                self._texts[machine] = snapshot_text(state)
+                self._records[machine] = encode_record(state)
         last = jobs[-1]
-        for machine in [m for m in self._texts if m not in last.live]:
-            del self._texts[machine]  # left memory: no open cut to keep (its alarm state stays)
-        return self.state_file.compose_parts(last.alarms, self._texts, last.model, last.windowing,
-                                             last.scoring, last.policy)
+        for machine in [m for m in self._records if m not in last.live]:
+            del self._records[machine]  # left memory: no open cut to keep (its alarm state stays)
+        return self.state_file.compose(last.alarms, self._records, last.model, last.windowing,
+                                       last.scoring, last.policy)
 
     def write(self, jobs: list[SnapshotJob]) -> None:
-        self.state_file.write(self.text(jobs))
+        self.state_file.write(self.parts(jobs))
 
 
 class CheckpointWriter:

@@ -107,7 +107,7 @@ class BdSeqFile:
         power cut the broker may still hold the old will, and a repeated bdSeq would match it."""
         value = 0 if last is None else (last + 1) % 256
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(write_synced(self.path.parent, f".{self.path.name}.", f"{value}\n"), self.path)
+        os.replace(write_synced(self.path.parent, f".{self.path.name}.", f"{value}\n".encode()), self.path)
         sync_directory(self.path.parent)
         return value
 

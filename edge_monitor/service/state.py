@@ -1,9 +1,9 @@
 """The monitor's state across restarts: the state file, the retained alarm topic, and which wins.
 
 Every machine's alarm state lives in two places: the retained ``R/<machine>/alarm`` message on the
-broker (what dashboards see) and a JSON state file beside the monitor (which also keeps the cut
+broker (what dashboards see) and a state file beside the monitor (which also keeps the cut
 history, the tool's reference and, since format 2, every open cut: the checkpoint of
-:mod:`.checkpoint`). At start-up both are read back (:func:`choose_alarm_state`); a restart never
+:mod:`.checkpoint`; its bytes: :mod:`.state_format`). At start-up both are read back (:func:`choose_alarm_state`); a restart never
 re-announces nor clears an active alarm.
 
 The file is read defensively: whatever it holds (truncated, wrong types, another version, another
@@ -12,7 +12,6 @@ model's cuts), the monitor starts with what can be used and a warning per thing 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import secrets
@@ -30,10 +29,9 @@ from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import SENSOR_FAULT, AlarmMessage
 from ..core.snapshot import SnapshotError
 from ..core.topics import ProtocolError, Topics, machine_id_problem
-from .checkpoint import decode_arrays
+from . import state_format
 from .mqtt import acknowledge
 
-STATE_FORMAT = 2  # 1: alarm states only, written at each transition (still read)
 READBACK_TIMEOUT = 5.0  # seconds to wait for the retained alarms at start
 
 
@@ -172,7 +170,7 @@ def resume(fleet: Fleet, saved: SavedState, retained: dict[str, AlarmMessage], w
 
 
 class StateFile:
-    """Every machine's alarm state and open cut in one JSON file, replaced atomically."""
+    """Every machine's alarm state and open cut in one file (state_format.py), replaced atomically."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -186,78 +184,54 @@ class StateFile:
         if self.path is None:
             return saved
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return saved
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             saved.problems.append(f"state file {self.path}: unreadable, ignored ({exc}); using the retained alarms")
             return saved
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            saved.problems.append(f"state file {self.path}: not JSON, ignored ({exc}); using the retained alarms")
+        contents = state_format.parse(data)
+        head = contents.head
+        if head is None:
+            saved.problems += [f"state file {self.path}: {p}, ignored; using the retained alarms" for p in contents.problems]
             return saved
-        version = data.get("format") if isinstance(data, dict) else None
-        machines = data.get("machines") if isinstance(data, dict) else None
-        if version not in (1, STATE_FORMAT) or not isinstance(machines, dict):
-            saved.problems.append(f"state file {self.path}: not a state file of format 1 or {STATE_FORMAT}, "
-                                  "ignored; using the retained alarms")
-            return saved
-        saved.alarms = {str(m): s for m, s in machines.items() if isinstance(s, dict)}
-        saved.checkpoint = version == STATE_FORMAT
-        if saved.checkpoint and isinstance(data.get("model"), str):
-            saved.model = data["model"]
-            saved.scoring = data["scoring"] if isinstance(data.get("scoring"), str) else None
-            saved.judging = data["judging"] if isinstance(data.get("judging"), dict) else None
-        streams = data.get("streams", {})
-        if not isinstance(streams, dict):
-            saved.problems.append(f"state file {self.path}: 'streams' is not an object; open cuts start afresh")
-        elif streams and data.get("model") != model and (windowing is None or data.get("windowing") != windowing):
+        saved.problems += [f"state file {self.path}: {p}" for p in contents.problems]
+        saved.alarms = {str(m): s for m, s in head["machines"].items() if isinstance(s, dict)}
+        saved.checkpoint = head.get("format") != 1
+        if saved.checkpoint and isinstance(head.get("model"), str):
+            saved.model = head["model"]
+            saved.scoring = head["scoring"] if isinstance(head.get("scoring"), str) else None
+            saved.judging = head["judging"] if isinstance(head.get("judging"), dict) else None
+        if contents.streams and head.get("model") != model and (windowing is None or head.get("windowing") != windowing):
             saved.problems.append(f"state file {self.path}: its open cuts were windowed for model "
-                                  f"{str(data.get('model'))[:40]!r}, which cut windows otherwise than {model}; "
+                                  f"{str(head.get('model'))[:40]!r}, which cut windows otherwise than {model}; "
                                   "they start afresh")
         else:
-            for machine, state in streams.items():
-                try:
-                    saved.streams[str(machine)] = decode_arrays(state, f"machine {machine}")
-                except (SnapshotError, RecursionError, ValueError, TypeError, OverflowError) as exc:
-                    saved.problems.append(f"state file {self.path}: open cut of {str(machine)[:64]!r} "
-                                          f"ignored ({exc})")
+            saved.streams = contents.streams
         return saved
 
     @staticmethod
-    def compose(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None,
-                scoring: str = "", policy: AlarmPolicy | None = None) -> str:
-        """The file's text: ``streams`` holds each machine's open cut already as JSON text
-        (checkpoint.snapshot_text), so that only the machines that changed are encoded again;
-        ``windowing`` says how they were cut into windows (``model.meta.windowing_of``);
-        ``scoring`` what made the model's scores (``model.meta.scoring_id``) and ``policy`` how
-        cuts were judged: with both the same, a restart keeps the histories and references."""
-        return "".join(StateFile.compose_parts(alarms, streams, model, windowing, scoring, policy))
-
-    @staticmethod
-    def compose_parts(alarms: dict[str, dict], streams: dict[str, str], model: str, windowing: dict | None = None,
-                      scoring: str = "", policy: AlarmPolicy | None = None) -> list[str]:
-        """:meth:`compose` in pieces, for :meth:`write`: at 1 000 machines the file is ~17 MB, and
-        joining it into one string would hold every other thread up for milliseconds."""
-        head = {"format": STATE_FORMAT, "model": model, "machines": alarms}
+    def compose(alarms: dict[str, dict], streams: dict[str, state_format.Record], model: str,
+                windowing: dict | None = None, scoring: str = "", policy: AlarmPolicy | None = None) -> list:
+        """The file's bytes, in pieces (:func:`.state_format.compose`): ``streams`` holds each
+        machine's open cut already encoded (:func:`.state_format.encode_record`), so that only the
+        machines that changed are encoded again; ``windowing`` says how they were cut into windows
+        (``model.meta.windowing_of``); ``scoring`` what made the model's scores
+        (``model.meta.scoring_id``) and ``policy`` how cuts were judged: with both the same, a
+        restart keeps the histories and references."""
+        head: dict[str, Any] = {"model": model, "machines": alarms}
         if scoring and policy is not None:
             head["scoring"], head["judging"] = scoring, judging(policy)
         if windowing is not None:
             head["windowing"] = windowing
-        parts = [json.dumps(head, allow_nan=False)[:-1], ',"streams":{']
-        for i, (machine, text) in enumerate(streams.items()):
-            parts.append(f'{"," if i else ""}{json.dumps(machine)}:')
-            parts.append(text)
-        parts.append("}}")
-        return parts
+        return state_format.compose(head, streams)
 
-    def write(self, text: str | list[str]) -> None:
-        """Replace the file with ``text`` (or its pieces, :meth:`compose_parts`), atomically."""
+    def write(self, parts: bytes | list) -> None:
+        """Replace the file with ``parts`` (:meth:`compose`), atomically."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = write_synced(self.path.parent, f".{self.path.name}.", [text, "\n"] if isinstance(text, str) else [*text, "\n"])
+        tmp = write_synced(self.path.parent, f".{self.path.name}.", [parts] if isinstance(parts, bytes) else parts)
         try:
             os.replace(tmp, self.path)
         except BaseException:
@@ -266,15 +240,15 @@ class StateFile:
         sync_directory(self.path.parent)  # the rename is durable only once the directory is
 
 
-def write_synced(directory: Path, prefix: str, text: str | list[str]) -> Path:
-    """A new file in ``directory`` (its name starts with ``prefix``) holding ``text`` (or its
-    pieces, one after another), on disk (flushed and fsynced) when this returns; removed again if
-    writing fails. The state file's first step, and ``edge-monitor check``'s probe of the state
-    directory."""
+def write_synced(directory: Path, prefix: str, data: bytes | list) -> Path:
+    """A new file in ``directory`` (its name starts with ``prefix``) holding ``data`` (or its
+    bytes-like pieces, one after another), on disk (flushed and fsynced) when this returns; removed
+    again if writing fails. The state file's first step, the Sparkplug bdSeq file's, and
+    ``edge-monitor check``'s probe of the state directory."""
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines([text] if isinstance(text, str) else text)
+        with os.fdopen(fd, "wb") as f:
+            f.writelines([data] if isinstance(data, bytes) else data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
