@@ -24,7 +24,7 @@ from edge_monitor.model.meta import ONNX_FILE, PARITY_TOLERANCE, SCORE_OUTPUTS, 
 from edge_monitor.model.onnx_inference import OnnxInference, call_rows, call_sizes
 from edge_monitor.model.runtime import ServingError, choose_runtime
 from edge_monitor.model.scaling import MinMaxScaler
-from edge_monitor.model.scorer import INFERENCE_ROWS, WindowScorer
+from edge_monitor.model.scorer import INFERENCE_ROWS, WindowScorer, call_plan
 from edge_monitor.model.serving import ServingModel, call_size_warning, load_serving
 from edge_monitor.model.tf_inference import tf_scorer
 from edge_monitor.model.vae import VAEHyperParams, build_beta_vae
@@ -217,7 +217,7 @@ def test_a_few_windows_cost_a_small_call_and_the_same_bits(exported):
     calls = []
 
     class Recording:
-        runtime, rows, sizes = inference.runtime, inference.rows, inference.sizes
+        runtime, rows, sizes, call_cost_rows = inference.runtime, inference.rows, inference.sizes, inference.call_cost_rows
         window_length, n_channels = inference.window_length, inference.n_channels
 
         def __call__(self, x):
@@ -229,10 +229,33 @@ def test_a_few_windows_cost_a_small_call_and_the_same_bits(exported):
     x = SCALER.transform(RAW[:60])
     whole = WindowScorer(Recording(), SCALER).score_scaled(x)
     few = WindowScorer(Recording(), SCALER).score_scaled(x[:5])
-    smallest = lambda n: min(size for size in inference.sizes if size >= n)  # noqa: E731
-    assert calls == [INFERENCE_ROWS, smallest(12), smallest(5)]
+    plan = lambda n: list(call_plan(n, inference.sizes, inference.call_cost_rows))  # noqa: E731
+    assert calls == [INFERENCE_ROWS, *plan(12), *plan(5)]
     for name in SCORE_OUTPUTS:
         assert np.array_equal(getattr(few, name), getattr(whole, name)[:5]), name
+    # what is left of a batch in several exact calls, each window with the bits of a full call
+    calls.clear()
+    x = SCALER.transform(RAW[:INFERENCE_ROWS + 40])
+    split = WindowScorer(Recording(), SCALER).score_scaled(x)
+    assert calls[0] == INFERENCE_ROWS and sum(calls[1:]) >= 40 and calls[1:] == plan(40)
+    one = WindowScorer(Recording(), SCALER)
+    for name in SCORE_OUTPUTS:
+        alone = np.concatenate([getattr(one.score_scaled(x[i : i + INFERENCE_ROWS]), name) for i in (0, INFERENCE_ROWS)])
+        assert np.array_equal(getattr(split, name), alone), name
+
+
+def test_what_is_left_of_a_batch_goes_in_the_cheapest_calls():
+    sizes = (2, 4, 8, 16, 48)
+    assert call_plan(0, sizes, 2.0) == ()
+    assert call_plan(32, sizes, 2.0) == (16, 16)  # 36 rows' worth, not 50 for one of 48
+    assert call_plan(40, sizes, 2.0) == (16, 16, 8)
+    assert call_plan(47, sizes, 2.0) == (48,)  # five calls and a padded one would cost more
+    assert call_plan(5, sizes, 2.0) == (8,)  # as dear as 4 + 2: the fewer calls
+    assert call_plan(32, sizes, 48.0) == (48,)  # the call is the cost (a GPU): one padded call
+    assert call_plan(5, (48,), 0.0) == (48,)  # one size (TensorFlow)
+    for n in range(1, 49):
+        plan = call_plan(n, sizes, 2.0)
+        assert sum(plan[:-1]) < n <= sum(plan)  # only the last call holds padding
 
 
 def test_the_call_size_is_one_a_runtime_scores_every_window_alike_at():

@@ -5,8 +5,8 @@ On the CPU, or on an NVIDIA GPU through ONNX Runtime's CUDA execution provider (
 to the CPU silently when the CUDA provider cannot start (no driver, a missing CUDA library), so
 the session is asked what it really uses.
 
-Every call has a fixed number of windows (:func:`call_rows`) but the last of a batch, which is
-padded to the smallest of a few sizes (:func:`call_sizes`); both are probed when the model loads,
+Every call has a fixed number of windows (:func:`call_rows`) but those of what is left of a batch,
+which take a few smaller sizes (:func:`call_sizes`, the last call padded); both are probed when the model loads,
 and only sizes at which every probed window gets the bits of a full call are used: at another
 batch size or position a window can get other last bits, and a window scored again after a crash
 must be published byte for byte as the first time.
@@ -67,6 +67,10 @@ class OnnxInference:
         self.rows = INFERENCE_ROWS  # while probing
         self.rows = call_rows(self)
         self.sizes = call_sizes(self)
+        # what a call costs besides its rows (scorer.call_plan): on a CPU about two rows' worth
+        # (measured: a call of 2 costs as 4 rows of a call of 48); on a GPU the call is the cost,
+        # its rows next to nothing, so what is left of a batch goes in one padded call
+        self.call_cost_rows = float(self.rows) if self.on_gpu else 2.0
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         recon, kl, channels = self.session.run(self._outputs, {self._input: x})

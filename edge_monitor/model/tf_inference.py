@@ -22,6 +22,7 @@ class TensorFlowInference:
     runtime = "tensorflow"
     rows = INFERENCE_ROWS
     sizes = (INFERENCE_ROWS,)  # one traced shape
+    call_cost_rows = 0.0  # (one size: nothing to plan)
 
     def __init__(self, model: keras.Model) -> None:
         self.graph = scoring_model(model)
