@@ -12,6 +12,7 @@ from test_machine import SPEC, cuts, offsets, score_all  # noqa: F401 (cuts: a f
 
 from edge_monitor.core import inbound, topics
 from edge_monitor.core.channels import CHANNELS, SAMPLE_RATE_HZ
+from edge_monitor.core.frames import CutAssembler
 from edge_monitor.core.inbound import (
     F32_FRAME_CONTENT_TYPE,
     CutEnd,
@@ -131,3 +132,49 @@ def test_a_frame_sent_twice_or_out_of_its_cut_changes_nothing(cuts):  # noqa: F8
     assert first.duplicate_samples == 0
     with pytest.raises(ProtocolError, match="frame for cut 'c9', which never started"):
         p.handle(SignalFrame("c9", 64, signals[64:128]))
+
+
+def _totals(results) -> tuple:
+    """What add results hand out together: their rows (arrays, and counts of lost rows) and counts."""
+    return ([p for r in results for p in r.parts], sum(r.duplicate_samples for r in results),
+            sum(r.gap_samples for r in results))
+
+
+def _same_rows(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y, equal_nan=True) if isinstance(x, np.ndarray) else x == y
+                                    for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_frame_in_order_is_handed_out_as_its_six_chunks_would_be(seed):
+    """The frame's fast path (CutAssembler.add_level: every channel level, no row held) against
+    the same frames added a channel at a time, over frames in order, repeated, overlapping, with
+    gaps, and chunks of single channels between them: the same rows, counts and end."""
+    rng = np.random.default_rng(seed)
+    signals = np.random.default_rng(100 + seed).normal(size=(6000, len(CHANNELS)))
+    level, apart = CutAssembler(max_lead=500, cut="c1"), CutAssembler(max_lead=500, cut="c1")
+    taken = offset = 0
+    while offset < 5500:
+        kind = rng.choice(["frame", "frame", "frame", "again", "gap", "chunk"])
+        size = int(rng.integers(1, 300))
+        if kind == "again":
+            offset = max(0, offset - int(rng.integers(1, 100)))
+        elif kind == "gap":
+            offset += int(rng.integers(1, 50))
+        rows = signals[offset:offset + size]
+        if kind == "chunk":
+            c = int(rng.integers(len(CHANNELS)))
+            got, want = [level.add(CHANNELS[c], offset, rows[:, c])], [apart.add(CHANNELS[c], offset, rows[:, c])]
+        else:
+            fast = level.add_level(offset, rows)
+            taken += fast is not None
+            got = [fast] if fast is not None else [level.add(n, offset, rows[:, c]) for c, n in enumerate(CHANNELS)]
+            want = [apart.add(n, offset, rows[:, c]) for c, n in enumerate(CHANNELS)]
+            offset += size
+        (got_rows, *got_counts), (want_rows, *want_counts) = _totals(got), _totals(want)
+        assert got[0].start == want[0].start and got_counts == want_counts and _same_rows(got_rows, want_rows)
+        assert level.received_end == apart.received_end
+        assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(level.to_state().values(), apart.to_state().values()))
+    assert 5 < taken  # the fast path was taken, and (gaps, repeats) not always
+    a, b = level.finish(6000), apart.finish(6000)
+    assert (a.start, a.samples, a.stats) == (b.start, b.samples, b.stats) and _same_rows(list(a.parts), list(b.parts))

@@ -173,6 +173,22 @@ class CutAssembler:
         parts += self._release(min(expected))
         return AddResult(start, tuple(parts), skip, gap)
 
+    def add_level(self, offset: int, rows: np.ndarray) -> AddResult | None:
+        """Every channel's samples from ``offset`` on, as (k, channels) finite ``rows``, when every
+        channel stands at ``offset`` and no row is held: handed out as they are, what :meth:`add`
+        of each channel would hand out (a frame in order: the usual case, at a tenth of the cost;
+        tests/test_signal_frame.py compares). Otherwise None: add the channels one by one."""
+        end = offset + rows.shape[0]
+        # every channel at offset: none is past it, and none behind what was handed out
+        if (self._touched or offset != self._emitted or max(self._expected) != offset
+                or rows.shape[1:] != (N_CHANNELS,) or not 0 < rows.shape[0] <= self.max_cut_samples - offset
+                or self.finished or isnan(rows.sum())):
+            return None
+        self._expected = [end] * N_CHANNELS
+        self._real_end = [end] * N_CHANNELS
+        self._emitted = end
+        return AddResult(offset, (rows,), 0, 0)
+
     def finish(self, total: int) -> FinishResult:
         """The cut is ``total`` samples long: pad every channel up to it with NaN (counted as
         gap), release the remaining rows, and report. Rows past ``total`` that every channel had
@@ -377,9 +393,13 @@ class MachineStream:
 
     def frame(self, msg: SignalFrame) -> AddResult:
         """Every channel's block at once: the six chunks the frame stands for, added in the
-        channels' order, as one result (the rows they complete, in order)."""
+        channels' order, as one result (the rows they complete, in order); in one step when every
+        channel stands at the frame's offset (:meth:`CutAssembler.add_level`)."""
         self._check_open(msg.cut, "frame")
         assert self._assembler is not None
+        level = self._assembler.add_level(msg.offset, msg.samples)
+        if level is not None:
+            return level
         results = [self._assembler.add(channel, chunk.offset, chunk.samples) for channel, chunk in msg.chunks()]
         return AddResult(results[0].start, tuple(part for r in results for part in r.parts),
                          sum(r.duplicate_samples for r in results), sum(r.gap_samples for r in results))

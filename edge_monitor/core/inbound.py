@@ -119,7 +119,8 @@ class SignalFrame:
         return _F32_HEADER.pack(int(self.offset), len(cut)) + cut + bytes([rows.shape[1]]) + rows.tobytes()
 
     def chunks(self) -> list[tuple[str, SignalChunk]]:
-        """The frame as the six chunks it stands for: the one way signal data enters a cut."""
+        """The frame as the six chunks it stands for: how signal data enters a cut (a frame in order,
+        whose chunks would each be next, enters in one step: frames.CutAssembler.add_level)."""
         return [(name, SignalChunk(self.cut, self.offset, self.samples[:, c])) for c, name in enumerate(CHANNELS)]
 
 
