@@ -254,8 +254,10 @@ def _f32_frame(payload: bytes, limits: Limits) -> tuple[str, int, np.ndarray]:
     if n > limits.max_chunk:
         raise ProtocolError(f"frame has {n} rows, over the limit of {limits.max_chunk} per chunk")
     rows = np.frombuffer(payload, dtype="<f4", offset=start + 1).astype(np.float64).reshape(n, n_channels)
-    finite = np.isfinite(rows)
-    if not finite.all():
+    # the sum is finite exactly when every value is (float32 values cannot add up past float64's
+    # range), and costs a third of isfinite().all(); which value is not, only when one is not
+    if not math.isfinite(rows.sum()):
+        finite = np.isfinite(rows)
         row, c = divmod(int(np.argmin(finite.reshape(-1))), n_channels)
         raise ProtocolError(f"channels.{CHANNELS[c]}: samples[{row}] is not a finite number")
     rows.setflags(write=False)
