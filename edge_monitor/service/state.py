@@ -3,8 +3,8 @@
 Every machine's alarm state lives in two places: the retained ``R/<machine>/alarm`` message on the
 broker (what dashboards see) and a state file beside the monitor (which also keeps the cut
 history, the tool's reference and, since format 2, every open cut: the checkpoint of
-:mod:`.checkpoint`; its bytes: :mod:`.state_format`). At start-up both are read back (:func:`choose_alarm_state`); a restart never
-re-announces nor clears an active alarm.
+:mod:`.checkpoint`; its bytes: :mod:`.state_format`). At start-up both are read back
+(:func:`choose_alarm_state`); a restart never re-announces nor clears an active alarm.
 
 The file is read defensively: whatever it holds (truncated, wrong types, another version, another
 model's cuts), the monitor starts with what can be used and a warning per thing it could not.
@@ -27,7 +27,6 @@ from ..core.alarm import AlarmPolicy, AlarmTracker, Thresholds, carried_over, ju
 from ..core.fleet import Fleet
 from ..core.inbound import Limits, parse_alarm
 from ..core.outbound import SENSOR_FAULT, AlarmMessage
-from ..core.snapshot import SnapshotError
 from ..core.topics import ProtocolError, Topics, machine_id_problem
 from . import state_format
 from .mqtt import acknowledge
