@@ -145,18 +145,19 @@ def _same_rows(a: list, b: list) -> bool:
                                     for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_a_frame_in_order_is_handed_out_as_its_six_chunks_would_be(seed):
+@pytest.mark.parametrize("seed, max_lead", [(0, 500), (1, 500), (2, 64), (3, 16)])
+def test_a_frame_in_order_is_handed_out_as_its_six_chunks_would_be(seed, max_lead):
     """The frame's fast path (CutAssembler.add_level: every channel level, no row held) against
     the same frames added a channel at a time, over frames in order, repeated, overlapping, with
-    gaps, and chunks of single channels between them: the same rows, counts and end."""
+    gaps, and chunks of single channels between them, frames shorter and longer than the max lead:
+    the same rows, counts and state."""
     rng = np.random.default_rng(seed)
     signals = np.random.default_rng(100 + seed).normal(size=(6000, len(CHANNELS)))
-    level, apart = CutAssembler(max_lead=500, cut="c1"), CutAssembler(max_lead=500, cut="c1")
+    level, apart = CutAssembler(max_lead=max_lead, cut="c1"), CutAssembler(max_lead=max_lead, cut="c1")
     taken = offset = 0
     while offset < 5500:
         kind = rng.choice(["frame", "frame", "frame", "again", "gap", "chunk"])
-        size = int(rng.integers(1, 300))
+        size = int(rng.integers(1, 300 if max_lead > 100 else 2 * max_lead))
         if kind == "again":
             offset = max(0, offset - int(rng.integers(1, 100)))
         elif kind == "gap":

@@ -124,6 +124,34 @@ def test_windowing_memory_stays_bounded_on_a_long_cut():
     assert windower._buffer.shape[0] < 2000  # only samples a future window can still use are kept
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_checkpoint_s_rows_never_change_after_it_is_taken(seed):
+    """to_state hands out the rows held as a view (the writer's thread encodes them later, while
+    the loop goes on pushing): whatever is pushed after, through stores filled and replaced many
+    times, the snapshot's rows keep their bytes, and a windower restored from them goes on as the
+    original."""
+    rng = np.random.default_rng(seed)
+    x = make_cut(seed=seed)
+    windower = CutWindower(WIN, SPEC)
+    taken, at = [], 0
+    while at < len(x):
+        k = int(rng.integers(1, 700))
+        windower.push(x[at : at + k])
+        at += k
+        state = windower.to_state()
+        taken.append((state, state["buffer"].tobytes(), at))
+    assert len({id(s["buffer"].base) for s, _, _ in taken}) > 3  # the store was replaced along the way
+    for state, rows, upto in taken:
+        assert state["buffer"].tobytes() == rows and not state["buffer"].flags.writeable
+    state, _, upto = taken[len(taken) // 2]
+    original = CutWindower(WIN, SPEC)
+    original.push(x[:upto])
+    restored = CutWindower.from_state(WIN, SPEC, state)
+    went_on, resumed = ([w.push(x[upto:]), w.finish()] for w in (original, restored))
+    assert all(a.starts.tolist() == b.starts.tolist() and np.array_equal(a.data, b.data) for a, b in zip(went_on, resumed))
+    assert sum(len(w) for w in resumed) > 0
+
+
 def test_gap_marked_nan_splits_the_region():
     x = make_cut(exit_=20_000)
     x[5000:5100] = np.nan  # samples lost in transport

@@ -175,12 +175,14 @@ class CutAssembler:
 
     def add_level(self, offset: int, rows: np.ndarray) -> AddResult | None:
         """Every channel's samples from ``offset`` on, as (k, channels) finite ``rows``, when every
-        channel stands at ``offset`` and no row is held: handed out as they are, what :meth:`add`
-        of each channel would hand out (a frame in order: the usual case, at a tenth of the cost;
-        tests/test_signal_frame.py compares). Otherwise None: add the channels one by one."""
+        channel stands at ``offset``, no row is held and the frame is no longer than the max lead:
+        handed out as they are, what :meth:`add` of each channel would hand out (a frame in order:
+        the usual case, at a tenth of the cost; tests/test_signal_frame.py compares). Otherwise
+        None: add the channels one by one (a frame longer than the max lead has its first channel
+        lead the others past it, which declares their rows lost)."""
         end = offset + rows.shape[0]
         # every channel at offset: none is past it, and none behind what was handed out
-        if (self._touched or offset != self._emitted or max(self._expected) != offset
+        if (self._touched or offset != self._emitted or max(self._expected) != offset or rows.shape[0] > self.max_lead
                 or rows.shape[1:] != (N_CHANNELS,) or not 0 < rows.shape[0] <= self.max_cut_samples - offset
                 or self.finished or isnan(rows.sum())):
             return None

@@ -458,7 +458,7 @@ class Monitor:
         while len(self.scoring):
             self._score_ready(force=True)
         snapshot = None
-        if self.state_file.path is not None:  # copies: encoded and written by the writer's thread
+        if self.state_file.path is not None:  # copies (rows: views never written again), for the writer's thread
             snapshot = SnapshotJob(self.fleet.streams(self._touched), frozenset(self.fleet.machines()),
                                    self.fleet.snapshots(), self.model_id, windowing_of(self.meta),
                                    self.fleet.spec.scoring_id, self.fleet.spec.policy)
