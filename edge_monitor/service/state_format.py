@@ -11,7 +11,8 @@ record carries a CRC-32: a record damaged on disk costs its machine's open cut, 
 Format 2 held the same snapshots as JSON with the arrays' bytes in base64. At 1 000 machines that
 cost the checkpoint writer ~85 ms of interpreter time every second, while the main loop waited
 for the interpreter lock, and 17 MB of writes; format 3 costs ~30 ms and 13 MB, 7.6 MB when the
-samples came as float32 (docs/performance.md). Formats 1 and 2 are still read, so an upgrade keeps every open cut.
+samples came as float32 (docs/performance.md). Formats 1 and 2 are still read, so an upgrade
+keeps every open cut.
 
 Floats outside the arrays must be finite (orjson, which writes the records, writes NaN as null):
 the core's snapshots keep anything that may be NaN in arrays (core/snapshot.py).
@@ -40,7 +41,6 @@ MAGIC = b"edge-monitor state "  # then the format's number and a newline
 ARRAY_DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "bool": np.bool_}
 _DTYPE_NAMES = {np.dtype(np.float64): "float64", np.dtype(np.int64): "int64", np.dtype(np.bool_): "bool"}
 _LITTLE_ENDIAN = sys.byteorder == "little"
-_EMPTY = b""
 COMPACT_FLOATS = 64  # float64 arrays from this many values on are tried as float32 (below: not worth the check)
 
 
@@ -106,7 +106,7 @@ def _stored(value: np.ndarray, name: str) -> tuple[np.ndarray, str]:
 
 def compose(head: dict, records: dict[str, Record]) -> list:
     """The file's bytes, in pieces (written one after another, never joined: at 1 000 machines the
-    file is ~10 MB). ``head`` holds what the file says besides the open cuts (format, model, the
+    file is 8-13 MB). ``head`` holds what the file says besides the open cuts (format, model, the
     alarm states, ...): it is written as JSON, with the index of ``records`` added."""
     index = [[machine, len(r.header), r.size, r.crc] for machine, r in records.items()]
     head = {**head, "format": FORMAT, "streams": index}
