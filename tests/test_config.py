@@ -80,6 +80,7 @@ def test_empty_file_gives_defaults_and_relative_paths_follow_the_file(tmp_path):
         ("batching:\n  max_wait_ms: -5\n", "batching.max_wait_ms: must be a number 0-60000, got -5"),
         ("qos:\n  score: 3\n", "qos.score: must be an integer 0-2, got 3"),
         ("qos:\n  errors: 1\n", "qos.errors: unknown key"),
+        ("outputs:\n  scores: all\n", "outputs.scores: must be one of window | batch | off, got 'all'"),
         ("limits:\n  max_chunk: 0\n", "limits.max_chunk: must be an integer"),
         ("limits:\n  max_lead_seconds: 0\n", "limits.max_lead_seconds: must be a number at least 0.1"),
         ("limits:\n  max_machines: 100001\n", "limits.max_machines: must be an integer 1-100000, got 100001"),

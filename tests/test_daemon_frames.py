@@ -26,11 +26,11 @@ def model(tmp_path_factory):
     return model_fixture(tmp_path_factory)
 
 
-def run(broker, model, workdir, root: str, *replay_args: str, before=None) -> Collector:
+def run(broker, model, workdir, root: str, *replay_args: str, before=None, config: str = CONFIG) -> Collector:
     """A daemon of its own under ``root``, the archive replayed with ``replay_args``; its outputs."""
     collector = Collector(broker, [f"{root}/#"], f"collector-{root}")
     workdir.mkdir()
-    daemon = Daemon(workdir, broker, model.bundle, root, f"i-{root}", CONFIG).start()
+    daemon = Daemon(workdir, broker, model.bundle, root, f"i-{root}", config).start()
     try:
         daemon.wait_online(collector)
         if before is not None:
@@ -110,3 +110,34 @@ def test_frames_give_the_scores_of_chunks_and_bad_frames_change_nothing(broker, 
     assert len(errors) == len(bad_frames())  # nothing else was refused
     for (_, _, reason), error in zip(bad_frames(), errors):
         assert error["topic"] == "t-frames/mill-01/frame" and reason in error["reason"], error
+
+
+def per_window(collector: Collector, root: str) -> tuple[dict[str, list[bytes]], list[int]]:
+    """Batched score messages (``R/<machine>/scores``) unpacked into the per-window messages they
+    stand for, byte for byte as the monitor encodes those; and how many windows each batch held."""
+    out: dict[str, list[bytes]] = collections.defaultdict(list)
+    sizes = []
+    for topic, payload in collector.payloads:
+        if topic.endswith("/scores"):
+            body = json.loads(payload)
+            assert set(body) == {"cut", "model", "windows"}, body
+            sizes.append(len(body["windows"]))
+            for w in body["windows"]:
+                message = {"cut": body["cut"], **{k: v for k, v in w.items() if k != "ts"}, "model": body["model"],
+                           "ts": w["ts"]}
+                out[topic[len(root):-1]].append(MASK.sub(rb'"\1": 0', json.dumps(message, separators=(",", ":")).encode()))
+    return dict(out), sizes
+
+
+def test_scores_in_batches_are_the_scores_of_windows(broker, model, tmp_path):
+    """``outputs.scores: batch``: a machine's windows scored together go out in one message on
+    ``R/<machine>/scores``; unpacked, the very messages of one per window (with the batches of any
+    size the call shape allows, the scores are the same bits), alarms and summaries unchanged."""
+    windows = outputs(run(broker, model, tmp_path / "w", "t-window", "--frames"), "t-window")
+    config = CONFIG.replace("batching: {max_batch: 1}", "batching: {max_batch: 256}") + "outputs: {scores: batch}\n"
+    batched = run(broker, model, tmp_path / "s", "t-batch", "--frames", config=config)
+    scores, sizes = per_window(batched, "t-batch")
+    others = outputs(batched, "t-batch")
+    assert not any(topic.endswith("/score") for topic in others)  # no message per window as well
+    assert {**others, **scores} == windows
+    assert max(sizes) > 1 and sum(sizes) == sum(len(v) for t, v in windows.items() if t.endswith("/score"))

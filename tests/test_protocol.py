@@ -436,6 +436,29 @@ def test_encode_score_is_compact_and_finite():
         outbound.encode(outbound.ScoreMessage("c", 0, 0, 0, 0, {}, "bad", "m", 0))
 
 
+def test_score_batches_group_a_machines_windows_and_keep_the_other_messages_in_place():
+    from edge_monitor.core.steps import Output, score_batches
+
+    def score(cut: str, offset: int, model: str = "m") -> outbound.ScoreMessage:
+        return outbound.ScoreMessage(cut, offset, 0.1, 0.2, 0.3, {"smcAC": 0.5}, "normal", model, 10.0 + offset)
+
+    alarm = outbound.AlarmMessage("a", "alarm", 1.0, "c1", 2.0, 1.5, "m")
+    outputs = [Output("a", score("c1", 0)), Output("a", score("c1", 64)), Output("a", alarm),
+               Output("a", score("c1", 128)), Output("b", score("c1", 0)), Output("b", score("c2", 0)),
+               Output("b", score("c2", 64, model="n"))]
+    grouped = score_batches(outputs)
+    assert [(o.machine, type(o.message).__name__, [w.offset for w in getattr(o.message, "windows", ())])
+            for o in grouped] == [("a", "ScoreBatchMessage", [0, 64]), ("a", "AlarmMessage", []),
+                                  ("a", "ScoreBatchMessage", [128]), ("b", "ScoreBatchMessage", [0]),
+                                  ("b", "ScoreBatchMessage", [0]), ("b", "ScoreBatchMessage", [64])]
+    body = json.loads(outbound.encode(grouped[0].message))
+    single = [json.loads(outbound.encode(o.message)) for o in outputs[:2]]
+    assert body == {"cut": "c1", "model": "m", "windows": [
+        {k: v for k, v in s.items() if k not in ("cut", "model")} for s in single]}
+    assert grouped[0].message.leaf == "scores" and grouped[0].message.qos_key == "score"
+    assert score_batches([]) == []
+
+
 def test_encode_alarm_and_parse_it_back():
     msg = outbound.AlarmMessage("m1", "alarm", 1700000000.25, "c13-r09", 0.91, 0.8, "model-1")
     obj = json.loads(outbound.encode(msg))

@@ -1,8 +1,8 @@
 """The score probe: a subscriber that records when each of the daemon's results arrives.
 
-Scores (``R/<machine>/score``: the window's ``cut`` and ``offset``), summaries (one per cut) and
-the daemon's status (``R/_monitor/<instance>/status``), each with its ``time.monotonic()`` on
-arrival, taken first thing in paho's callback.
+Scores (``R/<machine>/score``: the window's ``cut`` and ``offset``; ``R/<machine>/scores``: a
+batch of them), summaries (one per cut) and the daemon's status (``R/_monitor/<instance>/status``),
+each with its ``time.monotonic()`` on arrival, taken first thing in paho's callback.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class ScoreProbe:
         self.online = threading.Event()
         self.bad: list[str] = []  # results the probe could not read
         self._subscribed = threading.Event()
-        filters = [(f"{root}/+/score", 1), (f"{root}/+/summary", 1), (self.status_topic, 1)]
+        filters = [(f"{root}/+/score", 1), (f"{root}/+/scores", 1), (f"{root}/+/summary", 1), (self.status_topic, 1)]
         self.client = make_client(BrokerSettings(host=host, port=port, client_id=f"bench-probe-{root}"),
                                   clean_start=True)
         self.client.on_message = self._on_message
@@ -56,6 +56,8 @@ class ScoreProbe:
             machine, leaf = message.topic[len(self.root) + 1:].split("/")
             if leaf == "score":
                 self.scores.append(((machine, body["cut"], int(body["offset"])), now))
+            elif leaf == "scores":  # outputs.scores: batch
+                self.scores.extend(((machine, body["cut"], int(w["offset"])), now) for w in body["windows"])
             else:
                 self.summaries[(machine, body["cut"])] = now
         except (ValueError, KeyError, TypeError) as exc:

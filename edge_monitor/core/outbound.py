@@ -38,17 +38,40 @@ class ScoreMessage:
     ts: float
 
     def to_dict(self) -> dict:
+        return {"cut": self.cut, **self.window_dict(), "model": self.model, "ts": finite(self.ts)}
+
+    def window_dict(self) -> dict:
+        """The window's own fields: what a :class:`ScoreBatchMessage` lists per window."""
         _check_level(self.level)
         return {
-            "cut": self.cut,
             "offset": int(self.offset),
             "recon": finite(self.recon),
             "kl": finite(self.kl),
             "score": finite(self.score),
             "channels": {c: finite(self.channels[c]) for c in CHANNELS if c in self.channels},
             "level": self.level,
-            "model": self.model,
-            "ts": finite(self.ts),
+        }
+
+
+@dataclass(frozen=True)
+class ScoreBatchMessage:
+    """The windows of one machine's cut scored in one batch, in one message (``outputs.scores:
+    batch``): what the same windows' :class:`ScoreMessage` s say, in window order, with ``cut`` and
+    ``model`` once. Fewer, fuller messages, as frames are on the way in: at 250-sample frames a
+    machine's windows come four at a time."""
+
+    leaf: ClassVar[str] = "scores"
+    qos_key: ClassVar[str] = "score"  # the QoS of scores, however they are sent
+    retain: ClassVar[bool] = False
+
+    windows: tuple[ScoreMessage, ...]  # of one cut and model, in order
+
+    def to_dict(self) -> dict:
+        first = self.windows[0]
+        return {
+            "cut": first.cut,
+            "model": first.model,
+            "windows": [{**w.window_dict(), "ts": finite(w.ts)} for w in self.windows],
         }
 
 
@@ -170,7 +193,8 @@ class ErrorMessage:
         return {"topic": self.topic, "reason": self.reason, "ts": finite(self.ts)}
 
 
-MachineOutput = Union[ScoreMessage, AlarmMessage, SummaryMessage]  # published under R/<machine>/
+MachineOutput = Union[ScoreMessage, ScoreBatchMessage, AlarmMessage, SummaryMessage]  # under R/<machine>/
+SCORE_FORMS: tuple[str, ...] = ("window", "batch", "off")  # how scores are published (outputs.scores)
 
 
 def encode(message: Any) -> bytes:

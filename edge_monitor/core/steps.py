@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from .alarm import AlarmPolicy, Thresholds
 from .inbound import DEFAULT_LIMITS, Limits
-from .outbound import MachineOutput
+from .outbound import MachineOutput, ScoreBatchMessage, ScoreMessage
 from .stable_region import StableRegionSpec
 from .windowing import WindowSpec
 
@@ -57,6 +57,31 @@ class Output:
 
     machine: str
     message: MachineOutput
+
+
+def score_batches(outputs: Sequence[Output]) -> list[Output]:
+    """``outputs`` with each run of score messages of one machine, cut and model made one
+    :class:`~.outbound.ScoreBatchMessage`; the other messages keep their places, so that an alarm
+    still follows the scores that raised it."""
+    grouped: list[Output] = []
+    run: list[ScoreMessage] = []
+    machine = ""
+    for out in outputs:
+        m = out.message
+        if type(m) is ScoreMessage and run and out.machine == machine and m.cut == run[0].cut \
+                and m.model == run[0].model:
+            run.append(m)
+            continue
+        if run:
+            grouped.append(Output(machine, ScoreBatchMessage(tuple(run))))
+            run = []
+        if type(m) is ScoreMessage:
+            run, machine = [m], out.machine
+        else:
+            grouped.append(out)
+    if run:
+        grouped.append(Output(machine, ScoreBatchMessage(tuple(run))))
+    return grouped
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def _broker(config: Config, config_path: Path, may_be_down: bool) -> Iterator[Re
                        f"({ins.dropped}): on a broker that takes client ids from user names (the deployed one), "
                        "broker.output_username must name a user of its own")
             return
-        yield from _acl(topics, ins, outs)
+        yield from _acl(topics, ins, outs, config.outputs.scores)
         yield from announced_partitions(config, outs.retained(topics.statuses))
         if node is not None:
             yield from _sparkplug(config, node, ins, outs)
@@ -306,7 +306,7 @@ def _user(settings: BrokerSettings) -> str:
     return settings.username or "(anonymous)"
 
 
-def _acl(topics: Topics, ins: Session, outs: Session) -> Iterator[Result]:
+def _acl(topics: Topics, ins: Session, outs: Session, scores: str = "window") -> Iterator[Result]:
     root, me = topics.root, _user(ins.settings)
     # The monitor's own subscriptions, with its options (inbox.Inbox.subscribe): made again, they
     # change nothing in its session; none is ever removed.
@@ -320,8 +320,10 @@ def _acl(topics: Topics, ins: Session, outs: Session) -> Iterator[Result]:
     monitor_rw = f"topic readwrite {root}/{MONITOR_LEVEL}/#"
     # What the monitor publishes: (publisher, topic, who reads it back or None, the ACL line needed).
     # A dashboard sees at most a non-retained message of a machine or instance that cannot exist.
+    # scores on the leaf the configuration publishes them on (outputs.scores)
+    leaves = {"window": ("score",), "batch": ("scores",), "off": ()}[scores]
     allowed = [
-        (outs, f"{root}/{PROBE}/score", None, f"topic write {root}/+/score"),
+        *[(outs, f"{root}/{PROBE}/{leaf}", None, f"topic write {root}/+/{leaf}") for leaf in leaves],
         (outs, f"{root}/{PROBE}/summary", None, f"topic write {root}/+/summary"),
         (outs, alarm, outs, f"topic readwrite {root}/+/alarm"),  # read back at start-up
         (outs, f"{own}/status", None, monitor_rw),

@@ -24,6 +24,7 @@ import yaml
 
 from ..core.alarm import AlarmPolicy
 from ..core.inbound import Limits
+from ..core.outbound import SCORE_FORMS
 from ..core.partition import PATTERN, matches
 from ..core.spec import Spec, SpecError, from_mapping, parse_field, setting
 from ..core.topics import instance_problem, validate_root
@@ -110,6 +111,17 @@ class OutputQos(Spec):
 
 
 @dataclass(frozen=True)
+class Outputs(Spec):
+    """What is published per scored window (docs/protocol.md, "Score")."""
+
+    section = "outputs"
+    # window: R/<machine>/score, one message per window; batch: R/<machine>/scores, the windows of a
+    # machine scored together in one message (a quarter of the messages at 250-sample frames); off:
+    # none (alarms and summaries only)
+    scores: str = setting("window", choices=SCORE_FORMS, parse=_lower)
+
+
+@dataclass(frozen=True)
 class ErrorsRate(Spec):
     """Token bucket for the errors topic: a flood of bad input is counted and logged, and only
     ``max_per_second`` of it (after a burst of ``burst``) echoed to MQTT."""
@@ -152,6 +164,7 @@ class Config(Spec):
     batching: Batching = field(default_factory=Batching)
     alarm: AlarmPolicy = field(default_factory=AlarmPolicy)
     qos: OutputQos = field(default_factory=OutputQos)
+    outputs: Outputs = field(default_factory=Outputs)
     delivery: Delivery = field(default_factory=Delivery)
     limits: Limits = field(default_factory=Limits)
     errors: ErrorsRate = field(default_factory=ErrorsRate)

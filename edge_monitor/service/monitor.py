@@ -129,7 +129,7 @@ class Monitor:
                                   receive_maximum=delivery.receive_maximum)
         # results, status (and its will), the retained alarms read back at start, the ping
         self.out = make_client(config.broker.for_outputs(), will=will, clean_start=True)
-        self.outbox = Outbox(self.out, self.topics, config.qos, config.errors)
+        self.outbox = Outbox(self.out, self.topics, config.qos, config.errors, config.outputs)
         self._out_reconnected = threading.Event()
         self.inbox = Inbox(self.client, self.topics, config.limits, self._unwatched,
                            max_queued=delivery.max_queued_inputs)
@@ -497,7 +497,7 @@ class Monitor:
         else:
             announcements, kept = [], True  # the same model and rule: the alarm history stands
         self.scoring.switch(new.scorer, config.batching)
-        self.outbox.configure(config.qos, config.errors)
+        self.outbox.configure(config.qos, config.errors, config.outputs)
         if config.logging.level != old.logging.level:
             configure_logging(config.logging.format, config.logging.level)
             self.log = get_logger().bind(instance=config.instance)

@@ -2,6 +2,8 @@
 
 A message names its topic leaf and whether it is retained (``core/outbound.py``); the QoS of the
 machine outputs and the status is configured under the leaf's name (``qos:`` in ``config.yaml``).
+Scores go out as the configuration says (``outputs.scores``): one message per window, a machine's
+windows scored together in one (``core/steps.score_batches``), or not at all.
 Rejected inputs are echoed on the errors topic, QoS 0, at most ``errors.max_per_second`` (after a
 burst): a flood of bad input is counted and logged, but does not flood MQTT.
 """
@@ -14,9 +16,10 @@ import paho.mqtt.client as paho
 
 from ..core.outbound import ErrorMessage, StatusMessage, encode
 from ..core.ratelimit import TokenBucket
-from ..core.steps import Output
+from ..core.outbound import ScoreMessage
+from ..core.steps import Output, score_batches
 from ..core.topics import Topics
-from .config import ErrorsRate, OutputQos
+from .config import ErrorsRate, OutputQos, Outputs
 
 MAX_TOPIC_ECHO = 200  # characters of a bad input's topic echoed on the errors topic and in the log
 MAX_REASON = 400
@@ -27,22 +30,27 @@ def clip(text: str, limit: int) -> str:
 
 
 class Outbox:
-    def __init__(self, client: paho.Client, topics: Topics, qos: OutputQos, errors: ErrorsRate) -> None:
-        self.client, self.topics, self.qos = client, topics, qos
-        self._errors = TokenBucket(errors.max_per_second, errors.burst)
+    def __init__(self, client: paho.Client, topics: Topics, qos: OutputQos, errors: ErrorsRate,
+                 outputs: Outputs = Outputs()) -> None:
+        self.client, self.topics = client, topics
         self.dropped = 0  # QoS 0 results published while disconnected (paho keeps only QoS 1 and 2)
+        self.configure(qos, errors, outputs)
 
-    def configure(self, qos: OutputQos, errors: ErrorsRate) -> None:
-        """A reloaded configuration's QoS and errors rate limit (the bucket starts full)."""
-        self.qos = qos
+    def configure(self, qos: OutputQos, errors: ErrorsRate, outputs: Outputs = Outputs()) -> None:
+        """A (reloaded) configuration's QoS, score messages and errors rate limit (the bucket starts full)."""
+        self.qos, self.scores = qos, outputs.scores
         self._errors = TokenBucket(errors.max_per_second, errors.burst)
 
     def publish(self, outputs: list[Output]) -> list[paho.MQTTMessageInfo]:
         """Publish ``outputs`` in order; what paho took, to follow until the broker has it."""
+        if self.scores == "batch":
+            outputs = score_batches(outputs)
+        elif self.scores == "off":
+            outputs = [out for out in outputs if type(out.message) is not ScoreMessage]
         infos = []
         for out in outputs:
             m = out.message
-            qos = getattr(self.qos, m.leaf)
+            qos = getattr(self.qos, getattr(m, "qos_key", m.leaf))
             info = self.client.publish(self.topics.machine(out.machine, m.leaf), encode(m), qos=qos, retain=m.retain)
             if qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS:
                 self.dropped += 1

@@ -10,7 +10,7 @@ flight are kept. Anything wrong (a key, a file, a bundle that does not load or w
 differently) leaves the old configuration and model running, and says why.
 
 What a reload applies, and what waits for a restart (:data:`RESTART_ONLY`): the bundle, the alarm
-policy, batching, QoS, the errors rate limit, the status interval and the log level apply at the
+policy, batching, QoS, how scores are published (`outputs`), the errors rate limit, the status interval and the log level apply at the
 switch. The broker and its credentials, the topic root and instance, the device, delivery,
 limits, the state file, the metrics endpoint, the Sparkplug edge node and the log format belong to connections, threads
 and files opened at start; the machines watched, to the alarm states read back at start (a
