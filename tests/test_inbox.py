@@ -101,6 +101,37 @@ def test_the_errors_topic_echoes_a_bounded_part_of_a_bad_input(module_broker):
         sender.close()
 
 
+def test_scores_go_out_as_configured_and_a_reload_changes_how(module_broker):
+    """``outputs.scores``: one message per window, a batch per machine, or none; the alarm goes out
+    in every form, after the scores before it, with each form's QoS (``qos.score`` for both)."""
+    from daemon_support import Collector
+
+    from edge_monitor.core.outbound import AlarmMessage, ScoreMessage
+    from edge_monitor.core.steps import Output
+    from edge_monitor.service.config import ErrorsRate, OutputQos, Outputs
+    from edge_monitor.service.outbox import Outbox
+
+    topics = Topics("t-forms", "i1")
+    watcher = Collector(module_broker, ["t-forms/#"], "collector-forms")
+    sender = Collector(module_broker, [], "outbox-forms")
+    scores = [Output("m1", ScoreMessage("c1", o, 1.0, 2.0, 1.0, {}, "normal", "mdl", 5.0)) for o in (0, 64, 128)]
+    alarm = Output("m1", AlarmMessage("m1", "alarm", 1.0, "c1", 2.0, 1.5, "mdl"))
+    try:
+        outbox = Outbox(sender.client, topics, OutputQos(score=0), ErrorsRate(), Outputs("batch"))
+        for form, expected in (("batch", ["scores", "alarm"]), ("off", ["alarm"]), ("window", ["score"] * 3 + ["alarm"])):
+            outbox.configure(OutputQos(score=0), ErrorsRate(), Outputs(form))
+            n = len(watcher.payloads)
+            infos = outbox.publish([*scores, alarm])
+            assert len(infos) == len(expected)
+            assert watcher.wait(lambda: len(watcher.payloads) >= n + len(expected), 5), form
+            assert [t.rsplit("/", 1)[-1] for t, _ in watcher.payloads[n:]] == expected, form
+        batch = json.loads(watcher.payloads[0][1])
+        assert [w["offset"] for w in batch["windows"]] == [0, 64, 128] and batch["cut"] == "c1"
+    finally:
+        watcher.close()
+        sender.close()
+
+
 # ------------------------------------------------------------------ backpressure, without a broker
 
 
