@@ -133,6 +133,8 @@ def test_a_tiny_bench_reports_every_figure_and_loses_nothing(model, tmp_path):
         assert 0 < run[key]["p50"] <= run[key]["p99"], key
     assert run["beyond_lookahead_ms"]["p99"] <= run["latency_ms"]["p99"]
     assert len(run["usage"]["daemon"]["t"]) >= 2
+    # the daemon's threads, named in its log, sampled apart (None: a steady part too short for two samples)
+    assert set(run["thread_cores_steady"]) == {"main", "inputs", "outputs", "checkpoint"}
     box = run["cpu_seconds_by_process"]
     assert box["box"] >= box["daemon"] > 0  # the whole box's CPU includes the daemon's
     assert "msgs/s in" in done.stdout and "beyond p99" in done.stdout

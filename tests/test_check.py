@@ -76,7 +76,7 @@ def broker(tmp_path_factory):
 
 def write_config(where: Path, broker: DeployBroker, bundle: Path, *, tls: bool = False, state_file: Path | None = None,
                  output_user: bool = True, port: int | None = None, password_file: dict | None = None,
-                 sparkplug: dict | None = None) -> Path:
+                 sparkplug: dict | None = None, extra: dict | None = None) -> Path:
     """The configuration install.sh writes, pointing at ``broker``; ``password_file`` replaces a
     user's password file."""
     files = {u: broker.password_file(u) for u in ("edge-monitor", "edge-monitor-out")} | (password_file or {})
@@ -91,6 +91,7 @@ def write_config(where: Path, broker: DeployBroker, bundle: Path, *, tls: bool =
         "topic_root": ROOT, "instance": "edge-1", "bundle": str(bundle), "device": "cpu",
         "state_file": str(state_file or where / "state" / "alarm-state.json"),
         **({"sparkplug": sparkplug} if sparkplug is not None else {}),
+        **(extra or {}),
     }
     where.mkdir(parents=True, exist_ok=True)
     (where / "state").mkdir(exist_ok=True)
@@ -188,6 +189,23 @@ def test_acl_lines_missing_or_too_broad_fail_their_probes(bundle, tmp_path, caps
         "gives user edge-monitor-out a right it must not have (deploy/mosquitto/acl)",
     ]
     assert lines[-1].startswith("check FAILED: 3 failed, ")
+
+
+def test_the_scores_are_probed_where_the_configuration_publishes_them(bundle, tmp_path, capsys):
+    """outputs.scores: batch publishes on R/+/scores, which an ACL from before it lacks; off on neither."""
+    broker = start_broker(tmp_path / "broker", lambda acl: acl.replace(f"topic write {ROOT}/+/scores\n", "", 1))
+    try:
+        code, lines = check(write_config(tmp_path / "batch", broker, bundle, extra={"outputs": {"scores": "batch"}}),
+                            "--no-model", capsys=capsys)
+        assert code == 1 and failures(lines) == [
+            f"FAIL  ACL edge-monitor-out publishes {ROOT}/{PROBE}/scores: refused (Not authorized); the broker's ACL "
+            f"needs `topic write {ROOT}/+/scores` for user edge-monitor-out"]
+        capsys.readouterr()  # what check() printed again of the first run
+        code, lines = check(write_config(tmp_path / "off", broker, bundle, extra={"outputs": {"scores": "off"}}),
+                            "--no-model", capsys=capsys)
+        assert code == 0 and not any("/score" in line for line in lines if "ACL edge-monitor-out publishes" in line)
+    finally:
+        broker.kill()
 
 
 def test_one_user_for_both_connections_fails_where_user_names_are_client_ids(broker, bundle, tmp_path, capsys):

@@ -15,8 +15,9 @@ from daemon_support import Collector, Daemon, machine_of, model_fixture, replay_
 from edge_monitor.core.channels import CHANNELS
 from edge_monitor.core.inbound import F32_FRAME_CONTENT_TYPE, SignalFrame
 
-# One window per inference call: a score's last bits depend on the batch it was computed in, which
-# timing decides; so runs can be compared byte for byte.
+# One window per inference call: the runs compared byte for byte score alike by construction (the
+# call shapes the runtime is probed for keep a score's bits independent of its batch, which
+# test_scores_in_batches_are_the_scores_of_windows relies on; this does not).
 CONFIG = 'machines: "mill-*"\nstate_file: state.json\nstatus_interval_s: 1\nbatching: {max_batch: 1}\n'
 MASK = re.compile(rb'"(ts|since)": ?[0-9.e+-]+')
 

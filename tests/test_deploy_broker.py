@@ -691,3 +691,53 @@ def test_the_monitor_works_end_to_end_under_the_acl(edge, model, tmp_path):
     finally:
         daemon.kill()
         dashboard.close()
+
+
+def test_results_the_acl_refuses_are_counted_and_named(model, tmp_path):
+    """A monitor told to batch its scores (``outputs.scores: batch``) on a broker whose ACL is from
+    before them (no ``scores`` line: an upgrade that kept the old ACL). The broker refuses every
+    batch (MQTT 5: not authorized); the monitor counts them (``outputs_refused``), logs once what to
+    fix, and goes on: the summaries and the status still arrive, and nothing else is refused."""
+    broker = DeployBroker(tmp_path / "broker", MACHINES, root=ROOT, dashboards=("observe",))
+    acl = broker.etc / "acl"
+    text = acl.read_text()
+    assert f"topic write {ROOT}/+/scores\n" in text and f"topic read {ROOT}/+/scores\n" in text
+    acl.write_text(text.replace(f"topic write {ROOT}/+/scores\n", ""))
+    broker.start()
+    dashboard = None
+    daemon = None
+    try:
+        dashboard = Observer(broker.settings("scada-observe", cid("dashboard"), tls=True),
+                             [f"{ROOT}/+/scores", f"{ROOT}/+/summary", f"{ROOT}/_monitor/+/status"])
+        config = (
+            "broker:\n  username: edge-monitor\n"
+            f"  password_file: {broker.password_file('edge-monitor')}\n"
+            "  output_username: edge-monitor-out\n"
+            f"  output_password_file: {broker.password_file('edge-monitor-out')}\n"
+            f"state_file: {tmp_path / 'state.json'}\nstatus_interval_s: 1\noutputs: {{scores: batch}}\n"
+        )
+        (tmp_path / "daemon").mkdir()
+        daemon = Daemon(tmp_path / "daemon", broker, model.bundle, ROOT, "edge-refused", config).start()
+        daemon.wait_online(dashboard)
+        cuts = [c for c in model.archive.cuts if c.case == 11][:2]
+        assert replay_cuts(broker.settings("daq-mill-01", cid("daq-mill-01")), ROOT, "mill-01", cuts).refused == 0
+        if not dashboard.wait(lambda: len(dashboard.on("/summary")) >= len(cuts), 60):
+            daemon.fail(f"SCADA got {len(dashboard.on('/summary'))} of {len(cuts)} summaries")
+
+        def refused() -> int:
+            statuses = [b for _, b in dashboard.on("/status") if isinstance(b, dict) and "counters" in b]
+            return statuses[-1]["counters"]["outputs_refused"] if statuses else 0
+
+        assert dashboard.wait(lambda: refused() > 0, 10), "the refused batches were not counted"
+        assert dashboard.on("/scores") == []  # the broker refused every one
+        logged = daemon.events("output_refused")
+        assert len(logged) == 1 and logged[0]["level"] == "error", logged  # once a minute at most
+        assert "user edge-monitor-out" in logged[0]["detail"] and "make-users.sh" in logged[0]["detail"]
+        assert "authorized" in logged[0]["reason"].lower()
+        assert daemon.terminate() == 0
+    finally:
+        if daemon is not None:
+            daemon.kill()
+        if dashboard is not None:
+            dashboard.close()
+        broker.kill()

@@ -82,14 +82,14 @@ def test_inputs_are_routed_by_kind_and_unwatched_machines_are_not_decoded(broker
 def test_the_errors_topic_echoes_a_bounded_part_of_a_bad_input(module_broker):
     from daemon_support import Collector
 
-    from edge_monitor.service.config import ErrorsRate, OutputQos
+    from edge_monitor.service.config import ErrorsRate, OutputQos, Outputs
     from edge_monitor.service.outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox
 
     topics = Topics("t-clip", "i1")
     watcher = Collector(module_broker, [topics.errors], "collector-clip")
     sender = Collector(module_broker, [], "outbox-clip")
     try:
-        outbox = Outbox(sender.client, topics, OutputQos(), ErrorsRate())
+        outbox = Outbox(sender.client, topics, OutputQos(), ErrorsRate(), Outputs())
         assert outbox.error("t-clip/" + "x" * 60_000, "reason " + "y" * 5000)
         assert watcher.wait(lambda: watcher.on("/errors"), 5)
         body = watcher.on("/errors")[0][1]
@@ -112,19 +112,24 @@ def test_scores_go_out_as_configured_and_a_reload_changes_how(module_broker):
     from edge_monitor.service.outbox import Outbox
 
     topics = Topics("t-forms", "i1")
-    watcher = Collector(module_broker, ["t-forms/#"], "collector-forms")
+    watcher = Collector(module_broker, ["t-forms/#"], "collector-forms")  # subscribed at QoS 1
+    qos: list[int] = []
+    collect = watcher.client.on_message
+    watcher.client.on_message = lambda c, u, m: (qos.append(m.qos), collect(c, u, m))
     sender = Collector(module_broker, [], "outbox-forms")
     scores = [Output("m1", ScoreMessage("c1", o, 1.0, 2.0, 1.0, {}, "normal", "mdl", 5.0)) for o in (0, 64, 128)]
     alarm = Output("m1", AlarmMessage("m1", "alarm", 1.0, "c1", 2.0, 1.5, "mdl"))
     try:
         outbox = Outbox(sender.client, topics, OutputQos(score=0), ErrorsRate(), Outputs("batch"))
         for form, expected in (("batch", ["scores", "alarm"]), ("off", ["alarm"]), ("window", ["score"] * 3 + ["alarm"])):
-            outbox.configure(OutputQos(score=0), ErrorsRate(), Outputs(form))
+            if form != "batch":  # as a reload does
+                outbox.configure(OutputQos(score=0), ErrorsRate(), Outputs(form))
             n = len(watcher.payloads)
             infos = outbox.publish([*scores, alarm])
             assert len(infos) == len(expected)
             assert watcher.wait(lambda: len(watcher.payloads) >= n + len(expected), 5), form
             assert [t.rsplit("/", 1)[-1] for t, _ in watcher.payloads[n:]] == expected, form
+            assert qos[n:] == [0] * (len(expected) - 1) + [1], form  # qos.score for scores in either form
         batch = json.loads(watcher.payloads[0][1])
         assert [w["offset"] for w in batch["windows"]] == [0, 64, 128] and batch["cut"] == "c1"
     finally:

@@ -236,6 +236,11 @@ def test_openmetrics_and_process_figures(run):
     plain = scrape(url)
     assert plain.value("process_resident_memory_bytes") > 0 and "python_info" in plain.names
     assert "python_gc_collections_total" in plain.names
+    # each working thread's CPU time, and the threads together within the process's
+    threads = {role: plain.value("edge_monitor_thread_cpu_seconds_total", thread=role)
+               for role in ("main", "inputs", "outputs", "checkpoint")}
+    assert all(v >= 0 for v in threads.values()) and threads["main"] > 0, threads
+    assert sum(threads.values()) <= plain.value("process_cpu_seconds_total") + 0.05
 
 
 # ------------------------------------------------------------------------- the dashboard

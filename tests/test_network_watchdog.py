@@ -12,7 +12,8 @@ import pytest
 from daemon_support import Collector, model_fixture
 
 from edge_monitor.service.config import load_config
-from edge_monitor.service.monitor import Monitor, NetworkStalled
+from edge_monitor.service.liveness import NetworkStalled
+from edge_monitor.service.monitor import Monitor
 
 
 @pytest.fixture(scope="module")

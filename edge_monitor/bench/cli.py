@@ -152,7 +152,11 @@ def _bench(args: argparse.Namespace) -> int:
         daemon_config = {**overlay, "runtime": args.runtime, "device": args.device}
         base = args.out / "daemon-config.yaml"  # validated now, not minutes later at the first daemon run
         base.write_text(yaml.safe_dump(daemon_config, sort_keys=False))
-        max_batch = load_config(base).batching.max_batch
+        checked = load_config(base)
+        if checked.outputs.scores == "off":
+            raise ValueError(f"--daemon-config {args.daemon_config}: outputs.scores: off publishes no scores, and the "
+                             "benchmark times every window by its score: use window or batch")
+        max_batch = checked.batching.max_batch
         meta = read_bundle_meta(args.bundle)
         choice = choose_runtime(args.runtime, args.device, meta, str(args.bundle))
         served = load_serving(args.bundle, choice, meta)
@@ -316,6 +320,11 @@ def format_report(report: dict) -> str:
             if r["unexpected"]:
                 line += f"  {r['unexpected']} UNEXPECTED"
             lines.append(line + ("" if r["complete"] else "  INCOMPLETE"))
+    for r in report["runs"]:
+        cores = {role: c for role, c in (r.get("thread_cores_steady") or {}).items() if c is not None}
+        if cores:
+            lines.append(f"cores by thread, steady part, {r['label']}: "
+                         + ", ".join(f"{role} {c:.2f}" for role, c in cores.items()))
     busy = [f"{r['label']} {r['other_load_cores']:.2f}" for r in report["runs"] if r["other_load_cores"] > 0.2]
     if busy:
         lines.append(f"other processes on the box used CPU cores during: {', '.join(busy)} (figures disturbed)")

@@ -89,16 +89,17 @@ class Child:
         return f"\n-- {self.name} log ({self.log_path}) --\n" + "\n".join(text) if text else ""
 
 
-def read_usage(pid: int | None) -> tuple[float, int] | None:
+def read_usage(pid: int | str | None) -> tuple[float, int] | None:
     """(CPU seconds used so far, resident KiB) of ``pid``; None once it is gone. ``pid`` None: the
-    whole box's busy CPU seconds (``/proc/stat``), which shows load from outside the benchmark."""
+    whole box's busy CPU seconds (``/proc/stat``), which shows load from outside the benchmark; a
+    string ``PID/task/TID``: one thread of a process (its CPU only)."""
     if pid is None:
         with open("/proc/stat") as stat:
             ticks = [int(x) for x in stat.readline().split()[1:]]
         return (sum(ticks) - ticks[3] - ticks[4]) / TICKS, 0  # all but idle and iowait
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text() if isinstance(pid, int) else ""
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
@@ -140,7 +141,7 @@ class ProcSampler:
     """Samples each of ``pids`` (name -> pid; None: the whole box) every ``interval`` seconds on a
     thread of its own."""
 
-    def __init__(self, pids: dict[str, int | None], interval: float = 1.0) -> None:
+    def __init__(self, pids: dict[str, int | str | None], interval: float = 1.0) -> None:
         self.pids = dict(pids)
         self.interval = interval
         self.usage = {name: Usage() for name in pids}

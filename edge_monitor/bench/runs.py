@@ -167,8 +167,9 @@ def run_daemon(bench: Bench, machines: int, speed: float, inp: LoadInput) -> dic
         _wait_online(daemon, probe)
         online_s = time.monotonic() - started  # the process started, the model loaded, the broker reached
         wait_ready(gen, plan)
+        threads = {f"thread:{role}": f"{daemon.pid}/task/{tid}" for role, tid in daemon_threads(where / "daemon.log").items()}
         sampler = ProcSampler({"daemon": daemon.pid, "broker": bench.broker.pid, "loadgen": gen.pid,
-                               "bench": os.getpid(), "box": None}).start()
+                               "bench": os.getpid(), "box": None, **threads}).start()
         stack.callback(sampler.stop)
         gen.send("go")
         complete = _wait_results(bench, plan, gen, daemon, probe)
@@ -180,6 +181,28 @@ def run_daemon(bench: Bench, machines: int, speed: float, inp: LoadInput) -> dic
     acc.save(where / "latencies.npz")
     return {**_daemon_figures(plan, times, acc, probe, sampler, loadgen_cpu, complete, exit_code, label),
             "input": inp.label, "start_to_online_s": round(online_s, 2)}
+
+
+def daemon_threads(log: Path, wait: float = 2.0) -> dict[str, int]:
+    """The daemon's working threads by role (main, inputs, outputs, checkpoint), their native ids
+    as its ``online`` log line names them (written just after its status says online: waited for up
+    to ``wait`` seconds); none from a daemon that does not name them (an older checkout)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            if '"online"' in line:
+                try:
+                    threads = json.loads(line).get("threads") or {}
+                except ValueError:
+                    continue
+                return {str(role): int(tid) for role, tid in threads.items() if isinstance(tid, int)}
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.1)
 
 
 def _wait_online(daemon: Child, probe: ScoreProbe) -> None:
@@ -225,7 +248,9 @@ def _daemon_figures(plan: LoadPlan, times: np.ndarray, acc, probe: ScoreProbe, s
     if cores_steady is None:  # a steady part too short for two samples: the whole run
         steady, cores_steady = (daemon.t[0], daemon.t[-1]), cores_mean
     received = len(acc.latency)
-    used = {name: u.cpu_used for name, u in sampler.usage.items()}
+    threads = {name.split(":", 1)[1]: u for name, u in sampler.usage.items() if name.startswith("thread:")}
+    thread_cores = {role: u.cores_between(*steady) for role, u in threads.items()}
+    used = {name: u.cpu_used for name, u in sampler.usage.items() if not name.startswith("thread:")}
     used["loadgen"] = loadgen_cpu
     box = sampler.usage["box"]
     foreign = (used["box"] - sum(v for name, v in used.items() if name != "box")) / (box.t[-1] - box.t[0])
@@ -248,6 +273,8 @@ def _daemon_figures(plan: LoadPlan, times: np.ndarray, acc, probe: ScoreProbe, s
         "cpu_ms_per_msg": round(1000 * daemon.cpu_used / len(plan), 4),
         "cpu_cores_steady": round(cores_steady, 3),
         "cpu_cores_mean": round(cores_mean, 3),
+        # the steady part's cores by thread: which one is at its limit (main, inputs, outputs, checkpoint)
+        "thread_cores_steady": {role: None if c is None else round(c, 3) for role, c in thread_cores.items()},
         "steady_s": [round(steady[0] - first, 3), round(steady[1] - first, 3)],
         "rss_max_mib": round(max(daemon.rss_kib, default=0) / 1024, 1),
         **acc.summary(),
@@ -255,7 +282,7 @@ def _daemon_figures(plan: LoadPlan, times: np.ndarray, acc, probe: ScoreProbe, s
         "daemon_device": probe.status.get("device"),
         "daemon_runtime": probe.status.get("runtime"),
         "status": probe.status,
-        "usage": {name: u.series(first) for name, u in sampler.usage.items()},
+        "usage": {name: u.series(first) for name, u in sampler.usage.items() if not name.startswith("thread:")},
         "cpu_seconds_by_process": {name: round(v, 3) for name, v in used.items()},  # box: every process
         "other_load_cores": round(foreign, 3),  # processes on the box that are not the benchmark's
     }

@@ -194,7 +194,9 @@ class ErrorMessage:
 
 
 MachineOutput = Union[ScoreMessage, ScoreBatchMessage, AlarmMessage, SummaryMessage]  # under R/<machine>/
-SCORE_FORMS: tuple[str, ...] = ("window", "batch", "off")  # how scores are published (outputs.scores)
+#: How scores are published (``outputs.scores``), and on which topic leaf (None: not at all).
+SCORE_LEAVES: dict[str, str | None] = {"window": ScoreMessage.leaf, "batch": ScoreBatchMessage.leaf, "off": None}
+SCORE_FORMS: tuple[str, ...] = tuple(SCORE_LEAVES)
 
 
 def encode(message: Any) -> bytes:

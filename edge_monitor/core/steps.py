@@ -61,8 +61,8 @@ class Output:
 
 def score_batches(outputs: Sequence[Output]) -> list[Output]:
     """``outputs`` with each run of score messages of one machine, cut and model made one
-    :class:`~.outbound.ScoreBatchMessage`; the other messages keep their places, so that an alarm
-    still follows the scores that raised it."""
+    :class:`~.outbound.ScoreBatchMessage`; the other messages keep their places (an alarm or a
+    summary between two scores splits the run), so the order of everything published stays."""
     grouped: list[Output] = []
     run: list[ScoreMessage] = []
     machine = ""

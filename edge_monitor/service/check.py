@@ -56,6 +56,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..core.channels import CHANNELS
+from ..core.outbound import SCORE_LEAVES
 from ..core.sparkplug_node import NAMESPACE, EdgeNode
 from ..core.topics import MONITOR_LEVEL, Topics
 from ..model.meta import MODEL_FILE, BundleError, read_bundle_meta  # no TensorFlow
@@ -306,7 +307,7 @@ def _user(settings: BrokerSettings) -> str:
     return settings.username or "(anonymous)"
 
 
-def _acl(topics: Topics, ins: Session, outs: Session, scores: str = "window") -> Iterator[Result]:
+def _acl(topics: Topics, ins: Session, outs: Session, scores: str) -> Iterator[Result]:
     root, me = topics.root, _user(ins.settings)
     # The monitor's own subscriptions, with its options (inbox.Inbox.subscribe): made again, they
     # change nothing in its session; none is ever removed.
@@ -320,8 +321,8 @@ def _acl(topics: Topics, ins: Session, outs: Session, scores: str = "window") ->
     monitor_rw = f"topic readwrite {root}/{MONITOR_LEVEL}/#"
     # What the monitor publishes: (publisher, topic, who reads it back or None, the ACL line needed).
     # A dashboard sees at most a non-retained message of a machine or instance that cannot exist.
-    # scores on the leaf the configuration publishes them on (outputs.scores)
-    leaves = {"window": ("score",), "batch": ("scores",), "off": ()}[scores]
+    # scores on the leaf the configuration publishes them on (outputs.scores; none with off)
+    leaves = [leaf for leaf in (SCORE_LEAVES[scores],) if leaf]
     allowed = [
         *[(outs, f"{root}/{PROBE}/{leaf}", None, f"topic write {root}/+/{leaf}") for leaf in leaves],
         (outs, f"{root}/{PROBE}/summary", None, f"topic write {root}/+/summary"),

@@ -95,6 +95,10 @@ class CheckpointWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
     def flush(self, until: float, still: Callable[[], bool] = lambda: True) -> bool:
         """Wait (up to the monotonic time ``until``, and while ``still()``) for every closed epoch
         to be written and acknowledged; whether they were."""

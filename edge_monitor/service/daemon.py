@@ -18,8 +18,9 @@ from typing import Callable
 from ..core.alarm import policy_mismatch
 from . import systemd
 from .config import Config
+from .liveness import NetworkStalled
 from .logging import get_logger
-from .monitor import Monitor, NetworkStalled, StartupError
+from .monitor import Monitor, StartupError
 from .mqtt import BrokerError
 from .native_log import NativeCapture
 from .reload import Reloader

@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import itertools
 import math
+import os
 import socket
 import threading
 import time
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from .monitor import Monitor
 
 PREFIX = "edge_monitor_"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: inputs by kind: the parsed message's type ...
 INPUT_KINDS: dict[type, str] = {SignalChunk: "signal", SignalFrame: "frame", CutStart: "cut_start", CutEnd: "cut_end",
                                  Command: "command"}
@@ -77,6 +79,7 @@ COUNTER_HELP: dict[str, str] = {
     "nonfinite_scores": "Windows that scored non-finite",
     "inputs_other_instance": "Inputs of machines another monitor instance on the topic root owns, dropped unreported",
     "sparkplug_unsent": "Sparkplug B messages not sent while its connection was down (the next birth has the state)",
+    "outputs_refused": "Results the broker refused (its ACL), not delivered",
 }
 WEAR_LEVEL: dict[str, int] = {level.label: int(level) for level in Level}
 # seconds, per window: from its input's arrival to its score's publication (max_wait_ms is 50 by default)
@@ -269,9 +272,31 @@ class _Live(Collector):
             fault.add_metric([machine], float(faulty))
         yield level
         yield fault
+        cpu = CounterMetricFamily(PREFIX + "thread_cpu_seconds", "CPU time of each of the monitor's working threads "
+                                  "(main loop, the MQTT connections' network threads, checkpoint writer): which one "
+                                  "is at its limit", labels=["thread"])
+        for role, thread in monitor.threads().items():
+            seconds = thread_cpu_seconds(thread.native_id)
+            if seconds is not None:
+                cpu.add_metric([role], seconds)
+        yield cpu
         yield InfoMetricFamily(PREFIX + "model", "The model scoring now, the runtime and device it runs on, the "
                                "monitor's version", value={"model_id": monitor.model_id, "device": monitor.device,
                                                            "runtime": monitor.runtime, "version": __version__})
+
+
+def thread_cpu_seconds(native_id: int | None) -> float | None:
+    """CPU seconds (user + system) of this process's thread ``native_id`` (Linux's /proc; None
+    elsewhere, or once the thread is gone)."""
+    if native_id is None:
+        return None
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()  # the thread's name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

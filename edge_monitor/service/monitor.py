@@ -9,10 +9,11 @@ back for as long as the backlog lasted. On their own connection they go out at o
 
 Threads: paho's network thread of the input connection only routes and parses each input
 (:mod:`.inbox`) and queues it; it never waits for scoring. The main thread runs :meth:`Monitor.run`:
-each turn it takes everything queued, applies each input to its machine's pipeline
-(:mod:`~edge_monitor.core.fleet`), batches the windows of all machines and scores them with the
-bundle's one scoring call (:mod:`.scoring`), hands the scores back to the pipelines and publishes
-what they return (:mod:`.outbox`).
+each turn it takes everything queued and hands it to the data path (:mod:`.dataflow`), which
+applies each input to its machine's pipeline (:mod:`~edge_monitor.core.fleet`), batches the windows
+of all machines and scores them with the bundle's one scoring call (:mod:`.scoring`), hands the
+scores back to the pipelines and publishes what they return (:mod:`.outbox`); between, it keeps
+the connections watched (:mod:`.liveness`), the checkpoints, a reload and the status.
 
 Two more threads: the metrics endpoint's HTTP server (:mod:`.metrics`), which only reads, and
 during a reload (SIGHUP) the thread that loads and traces the new bundle (:mod:`.reload`); the
@@ -50,25 +51,26 @@ from .. import __version__
 from ..core.alarm import judges_alike, policy_mismatch
 from ..core.channels import SAMPLE_RATE_HZ
 from ..core.fleet import Fleet
-from ..core.inbound import Command
 from ..core.outbound import StatusMessage, encode
 from ..core.partition import Siblings, partition_of
-from ..core.steps import PipelineSpec, Step
-from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem, monitor_topic
+from ..core.steps import PipelineSpec
+from ..core.topics import Topics, monitor_topic
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
 from .checkpoint import Checkpoints
 from .checkpoint_writer import CheckpointWriter, SnapshotEncoder, SnapshotJob
 from .config import Config
+from .dataflow import Dataflow
 from .inbox import OTHER_INSTANCE, Connected, Inbox, Received, Rejected
+from .liveness import Liveness
 from .logging import configure_logging, get_logger
 from .metrics import Metrics, MetricsError
 from .mqtt import BrokerError, connect, disconnect, make_client
-from .outbox import MAX_REASON, MAX_TOPIC_ECHO, Outbox, clip
+from .outbox import MAX_REASON, Outbox, clip
 from .reload import Failed, Prepared, Reloader
 from .scoring import Scoring, report_call_size
-from .sparkplug import Refused, SparkplugEdge
+from .sparkplug import SparkplugEdge
 from .state import StateFile, read_retained_alarms, resume
 from .status import Counters, status_text
 
@@ -77,18 +79,13 @@ if TYPE_CHECKING:
 
 PUBLISH_WAIT = 5.0  # seconds to wait for the broker to take the last messages at shutdown
 IDLE_WAKE = 0.25  # the loop turns at least this often (watchdog, status, batch deadlines)
+REFUSAL_LOG_EVERY = 60.0  # seconds: results the broker refuses are logged at most this often (all counted)
 
 
 class StartupError(RuntimeError):
     """The daemon cannot start; the message names the thing to fix (exit code 2, no traceback)."""
 
 
-class NetworkStalled(RuntimeError):
-    """The MQTT network thread (or the checkpoint writer's) died, or stopped delivering: exit 1,
-    and systemd restarts the service (nothing is lost: what was not acknowledged comes again)."""
-
-
-PING_EVERY = 5.0  # seconds between the monitor's pings to itself through the broker
 
 
 def pipeline_spec(meta: BundleMeta, config: Config, scoring_id: str = "") -> PipelineSpec:
@@ -120,8 +117,6 @@ class Monitor:
         self._stop = threading.Event()
         self._shown = "online"  # the state the status topic shows
         self._connections = 0  # connections the main loop has seen
-        self._pinged = 0.0  # monotonic time of the last ping to itself
-        self._connected_at = time.monotonic()
         will = (self.topics.status, encode(self._status("offline")), 1, True)
         delivery = config.delivery
         # inputs: a persistent session, acknowledged once checkpointed
@@ -139,12 +134,18 @@ class Monitor:
         self.writer = CheckpointWriter(self.checkpoints, SnapshotEncoder(self.state_file), lambda: self.inbox.connection,
                                        self.inbox.ack_lock, self._confirmed, self._not_written)
         self.backlog = Backlog(self.inbox, self.checkpoints, config.broker.session_expiry, delivery.degraded_lag_s)
-        self._touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
+        self.liveness = Liveness(self.client, self.out, self.topics.ping, self.inbox, self.writer,
+                                 delivery.stall_timeout_s)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.out.on_connect = self._on_out_connect
         self.out.on_disconnect = self._on_disconnect
+        self.out.on_publish = self._on_out_publish
+        self._refusal_logged = -REFUSAL_LOG_EVERY  # monotonic time the last refused result was logged
         self.sparkplug = self._sparkplug() if config.sparkplug.enabled else None
+        # inputs to the pipelines, scores, outputs (service/dataflow.py)
+        self.flow = Dataflow(self.fleet, self.scoring, self.outbox, self.checkpoints, self.backlog, self.topics,
+                             self.counters, self.metrics, self.sparkplug, self.log)
 
     def _sparkplug(self) -> SparkplugEdge:
         """The Sparkplug B edge node beside the JSON topics (service/sparkplug.py)."""
@@ -187,6 +188,21 @@ class Monitor:
         if not reason.is_failure:
             self._out_reconnected.set()  # the main loop puts the alarms and the status back
 
+    def _on_out_publish(self, client, userdata, mid, reason, properties) -> None:  # network thread
+        """The broker's PUBACK of a result: a refusal (MQTT 5 reason code, e.g. not authorized: an ACL
+        without the topic) means the result is lost; counted, and logged with what to fix."""
+        if reason is None or not reason.is_failure:
+            return
+        self.counters.outputs_refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
+            self._refusal_logged = now
+            user = self.config.broker.for_outputs().username or "(anonymous)"
+            self.log.error("output_refused", reason=str(reason), refused=self.counters.outputs_refused,
+                           detail=f"the broker refuses results of user {user}: its ACL must let it write every "
+                           "topic the monitor publishes (deploy/mosquitto/acl; after an upgrade run make-users.sh "
+                           "again); `edge-monitor check` names the line missing")
+
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         which = "inputs" if client is self.client else "outputs"
         if client is self.client:
@@ -221,8 +237,19 @@ class Monitor:
                 self.sparkplug.start()
             except BrokerError as exc:
                 raise StartupError(f"Sparkplug connection (sparkplug.username): {exc}") from None
-        self.log.info("online", model=self.model_id, device=self.device, machines=list(self.config.machines))
+        self.log.info("online", model=self.model_id, device=self.device, machines=list(self.config.machines),
+                      threads={role: t.native_id for role, t in self.threads().items()})
         systemd.ready(self._status_text())
+
+    def threads(self) -> dict[str, threading.Thread]:
+        """The threads that do the work, by role (for their CPU time: `top -H`, the metrics, the
+        bench): the main loop, each MQTT connection's network thread, the checkpoint writer."""
+        clients = {"inputs": self.client, "outputs": self.out}
+        if self.sparkplug is not None:
+            clients["sparkplug"] = self.sparkplug.client
+        threads = {"main": threading.main_thread()}
+        threads.update((role, c._thread) for role, c in clients.items() if c._thread is not None)  # paho's, private
+        return {**threads, "checkpoint": self.writer.thread}
 
     def _restore(self) -> None:
         """The alarm states (state file and retained topic) and the open cuts of the checkpoint."""
@@ -233,7 +260,7 @@ class Monitor:
         trackers, stale = resume(self.fleet, saved, retained, self.log.warning, time.time())
         for machine, tracker in trackers.items():
             self.log.info("alarm_state_restored", machine=machine, state=tracker.state.label, since=tracker.since)
-        self._touched.update(m for m in saved.streams if m in self.fleet)
+        self.flow.touched.update(m for m in saved.streams if m in self.fleet)
         resumed = {m: self.fleet[m].stream.current.cut for m in saved.streams
                    if m in self.fleet and self.fleet[m].stream.current is not None}
         if resumed:
@@ -251,6 +278,7 @@ class Monitor:
         next_status = time.monotonic() + self.config.status_interval_s
         checkpoint_every = self.config.delivery.checkpoint_interval_ms / 1000.0
         next_checkpoint = time.monotonic() + checkpoint_every
+        flow = self.flow
         while not self._stop.is_set():
             now = time.monotonic()
             self.watchdog.tick(now)  # only while this loop turns
@@ -260,19 +288,19 @@ class Monitor:
             items = self.inbox.take(timeout=wait)
             for item in items:
                 if type(item) is Received:
-                    self._on_input(item)
+                    flow.input(item)
                 elif type(item) is Rejected:
-                    self._on_rejected(item)
+                    flow.rejected(item)
                 else:
                     self._on_connected(item)
             self.inbox.done(items)
             if self.sparkplug is not None:
-                self._sparkplug_turn()
-            self._score_ready()
+                flow.sparkplug_turn()
+            flow.score_ready()
             now = time.monotonic()
             if now >= next_checkpoint:
-                self._check_network(now)
-                self._expire()
+                self.liveness.check(now, () if self.sparkplug is None else (self.sparkplug.client,))
+                flow.expire()
                 self._checkpoint()
                 self.metrics.look(self.fleet, self.backlog.lag())
                 self._watch_backlog()
@@ -292,79 +320,10 @@ class Monitor:
                 next_status = time.monotonic() + self.config.status_interval_s
         self._shutdown()
 
-    def _on_input(self, item: Received) -> None:
-        self.counters.messages_in += 1
-        self.metrics.inputs[type(item.message)] += 1
-        self.counters.inputs_redelivered += item.delivery.dup
-        self.checkpoints.applied(item.delivery)  # acknowledged with the next checkpoint, whatever it did
-        self._take(item.where.machine, item.message, item.where.channel, item.topic, item.delivery.dup, item.received)
-
-    def _take(self, machine: str, message, channel: str | None, topic: str, redelivered: bool,
-              received: float) -> None:
-        """One input to its machine's pipeline, and what it did published: a JSON input, or a
-        reset a Sparkplug host asked for (the same path, limits and checkpoint)."""
-        created = machine not in self.fleet
-        if isinstance(message, Command) and not self.fleet.known(machine):
-            # a new tool before the machine's first cut: its state is normal already, and a
-            # made-up id must not get a pipeline nor a retained alarm
-            self.log.info("reset_of_new_machine", machine=machine, by=message.by)
-            return
-        refusal = self.fleet.refuse(machine, message)  # the inbox refused unwatched machines already
-        if refusal:
-            self._reject(topic, refusal, "untracked_machine")
-            return
-        try:
-            step = self.fleet.pipeline(machine).handle(message, channel=channel, now=time.time())
-        except StaleInput as exc:
-            if created:
-                self.fleet.discard(machine)
-            if redelivered:  # sent again after a crash or reconnect; the checkpoint has it
-                self.counters.duplicate_inputs += 1
-                self.log.debug("duplicate", machine=machine, topic=topic, reason=exc.reason)
-            else:
-                self._reject(topic, exc.reason, "stale")
-            return
-        except ProtocolError as exc:
-            if created:
-                self.fleet.discard(machine)
-            self._reject(topic, exc.reason, "pipeline")
-            return
-        self._touched.add(machine)
-        self.backlog.note(self.fleet[machine].stream.current, message)
-        if step.duplicate_samples:
-            self.log.debug("duplicate", machine=machine, topic=topic, samples=step.duplicate_samples)
-        if self.sparkplug is not None:
-            self.sparkplug.seen(machine)  # the device is born at its first cut, before its data
-        self.scoring.add(step.windows, received)
-        self._apply(machine, step)
-
-    def _sparkplug_turn(self) -> None:
-        """Births, rebirths and the primary host (service/sparkplug.py); device resets through
-        the path of the JSON reset."""
-        for item in self.sparkplug.turn():
-            if isinstance(item, Refused):
-                self._report(item.topic, item.reason, "sparkplug_command_refused")
-            else:
-                refusal = machine_id_problem(item.machine) or self.fleet.unwatched(item.machine)
-                if refusal:
-                    self._report(item.topic, refusal, "sparkplug_command_refused")
-                    continue
-                self.log.info("sparkplug_reset", machine=item.machine, topic=item.topic)
-                self._take(item.machine, Command("reset", by="sparkplug"), None, item.topic, False, time.monotonic())
-
-    def _on_rejected(self, item: Rejected) -> None:
-        self.counters.messages_in += 1
-        self.checkpoints.applied(item.delivery)
-        self.metrics.refused(item)
-        if item.reason == OTHER_INSTANCE:  # another instance's machine: not an error, not ours
-            self.counters.inputs_other_instance += 1
-            return
-        self._reject(item.topic, item.reason, item.stage)
-
     def _on_connected(self, item: Connected) -> None:
         self.log.info("subscribed", session_present=item.session_present)
         self._connections += 1
-        self._connected_at = time.monotonic()
+        self.liveness.connected_at = time.monotonic()
         if self._connections > 1 and not item.session_present:
             # The broker lost the session (restarted without its database): what data acquisition
             # sent between the broker's return and this subscription was not queued for us.
@@ -385,84 +344,22 @@ class Monitor:
         self._publish_status()
         self.log.info("alarms_announced_again", machines=len(announcements))
 
-    def _reject(self, topic: str, reason: str, stage: str) -> None:
-        """``stage``: where it was refused, the label of the metric (metrics.REJECT_STAGES)."""
-        self.counters.rejected += 1
-        self.metrics.rejected[stage] += 1
-        self._report(topic, reason, "rejected")
-
-    def _report(self, topic: str, reason: str, event: str) -> None:
-        """Log a problem and echo it on the errors topic, both within the errors rate limit."""
-        if self.outbox.error(topic, reason):
-            self.log.warning(event, topic=clip(topic, MAX_TOPIC_ECHO), reason=clip(reason, MAX_REASON))
-        else:
-            self.counters.errors_suppressed += 1
-
-    def _score_ready(self, force: bool = False) -> None:
-        for windows, scores in self.scoring.ready(force):
-            self._touched.add(windows.machine)
-            self._apply(windows.machine, self.fleet[windows.machine].scored(windows, scores))
-
-    def _apply(self, machine: str, step: Step) -> None:
-        """Count, log and publish what a pipeline step did."""
-        self.counters.gap_samples += step.gap_samples
-        self.counters.duplicate_samples += step.duplicate_samples
-        self.counters.nonfinite_scores += step.nonfinite_scores
-        for event in step.events:
-            getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
-        if step.outputs:
-            self.metrics.published(step.outputs)
-        self.checkpoints.published(self.outbox.publish(step.outputs))
-        if step.outputs and self.sparkplug is not None:  # after the JSON topics, which are authoritative
-            self.sparkplug.outputs(step.outputs)
-        for fault in step.faults:
-            self._report(self.topics.machine(machine, "score"), fault, "nonfinite_score")
-
-    def _check_network(self, now: float) -> None:
-        """Raise :class:`NetworkStalled` when paho's network thread died, or when connected but
-        its own ping has not come back for ``delivery.stall_timeout_s``."""
-        clients = (self.client, self.out) + ((self.sparkplug.client,) if self.sparkplug is not None else ())
-        for client in clients:  # (the Sparkplug one's is restarted on the main thread only: never seen absent)
-            thread = getattr(client, "_thread", None)  # paho keeps its loop thread private
-            if thread is None or not thread.is_alive():
-                raise NetworkStalled("an MQTT network thread is not running")
-        if not self.writer.alive:
-            failure = self.writer.failure
-            raise NetworkStalled("the checkpoint writer stopped"
-                                 + ("" if failure is None else f": {type(failure).__name__}: {failure}"))
-        if not (self.client.is_connected() and self.out.is_connected()):
-            return  # paho reconnects by itself; the will says offline meanwhile
-        if now - self._pinged >= PING_EVERY:  # out on one connection, back on the other
-            self.out.publish(self.topics.ping, b"", qos=0)
-            self._pinged = now
-        silent = now - max(self.inbox.last_delivery, self._connected_at)
-        if silent > self.config.delivery.stall_timeout_s:
-            raise NetworkStalled(f"connected, but nothing has come in for {silent:.0f} s, not even the monitor's "
-                                 "own ping: the MQTT network thread is stuck")
-
-    def _expire(self) -> None:
-        """Close cuts whose input stopped; let idle machines leave memory."""
-        for machine, step in self.fleet.expire(time.time()):
-            self._touched.add(machine)
-            self.scoring.add(step.windows, time.monotonic())
-            self._apply(machine, step)
-
     # --------------------------------------------------------------------- checkpoints
 
     def _checkpoint(self, always: bool = False) -> None:
         """Close an epoch: score what waits, then snapshot every machine (see :mod:`.checkpoint`).
         Only when something changed since the last one, unless ``always`` (shutting down)."""
         open_epoch = self.checkpoints.open
-        if not (always or open_epoch.acks or open_epoch.outputs or self._touched) or not self.checkpoints.can_close():
+        touched = self.flow.touched
+        if not (always or open_epoch.acks or open_epoch.outputs or touched) or not self.checkpoints.can_close():
             return
-        while len(self.scoring):
-            self._score_ready(force=True)
+        self.flow.score_all()
         snapshot = None
         if self.state_file.path is not None:  # copies (rows: views never written again), for the writer's thread
-            snapshot = SnapshotJob(self.fleet.streams(self._touched), frozenset(self.fleet.machines()),
+            snapshot = SnapshotJob(self.fleet.streams(touched), frozenset(self.fleet.machines()),
                                    self.fleet.snapshots(), self.model_id, windowing_of(self.meta),
                                    self.fleet.spec.scoring_id, self.fleet.spec.policy)
-        self._touched.clear()
+        touched.clear()
         self.checkpoints.close(snapshot)
         self.writer.wake()
         self.counters.checkpoints += 1
@@ -485,22 +382,21 @@ class Monitor:
         after; the alarm states carry over (``core/alarm.carried_over``) and are announced again
         with the new model id."""
         old, old_model = self.config, self.model_id
-        while len(self.scoring):
-            self._score_ready(force=True)
+        self.flow.score_all()
         config, meta = new.config, new.bundle.meta
         kept = False  # whether the machines' alarm histories and references stay
         if meta.model_id != old_model or config.alarm != old.alarm:
             spec = pipeline_spec(meta, config, new.bundle.scoring_id)
             kept = spec.scoring_id == self.fleet.spec.scoring_id and judges_alike(old.alarm, config.alarm)
             announcements = self.fleet.switch_model(spec)
-            self._touched.update(self.fleet.states())  # the open cuts' scores so far were the old model's
+            self.flow.touched.update(self.fleet.states())  # the open cuts' scores so far were the old model's
         else:
             announcements, kept = [], True  # the same model and rule: the alarm history stands
         self.scoring.switch(new.scorer, config.batching)
         self.outbox.configure(config.qos, config.errors, config.outputs)
         if config.logging.level != old.logging.level:
             configure_logging(config.logging.format, config.logging.level)
-            self.log = get_logger().bind(instance=config.instance)
+            self.log = self.flow.log = get_logger().bind(instance=config.instance)
         self.config, self.meta = config, meta
         # The old model was frozen out of the collector's sight at start (daemon.py); the new one
         # must be too, and the old one freed: one full collection (~0.2 s) per reload.

@@ -14,9 +14,8 @@ import time
 
 import paho.mqtt.client as paho
 
-from ..core.outbound import ErrorMessage, StatusMessage, encode
+from ..core.outbound import SCORE_LEAVES, ErrorMessage, ScoreMessage, StatusMessage, encode
 from ..core.ratelimit import TokenBucket
-from ..core.outbound import ScoreMessage
 from ..core.steps import Output, score_batches
 from ..core.topics import Topics
 from .config import ErrorsRate, OutputQos, Outputs
@@ -31,15 +30,20 @@ def clip(text: str, limit: int) -> str:
 
 class Outbox:
     def __init__(self, client: paho.Client, topics: Topics, qos: OutputQos, errors: ErrorsRate,
-                 outputs: Outputs = Outputs()) -> None:
+                 outputs: Outputs) -> None:
         self.client, self.topics = client, topics
         self.dropped = 0  # QoS 0 results published while disconnected (paho keeps only QoS 1 and 2)
         self.configure(qos, errors, outputs)
 
-    def configure(self, qos: OutputQos, errors: ErrorsRate, outputs: Outputs = Outputs()) -> None:
+    def configure(self, qos: OutputQos, errors: ErrorsRate, outputs: Outputs) -> None:
         """A (reloaded) configuration's QoS, score messages and errors rate limit (the bucket starts full)."""
         self.qos, self.scores = qos, outputs.scores
         self._errors = TokenBucket(errors.max_per_second, errors.burst)
+
+    @property
+    def score_leaf(self) -> str:
+        """The topic leaf a machine's scores go out on (``score`` when they do not go out at all)."""
+        return SCORE_LEAVES[self.scores] or ScoreMessage.leaf
 
     def publish(self, outputs: list[Output]) -> list[paho.MQTTMessageInfo]:
         """Publish ``outputs`` in order; what paho took, to follow until the broker has it."""

@@ -27,6 +27,7 @@ class Counters:
     nonfinite_scores: int = 0  # windows that scored non-finite (reported on the errors topic)
     inputs_other_instance: int = 0  # inputs of machines another instance on the root owns, dropped
     sparkplug_unsent: int = 0  # Sparkplug messages not sent while disconnected (the next birth has the state)
+    outputs_refused: int = 0  # results the broker refused (an MQTT 5 PUBACK's reason: its ACL), not delivered
 
 
 def status_text(connected: bool, machines: int, counters: Counters, states: Mapping[str, str],
