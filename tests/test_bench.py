@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,41 @@ def test_a_tiny_bench_reports_every_figure_and_loses_nothing(model, tmp_path):
     report["runs"] = [{**r, "speed": 1.0, "machines": m} for r in (chunks, run) for m in (2, 4)]  # as if real time
     png = plot_bench_scaling({"": report}, tmp_path / "scaling.png")
     assert png.stat().st_size > 10_000
+
+
+def test_the_daemons_threads_are_read_from_its_online_line_only(tmp_path):
+    from edge_monitor.bench.runs import daemon_threads
+
+    log = tmp_path / "daemon.log"
+    log.write_text('{"event": "caught_up", "state": "online"}\n["online"]\nnot json "online"\n'
+                   '{"event": "online", "threads": {"main": 11, "inputs": 12, "odd": "x"}}\n')
+    assert daemon_threads(log, wait=0) == {"main": 11, "inputs": 12}
+    log.write_text('{"event": "online", "model": "m"}\n')  # an older daemon: no threads named
+    assert daemon_threads(log, wait=0) == {}
+    assert daemon_threads(tmp_path / "absent.log", wait=0) == {}
+
+
+def test_a_threads_cpu_time_is_its_own():
+    import threading
+
+    from edge_monitor.service.metrics import thread_cpu_seconds
+
+    spent = threading.Event()
+
+    def busy() -> None:
+        deadline = time.thread_time() + 0.3
+        while time.thread_time() < deadline:
+            pass
+        spent.set()
+        done.wait(5)
+
+    done = threading.Event()
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        assert spent.wait(10)
+        assert thread_cpu_seconds(worker.native_id) >= 0.25  # its 0.3 s (clock ticks of 10 ms)
+    finally:
+        done.set()
+        worker.join()
+    assert thread_cpu_seconds(worker.native_id) is None and thread_cpu_seconds(None) is None

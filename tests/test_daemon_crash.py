@@ -57,20 +57,36 @@ def model_regime(model, cut: str) -> str:
     return regime_key(c.doc, c.feed, c.material)
 
 
-@pytest.mark.parametrize("signals", ["chunks", "frames"])
+def scores(collector: Collector) -> list[tuple[str, dict, bytes]]:
+    """Every window's score as (machine, its message, its bytes), from one message per window
+    (``score``) or from batches (``scores``: each window with its batch's ``cut``, re-encoded)."""
+    out = []
+    for topic, raw in collector.payloads:
+        if topic.endswith("/score"):
+            out.append((machine_of(topic, ROOT), json.loads(raw), raw))
+        elif topic.endswith("/scores"):
+            batch = json.loads(raw)
+            for w in batch["windows"]:
+                body = {"cut": batch["cut"], "model": batch["model"], **w}
+                out.append((machine_of(topic, ROOT), body, json.dumps(body, sort_keys=True).encode()))
+    return out
+
+
+@pytest.mark.parametrize("signals", ["chunks", "frames", "frames, scores in batches"])
 def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path, signals):
     rng = random.Random(9)
     collector = Collector(broker, [f"{ROOT}/#", "spBv1.0/t-crash/#"], "collector-crash", persistent=True)
-    daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, CONFIG).start()
+    config = CONFIG + ("outputs: {scores: batch}\n" if "batches" in signals else "")
+    daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, config).start()
     crashes = []
     try:
         daemon.wait_online(collector)
         args = [sys.executable, "-m", "edge_monitor", "replay", "--archive", str(model.archive_path),
                 "--broker", broker.address, "--machines", str(MACHINES), "--cases", "11,13",
-                "--speed", "10", "--root", ROOT, *(["--frames", "--chunk", "64"] if signals == "frames" else [])]
+                "--speed", "10", "--root", ROOT, *(["--frames", "--chunk", "64"] if "frames" in signals else [])]
         replay = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         n_cuts = sum(len(model.cuts_by_case[case_of(f"mill-0{i + 1}")]) for i in range(MACHINES))
-        assert collector.wait(lambda: len(collector.on("/score")) > 20, 60), "no scores"
+        assert collector.wait(lambda: len(scores(collector)) > 20, 60), "no scores"
         for how in ("kill", "kill during shutdown", "kill"):
             time.sleep(rng.uniform(0.2, 1.5))
             summaries = len({(machine_of(t, ROOT), b["cut"]) for t, b in collector.on("/summary")})
@@ -78,8 +94,8 @@ def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path, signal
                 daemon.process.terminate()
                 time.sleep(rng.uniform(0.05, 0.4))
             daemon.kill()
-            crashes.append((how, len(collector.on("/score")), summaries))
-            daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, CONFIG).start()
+            crashes.append((how, len(scores(collector)), summaries))
+            daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, config).start()
             daemon.wait_online(collector)
         out, err = replay.communicate(timeout=180)
         assert replay.returncode == 0, err
@@ -91,7 +107,7 @@ def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path, signal
         assert any(s < n_cuts for _, _, s in crashes)  # at least one crash while cuts were open
         expected = {(f"mill-0{i + 1}", cut, offset) for i in range(MACHINES) for cut, offset in model.offline
                     if cut in model.cuts_by_case[case_of(f"mill-0{i + 1}")]}
-        windows = collections.Counter((machine_of(t, ROOT), b["cut"], b["offset"]) for t, b in collector.on("/score"))
+        windows = collections.Counter((m, b["cut"], b["offset"]) for m, b, _ in scores(collector))
         summarised = {(machine_of(t, ROOT), b["cut"]) for t, b in collector.on("/summary")}
         print(f"\ncrashes (kind, scores seen, cuts summarised at the crash): {crashes}")
         print(f"windows {len(expected)}: lost {len(expected - set(windows))}, duplicated "
@@ -101,18 +117,18 @@ def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path, signal
 
         # every window scored, with the values of an uninterrupted run (the offline scorer)
         seen = collections.Counter()
-        for topic, body in collector.on("/score"):
-            machine = machine_of(topic, ROOT)
+        for machine, body, _ in scores(collector):
             seen[(machine, body["cut"], body["offset"])] += 1
             recon, kl, _ = model.offline[(body["cut"], body["offset"])]
             assert body["recon"] == pytest.approx(recon, rel=1e-4, abs=1e-6)
         assert set(seen) == expected, f"missing {len(expected - set(seen))}, crashes {crashes}"
-        # duplicates are byte-identical: per (machine, cut, offset) one payload
+        batched = [t for t, _ in collector.payloads if t.endswith("/scores")]
+        assert bool(batched) == ("batches" in signals) and not ("batches" in signals and collector.on("/score"))
+        # duplicates are byte-identical: per (machine, cut, offset) one payload (a batched window:
+        # the same values, its batch may be grouped otherwise when sent again)
         by_window = collections.defaultdict(set)
-        for topic, raw in collector.payloads:
-            if topic.endswith("/score"):
-                body = json.loads(raw)
-                by_window[(machine_of(topic, ROOT), body["cut"], body["offset"])].add(raw)
+        for machine, body, raw in scores(collector):
+            by_window[(machine, body["cut"], body["offset"])].add(raw)
         bad = {k: v for k, v in by_window.items() if len(v) != 1}
         assert not bad, "\n".join(r.decode() for v in list(bad.values())[:2] for r in v)
         summaries = collections.defaultdict(set)

@@ -194,12 +194,16 @@ def daemon_threads(log: Path, wait: float = 2.0) -> dict[str, int]:
         except OSError:
             lines = []
         for line in lines:
-            if '"online"' in line:
-                try:
-                    threads = json.loads(line).get("threads") or {}
-                except ValueError:
-                    continue
-                return {str(role): int(tid) for role, tid in threads.items() if isinstance(tid, int)}
+            if '"online"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == "online":
+                threads = record.get("threads")
+                threads = threads if isinstance(threads, dict) else {}
+                return {str(role): tid for role, tid in threads.items() if isinstance(tid, int)}
         if time.monotonic() > deadline:
             return {}
         time.sleep(0.1)

@@ -86,8 +86,6 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message names the thing to fix (exit code 2, no traceback)."""
 
 
-
-
 def pipeline_spec(meta: BundleMeta, config: Config, scoring_id: str = "") -> PipelineSpec:
     """What every machine's pipeline shares: the bundle's specs and the configuration's policies."""
     return PipelineSpec(window=meta.window, stable=meta.stable_region, fs=SAMPLE_RATE_HZ, thresholds=meta.thresholds,
@@ -117,6 +115,7 @@ class Monitor:
         self._stop = threading.Event()
         self._shown = "online"  # the state the status topic shows
         self._connections = 0  # connections the main loop has seen
+        self._loop_thread = threading.current_thread()  # the thread that starts and runs the loop
         will = (self.topics.status, encode(self._status("offline")), 1, True)
         delivery = config.delivery
         # inputs: a persistent session, acknowledged once checkpointed
@@ -219,6 +218,7 @@ class Monitor:
 
     def start(self) -> None:
         """Connect, read back the alarm states and come online. Raises :class:`StartupError`."""
+        self._loop_thread = threading.current_thread()
         try:
             # A port in use stops the start before the broker sessions are touched.
             self.metrics.start()
@@ -247,8 +247,11 @@ class Monitor:
         clients = {"inputs": self.client, "outputs": self.out}
         if self.sparkplug is not None:
             clients["sparkplug"] = self.sparkplug.client
-        threads = {"main": threading.main_thread()}
-        threads.update((role, c._thread) for role, c in clients.items() if c._thread is not None)  # paho's, private
+        threads = {"main": self._loop_thread}
+        for role, client in clients.items():
+            thread = client._thread  # paho's, private; read once: Sparkplug's may be restarting
+            if thread is not None:
+                threads[role] = thread
         return {**threads, "checkpoint": self.writer.thread}
 
     def _restore(self) -> None:
