@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..service.metrics import stat_cpu_seconds
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -102,8 +104,7 @@ def read_usage(pid: int | str | None) -> tuple[float, int] | None:
         status = Path(f"/proc/{pid}/status").read_text() if isinstance(pid, int) else ""
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
-    cpu = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15
+    cpu = stat_cpu_seconds(stat)
     rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
     return cpu, rss
 

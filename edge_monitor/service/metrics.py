@@ -292,10 +292,16 @@ def thread_cpu_seconds(native_id: int | None) -> float | None:
         return None
     try:
         with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
-            stat = f.read()
+            return stat_cpu_seconds(f.read())
     except OSError:
         return None
-    fields = stat[stat.rindex(b")") + 2:].split()  # the thread's name may hold spaces
+
+
+def stat_cpu_seconds(stat: bytes | str) -> float:
+    """CPU seconds (user + system) in a ``/proc/.../stat`` line, of a process or of a thread."""
+    if isinstance(stat, str):
+        stat = stat.encode()
+    fields = stat[stat.rindex(b")") + 2:].split()  # the command's name may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15
 
 
