@@ -258,9 +258,11 @@ class Daemon:
         if "metrics:" not in config:  # any free port: a test must not need the default one free on this host
             self.args += ["--metrics", "127.0.0.1:0"]
         self.process: subprocess.Popen | None = None
+        self.started = 0.0
 
     def start(self) -> "Daemon":
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+        self.started = time.time()  # its status's ``since`` is later: an earlier process's is not its
         log = open(self.log_path, "a")
         self.process = subprocess.Popen(self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -270,8 +272,11 @@ class Daemon:
         topic = f"{self.root}/_monitor/{self.instance}/status"
 
         def online() -> bool:
+            # this process's: a daemon just killed on the same topic says online until the broker
+            # has delivered its will
             statuses = [b for t, b, _ in collector.messages if t == topic and isinstance(b, dict)]
-            return bool(statuses) and statuses[-1]["state"] == "online"
+            last = statuses[-1] if statuses else {}
+            return last.get("state") == "online" and (last.get("since") or 0) >= self.started
 
         if not collector.wait(online, timeout):
             self.fail(f"the daemon did not come online within {timeout} s")
