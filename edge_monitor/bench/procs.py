@@ -8,7 +8,6 @@ resident memory over time, without psutil.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -17,9 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..service.metrics import stat_cpu_seconds
+from ..service.metrics import CLOCK_TICKS, stat_cpu_seconds
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Child:
@@ -98,7 +96,7 @@ def read_usage(pid: int | str | None) -> tuple[float, int] | None:
     if pid is None:
         with open("/proc/stat") as stat:
             ticks = [int(x) for x in stat.readline().split()[1:]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / TICKS, 0  # all but idle and iowait
+        return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS, 0  # all but idle and iowait
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text() if isinstance(pid, int) else ""

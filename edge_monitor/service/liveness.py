@@ -8,7 +8,7 @@ again."""
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterable
 
 import paho.mqtt.client as paho
 
@@ -31,10 +31,10 @@ class Liveness:
         self._pinged = 0.0  # monotonic time of the last ping to itself
         self.connected_at = time.monotonic()  # of the input connection, last (re)connection
 
-    def check(self, now: float, others: Sequence[paho.Client] = ()) -> None:
-        """Raise :class:`NetworkStalled` when a network thread (of the two connections and
-        ``others``) died, or when connected but its own ping has not come back in time."""
-        for client in (self.inputs, self.outputs, *others):  # (Sparkplug's is restarted on the main thread only)
+    def check(self, now: float, clients: Iterable[paho.Client]) -> None:
+        """Raise :class:`NetworkStalled` when the network thread of one of ``clients`` (the monitor's
+        connections) died, or when connected but its own ping has not come back in time."""
+        for client in clients:  # (Sparkplug's is restarted on the main thread only: never seen absent)
             thread = getattr(client, "_thread", None)  # paho keeps its loop thread private
             if thread is None or not thread.is_alive():
                 raise NetworkStalled("an MQTT network thread is not running")

@@ -244,15 +244,19 @@ class Monitor:
     def threads(self) -> dict[str, threading.Thread]:
         """The threads that do the work, by role (for their CPU time: `top -H`, the metrics, the
         bench): the main loop, each MQTT connection's network thread, the checkpoint writer."""
-        clients = {"inputs": self.client, "outputs": self.out}
-        if self.sparkplug is not None:
-            clients["sparkplug"] = self.sparkplug.client
         threads = {"main": self._loop_thread}
-        for role, client in clients.items():
+        for role, client in self._clients().items():
             thread = client._thread  # paho's, private; read once: Sparkplug's may be restarting
             if thread is not None:
                 threads[role] = thread
         return {**threads, "checkpoint": self.writer.thread}
+
+    def _clients(self) -> dict:
+        """The MQTT connections by role: inputs, outputs and, when enabled, Sparkplug's."""
+        clients = {"inputs": self.client, "outputs": self.out}
+        if self.sparkplug is not None:
+            clients["sparkplug"] = self.sparkplug.client
+        return clients
 
     def _restore(self) -> None:
         """The alarm states (state file and retained topic) and the open cuts of the checkpoint."""
@@ -302,7 +306,7 @@ class Monitor:
             flow.score_ready()
             now = time.monotonic()
             if now >= next_checkpoint:
-                self.liveness.check(now, () if self.sparkplug is None else (self.sparkplug.client,))
+                self.liveness.check(now, self._clients().values())
                 flow.expire()
                 self._checkpoint()
                 self.metrics.look(self.fleet, self.backlog.lag())
