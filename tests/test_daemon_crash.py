@@ -72,11 +72,13 @@ def scores(collector: Collector) -> list[tuple[str, dict, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("signals", ["chunks", "frames", "frames, scores in batches"])
+@pytest.mark.parametrize("signals", ["chunks", "frames", "frames, scores in batches", "frames, checkpoint groups"])
 def test_sigkill_at_random_moments_loses_nothing(broker, model, tmp_path, signals):
     rng = random.Random(9)
     collector = Collector(broker, [f"{ROOT}/#", "spBv1.0/t-crash/#"], "collector-crash", persistent=True)
     config = CONFIG + ("outputs: {scores: batch}\n" if "batches" in signals else "")
+    # three groups of the four machines: each checkpoint snapshots one group, the others' inputs held
+    config += "delivery: {checkpoint_groups: 3}\n" if "groups" in signals else ""
     daemon = Daemon(tmp_path, broker, model.bundle, ROOT, INSTANCE, config).start()
     crashes = []
     try:

@@ -107,6 +107,10 @@ class Fleet:
         """Whether ``machine`` has a pipeline or an alarm state."""
         return machine in self._pipelines or machine in self._restored
 
+    def known_machines(self) -> list[str]:
+        """The machines with a pipeline or an alarm state."""
+        return [*self._pipelines, *(m for m in self._restored if m not in self._pipelines)]
+
     def discard(self, machine: str) -> None:
         """Forget the pipeline that the machine's first input created but did not open (a refused
         cut start): it holds nothing."""
@@ -168,10 +172,20 @@ class Fleet:
                           if same_scores else carried_over(s, spec.thresholds) for m, s in self._restored.items()}
         return self.announcements()
 
-    def snapshots(self) -> dict[str, dict]:
-        """Every machine's alarm state as a snapshot (``AlarmTracker.to_dict``), restored or live."""
-        out = dict(self._restored)
-        out.update({m: p.tracker.to_dict() for m, p in self._pipelines.items()})
+    def snapshots(self, machines: Iterable[str] | None = None) -> dict[str, dict]:
+        """Every machine's alarm state as a snapshot (``AlarmTracker.to_dict``), restored or live;
+        or those of ``machines`` that have one."""
+        if machines is None:
+            out = dict(self._restored)
+            out.update({m: p.tracker.to_dict() for m, p in self._pipelines.items()})
+            return out
+        out = {}
+        for m in machines:
+            pipe = self._pipelines.get(m)
+            if pipe is not None:
+                out[m] = pipe.tracker.to_dict()
+            elif m in self._restored:
+                out[m] = self._restored[m]
         return out
 
     def announcements(self, machines: Iterable[str] | None = None) -> list[Output]:

@@ -14,14 +14,20 @@ published between the last snapshot and the crash come out once more, identical.
 
 An input's packet id belongs to the connection it came on: inputs of an earlier connection are not
 acknowledged (the broker sends them again on the new one, and they are acknowledged then).
+
+With ``delivery.checkpoint_groups`` above 1 an epoch snapshots one group of the machines only (the
+monitor's choice): a machine's inputs are then *held* until an epoch that snapshots that machine
+closes, and acknowledged with it. Each machine's snapshot and its acknowledged inputs still match,
+which is all a restart needs; the state file holds every machine, each as of its last snapshot.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import paho.mqtt.client as paho
 
@@ -74,6 +80,9 @@ class Checkpoints:
     def __init__(self, client: paho.Client) -> None:
         self.client = client
         self.open = Epoch()
+        # machine -> its inputs applied since its last snapshot, acknowledged with its next one
+        # (only with checkpoint groups: see the module docstring)
+        self.held: dict[str, list[Delivery]] = {}
         self.waiting: deque[Epoch] = deque()
         self.working: Epoch | None = None  # confirmed, being written and acknowledged
         self.dropped = 0  # results paho dropped or lost with a connection (QoS 0)
@@ -85,6 +94,7 @@ class Checkpoints:
         # metrics scrape thread and the writer change them while the main loop reads this.
         working = self.working
         return (len(self.open.acks) + sum(len(e.acks) for e in tuple(self.waiting))
+                + sum(len(d) for d in tuple(self.held.values()))
                 + (0 if working is None else len(working.acks)))
 
     @property
@@ -92,10 +102,23 @@ class Checkpoints:
         """Nothing closed waits to be confirmed, written or acknowledged."""
         return not self.waiting and self.working is None
 
-    def applied(self, delivery: Delivery) -> None:
-        """An input was applied (or refused): acknowledge it with the next confirmed checkpoint."""
-        if delivery.qos:
+    def applied(self, delivery: Delivery, machine: str | None = None) -> None:
+        """An input was applied (or refused): acknowledge it with the next confirmed checkpoint
+        that snapshots ``machine`` (None: the next one; an input that changed no machine)."""
+        if not delivery.qos:
+            return
+        if machine is None:
             self.open.acks.append(delivery)
+        else:
+            held = self.held.get(machine)
+            if held is None:
+                self.held[machine] = [delivery]
+            else:
+                held.append(delivery)
+
+    def holding(self) -> bool:
+        """Inputs wait for their machines' next snapshot."""
+        return bool(self.held)
 
     def published(self, infos: list[paho.MQTTMessageInfo]) -> None:
         self.open.outputs += infos
@@ -103,9 +126,19 @@ class Checkpoints:
     def can_close(self) -> bool:
         return len(self.waiting) < MAX_UNCONFIRMED
 
-    def close(self, snapshot: Any | None) -> None:
-        """Close the open epoch with ``snapshot``, taken after every window of it was scored."""
+    def close(self, snapshot: Any | None, machines: Iterable[str] | None = None) -> None:
+        """Close the open epoch with ``snapshot``, taken after every window of it was scored, of
+        ``machines`` (None: every machine): their held inputs are acknowledged with it."""
         epoch, self.open = self.open, Epoch()
+        held = self.held
+        if machines is None:
+            self.held = {}
+            epoch.acks += [d for deliveries in held.values() for d in deliveries]
+        else:
+            for machine in machines:
+                deliveries = held.pop(machine, None)
+                if deliveries:
+                    epoch.acks += deliveries
         epoch.snapshots = [] if snapshot is None else [snapshot]
         with self._lock:
             self.waiting.append(epoch)
@@ -155,3 +188,37 @@ class Checkpoints:
                     progress.forgotten += 1
         self.working = None
         return progress
+
+
+class CheckpointGroups:
+    """Which machines the next checkpoint snapshots (``delivery.checkpoint_groups``): every one,
+    or with ``n`` groups one group in turn. A machine's group comes from a CRC of its id, the same
+    in every run and spread evenly over many machines. ``machines()`` names the machines there are
+    (the fleet's, those changed, those with inputs held).
+
+    The first checkpoint takes every machine, and so does the one after :meth:`whole`: the state
+    file must hold every machine before a group is written alone (at start the writer knows none),
+    and a reload changes every alarm state."""
+
+    def __init__(self, n: int, machines: Callable[[], Iterable[str]]) -> None:
+        self.n = n
+        self.machines = machines
+        self._turn = 0
+        self._whole = True
+
+    def whole(self) -> None:
+        """The next checkpoint takes every machine."""
+        self._whole = True
+
+    def next(self) -> frozenset[str] | None:
+        """The machines of the next checkpoint; None: every machine."""
+        if self.n == 1 or self._whole:
+            self._whole = False
+            return None
+        turn, n = self._turn, self.n
+        self._turn = (turn + 1) % n
+        return frozenset(m for m in self.machines() if group_of(m, n) == turn)
+
+
+def group_of(machine: str, n: int) -> int:
+    return zlib.crc32(machine.encode("utf-8", "surrogatepass")) % n

@@ -36,11 +36,14 @@ class SnapshotJob:
 
     streams: dict[str, dict]  # machine -> MachinePipeline.to_state(), the machines that changed
     live: frozenset[str]  # machines with a pipeline: the open cuts the file keeps
-    alarms: dict[str, dict]  # every machine's alarm state (Fleet.snapshots)
+    alarms: dict[str, dict]  # the alarm state of every machine of ``group`` (Fleet.snapshots)
     model: str
     windowing: dict | None
     scoring: str
     policy: AlarmPolicy | None
+    # The machines this snapshot is of (checkpoint groups, checkpoint.py); None: every machine. The
+    # others keep what their last snapshot said: their open cut, their alarm state.
+    group: frozenset[str] | None = None
 
 
 class SnapshotEncoder:
@@ -49,16 +52,30 @@ class SnapshotEncoder:
     def __init__(self, state_file: StateFile) -> None:
         self.state_file = state_file
         self._records: dict[str, Record] = {}  # machine -> its open cut, encoded at its last change
+        self._alarms: dict[str, dict] = {}  # machine -> its alarm state at its last snapshot
 
     def parts(self, jobs: list[SnapshotJob]) -> list:
         """The file's bytes, in pieces (:meth:`.StateFile.compose`)."""
+        records = self._records
         for job in jobs:
             for machine, state in job.streams.items():
-                self._records[machine] = encode_record(state)
+                records[machine] = encode_record(state)
+            # left memory: no open cut to keep (its alarm state stays); a machine of another
+            # group keeps its record until its own snapshot says so
+            group = records if job.group is None else job.group
+            for machine in [m for m in group if m in records and m not in job.live]:
+                del records[machine]
+            if job.group is None:
+                self._alarms = dict(job.alarms)
+            else:  # as a whole snapshot would: the group's machines with no alarm state have none
+                for machine in job.group:
+                    state = job.alarms.get(machine)
+                    if state is None:
+                        self._alarms.pop(machine, None)
+                    else:
+                        self._alarms[machine] = state
         last = jobs[-1]
-        for machine in [m for m in self._records if m not in last.live]:
-            del self._records[machine]  # left memory: no open cut to keep (its alarm state stays)
-        return self.state_file.compose(last.alarms, self._records, last.model, last.windowing,
+        return self.state_file.compose(self._alarms, records, last.model, last.windowing,
                                        last.scoring, last.policy)
 
     def write(self, jobs: list[SnapshotJob]) -> None:

@@ -88,6 +88,10 @@ class Delivery(Spec):
 
     section = "delivery"
     checkpoint_interval_ms: float = setting(1000.0, low=10.0, high=60_000.0)  # inputs are acknowledged this late
+    # The machines are snapshotted in this many groups, one group per checkpoint: each checkpoint
+    # takes the main loop 1/groups as long (hundreds of machines: docs/deploy.md, "Sizing"), and a
+    # machine's inputs are acknowledged up to groups × the interval late.
+    checkpoint_groups: int = setting(1, low=1, high=60)
     # Inputs the broker may send before the monitor acknowledges: at least the input rate times the
     # checkpoint interval, twice over (docs/deploy.md, "Sizing"); MQTT caps it at 65535.
     receive_maximum: int = setting(5000, low=1, high=65535)

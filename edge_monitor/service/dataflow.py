@@ -45,7 +45,7 @@ class Dataflow:
         self.counters.messages_in += 1
         self.metrics.inputs[type(item.message)] += 1
         self.counters.inputs_redelivered += item.delivery.dup
-        self.checkpoints.applied(item.delivery)  # acknowledged with the next checkpoint, whatever it did
+        self.checkpoints.applied(item.delivery, item.where.machine)  # acknowledged with its machine's next snapshot
         self.take(item.where.machine, item.message, item.where.channel, item.topic, item.delivery.dup, item.received)
 
     def take(self, machine: str, message, channel: str | None, topic: str, redelivered: bool,

@@ -45,6 +45,7 @@ import gc
 import threading
 import time
 from dataclasses import asdict
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from .. import __version__
@@ -58,7 +59,7 @@ from ..core.topics import Topics, monitor_topic
 from ..model.meta import BundleMeta, windowing_of  # no TensorFlow
 from . import systemd
 from .backlog import Backlog
-from .checkpoint import Checkpoints
+from .checkpoint import CheckpointGroups, Checkpoints
 from .checkpoint_writer import CheckpointWriter, SnapshotEncoder, SnapshotJob
 from .config import Config
 from .dataflow import Dataflow
@@ -129,6 +130,8 @@ class Monitor:
                            max_queued=delivery.max_queued_inputs)
         self.client.message_callback_add(self.topics.statuses, self._on_sibling_status)
         self.checkpoints = Checkpoints(self.client)
+        self.groups = CheckpointGroups(delivery.checkpoint_groups, lambda: chain(
+            self.fleet.known_machines(), self.flow.touched, tuple(self.checkpoints.held)))
         # writes the state file and acknowledges, off the main loop (checkpoint_writer.py)
         self.writer = CheckpointWriter(self.checkpoints, SnapshotEncoder(self.state_file), lambda: self.inbox.connection,
                                        self.inbox.ack_lock, self._confirmed, self._not_written)
@@ -354,20 +357,27 @@ class Monitor:
     # --------------------------------------------------------------------- checkpoints
 
     def _checkpoint(self, always: bool = False) -> None:
-        """Close an epoch: score what waits, then snapshot every machine (see :mod:`.checkpoint`).
-        Only when something changed since the last one, unless ``always`` (shutting down)."""
+        """Close an epoch: score what waits, then snapshot every machine, or with checkpoint
+        groups the next group (see :mod:`.checkpoint`). Only when something changed since the last
+        one, unless ``always`` (shutting down)."""
         open_epoch = self.checkpoints.open
         touched = self.flow.touched
-        if not (always or open_epoch.acks or open_epoch.outputs or touched) or not self.checkpoints.can_close():
+        if (not (always or open_epoch.acks or open_epoch.outputs or touched or self.checkpoints.holding())
+                or not self.checkpoints.can_close()):
             return
         self.flow.score_all()
+        group = None if always or self.state_file.path is None else self.groups.next()
         snapshot = None
         if self.state_file.path is not None:  # copies (rows: views never written again), for the writer's thread
-            snapshot = SnapshotJob(self.fleet.streams(touched), frozenset(self.fleet.machines()),
-                                   self.fleet.snapshots(), self.model_id, windowing_of(self.meta),
-                                   self.fleet.spec.scoring_id, self.fleet.spec.policy)
-        touched.clear()
-        self.checkpoints.close(snapshot)
+            changed = touched if group is None else touched & group
+            snapshot = SnapshotJob(self.fleet.streams(changed), frozenset(self.fleet.machines()),
+                                   self.fleet.snapshots(group), self.model_id, windowing_of(self.meta),
+                                   self.fleet.spec.scoring_id, self.fleet.spec.policy, group)
+        if group is None:
+            touched.clear()
+        else:
+            touched -= group
+        self.checkpoints.close(snapshot, group)
         self.writer.wake()
         self.counters.checkpoints += 1
 
@@ -396,6 +406,7 @@ class Monitor:
             spec = pipeline_spec(meta, config, new.bundle.scoring_id)
             kept = spec.scoring_id == self.fleet.spec.scoring_id and judges_alike(old.alarm, config.alarm)
             announcements = self.fleet.switch_model(spec)
+            self.groups.whole()  # every alarm state carried over: the next checkpoint takes them all
             self.flow.touched.update(self.fleet.states())  # the open cuts' scores so far were the old model's
         else:
             announcements, kept = [], True  # the same model and rule: the alarm history stands
