@@ -85,29 +85,39 @@ def test_the_writer_thread_writes_in_order_retries_a_failed_write_and_then_ackno
     collector.close()
 
 
-def test_with_checkpoint_groups_a_machines_inputs_wait_for_its_own_snapshot(module_broker):
+def test_with_checkpoint_groups_a_machines_inputs_wait_for_its_own_snapshot_and_go_in_order(module_broker):
     collector = Collector(module_broker, [], "epochs-groups")
     client = collector.client
     checkpoints = Checkpoints(client)
     sent = []
     client.ack = lambda mid, qos: sent.append(mid)
-    checkpoints.applied(Delivery(31, 1, False, 1), "m1")
-    checkpoints.applied(Delivery(32, 1, False, 1), "m2")
-    checkpoints.applied(Delivery(33, 1, False, 1))  # refused before reaching a machine
-    checkpoints.applied(Delivery(34, 1, False, 1), "m1")
+
+    def confirm():
+        deadline = time.monotonic() + 5
+        while checkpoints.waiting and time.monotonic() < deadline:
+            checkpoints.confirm(lambda: 1, threading.Lock(), written.append)
+            time.sleep(0.01)
+
+    written: list = []
+    checkpoints.applied(Delivery(30, 1, False, 1), "m1")
+    checkpoints.applied(Delivery(31, 1, False, 1), "m2")
+    checkpoints.applied(Delivery(32, 1, False, 1))  # refused before reaching a machine
+    checkpoints.applied(Delivery(33, 1, False, 1), "m1")
     assert checkpoints.holding() and checkpoints.unacknowledged == 4
     checkpoints.close("group of m1", frozenset({"m1", "m3"}))
-    written: list = []
-    deadline = time.monotonic() + 5
-    while checkpoints.waiting and time.monotonic() < deadline:
-        checkpoints.confirm(lambda: 1, threading.Lock(), written.append)
-        time.sleep(0.01)
-    assert written == [["group of m1"]] and sorted(sent) == [31, 33, 34]  # m2's waits for its snapshot
-    assert checkpoints.holding() and checkpoints.unacknowledged == 1
+    confirm()
+    # m1's first input goes; the rest waits behind m2's, which waits for m2's snapshot: MQTT wants
+    # the acknowledgements in the order the inputs came
+    assert written == [["group of m1"]] and sent == [30]
+    assert checkpoints.holding() and checkpoints.unacknowledged == 3
+    checkpoints.applied(Delivery(34, 1, False, 1), "m1")
+    checkpoints.close("group of m2", frozenset({"m2"}))
+    confirm()
+    assert sent == [30, 31, 32, 33] and checkpoints.unacknowledged == 1  # m1's newest waits for m1
     checkpoints.applied(Delivery(35, 1, False, 1), "m2")
     checkpoints.close("every machine", None)
-    checkpoints.confirm(lambda: 1, threading.Lock(), written.append)
-    assert sorted(sent) == [31, 32, 33, 34, 35] and not checkpoints.holding() and checkpoints.unacknowledged == 0
+    confirm()
+    assert sent == [30, 31, 32, 33, 34, 35] and not checkpoints.holding() and checkpoints.unacknowledged == 0
     collector.close()
 
 

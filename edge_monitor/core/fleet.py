@@ -31,6 +31,7 @@ class Fleet:
         self._pipelines: dict[str, MachinePipeline] = {}
         self._restored: dict[str, dict] = {}  # alarm snapshots waiting for their machine's pipeline
         self._had_snapshot: set[str] = set()  # pipelines created from a snapshot
+        self._left: set[str] = set()  # machines whose pipeline left memory since take_left()
 
     def __len__(self) -> int:
         return len(self._pipelines)
@@ -111,6 +112,11 @@ class Fleet:
         """The machines with a pipeline or an alarm state."""
         return [*self._pipelines, *(m for m in self._restored if m not in self._pipelines)]
 
+    def take_left(self) -> set[str]:
+        """The machines whose pipeline left memory (idle, or discarded) since the last call."""
+        left, self._left = self._left, set()
+        return left
+
     def discard(self, machine: str) -> None:
         """Forget the pipeline that the machine's first input created but did not open (a refused
         cut start): it holds nothing."""
@@ -150,6 +156,7 @@ class Fleet:
     def _leave(self, machine: str, keep_state: bool) -> None:
         """The pipeline of ``machine`` leaves memory; with ``keep_state`` its alarm state stays, as a snapshot."""
         pipe = self._pipelines.pop(machine)
+        self._left.add(machine)
         if keep_state:
             self._restored[machine] = pipe.tracker.to_dict()
 

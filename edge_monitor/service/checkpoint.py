@@ -19,6 +19,8 @@ With ``delivery.checkpoint_groups`` above 1 an epoch snapshots one group of the 
 monitor's choice): a machine's inputs are then *held* until an epoch that snapshots that machine
 closes, and acknowledged with it. Each machine's snapshot and its acknowledged inputs still match,
 which is all a restart needs; the state file holds every machine, each as of its last snapshot.
+Acknowledgements still go out in the order the inputs came (MQTT asks it of a client): an input
+snapshotted already waits for the older ones held for another group.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ class Checkpoints:
     def __init__(self, client: paho.Client) -> None:
         self.client = client
         self.open = Epoch()
-        # machine -> its inputs applied since its last snapshot, acknowledged with its next one
-        # (only with checkpoint groups: see the module docstring)
-        self.held: dict[str, list[Delivery]] = {}
+        # Inputs held for their machines' next snapshot, in arrival order: [delivery, snapshotted].
+        # Acknowledged from the front, as far as every one is snapshotted: MQTT wants a client's
+        # PUBACKs in the order it received the messages (MQTT 5.0, 4.6), whatever the groups.
+        self._order: deque[list] = deque()
+        self.held: dict[str, list[list]] = {}  # machine -> its entries of _order not yet snapshotted
         self.waiting: deque[Epoch] = deque()
         self.working: Epoch | None = None  # confirmed, being written and acknowledged
         self.dropped = 0  # results paho dropped or lost with a connection (QoS 0)
@@ -93,8 +97,7 @@ class Checkpoints:
         # The epochs are copied first (a tuple of a deque is taken at once, holding the GIL): the
         # metrics scrape thread and the writer change them while the main loop reads this.
         working = self.working
-        return (len(self.open.acks) + sum(len(e.acks) for e in tuple(self.waiting))
-                + sum(len(d) for d in tuple(self.held.values()))
+        return (len(self.open.acks) + len(self._order) + sum(len(e.acks) for e in tuple(self.waiting))
                 + (0 if working is None else len(working.acks)))
 
     @property
@@ -107,18 +110,21 @@ class Checkpoints:
         that snapshots ``machine`` (None: the next one; an input that changed no machine)."""
         if not delivery.qos:
             return
-        if machine is None:
-            self.open.acks.append(delivery)
-        else:
+        if machine is None and not self._order:
+            self.open.acks.append(delivery)  # nothing before it waits
+            return
+        entry = [delivery, machine is None]
+        self._order.append(entry)
+        if machine is not None:
             held = self.held.get(machine)
             if held is None:
-                self.held[machine] = [delivery]
+                self.held[machine] = [entry]
             else:
-                held.append(delivery)
+                held.append(entry)
 
     def holding(self) -> bool:
-        """Inputs wait for their machines' next snapshot."""
-        return bool(self.held)
+        """Inputs wait for their machines' next snapshot (or behind such an input)."""
+        return bool(self._order)
 
     def published(self, infos: list[paho.MQTTMessageInfo]) -> None:
         self.open.outputs += infos
@@ -130,15 +136,18 @@ class Checkpoints:
         """Close the open epoch with ``snapshot``, taken after every window of it was scored, of
         ``machines`` (None: every machine): their held inputs are acknowledged with it."""
         epoch, self.open = self.open, Epoch()
-        held = self.held
+        order = self._order
         if machines is None:
+            epoch.acks += [entry[0] for entry in order]
+            order.clear()
             self.held = {}
-            epoch.acks += [d for deliveries in held.values() for d in deliveries]
         else:
+            held = self.held
             for machine in machines:
-                deliveries = held.pop(machine, None)
-                if deliveries:
-                    epoch.acks += deliveries
+                for entry in held.pop(machine, ()):
+                    entry[1] = True
+            while order and order[0][1]:
+                epoch.acks.append(order.popleft()[0])
         epoch.snapshots = [] if snapshot is None else [snapshot]
         with self._lock:
             self.waiting.append(epoch)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..core.fleet import Fleet
 from ..core.inbound import Command
+from ..core.outbound import ScoreBatchMessage, ScoreMessage
 from ..core.steps import Step
 from ..core.topics import ProtocolError, StaleInput, Topics, machine_id_problem
 from .backlog import Backlog
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
 
+SCORE_TYPES = (ScoreMessage, ScoreBatchMessage)  # outputs that move no retained state
+
+
 class Dataflow:
     def __init__(self, fleet: Fleet, scoring: Scoring, outbox: Outbox, checkpoints: Checkpoints, backlog: Backlog,
                  topics: Topics, counters: Counters, metrics: Metrics, sparkplug: SparkplugEdge | None,
@@ -39,6 +43,11 @@ class Dataflow:
         self.sparkplug = sparkplug
         self.log = log  # the monitor's: a reload that changes the log level binds a new one
         self.touched: set[str] = set()  # machines whose open cut changed since the last checkpoint
+        # Machines the next checkpoint takes whatever their group (delivery.checkpoint_groups): new
+        # ones, those that published an alarm or a summary, and those changed by something no held
+        # input repeats after a crash (a cut timed out, a reset from a Sparkplug host), so that the
+        # state file is as current for them as with every machine in every checkpoint.
+        self.urgent: set[str] = set()
 
     def input(self, item: Received) -> None:
         """A parsed input of a watched machine, from the inbox."""
@@ -79,6 +88,8 @@ class Dataflow:
             self.reject(topic, exc.reason, "pipeline")
             return
         self.touched.add(machine)
+        if created:
+            self.urgent.add(machine)
         self.backlog.note(self.fleet[machine].stream.current, message)
         if step.duplicate_samples:
             self.log.debug("duplicate", machine=machine, topic=topic, samples=step.duplicate_samples)
@@ -100,6 +111,7 @@ class Dataflow:
                     continue
                 self.log.info("sparkplug_reset", machine=item.machine, topic=item.topic)
                 self.take(item.machine, Command("reset", by="sparkplug"), None, item.topic, False, time.monotonic())
+                self.urgent.add(item.machine)  # not an MQTT input: nothing would repeat it after a crash
 
     def rejected(self, item: Rejected) -> None:
         """An input the inbox refused before it reached a pipeline."""
@@ -143,6 +155,8 @@ class Dataflow:
             getattr(self.log, event.level)(event.name, machine=machine, **event.fields)
         if step.outputs:
             self.metrics.published(step.outputs)
+            if any(type(out.message) not in SCORE_TYPES for out in step.outputs):
+                self.urgent.add(machine)  # an alarm or a summary: the retained state moved
         self.checkpoints.published(self.outbox.publish(step.outputs))
         if step.outputs and self.sparkplug is not None:  # after the JSON topics, which are authoritative
             self.sparkplug.outputs(step.outputs)
@@ -153,5 +167,6 @@ class Dataflow:
         """Close cuts whose input stopped; let idle machines leave memory."""
         for machine, step in self.fleet.expire(time.time()):
             self.touched.add(machine)
+            self.urgent.add(machine)
             self.scoring.add(step.windows, time.monotonic())
             self.apply(machine, step)

@@ -361,12 +361,16 @@ class Monitor:
         groups the next group (see :mod:`.checkpoint`). Only when something changed since the last
         one, unless ``always`` (shutting down)."""
         open_epoch = self.checkpoints.open
-        touched = self.flow.touched
-        if (not (always or open_epoch.acks or open_epoch.outputs or touched or self.checkpoints.holding())
+        touched, urgent = self.flow.touched, self.flow.urgent
+        urgent |= self.fleet.take_left()  # idle machines that left memory: their records leave the file
+        if (not (always or open_epoch.acks or open_epoch.outputs or touched or urgent or self.checkpoints.holding())
                 or not self.checkpoints.can_close()):
             return
         self.flow.score_all()
         group = None if always or self.state_file.path is None else self.groups.next()
+        if group is not None and urgent:
+            group |= urgent
+        urgent.clear()
         snapshot = None
         if self.state_file.path is not None:  # copies (rows: views never written again), for the writer's thread
             changed = touched if group is None else touched & group
