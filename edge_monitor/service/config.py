@@ -93,7 +93,7 @@ class Delivery(Spec):
     # machine's inputs are acknowledged up to groups × the interval late.
     checkpoint_groups: int = setting(1, low=1, high=60)
     # Inputs the broker may send before the monitor acknowledges: at least the input rate times the
-    # checkpoint interval, twice over (docs/deploy.md, "Sizing"); MQTT caps it at 65535.
+    # checkpoint interval times the groups, twice over (docs/deploy.md, "Sizing"); MQTT caps it at 65535.
     receive_maximum: int = setting(5000, low=1, high=65535)
     max_queued_inputs: int = setting(5000, low=1, high=1_000_000)  # beyond this, inputs wait at the broker
     degraded_lag_s: float = setting(10.0, low=0.1)  # the status says degraded while inputs wait this long
